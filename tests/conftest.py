@@ -1,0 +1,117 @@
+"""Shared fixtures: a real RunEngine whose documents are all schema-validated, and real Tiled.
+
+Heavy imports (bluesky, tiled) happen inside the fixtures so that test modules that need
+neither (``hge``, ``tasks``) collect fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from bluesky import RunEngine
+
+    from dnpu_bluesky.storage import Storage
+
+Document = tuple[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory) -> Iterator[Storage]:
+    """One embedded Tiled server for the whole session (an embedded-mode Storage).
+
+    Starting a SimpleTiledServer takes seconds (it initialises its catalog in a subprocess),
+    so tests share this server and get a fresh container each (see ``storage``).
+    """
+    from dnpu_bluesky.storage import StorageConfig, open_storage
+
+    store = open_storage(StorageConfig(directory=tmp_path_factory.mktemp("tiled")))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def storage(tiled_server: Storage) -> Iterator[Storage]:
+    """A Storage writing to a fresh, empty runs container on the session's real Tiled server.
+
+    It talks HTTP on loopback like any remote client (``storage.config.uri`` is set, so
+    ``storage.config.directory`` is ``None``); closed after the test.
+    """
+    from dnpu_bluesky.storage import StorageConfig, open_storage
+
+    container = f"runs_{uuid.uuid4().hex}"
+    store = open_storage(StorageConfig(uri=tiled_server.uri, container=container))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def documents() -> list[Document]:
+    """Every ``(name, doc)`` the ``RE`` fixture emitted, in order (also ``RE.collected_docs``)."""
+    return []
+
+
+@pytest.fixture
+def RE(documents: list[Document]) -> Iterator[RunEngine]:
+    """A real RunEngine (``call_returns_result=True``) on its own event loop.
+
+    Every emitted document (pages included) is validated against event-model's JSON schema;
+    the test fails at teardown if any was invalid, listing them. The documents are collected
+    in the ``documents`` fixture, also reachable as ``RE.collected_docs``.
+    """
+    from bluesky import RunEngine
+    from bluesky.run_engine import TransitionError
+    from event_model import DocumentNames, schema_validators
+    from jsonschema.exceptions import ValidationError
+
+    invalid: list[str] = []
+
+    def collect_and_validate(name: str, doc: dict[str, Any]) -> None:
+        documents.append((name, doc))
+        try:
+            validator = schema_validators[DocumentNames[name]]
+        except KeyError:
+            invalid.append(f"{name}: no event-model schema for this document type")
+            return
+        try:
+            validator.validate(doc)
+        except ValidationError as err:
+            invalid.append(f"{name} {doc.get('uid', '')}: {err.message}")
+
+    loop = asyncio.new_event_loop()
+    engine = RunEngine({}, loop=loop, call_returns_result=True)
+    engine.subscribe(collect_and_validate)
+    engine.collected_docs = documents
+    try:
+        yield engine
+    finally:
+        if engine.state not in ("idle", "panicked"):
+            try:
+                engine.halt()
+            except TransitionError:
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        engine._th.join()
+        loop.close()
+    if invalid:
+        pytest.fail("Invalid Bluesky documents:\n" + "\n".join(invalid), pytrace=False)
+
+
+@pytest.fixture
+def stored_RE(storage: Storage, RE: RunEngine) -> RunEngine:
+    """The ``RE`` fixture with ``storage.writer`` subscribed: every run lands in ``storage``.
+
+    Read a run back with ``dnpu_bluesky.storage.load_run(storage.client, uid)``. The storage is
+    set up first so that it is torn down last, after the RunEngine has emitted any stop document.
+    """
+    RE.subscribe(storage.writer)
+    return RE

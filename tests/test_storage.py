@@ -1,0 +1,348 @@
+"""Storage in Tiled: real RunEngine, real embedded Tiled server over HTTP, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import numpy as np
+import pytest
+import yaml
+from ophyd.sim import SynAxis, SynGauss, SynSignal
+from tiled.client import from_uri
+
+from dnpu_bluesky.storage import (
+    StorageConfig,
+    find_runs,
+    load_run,
+    open_storage,
+)
+
+pytest_plugins = ["pytester"]
+
+N_SAMPLES = 10_000
+N_CONTROLS = 7
+
+
+def _waveform(position: float) -> np.ndarray:
+    t = np.arange(N_SAMPLES) / N_SAMPLES
+    return (1.0 + position) * np.sin(2 * np.pi * 13 * t) + 0.25 * np.cos(2 * np.pi * 3 * t)
+
+
+def _gradient(position: float) -> np.ndarray:
+    return position * np.arange(1.0, N_CONTROLS + 1)
+
+
+@pytest.fixture
+def hw():
+    """Fresh simulated devices: a motor, a scalar detector, a waveform and a 7-vector signal."""
+    motor = SynAxis(name="motor")
+    det = SynGauss("det", motor, "motor", center=0.0, Imax=2.0, sigma=1.0)
+    wf = SynSignal(func=lambda: _waveform(motor.position), name="wf")
+    grad = SynSignal(func=lambda: _gradient(motor.position), name="grad")
+    return motor, det, wf, grad
+
+
+def _uid(result) -> str:
+    (uid,) = result.run_start_uids
+    return uid
+
+
+def _events(documents, stream_name: str = "primary") -> list[dict]:
+    descriptors = {d["uid"] for n, d in documents if n == "descriptor" and d["name"] == stream_name}
+    return [d for n, d in documents if n == "event" and d["descriptor"] in descriptors]
+
+
+def _start_time(documents, uid: str) -> float:
+    return next(d["time"] for n, d in documents if n == "start" and d["uid"] == uid)
+
+
+def test_scan_with_waveforms_reads_back_from_tiled(stored_RE, storage, documents, hw):
+    motor, det, wf, grad = hw
+    result = stored_RE(bp.scan([det, wf, grad], motor, -1, 1, 5), gate="XOR", tags=["demo"])
+    run = load_run(storage.client, _uid(result))
+
+    assert list(run) == ["primary"]
+    stream = run["primary"]
+    data_keys = stream.metadata["data_keys"]
+    assert data_keys["wf"]["shape"] == [N_SAMPLES]
+    assert data_keys["grad"]["shape"] == [N_CONTROLS]
+
+    positions = stream["motor"].read()
+    np.testing.assert_allclose(positions, np.linspace(-1, 1, 5))
+    waveforms = stream["wf"].read()
+    assert waveforms.shape == (5, N_SAMPLES)
+    np.testing.assert_allclose(waveforms, np.stack([_waveform(p) for p in positions]))
+    grads = stream["grad"].read()
+    assert grads.shape == (5, N_CONTROLS)
+    np.testing.assert_allclose(grads, np.stack([_gradient(p) for p in positions]))
+
+    # Exactly what the RunEngine emitted, field by field.
+    events = _events(documents)
+    for key in ("motor", "det", "wf", "grad"):
+        emitted = np.stack([np.asarray(ev["data"][key]) for ev in events])
+        np.testing.assert_array_equal(stream[key].read(), emitted)
+
+    dataset = stream.read()
+    assert dataset["wf"].shape == (5, N_SAMPLES)
+    assert dataset["grad"].dtype == np.float64
+    assert dataset["det"].shape == (5,)
+
+    assert run.metadata["start"]["plan_name"] == "scan"
+    assert run.metadata["start"]["gate"] == "XOR"
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run.metadata["stop"]["num_events"] == {"primary": 5}
+
+
+def test_find_runs_filters_and_orders_newest_first(stored_RE, storage, documents, hw):
+    motor, det, _, _ = hw
+    first = _uid(stored_RE(bp.count([det]), gate="XOR", tags=["a"]))
+    second = _uid(stored_RE(bp.count([det]), gate="AND", tags=["a", "b"]))
+    third = _uid(stored_RE(bp.scan([det], motor, 0, 1, 2), gate="XOR", tags=["b"]))
+    client = storage.client
+
+    def uids(**kwargs) -> list[str]:
+        return [run.metadata["start"]["uid"] for run in find_runs(client, **kwargs)]
+
+    assert uids() == [third, second, first]
+    assert uids(plan_name="count") == [second, first]
+    assert uids(gate="XOR") == [third, first]
+    assert uids(tag="b") == [third, second]
+    assert uids(gate="XOR", tag="b") == [third]
+    assert uids(gate="NAND") == []
+    assert uids(limit=2) == [third, second]
+
+    t_second = _start_time(documents, second)
+    assert uids(since=t_second) == [third, second]  # inclusive
+    assert uids(until=t_second) == [first]  # exclusive
+    # Between the runs (they start milliseconds apart), as datetime and as ISO string.
+    between = datetime.fromtimestamp((_start_time(documents, first) + t_second) / 2)
+    assert uids(since=between) == [third, second]
+    assert uids(until=between.isoformat()) == [first]
+    assert uids(since=between.isoformat(), until=_start_time(documents, third)) == [second]
+
+    scan_id = client[second].metadata["start"]["scan_id"]
+    assert uids(scan_id=scan_id) == [second]
+
+    with pytest.raises(ValueError, match="ISO 8601"):
+        find_runs(client, since="last tuesday")
+
+
+def test_load_run_unknown_uid_is_a_clear_key_error(storage):
+    missing = str(uuid.uuid4())
+    with pytest.raises(KeyError, match=missing):
+        load_run(storage.client, missing)
+    with pytest.raises(KeyError, match="deadbeef"):
+        load_run(storage.client, "deadbeef")
+
+
+def test_failing_plan_leaves_a_fail_stop_in_tiled(stored_RE, storage, hw):
+    _, det, _, _ = hw
+
+    @bpp.run_decorator(md={"plan_name": "failing_plan"})
+    def failing_plan():
+        yield from bps.trigger_and_read([det])
+        raise RuntimeError("amplifier saturated")
+
+    with pytest.raises(RuntimeError, match="amplifier saturated"):
+        stored_RE(failing_plan())
+
+    (run,) = find_runs(storage.client, plan_name="failing_plan")
+    stop = run.metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    assert "amplifier saturated" in stop["reason"]
+    assert run["primary"]["det"].read().shape == (1,)
+
+
+def test_databroker_reads_the_run(stored_RE, storage, tmp_path, monkeypatch, hw):
+    import databroker
+    import tiled.profiles
+    from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRunV3
+    from databroker.client import CatalogOfBlueskyRuns
+    from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH, Container
+
+    _, det, wf, _ = hw
+    uid = _uid(stored_RE(bp.count([det, wf], num=3), gate="OR"))
+    expected = load_run(storage.client, uid)["primary"]["wf"].read()
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "dnpu.yml").write_text(yaml.safe_dump({"dnpu_test": {"uri": storage.uri}}))
+    with monkeypatch.context() as patch:
+        patch.setattr(tiled.profiles, "paths", [profiles])
+        tiled.profiles.load_profiles.cache_clear()
+        try:
+            root = databroker.from_profile("dnpu_test")
+        finally:
+            tiled.profiles.load_profiles.cache_clear()
+    try:
+        catalog = root[storage.config.container]
+        assert isinstance(catalog, CatalogOfBlueskyRuns)
+        run = catalog.v2[uid[:8]]  # databroker's partial-uid lookup, v2 (xarray) interface
+        assert run.metadata["start"]["gate"] == "OR"
+        dataset = run.primary.read()
+        assert dataset["wf"].shape == (3, N_SAMPLES)
+        np.testing.assert_array_equal(dataset["wf"].values, expected)
+        assert dataset["det"].shape == (3,)
+
+        # `.v2` switched tiled's process-wide BlueskyRun client to v2; ours still reads v3.
+        assert not isinstance(catalog[uid], BlueskyRunV3)
+        again = load_run(storage.client, uid)
+        assert isinstance(again, BlueskyRunV3)
+        np.testing.assert_array_equal(again["primary"]["wf"].read(), expected)
+        (found,) = find_runs(storage.client, gate="OR")
+        assert isinstance(found, BlueskyRunV3)
+    finally:
+        root.context.close()
+        for dispatch in DEFAULT_STRUCTURE_CLIENT_DISPATCH.values():
+            dispatch.set(
+                "BlueskyRun", lambda: Container.STRUCTURE_CLIENTS_FROM_ENTRYPOINTS["BlueskyRun"]
+            )
+
+
+def test_remote_server_by_uri_and_api_key(storage, RE, hw):
+    _, det, _, _ = hw
+    parts = urlsplit(storage.uri)
+    base = f"{parts.scheme}://{parts.netloc}"
+    key = parse_qs(parts.query)["api_key"][0]
+
+    with pytest.raises(Exception, match="API key"):
+        open_storage(StorageConfig(uri=base, api_key="wrong-key"))
+
+    container = f"lab_{uuid.uuid4().hex}"
+    with open_storage(StorageConfig(uri=base, api_key=key, container=container)) as remote:
+        assert remote.uri == base
+        assert remote.client.specs[0].name == "CatalogOfBlueskyRuns"
+        RE.subscribe(remote.writer)
+        uid = _uid(RE(bp.count([det], num=2), tags=["remote"]))
+        assert [r.metadata["start"]["uid"] for r in find_runs(remote.client)] == [uid]
+
+    # Written through that connection, visible to any other client of the server.
+    root = from_uri(storage.uri)
+    try:
+        seen = load_run(root[container], uid)
+        assert seen.metadata["start"]["tags"] == ["remote"]
+        assert seen["primary"]["det"].read().shape == (2,)
+    finally:
+        root.context.close()
+
+
+def test_existing_container_without_the_catalog_spec_is_refused(storage):
+    name = f"plain_{uuid.uuid4().hex}"
+    root = from_uri(storage.uri)
+    try:
+        root.create_container(key=name)
+    finally:
+        root.context.close()
+    with pytest.raises(ValueError, match="CatalogOfBlueskyRuns"):
+        open_storage(StorageConfig(uri=storage.uri, container=name))
+
+
+def test_close_is_idempotent_and_final(storage):
+    assert "open" in repr(storage)
+    storage.close()
+    storage.close()
+    assert "closed" in repr(storage)
+    assert "api_key" not in repr(storage)
+    with pytest.raises(RuntimeError, match="closed"):
+        storage.writer("start", {"uid": str(uuid.uuid4()), "time": 0.0})
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="batch_size"):
+        StorageConfig(batch_size=0)
+    with pytest.raises(ValueError, match="container"):
+        StorageConfig(container="/")
+    with pytest.raises(ValueError, match="alphanumeric"):
+        StorageConfig(api_key="not-alphanumeric")
+    assert StorageConfig(uri="http://tiled.example:8000", api_key="any-key.OK").api_key
+
+
+_WRITER_SCRIPT = """
+import json
+import numpy as np
+from event_model import compose_run
+from dnpu_bluesky.storage import StorageConfig, open_storage
+
+n = {n}
+storage = open_storage(StorageConfig(api_key="aKnownKey123"))  # default directory
+finished = compose_run(metadata={{"plan_name": "finished"}})
+storage.writer("start", finished.start_doc)
+wf_key = {{"source": "sim", "dtype": "array", "shape": [n], "dtype_numpy": "<f8"}}
+desc = finished.compose_descriptor(name="primary", data_keys={{"wf": wf_key}})
+storage.writer("descriptor", desc.descriptor_doc)
+for k in range(2):
+    ev = desc.compose_event(data={{"wf": k * np.arange(n)}}, timestamps={{"wf": 0.0}})
+    storage.writer("event", ev)
+storage.writer("stop", finished.compose_stop())
+
+unfinished = compose_run(metadata={{"plan_name": "unfinished"}})
+storage.writer("start", unfinished.start_doc)
+det_key = {{"source": "sim", "dtype": "number", "shape": []}}
+desc = unfinished.compose_descriptor(name="primary", data_keys={{"det": det_key}})
+storage.writer("descriptor", desc.descriptor_doc)
+for k in range(3):  # fewer than batch_size: only in the writer's memory
+    storage.writer("event", desc.compose_event(data={{"det": float(k)}}, timestamps={{"det": 0.0}}))
+print(json.dumps([str(storage.config.directory), storage.uri]))
+# Exit without close(): must neither hang nor lose the buffered events.
+"""
+
+
+@pytest.mark.slow  # two embedded-server starts and a fresh interpreter: ~10-15 s here
+def test_runs_persist_and_an_unclosed_server_exits_cleanly(tmp_path):
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITER_SCRIPT.format(n=N_SAMPLES)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    directory, uri = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(directory) == tmp_path / "dnpu-bluesky" / "tiled"
+    assert parse_qs(urlsplit(uri).query)["api_key"] == ["aKnownKey123"]
+
+    with open_storage(StorageConfig(directory=Path(directory))) as reopened:
+        unfinished, finished = find_runs(reopened.client)
+        assert finished.metadata["start"]["plan_name"] == "finished"
+        assert finished.metadata["stop"]["exit_status"] == "success"
+        np.testing.assert_array_equal(
+            finished["primary"]["wf"].read(), np.stack([k * np.arange(N_SAMPLES) for k in range(2)])
+        )
+        assert unfinished.metadata["start"]["plan_name"] == "unfinished"
+        assert unfinished.metadata["stop"]["exit_status"] == "abort"
+        np.testing.assert_array_equal(unfinished["primary"]["det"].read(), [0.0, 1.0, 2.0])
+
+
+def test_RE_fixture_fails_a_test_that_emitted_an_invalid_document(pytester):
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(
+        test_inner="""
+        import bluesky.plans as bp
+        from event_model import DocumentNames
+        from ophyd.sim import SynAxis
+
+        def test_valid_run(RE, documents):
+            RE(bp.count([SynAxis(name="m")], num=2))
+            assert [name for name, _ in documents] == [
+                "start", "descriptor", "event", "event", "stop"
+            ]
+
+        def test_invalid_event(RE):
+            RE.emit_sync(DocumentNames.event, {"uid": "u", "data": {}})
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*Invalid Bluesky documents*", "*event u: *required property*"])
