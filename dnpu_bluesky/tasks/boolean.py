@@ -1,0 +1,129 @@
+"""Two-input Boolean gates: four input cases, one output current each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dnpu_bluesky.tasks.base import (
+    _check_loss,
+    _check_split,
+    _json_params,
+    _task_loss,
+    _task_score,
+)
+from dnpu_bluesky.tasks.metrics import TaskScore
+
+GATES: tuple[str, ...] = ("AND", "OR", "NAND", "NOR", "XOR", "XNOR")
+
+#: Output label per case, cases in the order 00, 01, 10, 11.
+_TRUTH_TABLES: dict[str, tuple[int, int, int, int]] = {
+    "AND": (0, 0, 0, 1),
+    "OR": (0, 1, 1, 1),
+    "NAND": (1, 1, 1, 0),
+    "NOR": (1, 0, 0, 0),
+    "XOR": (0, 1, 1, 0),
+    "XNOR": (1, 0, 0, 1),
+}
+
+#: Default input levels (V): the two ends of a typical input electrode's range, -0.7..0.3 V.
+DEFAULT_INPUT_LOW_V = -0.7
+DEFAULT_INPUT_HIGH_V = 0.3
+
+
+@dataclass(frozen=True)
+class BooleanGate:
+    """A two-input Boolean gate realised by thresholding the output current.
+
+    Cases are presented in the order 00, 01, 10, 11 (first input, second input); a logical 0
+    is ``input_low_v`` and a 1 is ``input_high_v`` on the corresponding input electrode. Gates
+    have no held-out data: every split returns the same four cases.
+
+    Attributes:
+        gate: One of :data:`GATES`, any case (stored upper-case).
+        input_low_v: Voltage of a logical 0 on an input electrode.
+        input_high_v: Voltage of a logical 1 on an input electrode.
+        loss_name: Key of :data:`dnpu_bluesky.tasks.losses.LOSSES` ("corrsig", "margin", ...).
+        loss_params: Keyword arguments of that loss (e.g. ``{"target_margin_na": 20.0}``).
+
+    Raises:
+        ValueError: for an unknown gate (the message lists :data:`GATES`), input levels not
+            ordered, an unknown loss or parameters the loss does not take.
+    """
+
+    gate: str
+    input_low_v: float = DEFAULT_INPUT_LOW_V
+    input_high_v: float = DEFAULT_INPUT_HIGH_V
+    loss_name: str = "corrsig"
+    loss_params: dict[str, float] = field(default_factory=dict, hash=False)
+
+    n_inputs = 2
+
+    def __post_init__(self) -> None:
+        gate = str(self.gate).upper()
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {self.gate!r}: use one of {', '.join(GATES)}")
+        object.__setattr__(self, "gate", gate)
+        if not self.input_low_v < self.input_high_v:
+            raise ValueError(
+                f"input_low_v ({self.input_low_v} V) must be below input_high_v "
+                f"({self.input_high_v} V)"
+            )
+        object.__setattr__(self, "loss_params", dict(self.loss_params))
+        _check_loss(self.loss_name, self.loss_params)
+
+    @property
+    def name(self) -> str:
+        """``"boolean:<GATE>"``, e.g. ``"boolean:XOR"``."""
+        return f"boolean:{self.gate}"
+
+    def input_voltages(self, split: str = "train") -> np.ndarray:
+        """The four cases' input voltages, shape ``(4, 2)``, order 00, 01, 10, 11."""
+        _check_split(split)
+        levels = np.array([self.input_low_v, self.input_high_v])
+        bits = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+        return levels[bits]
+
+    def targets(self, split: str = "train") -> np.ndarray:
+        """The gate's truth table as 0/1 integers, order 00, 01, 10, 11."""
+        _check_split(split)
+        return np.array(_TRUTH_TABLES[self.gate])
+
+    def loss(
+        self,
+        outputs_na: np.ndarray,
+        split: str = "train",
+        *,
+        indices: np.ndarray | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """Loss and dL/dI of the measured outputs (one per case, or per ``indices`` case)."""
+        return _task_loss(
+            self.loss_name, self.loss_params, self.targets(split), outputs_na, indices
+        )
+
+    def evaluate(
+        self,
+        outputs_na: np.ndarray,
+        split: str = "train",
+        *,
+        indices: np.ndarray | None = None,
+    ) -> TaskScore:
+        """Accuracy at the best threshold, that threshold and the separation margin."""
+        return _task_score(self.targets(split), outputs_na, indices)
+
+    def describe(self) -> dict[str, Any]:
+        """Gate, input levels, truth table and loss, JSON-serialisable."""
+        return {
+            "task": "boolean_gate",
+            "name": self.name,
+            "gate": self.gate,
+            "n_inputs": self.n_inputs,
+            "input_low_v": float(self.input_low_v),
+            "input_high_v": float(self.input_high_v),
+            "case_order": ["00", "01", "10", "11"],
+            "targets": [int(t) for t in self.targets()],
+            "loss": self.loss_name,
+            "loss_params": _json_params(self.loss_params),
+        }
