@@ -1,0 +1,274 @@
+"""Device models: noiseless maps from electrode voltages to output current.
+
+:class:`VirtualDNPU` is the built-in model, a small physics-inspired caricature of a dopant
+network (see ``docs/virtual-dnpu.md``). Anything with the attributes and methods of
+:class:`DeviceModel` can stand in for it, for instance a brains-py surrogate
+(:class:`dnpu_bluesky.sim.SurrogateModel`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Electrode limits in volts, modelled on the ranges used for boron-doped DNPUs: most
+#: electrodes -1.2 .. +0.6 V, two (here 3 and 4, the usual input pair) tighter.
+DEFAULT_VOLTAGE_RANGES = np.array(
+    [[-1.2, 0.6], [-1.2, 0.6], [-1.2, 0.6], [-0.7, 0.3], [-0.7, 0.3], [-1.2, 0.6], [-1.2, 0.6]]
+)
+
+# Evaluation works in blocks of samples: temporaries stay small enough for the allocator to
+# reuse them, instead of fresh page-faulting memory for every large intermediate array.
+_BLOCK = 512
+
+
+@runtime_checkable
+class DeviceModel(Protocol):
+    """Anything that maps electrode voltages to an output current in nA.
+
+    Attributes:
+        n_electrodes: Number of voltage electrodes (7 for a DNPU).
+        voltage_ranges: ``(n_electrodes, 2)`` array of ``[min, max]`` volts per electrode.
+    """
+
+    n_electrodes: int
+    voltage_ranges: np.ndarray
+
+    def current(self, volts: np.ndarray) -> np.ndarray:
+        """Noiseless output current, ``(..., n_electrodes)`` volts -> ``(...)`` nA."""
+        ...
+
+    def jacobian(self, volts: np.ndarray) -> np.ndarray:
+        """Exact ``dI/dV``, ``(..., n_electrodes)`` -> ``(..., n_electrodes)`` nA/V."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable identity: kind, seed, parameter hash, ranges."""
+        ...
+
+
+class VirtualDNPU(DeviceModel):
+    """A seeded, physics-inspired virtual DNPU with an exact analytic Jacobian.
+
+    Dopant sites sit at random positions in a disc with eight electrodes on its rim (seven
+    voltage electrodes and the grounded output). Each electrode shifts every site energy
+    capacitively, in proportion to a lever arm that falls off with distance. A site conducts
+    best when its level is aligned with the Fermi level: a thermally broadened resonance
+    ``sech^2(E / 2w)`` on top of a small co-tunnelling floor. Current flows from each
+    electrode to a collector node by a few hopping paths through one or two sites (sites in
+    series add their resistances); the collector reaches the output through a finite access
+    conductance, so parallel paths share it and saturate. The drive of a path grows like
+    ``v0 sinh(V / v0)``, the field-enhanced hopping of strongly biased networks.
+
+    Different seeds give different devices. The conductance scale is set so that 99 % of
+    random operating points inside the voltage ranges give ``|I|`` below ``max_current_na``.
+
+    Args:
+        seed: Selects the device.
+        n_sites: Number of dopant sites.
+        paths_per_electrode: Hopping paths from each voltage electrode to the output.
+        voltage_ranges: ``(7, 2)`` electrode limits; default :data:`DEFAULT_VOLTAGE_RANGES`.
+        max_current_na: 99th percentile of ``|I|`` over random operating points.
+    """
+
+    n_electrodes: int = 7
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        n_sites: int = 16,
+        paths_per_electrode: int = 3,
+        voltage_ranges: np.ndarray | None = None,
+        max_current_na: float = 300.0,
+    ) -> None:
+        ranges = DEFAULT_VOLTAGE_RANGES if voltage_ranges is None else voltage_ranges
+        ranges = np.array(ranges, dtype=float)
+        if ranges.shape != (self.n_electrodes, 2) or np.any(ranges[:, 0] >= ranges[:, 1]):
+            raise ValueError(f"voltage_ranges must be (7, 2) with min < max, got {ranges}")
+        if n_sites < 2 or paths_per_electrode < 1 or max_current_na <= 0:
+            raise ValueError("need n_sites >= 2, paths_per_electrode >= 1, max_current_na > 0")
+        self.seed = int(seed)
+        self.n_sites = int(n_sites)
+        self.paths_per_electrode = int(paths_per_electrode)
+        self.max_current_na = float(max_current_na)
+        self.voltage_ranges = ranges
+        self.voltage_ranges.flags.writeable = False
+        self._build(np.random.default_rng(self.seed))
+
+    def current(self, volts: np.ndarray) -> np.ndarray:
+        """Noiseless output current in nA.
+
+        Args:
+            volts: Electrode voltages, shape ``(..., 7)``.
+
+        Returns:
+            Current, shape ``(...)``.
+        """
+        return self._evaluate(volts, jacobian=False)
+
+    def jacobian(self, volts: np.ndarray) -> np.ndarray:
+        """Exact derivative of :meth:`current` with respect to each electrode voltage.
+
+        Args:
+            volts: Electrode voltages, shape ``(..., 7)``.
+
+        Returns:
+            ``dI/dV_j`` in nA/V, shape ``(..., 7)``.
+        """
+        return self._evaluate(volts, jacobian=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for provenance: kind, seed, construction arguments and parameter hash."""
+        return {
+            "kind": "VirtualDNPU",
+            "seed": self.seed,
+            "n_sites": self.n_sites,
+            "paths_per_electrode": self.paths_per_electrode,
+            "max_current_na": self.max_current_na,
+            "n_electrodes": self.n_electrodes,
+            "voltage_ranges": self.voltage_ranges.tolist(),
+            "parameter_hash": self._hash,
+        }
+
+    def __repr__(self) -> str:
+        return f"VirtualDNPU(seed={self.seed}, hash={self._hash[:12]})"
+
+    # -- construction -------------------------------------------------------------------
+
+    def _build(self, rng: np.random.Generator) -> None:
+        n_e = self.n_electrodes
+        # Eight rim electrodes, evenly spaced up to a small seeded jitter; index 7 is the output.
+        angles = 2 * np.pi * (np.arange(n_e + 1) + rng.uniform(-0.1, 0.1, n_e + 1)) / (n_e + 1)
+        electrodes = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        radius = 0.85 * np.sqrt(rng.uniform(0, 1, self.n_sites))
+        theta = rng.uniform(0, 2 * np.pi, self.n_sites)
+        sites = np.stack([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
+
+        # Lever arms: a softened inverse-square weight per electrode, normalised against all
+        # electrodes plus the substrate, times the fraction of the potential that reaches the
+        # dopant layer. Every electrode couples to every site, strongest to its neighbours.
+        dist2 = ((sites[:, None, :] - electrodes[None, :, :]) ** 2).sum(axis=-1)
+        weight = 1.0 / (dist2 + 0.05)
+        lever = 0.6 * weight / (weight.sum(axis=1, keepdims=True) + 2.0)
+        self._lever = lever[:, :n_e]  # (sites, electrodes)
+
+        # Offsets put each level's resonance somewhere inside, or a little beyond, the voltage
+        # box, so most sites can be tuned through resonance by the electrodes.
+        middle = self.voltage_ranges.mean(axis=1)
+        half = np.diff(self.voltage_ranges, axis=1)[:, 0] / 2
+        reach = self._lever @ half
+        self._offset = -(self._lever @ middle) + reach * rng.uniform(-1.2, 1.2, self.n_sites)
+        self._width = rng.uniform(0.02, 0.05, self.n_sites)
+        self._floor = 0.02
+        self._v0 = 0.5
+
+        output = electrodes[n_e]
+        incidence, path_electrode, prefactor = [], [], []
+        for e in range(n_e):
+            to_e = np.linalg.norm(sites - electrodes[e], axis=1)
+            to_out = np.linalg.norm(sites - output, axis=1)
+            detour = to_e + to_out
+            # Hopping favours sites close to the straight line from electrode to output.
+            p = np.exp(-(detour - detour.min()) / 0.3)
+            p /= p.sum()
+            for _ in range(self.paths_per_electrode):
+                n_hops = 2 if rng.uniform() < 2 / 3 else 1
+                chosen = rng.choice(self.n_sites, size=n_hops, replace=False, p=p)
+                chosen = chosen[np.argsort(to_e[chosen])]
+                length = to_e[chosen[0]] + to_out[chosen[-1]]
+                if n_hops == 2:
+                    length += np.linalg.norm(sites[chosen[0]] - sites[chosen[1]])
+                row = np.zeros(self.n_sites)
+                row[chosen] = 1.0
+                incidence.append(row)
+                path_electrode.append(e)
+                prefactor.append(np.exp(-length / 0.5) * rng.lognormal(0.0, 0.5))
+        self._incidence = np.array(incidence)  # (paths, sites)
+        self._path_electrode = np.array(path_electrode)
+        self._path_onehot = np.eye(n_e)[self._path_electrode]  # (paths, electrodes)
+        self._g = np.array(prefactor)[:, None]
+        # Scaled so that lever_x @ V + offset_x = E / 2w, the argument of the lineshape.
+        self._lever_x = self._lever / (2 * self._width[:, None])
+        self._offset_x = (self._offset / (2 * self._width))[:, None]
+
+        # The collector's access conductance is set to the median total path conductance, so
+        # the saturation it causes matters at some operating points and not at others.
+        sample = rng.uniform(self.voltage_ranges[:, 0], self.voltage_ranges[:, 1], (4000, n_e))
+        self._g_collector = np.inf
+        total_g = np.concatenate(
+            [self._block(sample[i : i + _BLOCK].T, "total") for i in range(0, 4000, _BLOCK)]
+        )
+        self._g_collector = float(np.median(total_g))
+        scale = self.max_current_na / np.percentile(np.abs(self.current(sample)), 99)
+        self._g = self._g * scale
+        self._g_collector *= scale
+
+        digest = hashlib.sha256()
+        for part in (
+            self._lever,
+            self._offset,
+            self._width,
+            self._incidence,
+            self._path_electrode.astype(float),
+            self._g,
+            np.array([self._g_collector, self._floor, self._v0]),
+            self.voltage_ranges,
+        ):
+            digest.update(np.ascontiguousarray(part, dtype=float).tobytes())
+        self._hash = digest.hexdigest()
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def _evaluate(self, volts: np.ndarray, jacobian: bool) -> np.ndarray:
+        v = np.asarray(volts, dtype=float)
+        if v.ndim == 0 or v.shape[-1] != self.n_electrodes:
+            raise ValueError(f"volts must have shape (..., {self.n_electrodes}), got {v.shape}")
+        flat = v.reshape(-1, self.n_electrodes)
+        n = flat.shape[0]
+        out = np.empty((n, self.n_electrodes) if jacobian else n)
+        kind = "jacobian" if jacobian else "current"
+        for start in range(0, n, _BLOCK):
+            out[start : start + _BLOCK] = self._block(flat[start : start + _BLOCK].T, kind)
+        return out.reshape(v.shape if jacobian else v.shape[:-1])
+
+    def _block(self, vt: np.ndarray, kind: str) -> np.ndarray:
+        """Current (or total conductance, or Jacobian) for voltages ``vt`` of shape (7, n)."""
+        # x = E / 2w with site energies E = offset + lever @ V
+        x = self._lever_x @ vt
+        x += self._offset_x
+        t = np.tanh(x, out=x)
+        inv_l = t * t
+        np.subtract(1.0 + self._floor, inv_l, out=inv_l)  # sech^2 + floor
+        np.reciprocal(inv_l, out=inv_l)
+        resistance = self._incidence @ inv_l  # (paths, n), sites in series
+        g_path = np.divide(self._g, resistance, out=resistance)
+        # Paths of one electrode share its drive: sum their conductances first.
+        g_electrode = self._path_onehot.T @ g_path  # (electrodes, n)
+        g_total = g_electrode.sum(axis=0)
+        if kind == "total":
+            return g_total
+        drive = vt / self._v0
+        np.sinh(drive, out=drive)
+        drive *= self._v0
+        i_raw = np.einsum("en,en->n", g_electrode, drive)
+        share = g_total
+        share += self._g_collector
+        np.divide(self._g_collector, share, out=share)
+        current = i_raw * share
+        if kind == "current":
+            return current
+
+        # I = share * sum_p G_p F_p with share = gc / (gc + sum_p G_p):
+        # dI/dG_p = share * F_p - I_raw * share^2 / gc,  dG_p/d(1/L_s) = -G_p^2 / g_p.
+        d_i_d_g = (share * drive - (i_raw * share * share / self._g_collector))[
+            self._path_electrode
+        ]
+        d_i_d_invl = -(self._incidence.T @ (g_path * g_path / self._g * d_i_d_g))
+        # d(1/L)/dx = -(1/L^2) dL/dx,  dL/dx = -2 sech^2(x) tanh(x)
+        d_i_d_x = d_i_d_invl * inv_l * inv_l * (2.0 * (1.0 - t * t) * t)
+        jac = d_i_d_x.T @ self._lever_x
+        jac += (share * g_electrode * np.cosh(vt / self._v0)).T
+        return jac
