@@ -1,0 +1,304 @@
+"""The ``dnpu-bluesky`` command: demo, train, runs, report, check-profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUTPUT = Path("demo-output")
+METHODS = ("hge", "fd", "spsa", "ga")
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+def _storage_config(args: argparse.Namespace):
+    from .session import storage_config_from_env
+
+    config = storage_config_from_env()
+    if getattr(args, "data_dir", None):
+        config = replace(config, directory=Path(args.data_dir))
+    if getattr(args, "tiled_uri", None):
+        config = replace(config, uri=args.tiled_uri)
+    return config
+
+
+def _profile(args: argparse.Namespace):
+    from .config import default_sim_profile, load_profile
+
+    profile = load_profile(args.setup) if args.setup else default_sim_profile(seed=args.seed)
+    if args.model:
+        if not Path(args.model).is_file():
+            raise UsageError(f"--model: no such file: {args.model}")
+        if profile.backend != "sim":
+            raise UsageError("--model replaces the simulated device; it needs a sim setup")
+        sim = profile.sim.model_copy(update={"surrogate": str(Path(args.model).resolve())})
+        profile = profile.model_copy(update={"sim": sim})
+    return profile
+
+
+def _gates(text: str) -> list[str]:
+    from .tasks import GATES
+
+    gates = [g.strip().upper() for g in text.split(",") if g.strip()]
+    unknown = [g for g in gates if g not in GATES]
+    if unknown or not gates:
+        raise UsageError(f"--gates: unknown gate(s) {unknown or text!r}; choose from {GATES}")
+    return gates
+
+
+def _progress_printer(quiet: bool) -> Callable[[str, dict], None]:
+    """One updating line per run on stderr, so long training shows its progress."""
+    state: dict[str, Any] = {"descriptors": {}}
+
+    def callback(name: str, doc: dict) -> None:
+        if quiet:
+            return
+        if name == "start":
+            state["label"] = doc.get("gate") or doc.get("task", {}).get("name", doc["plan_name"])
+            state["method"] = doc.get("method", "")
+        elif name == "descriptor":
+            state["descriptors"][doc["uid"]] = doc["name"]
+        elif name == "event":
+            stream = state["descriptors"].get(doc["descriptor"])
+            data = doc["data"]
+            if stream == "train":
+                step, loss = data["train_iteration"], data["train_loss"]
+                margin, seconds = data["train_margin_na"], data["train_device_seconds"]
+            elif stream == "generation":
+                step, loss = data["generation_generation"], data["generation_best_loss"]
+                margin = data["generation_best_margin_na"]
+                seconds = data["generation_device_seconds"]
+            else:
+                return
+            print(
+                f"\r{state['label']:<7}{state['method']:<5} step {step:4d}  loss {loss:9.4f}  "
+                f"margin {margin:8.2f} nA  device {seconds:7.1f} s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif name == "stop":
+            print(file=sys.stderr, flush=True)
+
+    return callback
+
+
+def train_and_store(
+    args: argparse.Namespace, tasks: Sequence[Any], method: str
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Train each task in its own run, stored in Tiled; returns result rows and run nodes."""
+    from .devices import build_dnpu
+    from .plans import train, train_genetic
+    from .session import make_run_engine
+    from .storage import load_run, open_storage
+
+    dnpu = build_dnpu(_profile(args))
+    rows, runs = [], []
+    try:
+        with open_storage(_storage_config(args)) as storage:
+            engine = make_run_engine(storage, interactive=False, returns_result=True)
+            engine.subscribe(_progress_printer(args.quiet))
+            for index, task in enumerate(tasks):
+                seed = args.seed + index
+                if method == "ga":
+                    plan = train_genetic(dnpu, task, seed=seed)
+                else:
+                    options = {"max_iterations": args.max_iterations} if args.max_iterations else {}
+                    plan = train(dnpu, task, method=method, seed=seed, **options)
+                started = time.perf_counter()
+                outcome = engine(plan)
+                wall = time.perf_counter() - started
+                result = outcome.plan_result
+                (uid,) = outcome.run_start_uids
+                row = {
+                    "task": "sphere" if task.name == "sphere" else "boolean",
+                    "gate": getattr(task, "gate", None),
+                    "method": method,
+                    "seed": seed,
+                    "accuracy": result.accuracy,
+                    "margin_nA": result.margin_na,
+                    "iterations": result.iterations,
+                    "device_s": result.device_s,
+                    "wall_s": wall,
+                    "run_uid": uid,
+                }
+                if result.test_accuracy is not None:
+                    row["test_accuracy"] = result.test_accuracy
+                rows.append(row)
+                runs.append(load_run(storage.client, uid))
+            if args.figures:
+                _write_figures(runs, Path(args.figures))
+    finally:
+        dnpu.backend.close()
+    return rows, runs
+
+
+def _write_figures(runs: Sequence[Any], directory: Path) -> None:
+    from .figures import save_figures
+
+    paths = save_figures(runs, directory)
+    print("figures: " + ", ".join(str(p) for p in paths))
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """The results table: one row per gate (or task) trained."""
+    header = (
+        f"{'gate/task':<10}{'method':<7}{'accuracy':>9}{'margin nA':>11}{'iters':>7}"
+        f"{'device s':>10}{'wall s':>8}  run"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        label = row["gate"] or row["task"]
+        print(
+            f"{label:<10}{row['method']:<7}{row['accuracy']:>9.0%}{row['margin_nA']:>11.2f}"
+            f"{row['iterations']:>7d}{row['device_s']:>10.1f}{row['wall_s']:>8.1f}"
+            f"  {row['run_uid'][:8]}"
+        )
+        if "test_accuracy" in row:
+            print(f"{'':<10}test accuracy {row['test_accuracy']:.1%}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .tasks import SphereClassification, make_task
+
+    if args.task == "boolean":
+        tasks = [make_task(f"boolean:{gate}") for gate in _gates(args.gates)]
+    else:
+        tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size)]
+    rows, _ = train_and_store(args, tasks, args.method)
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
+        print(f"results: {args.json}")
+    return 0 if all(row["accuracy"] == 1.0 for row in rows) or args.task == "sphere" else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .tasks import GATES, BooleanGate
+
+    args.figures = args.figures or str(DEFAULT_OUTPUT)
+    print(f"Training all Boolean gates on the virtual DNPU (seed {args.seed}) with HGE.")
+    rows, _ = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge")
+    print_table(rows)
+    solved = sum(row["accuracy"] == 1.0 for row in rows)
+    print(f"{solved}/{len(rows)} gates solved; every run is in Tiled (dnpu-bluesky runs).")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .storage import find_runs, open_storage
+
+    with open_storage(_storage_config(args)) as storage:
+        runs = find_runs(storage.client, plan_name=args.plan, gate=args.gate, limit=args.limit)
+        print(f"{'uid':<10}{'time':<21}{'plan':<20}{'gate/task':<11}{'status':<8}")
+        for run in runs:
+            start = run.metadata["start"]
+            stop = run.metadata.get("stop") or {}
+            label = start.get("gate") or start.get("task", {}).get("name", "")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start["time"]))
+            print(
+                f"{start['uid'][:8]:<10}{when:<21}{start['plan_name']:<20}{label:<11}"
+                f"{stop.get('exit_status', 'open'):<8}"
+            )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .storage import load_run, open_storage
+
+    with open_storage(_storage_config(args)) as storage:
+        runs = [load_run(storage.client, uid) for uid in args.uids]
+        for run in runs:
+            if "evaluation" not in run:
+                raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
+        _write_figures(runs, Path(args.out))
+    return 0
+
+
+def _cmd_check_profile(args: argparse.Namespace) -> int:
+    from .config import load_profile
+
+    profile = load_profile(args.file)
+    print(
+        f"{args.file}: valid setup {profile.name!r} ({profile.backend}, "
+        f"{len(profile.electrodes)} electrodes, inputs {list(profile.indices('input'))})"
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dnpu-bluesky",
+        description="Train DNPUs by gradient descent measured on the device (HGE), on Bluesky.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def storage_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--data-dir", help="embedded Tiled storage directory")
+        sub.add_argument("--tiled-uri", help="remote Tiled server (API key: DNPU_TILED_API_KEY)")
+
+    def training_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--seed", type=int, default=0, help="device and training seed")
+        sub.add_argument("--setup", help="setup profile YAML (default: the virtual DNPU)")
+        sub.add_argument("--model", help="brains-py surrogate file to simulate instead")
+        sub.add_argument("--max-iterations", type=int, help="iterations per attempt")
+        sub.add_argument("--figures", help="write figures to this directory")
+        sub.add_argument("--quiet", action="store_true", help="no progress lines")
+        storage_options(sub)
+
+    demo = commands.add_parser("demo", help="train all six gates on the virtual DNPU with HGE")
+    training_options(demo)
+    demo.set_defaults(handler=_cmd_demo)
+
+    train = commands.add_parser("train", help="train gates or sphere classification")
+    train.add_argument("--task", choices=("boolean", "sphere"), default="boolean")
+    train.add_argument("--gates", default="XOR", help="comma-separated, e.g. XOR,AND")
+    train.add_argument("--method", choices=METHODS, default="hge")
+    train.add_argument("--batch-size", type=int, default=None, help="sphere: cases per step")
+    train.add_argument("--json", help="write the results as JSON to this file")
+    training_options(train)
+    train.set_defaults(handler=_cmd_train)
+
+    runs = commands.add_parser("runs", help="list past runs from Tiled")
+    runs.add_argument("--plan", help="only runs of this plan_name")
+    runs.add_argument("--gate", help="only runs of this gate")
+    runs.add_argument("--limit", type=int, default=20)
+    storage_options(runs)
+    runs.set_defaults(handler=_cmd_runs)
+
+    report = commands.add_parser("report", help="redraw training runs' figures from Tiled")
+    report.add_argument("uids", nargs="+", help="run uids (or unique prefixes)")
+    report.add_argument("--out", default=str(DEFAULT_OUTPUT))
+    storage_options(report)
+    report.set_defaults(handler=_cmd_report)
+
+    check = commands.add_parser("check-profile", help="validate a setup profile (no hardware)")
+    check.add_argument("file")
+    check.set_defaults(handler=_cmd_check_profile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dnpu-bluesky`` console script."""
+    from .config import ProfileError
+
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, ProfileError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"dnpu-bluesky {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Setup profiles: one YAML file describes one setup, simulated or hardware, and is validated.
+
+A profile names the electrodes in channel order with their roles and voltage limits, the
+output channel, the current amplifier, the sample clock and the trigger routing. Everything a
+device needs to stay safe comes from here, so a profile is checked completely before any
+device is built from it: unknown keys, duplicate keys, limits that do not contain 0 V or leave
+the DAQ's range, and a readout that would alias are all refused with one line per problem
+naming the field.
+
+Decision on aliasing: the amplifier bandwidth must not exceed the AI Nyquist frequency
+(``readout_oversampling * sample_rate / 2``). This is an error, not a warning: the amplifier is
+the only anti-alias filter in front of the ADC, and an interferer folded onto a perturbation
+tone biases a gradient without any visible sign. Raising ``readout_oversampling`` costs
+nothing but AI rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+
+__all__ = [
+    "DAQ_LIMIT_V",
+    "Amplifier",
+    "ElectrodeConfig",
+    "OutputConfig",
+    "ProfileError",
+    "SetupProfile",
+    "SimConfig",
+    "TriggerConfig",
+    "default_sim_profile",
+    "load_profile",
+]
+
+#: Output range of the DAQ's analog outputs, volts; no electrode limit may lie beyond it.
+DAQ_LIMIT_V = 10.0
+
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Volts = Annotated[float, Field(allow_inf_nan=False)]
+_Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+_Channel = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+
+
+class ProfileError(ValueError):
+    """A setup profile could not be loaded; ``problems`` holds one readable line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"invalid setup profile {source}:\n{lines}")
+
+
+class _Model(BaseModel):
+    # Frozen: limits validated once cannot be widened afterwards.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ElectrodeConfig(_Model):
+    """One voltage electrode: its name, DAQ output channel, role and voltage limits.
+
+    Attributes:
+        name: Identifier (letters, digits, underscore), unique within the profile.
+        channel: Physical AO channel, e.g. ``cDAQ1Mod1/ao0``.
+        role: ``"input"`` (data) or ``"control"`` (trained parameter).
+        min_v: Lowest allowed voltage; must be below 0 V and not below -10 V.
+        max_v: Highest allowed voltage; must be above 0 V and above ``min_v``, not above 10 V.
+    """
+
+    name: _Name
+    channel: _Channel
+    role: Literal["input", "control"]
+    min_v: _Volts
+    max_v: _Volts
+
+    @field_validator("min_v")
+    @classmethod
+    def _check_min(cls, value: float) -> float:
+        if value < -DAQ_LIMIT_V:
+            raise ValueError(f"must be within the DAQ range of -{DAQ_LIMIT_V:g} V, got {value:g}")
+        if value >= 0:
+            raise ValueError(f"must be below 0 V so that 0 V is a safe state, got {value:g}")
+        return value
+
+    @field_validator("max_v")
+    @classmethod
+    def _check_max(cls, value: float, info: Any) -> float:
+        min_v = info.data.get("min_v")
+        if min_v is not None and value <= min_v:
+            raise ValueError(f"must be greater than min_v (max_v {value:g} <= min_v {min_v:g})")
+        if value > DAQ_LIMIT_V:
+            raise ValueError(f"must be within the DAQ range of +{DAQ_LIMIT_V:g} V, got {value:g}")
+        if value <= 0:
+            raise ValueError(f"must be above 0 V so that 0 V is a safe state, got {value:g}")
+        return value
+
+
+class OutputConfig(_Model):
+    """The AI channel that reads the current amplifier's output voltage.
+
+    Attributes:
+        channel: Physical AI channel, e.g. ``cDAQ1Mod3/ai0``.
+        ai_range_v: Symmetric input range in volts (``-ai_range_v .. +ai_range_v``).
+        terminal_config: ``default``, ``rse``, ``nrse``, ``diff`` or ``pseudo_diff``.
+    """
+
+    channel: _Channel
+    ai_range_v: Annotated[float, Field(gt=0, le=DAQ_LIMIT_V, allow_inf_nan=False)]
+    terminal_config: Literal["default", "rse", "nrse", "diff", "pseudo_diff"] = "default"
+
+
+class Amplifier(_Model):
+    """The transimpedance amplifier between the device output and the AI channel.
+
+    Attributes:
+        gain_v_per_a: Transimpedance gain in V/A (1e8 V/A = 0.1 V/nA).
+        bandwidth_hz: -3 dB bandwidth in Hz.
+        inverting: True if the output voltage has the opposite sign of the current.
+    """
+
+    gain_v_per_a: _Positive
+    bandwidth_hz: _Positive
+    inverting: bool = False
+
+
+class TriggerConfig(_Model):
+    """Trigger routing that starts the AI acquisition together with the AO generation.
+
+    Attributes:
+        start_trigger_source: Fully qualified terminal of the AO start trigger, e.g.
+            ``/cDAQ1/ao/StartTrigger`` (cDAQ: the chassis, not the module) or
+            ``/Dev1/ao/StartTrigger`` (PCIe/PXI).
+    """
+
+    start_trigger_source: Annotated[str, Field(pattern=r"^/\S+$")]
+
+
+class SimConfig(_Model):
+    """Settings of the simulated setup.
+
+    Attributes:
+        seed: Seed of the virtual device and of the noise.
+        surrogate: Path of a brains-py surrogate model file, or None for the built-in device.
+    """
+
+    seed: Annotated[int, Field(ge=0, strict=True)] = 0
+    surrogate: str | None = None
+
+
+class SetupProfile(_Model):
+    """One validated setup: electrodes, output, amplifier, clocks and backend.
+
+    Build one with :func:`load_profile` (YAML) or :func:`default_sim_profile`.
+
+    Attributes:
+        name: Name of the setup, recorded with every run.
+        backend: ``"sim"`` or ``"nidaqmx"``.
+        sample_rate: AO (write) sample rate in S/s.
+        readout_oversampling: AI samples per AO sample; AI runs at
+            ``readout_oversampling * sample_rate`` and is averaged back to ``sample_rate``.
+        max_slew_v_per_s: No electrode may change faster than this.
+        electrodes: The voltage electrodes in channel order.
+        output: The AI channel.
+        amplifier: The current amplifier.
+        trigger: AO-to-AI start trigger routing; required for ``nidaqmx``.
+        sim: Simulation settings; only for ``sim`` (defaults apply when omitted).
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    backend: Literal["sim", "nidaqmx"]
+    sample_rate: _Positive
+    readout_oversampling: Annotated[int, Field(ge=1, strict=True)] = 1
+    max_slew_v_per_s: _Positive
+    electrodes: Annotated[tuple[ElectrodeConfig, ...], Field(min_length=1)]
+    output: OutputConfig
+    amplifier: Amplifier
+    trigger: TriggerConfig | None = None
+    sim: SimConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sim_settings(cls, data: Any) -> Any:
+        # A sim profile records its (default) seed even when the file leaves it out.
+        if isinstance(data, dict) and data.get("backend") == "sim" and "sim" not in data:
+            return {**data, "sim": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_setup(self) -> SetupProfile:
+        problems: list[str] = []
+        first_name: dict[str, int] = {}
+        first_channel: dict[str, int] = {}
+        for i, electrode in enumerate(self.electrodes):
+            j = first_name.setdefault(electrode.name, i)
+            if j != i:
+                problems.append(f"electrodes.{i}.name: {electrode.name!r} repeats electrodes.{j}")
+            j = first_channel.setdefault(electrode.channel, i)
+            if j != i:
+                problems.append(
+                    f"electrodes.{i}.channel: {electrode.channel!r} repeats electrodes.{j}"
+                )
+        if not any(e.role == "control" for e in self.electrodes):
+            problems.append("electrodes: at least one electrode must have role 'control'")
+        nyquist = self.ai_sample_rate / 2
+        if self.amplifier.bandwidth_hz > nyquist:
+            needed = math.ceil(2 * self.amplifier.bandwidth_hz / self.sample_rate)
+            problems.append(
+                f"amplifier.bandwidth_hz: {self.amplifier.bandwidth_hz:g} Hz is above the AI "
+                f"Nyquist frequency {nyquist:g} Hz (readout_oversampling * sample_rate / 2); "
+                f"set readout_oversampling >= {needed} or lower the bandwidth"
+            )
+        if self.backend == "nidaqmx":
+            if self.trigger is None:
+                problems.append("trigger: required for backend 'nidaqmx'")
+            if self.sim is not None:
+                problems.append("sim: only allowed with backend 'sim'")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def ai_sample_rate(self) -> float:
+        """AI sample rate in S/s (``readout_oversampling * sample_rate``)."""
+        return self.readout_oversampling * self.sample_rate
+
+    @property
+    def electrode_names(self) -> tuple[str, ...]:
+        """Electrode names in channel order."""
+        return tuple(e.name for e in self.electrodes)
+
+    @property
+    def limits_v(self) -> np.ndarray:
+        """``(n_electrodes, 2)`` array of ``[min_v, max_v]`` in channel order."""
+        return np.array([[e.min_v, e.max_v] for e in self.electrodes], dtype=float)
+
+    def indices(self, role: Literal["input", "control"]) -> tuple[int, ...]:
+        """Positions (in channel order) of the electrodes with the given role."""
+        return tuple(i for i, e in enumerate(self.electrodes) if e.role == role)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as plain JSON-serialisable data, for provenance in start documents."""
+        return self.model_dump(mode="json")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _describe_error(error: ErrorDetails) -> list[str]:
+    """One line per problem: ``field.path: message``."""
+    path = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        if not path:
+            return message.splitlines()
+        return [f"{path}: {message}"]
+    if kind == "extra_forbidden":
+        return [f"{path}: unknown key"]
+    if kind == "missing":
+        return [f"{path}: missing required key"]
+    got = repr(error["input"])
+    if len(got) > 60:
+        got = got[:57] + "..."
+    return [f"{path or '<profile>'}: {message} (got {got})"]
+
+
+def _validate(data: Any, source: str) -> SetupProfile:
+    if not isinstance(data, dict):
+        raise ProfileError(
+            source, [f"<profile>: must be a mapping of keys, got {type(data).__name__}"]
+        )
+    try:
+        return SetupProfile.model_validate(data)
+    except ValidationError as exc:
+        problems = [line for error in exc.errors() for line in _describe_error(error)]
+        raise ProfileError(source, problems) from None
+
+
+def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
+    """Read a YAML setup profile and validate it.
+
+    A relative ``sim.surrogate`` path is taken relative to the profile's folder and must exist.
+
+    Args:
+        path: The YAML file.
+
+    Returns:
+        The validated profile.
+
+    Raises:
+        ProfileError: if the file is missing, is not YAML, has duplicate or unknown keys, or
+            breaks any rule; the message has one line per problem naming the field.
+    """
+    file = Path(path)
+    source = str(file)
+    try:
+        with file.open(encoding="utf-8") as stream:
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        raise ProfileError(source, ["file not found"]) from None
+    except OSError as exc:
+        raise ProfileError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ProfileError(source, ["not UTF-8 text"]) from None
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ProfileError(source, [f"not valid YAML: {detail}"]) from None
+    profile = _validate(data, source)
+    if profile.sim is not None and profile.sim.surrogate is not None:
+        surrogate = Path(profile.sim.surrogate).expanduser()
+        if not surrogate.is_absolute():
+            surrogate = file.parent / surrogate
+        if not surrogate.is_file():
+            raise ProfileError(source, [f"sim.surrogate: file not found: {surrogate}"])
+        sim = profile.sim.model_copy(update={"surrogate": str(surrogate.resolve())})
+        profile = profile.model_copy(update={"sim": sim})
+    return profile
+
+
+def default_sim_profile(seed: int = 0) -> SetupProfile:
+    """The built-in simulated setup: seven electrodes, inputs on e3 and e4.
+
+    Controls span -1.2 .. 0.6 V and inputs the tighter -0.7 .. 0.3 V, as typical DNPU
+    settings. The readout matches :class:`dnpu_bluesky.sim.Electronics`' defaults: an
+    inverting 1e7 V/A amplifier (300 nA give 3 V on a +-10 V ADC) with 2 kHz bandwidth,
+    sampled at 10 kS/s without oversampling (the simulation reads one sample per AO sample).
+
+    Args:
+        seed: Seed of the virtual device and of its noise.
+
+    Returns:
+        The validated profile (backend ``"sim"``).
+    """
+    electrodes = []
+    for i in range(7):
+        is_input = i in (3, 4)
+        electrodes.append(
+            {
+                "name": f"e{i}",
+                "channel": f"sim/ao{i}",
+                "role": "input" if is_input else "control",
+                "min_v": -0.7 if is_input else -1.2,
+                "max_v": 0.3 if is_input else 0.6,
+            }
+        )
+    return _validate(
+        {
+            "name": "sim-default",
+            "backend": "sim",
+            "sample_rate": 10_000.0,
+            "readout_oversampling": 1,
+            "max_slew_v_per_s": 200.0,
+            "electrodes": electrodes,
+            "output": {"channel": "sim/ai0", "ai_range_v": 10.0},
+            "amplifier": {"gain_v_per_a": 1.0e7, "bandwidth_hz": 2000.0, "inverting": True},
+            "sim": {"seed": seed, "surrogate": None},
+        },
+        "<default_sim_profile>",
+    )

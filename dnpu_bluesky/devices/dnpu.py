@@ -1,0 +1,302 @@
+"""The DNPU as one ophyd device: seven electrodes, the current amplifier and a DAQ backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, DeviceStatus, Signal
+
+from ..backend import DAQBackend
+from ..hge import FrequencyPlan, Waveform, hge_segments, plan_frequencies, synthesize_waveform
+from ..safety import check_waveform
+from .amplifier import CurrentAmplifier
+from .electrode import Electrode
+
+ELECTRODE_NAMES = tuple(f"e{i}" for i in range(7))
+#: Lowest default tone: above the 1/f corner of a typical setup, so tones see white noise.
+DEFAULT_MIN_FREQUENCY_HZ = 150.0
+#: Default tone amplitude on each control electrode, volts (METHOD.md: 5 to 30 mV).
+DEFAULT_AMPLITUDE_V = 0.02
+#: Share of the slew limit a tone may use (a sine of amplitude a at f slews 2 pi f a).
+_TONE_SLEW_SHARE = 0.9
+MODES = ("parallel", "sequential", "off")
+
+
+class DNPU(Device):
+    """A dopant network processing unit measured through a DAQ backend.
+
+    ``trigger()`` builds one stream from the electrodes' setpoints, the input cases and the
+    perturbation settings, checks it against every safety rule, plays it and records the
+    output. Each stream starts and ends at 0 V, so between triggers the electrodes rest at 0 V.
+
+    Modes: ``"parallel"`` perturbs every control with a tone at once (one window per input
+    case), ``"sequential"`` one control per window, ``"off"`` applies no tones (evaluation).
+    """
+
+    e0 = Cpt(Electrode)
+    e1 = Cpt(Electrode)
+    e2 = Cpt(Electrode)
+    e3 = Cpt(Electrode)
+    e4 = Cpt(Electrode)
+    e5 = Cpt(Electrode)
+    e6 = Cpt(Electrode)
+    amplifier = Cpt(CurrentAmplifier)
+
+    output = Cpt(Signal, value=np.zeros(1), kind="normal")
+    current = Cpt(Signal, value=0.0, kind="hinted")
+    case_currents = Cpt(Signal, value=np.zeros(1), kind="normal")
+    window_start = Cpt(Signal, value=np.zeros(1, dtype=int), kind="normal")
+    segment_case = Cpt(Signal, value=np.zeros(1, dtype=int), kind="normal")
+    segment_dc = Cpt(Signal, value=np.zeros((1, 7)), kind="normal")
+    segment_amplitudes = Cpt(Signal, value=np.zeros((1, 7)), kind="normal")
+    device_seconds = Cpt(Signal, value=0.0, kind="normal")
+
+    mode = Cpt(Signal, value="parallel", kind="config")
+    sample_rate = Cpt(Signal, value=10_000.0, kind="config")
+    window_s = Cpt(Signal, value=0.1, kind="config")
+    settle_s = Cpt(Signal, value=0.01, kind="config")
+    ramp_s = Cpt(Signal, value=0.005, kind="config")
+    max_slew_v_per_s = Cpt(Signal, value=100.0, kind="config")
+    input_cases = Cpt(Signal, value=[], kind="config")
+    phase_lag_rad = Cpt(Signal, value=[0.0] * 7, kind="config")
+    phase_gain = Cpt(Signal, value=[1.0] * 7, kind="config")
+    backend_info = Cpt(Signal, value="{}", kind="config")
+
+    def __init__(self, *args: Any, backend: DAQBackend, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+        self.backend_info.put(json.dumps(backend.describe(), sort_keys=True, default=str))
+        self.last_waveform: Waveform | None = None
+        self.total_device_seconds = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def electrodes(self) -> list[Electrode]:
+        """The voltage electrodes in channel order."""
+        return [getattr(self, name) for name in ELECTRODE_NAMES]
+
+    def indices(self, role: str) -> np.ndarray:
+        """Electrode indices with the given role (``"input"`` or ``"control"``)."""
+        return np.array([i for i, e in enumerate(self.electrodes) if e.role.get() == role], int)
+
+    @property
+    def limits(self) -> np.ndarray:
+        """``(7, 2)`` array of ``[min_v, max_v]`` per electrode."""
+        return np.array([e.limits for e in self.electrodes], dtype=float)
+
+    def setpoints(self) -> np.ndarray:
+        """The DC setpoints of all electrodes, volts."""
+        return np.array([e.setpoint.get() for e in self.electrodes], dtype=float)
+
+    def frequencies(self) -> np.ndarray:
+        """Tone frequency per electrode in Hz (0 where the electrode carries no tone)."""
+        return np.array([e.frequency.get() for e in self.electrodes], dtype=float)
+
+    def amplitudes(self) -> np.ndarray:
+        """Tone amplitude per electrode in volts (0 where the electrode carries no tone)."""
+        return np.array([e.amplitude.get() for e in self.electrodes], dtype=float)
+
+    def plan_tones(
+        self,
+        *,
+        amplitude_v: float = DEFAULT_AMPLITUDE_V,
+        window_s: float | None = None,
+        order: int = 3,
+        spacing_bins: int = 1,
+        band_hz: float | None = None,
+        min_frequency_hz: float = DEFAULT_MIN_FREQUENCY_HZ,
+    ) -> FrequencyPlan:
+        """Plan one tone per control electrode; nothing is changed or applied.
+
+        Args:
+            amplitude_v: Tone amplitude the plan is for; it caps the band so that no tone
+                slews faster than the setup allows.
+            window_s: Analysis window (default: the current ``window_s``).
+            order: Highest intermodulation order kept off the tones.
+            spacing_bins: Tone spacing in units of 1/T.
+            band_hz: Highest usable frequency (default: the amplifier bandwidth, at most
+                0.4 x the sample rate).
+            min_frequency_hz: Lowest tone.
+
+        Raises:
+            dnpu_bluesky.hge.FrequencyPlanError: naming the constraint that cannot be met.
+        """
+        rate = float(self.sample_rate.get())
+        if not amplitude_v > 0:
+            raise ValueError(f"amplitude_v must be positive, got {amplitude_v}")
+        if band_hz is None:
+            band_hz = min(float(self.amplifier.bandwidth_hz.get()), 0.4 * rate)
+        band_hz = min(band_hz, self._slew_limited_frequency(amplitude_v))
+        return plan_frequencies(
+            self.indices("control").size,
+            float(window_s if window_s is not None else self.window_s.get()),
+            rate,
+            band_hz=band_hz,
+            order=order,
+            spacing_bins=spacing_bins,
+            min_frequency_hz=min_frequency_hz,
+        )
+
+    def _slew_limited_frequency(self, amplitude_v: float) -> float:
+        return _TONE_SLEW_SHARE * float(self.max_slew_v_per_s.get()) / (2 * np.pi * amplitude_v)
+
+    def tone_settings(self, tones: FrequencyPlan, amplitude_v: float) -> list[tuple[Signal, float]]:
+        """(signal, value) pairs that put ``tones`` on the controls, for ``mv`` or ``put``.
+
+        Raises:
+            ValueError: for a non-positive amplitude or a tone that would slew too fast.
+        """
+        if not amplitude_v > 0:
+            raise ValueError(f"amplitude_v must be positive, got {amplitude_v}")
+        fastest = self._slew_limited_frequency(amplitude_v)
+        if max(tones.frequencies) > fastest:
+            raise ValueError(
+                f"a {amplitude_v * 1e3:.0f} mV tone at {max(tones.frequencies):.0f} Hz slews "
+                f"faster than the limit {self.max_slew_v_per_s.get():g} V/s allows (tones up "
+                f"to {fastest:.0f} Hz): lower the amplitude or the band"
+            )
+        controls = self.indices("control")
+        frequencies = dict(zip(controls.tolist(), tones.frequencies, strict=True))
+        pairs: list[tuple[Signal, float]] = []
+        for index, electrode in enumerate(self.electrodes):
+            frequency = float(frequencies.get(index, 0.0))
+            pairs += [
+                (electrode.frequency, frequency),
+                (electrode.amplitude, amplitude_v * (frequency > 0)),
+            ]
+        return pairs
+
+    def operating_points(self) -> np.ndarray:
+        """``(n_cases, 7)`` DC voltages: the setpoints with each input case applied."""
+        base = self.setpoints()
+        cases = np.asarray(self.input_cases.get(), dtype=float)
+        if cases.size == 0:
+            return base[np.newaxis, :]
+        inputs = self.indices("input")
+        if cases.ndim != 2 or cases.shape[1] != inputs.size:
+            raise ValueError(
+                f"{self.name}: input_cases must have shape (n_cases, {inputs.size}) for the "
+                f"{inputs.size} input electrodes, got {cases.shape}"
+            )
+        points = np.repeat(base[np.newaxis, :], len(cases), axis=0)
+        points[:, inputs] = cases
+        return points
+
+    def build_waveform(self) -> Waveform:
+        """Build and safety-check the stream the next trigger will play; no voltage is applied.
+
+        Raises:
+            ValueError: for a bad mode, input cases, or tone settings.
+            dnpu_bluesky.safety.UnsafeWaveformError: if the stream breaks a safety rule.
+        """
+        mode = self.mode.get()
+        if mode not in MODES:
+            raise ValueError(f"{self.name}: mode must be one of {MODES}, got {mode!r}")
+        points = self.operating_points()
+        frequencies = self.frequencies()
+        amplitudes = np.where(frequencies > 0, self.amplitudes(), 0.0)
+        if mode == "off":
+            amplitudes = np.zeros_like(amplitudes)
+        elif not np.any(amplitudes > 0):
+            raise ValueError(
+                f"{self.name}: mode {mode!r} needs tones: no electrode has a frequency and an "
+                "amplitude (run configure_hge first, or set mode 'off')"
+            )
+        segments = hge_segments(
+            points, amplitudes, mode="sequential" if mode == "sequential" else "parallel"
+        )
+        rate = float(self.sample_rate.get())
+        waveform = synthesize_waveform(
+            segments,
+            frequencies,
+            rate,
+            float(self.window_s.get()),
+            settle_s=float(self.settle_s.get()),
+            ramp_s=self._ramp_time(amplitudes),
+        )
+        check_waveform(
+            waveform.voltages,
+            rate,
+            limits=self.limits,
+            max_slew_v_per_s=float(self.max_slew_v_per_s.get()),
+            channel_names=[e.name for e in self.electrodes],
+        )
+        return waveform
+
+    def _ramp_time(self, amplitudes: np.ndarray) -> float:
+        """The configured ramp time, lengthened so that no sample can slew too fast.
+
+        The ramp is sized for the largest step the limits allow (not the step at hand), so
+        every stream of a configuration has the same length and each stream's data shape
+        stays fixed. Where a window ends, the tone's own slope adds to the first step of the
+        next ramp, so the ramp gets only the part of the slew limit the tones leave free.
+        """
+        limits = self.limits
+        largest_step = float(np.max(limits[:, 1] - limits[:, 0]))
+        tone_slew = float(np.max(2 * np.pi * self.frequencies() * amplitudes))
+        free_slew = float(self.max_slew_v_per_s.get()) - tone_slew
+        if free_slew <= 0:
+            raise ValueError(
+                f"{self.name}: the tones alone slew {tone_slew:.0f} V/s, at or above the limit "
+                f"{self.max_slew_v_per_s.get():g} V/s; lower the amplitudes or frequencies"
+            )
+        return max(float(self.ramp_s.get()), largest_step / free_slew * 1.01)
+
+    def trigger(self) -> DeviceStatus:
+        """Play the stream and record the output off the RunEngine's event loop."""
+        waveform = self.build_waveform()
+        status = DeviceStatus(self)
+
+        def acquire() -> None:
+            try:
+                with self._lock:
+                    acquisition = self.backend.play_and_record(
+                        waveform.voltages, waveform.sample_rate
+                    )
+                self._publish(waveform, acquisition.ai_volts, acquisition.device_seconds)
+            except Exception as exc:
+                status.set_exception(exc)
+            else:
+                status.set_finished()
+
+        threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
+        return status
+
+    def _publish(self, waveform: Waveform, ai_volts: np.ndarray, device_seconds: float) -> None:
+        output = self.amplifier.to_nanoamps(ai_volts)
+        starts = np.array([w.start for w in waveform.windows], dtype=int)
+        cases = np.array([s.case for s in waveform.segments], dtype=int)
+        window_means = np.array([output[w].mean() for w in waveform.windows])
+        case_means = np.array([window_means[cases == c].mean() for c in np.unique(cases)])
+        self.last_waveform = waveform
+        self.total_device_seconds += device_seconds
+        self.output.put(output)
+        self.window_start.put(starts)
+        self.segment_case.put(cases)
+        self.segment_dc.put(np.array([s.dc for s in waveform.segments]))
+        self.segment_amplitudes.put(np.array([s.amplitudes for s in waveform.segments]))
+        self.case_currents.put(case_means)
+        self.current.put(float(case_means.mean()))
+        self.device_seconds.put(float(device_seconds))
+
+    def park(self) -> None:
+        """Bring every electrode to 0 V now (the backend ramps)."""
+        with self._lock:
+            self.backend.set_dc(np.zeros(len(ELECTRODE_NAMES)))
+
+    def unstage(self) -> list[Any]:
+        """Park at 0 V whenever a plan lets go of the device, however it ended."""
+        try:
+            self.park()
+        finally:
+            result = super().unstage()
+        return result
+
+    def stop(self, *, success: bool = False) -> None:
+        """Park at 0 V on stop, abort, pause or exception."""
+        self.park()
+        super().stop(success=success)

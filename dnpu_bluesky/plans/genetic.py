@@ -1,0 +1,141 @@
+"""The genetic algorithm peer: the group's earlier standard, measured on the same devices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from bluesky import plan_stubs as bps
+
+from ..devices.dnpu import DNPU
+from ..devices.records import GenerationRecord
+from ..tasks import BooleanGate, Task
+from .hge import _move_controls, _start_metadata
+from .stubs import Plan, within_run
+from .train import TrainResult, _Trainer
+
+
+def _next_generation(
+    population: np.ndarray,
+    losses: np.ndarray,
+    bounds: np.ndarray,
+    rng: np.random.Generator,
+    n_elite: int,
+    mutation_v: float,
+) -> np.ndarray:
+    """Keep the elite, fill the rest with blend crossover of tournament parents, mutate."""
+    order = np.argsort(losses)
+    elite = population[order[:n_elite]]
+    children = []
+    while len(children) < len(population) - n_elite:
+        parents = []
+        for _ in range(2):
+            a, b = rng.integers(len(population), size=2)
+            parents.append(population[a] if losses[a] < losses[b] else population[b])
+        mix = rng.uniform(-0.25, 1.25, size=bounds.shape[0])
+        child = parents[0] + mix * (parents[1] - parents[0])
+        child += rng.normal(0.0, mutation_v, size=child.shape)
+        children.append(np.clip(child, bounds[:, 0], bounds[:, 1]))
+    return np.vstack([elite, np.array(children)])
+
+
+def train_genetic(
+    dnpu: DNPU,
+    task: Task,
+    *,
+    population: int = 26,
+    generations: int = 100,
+    n_elite: int = 5,
+    mutation_v: float = 0.1,
+    target_margin_na: float = 2.0,
+    seed: int = 0,
+    md: dict | None = None,
+) -> Plan:
+    """Evolve the controls: every genome is one full evaluation of the task's input cases.
+
+    Defaults follow the group's earlier practice (population ~26, elitism, ~100 generations).
+    The mutation width shrinks linearly to a tenth over the generations. Stops when the best
+    genome separates the classes by ``target_margin_na``.
+
+    Streams: ``eval_raw`` (every genome's raw waveform), ``generation`` (best and median loss,
+    score of the best genome, device seconds) and ``evaluation`` (the final genome).
+
+    Returns:
+        A :class:`TrainResult` (``iterations`` counts generations).
+    """
+    if int(population) < n_elite + 2 or int(n_elite) < 1:
+        raise ValueError(
+            f"need population >= n_elite + 2 and n_elite >= 1, got {population}, {n_elite}"
+        )
+    if int(generations) < 1:
+        raise ValueError(f"generations must be at least 1, got {generations}")
+    trainer = _Trainer(dnpu, task, "ga", seed, {"perturbation_margin_v": 0.0})
+    record = GenerationRecord(name="generation")
+    yield from trainer.present(None)
+    yield from bps.mv(dnpu.mode, "off")
+    dnpu.build_waveform()
+    plan_args: dict[str, Any] = {
+        "dnpu": repr(dnpu.name),
+        "task": task.name,
+        "population": population,
+        "generations": generations,
+        "n_elite": n_elite,
+        "mutation_v": mutation_v,
+        "target_margin_na": target_margin_na,
+        "seed": seed,
+    }
+    metadata = _start_metadata(dnpu, "train_genetic", plan_args, md)
+    metadata.update(task=task.describe(), method="ga", seed=seed)
+    if isinstance(task, BooleanGate):
+        metadata["gate"] = task.gate
+
+    def inner() -> Plan:
+        genomes = np.array([trainer.random_controls() for _ in range(int(population))])
+        best_point, generation = genomes[0], 0
+        for generation in range(1, int(generations) + 1):
+            losses, scores = [], []
+            for genome in genomes:
+                yield from _move_controls(dnpu, genome)
+                outputs = yield from trainer.evaluate_outputs()
+                losses.append(task.loss(outputs)[0])
+                scores.append(task.evaluate(outputs))
+            losses = np.array(losses)
+            best = int(np.argmin(losses))
+            best_point = genomes[best].copy()
+            record.record(
+                generation=generation,
+                best_loss=float(losses[best]),
+                median_loss=float(np.median(losses)),
+                best_accuracy=scores[best].accuracy,
+                best_margin_na=scores[best].margin_na,
+                best_controls=best_point,
+                device_seconds=trainer.device_seconds,
+                measurements=trainer.measurements,
+            )
+            yield from bps.trigger_and_read([record], name="generation")
+            winners = [
+                i for i, s in enumerate(scores) if s.solved and s.margin_na >= target_margin_na
+            ]
+            if winners:
+                best_point = genomes[max(winners, key=lambda i: scores[i].margin_na)].copy()
+                break
+            shrink = 1.0 - 0.9 * generation / int(generations)
+            genomes = _next_generation(
+                genomes, losses, trainer.bounds, trainer.rng, int(n_elite), mutation_v * shrink
+            )
+        _, final = yield from trainer.evaluate(best_point, 0)
+        return TrainResult(
+            task=task.name,
+            method="ga",
+            solved=bool(final.solved),
+            accuracy=float(final.accuracy),
+            margin_na=float(final.margin_na),
+            threshold_na=float(final.threshold_na),
+            iterations=generation,
+            attempts=1,
+            measurements=trainer.measurements,
+            device_s=trainer.device_seconds,
+            controls=best_point.tolist(),
+        )
+
+    return (yield from within_run(inner(), md=metadata, stage=[dnpu]))

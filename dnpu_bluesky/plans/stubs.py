@@ -1,0 +1,117 @@
+"""Plan stubs: building blocks that do not open a run."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
+from bluesky.utils import Msg
+
+from ..callbacks.lockin import Demodulated, LockInCallback
+from ..devices.dnpu import DEFAULT_AMPLITUDE_V, DEFAULT_MIN_FREQUENCY_HZ, DNPU
+from ..devices.records import GradientRecord
+
+Plan = Generator[Msg, Any, Any]
+
+
+def configure_hge(
+    dnpu: DNPU,
+    *,
+    window_s: float | None = None,
+    amplitude_v: float = DEFAULT_AMPLITUDE_V,
+    order: int = 3,
+    spacing_bins: int = 1,
+    band_hz: float | None = None,
+    min_frequency_hz: float = DEFAULT_MIN_FREQUENCY_HZ,
+) -> Plan:
+    """Give every control electrode its tone and amplitude; returns the FrequencyPlan.
+
+    The plan is checked (see :meth:`DNPU.plan_tones`) before anything changes, so an
+    impossible request raises ``FrequencyPlanError`` with the failed constraint named.
+    """
+    tones = dnpu.plan_tones(
+        amplitude_v=amplitude_v,
+        window_s=window_s,
+        order=order,
+        spacing_bins=spacing_bins,
+        band_hz=band_hz,
+        min_frequency_hz=min_frequency_hz,
+    )
+    args: list[Any] = [dnpu.window_s, tones.window_s]
+    for signal, value in dnpu.tone_settings(tones, amplitude_v):
+        args += [signal, value]
+    yield from bps.mv(*args)
+    return tones
+
+
+def set_input_cases(dnpu: DNPU, cases: np.ndarray | None) -> Plan:
+    """Set the input cases (``(n_cases, n_inputs)`` volts) or clear them with ``None``."""
+    value = [] if cases is None else np.asarray(cases, dtype=float).tolist()
+    yield from bps.mv(dnpu.input_cases, value)
+
+
+def measure_gradient(
+    dnpu: DNPU,
+    lockin: LockInCallback,
+    record: GradientRecord,
+    *,
+    raw_stream: str = "hge_raw",
+    stream: str = "hge",
+) -> Plan:
+    """Trigger one HGE stream, wait for its demodulation and record it; returns the result.
+
+    The lock-in callback must be subscribed to the current run (see ``subs_wrapper``).
+    """
+    yield from bps.trigger_and_read([dnpu], name=raw_stream)
+    result: Demodulated = lockin.take()
+    lockin_result = result.lockin
+    record.record(
+        raw_seq_num=result.seq_num,
+        x=lockin_result.x,
+        y=lockin_result.y,
+        amplitude=lockin_result.amplitude,
+        phase=lockin_result.phase,
+        lockin_stderr=lockin_result.stderr,
+        gradient=result.gradient.gradient,
+        gradient_stderr=result.gradient.stderr,
+        case_currents=result.gradient.current,
+    )
+    yield from bps.trigger_and_read([record], name=stream)
+    return result
+
+
+def new_gradient_record(dnpu: DNPU, estimator: str, name: str = "hge") -> GradientRecord:
+    """A record device labelled with the DNPU's current tones."""
+    record = GradientRecord(name=f"{dnpu.name}_{name}")
+    tones = np.flatnonzero(dnpu.frequencies() > 0)
+    record.tone_electrodes.put(",".join(dnpu.electrodes[i].attr_name for i in tones))
+    record.tone_frequencies.put(dnpu.frequencies()[tones].tolist())
+    record.estimator.put(estimator)
+    return record
+
+
+def within_run(
+    body: Plan,
+    *,
+    md: dict[str, Any],
+    stage: list[Any],
+    subs: list[Any] | None = None,
+) -> Plan:
+    """Run ``body`` inside one run with ``stage`` staged and ``subs`` subscribed.
+
+    Unlike ``bpp.run_wrapper`` (which returns the run uid), this returns what ``body``
+    returned, so plans can hand their result to the caller.
+    """
+    returned: list[Any] = []
+
+    def capture() -> Plan:
+        returned.append((yield from body))
+
+    plan = bpp.stage_wrapper(bpp.run_wrapper(capture(), md=md), stage)
+    if subs:
+        plan = bpp.subs_wrapper(plan, subs)
+    yield from plan
+    return returned[0]

@@ -1,0 +1,351 @@
+"""Gradient descent in materio: the training loop as a Bluesky plan, and its peers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from bluesky import plan_stubs as bps
+
+from ..callbacks.lockin import LockInCallback
+from ..devices.dnpu import DNPU
+from ..devices.records import EvaluationRecord, TrainRecord
+from ..tasks import GATES, BooleanGate, Task, make_optimizer
+from .hge import _check_choice, _move_controls, _start_metadata
+from .stubs import Plan, measure_gradient, new_gradient_record, set_input_cases, within_run
+
+GRADIENT_METHODS = ("hge", "fd", "spsa")
+
+
+@dataclass
+class TrainResult:
+    """What one training run achieved, as the benchmark and the CLI table report it."""
+
+    task: str
+    method: str
+    solved: bool
+    accuracy: float
+    margin_na: float
+    threshold_na: float
+    iterations: int
+    attempts: int
+    measurements: int
+    device_s: float
+    controls: list[float] = field(default_factory=list)
+    test_accuracy: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+@dataclass
+class _Step:
+    outputs: np.ndarray
+    loss: float
+    gradient: np.ndarray
+    measurements: int
+
+
+class _Trainer:
+    """State shared by the steps of one training run (not public: the plans are the API)."""
+
+    def __init__(self, dnpu: DNPU, task: Task, method: str, seed: int, settings: dict) -> None:
+        self.dnpu = dnpu
+        self.task = task
+        self.method = method
+        self.settings = settings
+        self.rng = np.random.default_rng(seed)
+        self.controls = dnpu.indices("control")
+        self.bounds = dnpu.limits[self.controls].copy()
+        margin = settings["perturbation_margin_v"]
+        self.bounds[:, 0] += margin
+        self.bounds[:, 1] -= margin
+        self.lockin = LockInCallback(dnpu.name)
+        self.gradient_record = new_gradient_record(dnpu, "projection")
+        self.train_record = TrainRecord(name="train")
+        self.eval_record = EvaluationRecord(name="evaluation")
+        self.measurements = 0
+        self.device_seconds_at_start = dnpu.total_device_seconds
+
+    @property
+    def device_seconds(self) -> float:
+        return self.dnpu.total_device_seconds - self.device_seconds_at_start
+
+    def random_controls(self) -> np.ndarray:
+        return self.rng.uniform(self.bounds[:, 0], self.bounds[:, 1])
+
+    def present(self, indices: np.ndarray | None, split: str = "train") -> Plan:
+        cases = self.task.input_voltages(split)
+        if indices is not None:
+            cases = cases[indices]
+        yield from set_input_cases(self.dnpu, cases)
+
+    def evaluate_outputs(self, name: str = "eval_raw") -> Plan:
+        """Outputs per case with no tones applied (one stream)."""
+        yield from bps.mv(self.dnpu.mode, "off")
+        reading = yield from bps.trigger_and_read([self.dnpu], name=name)
+        self.measurements += 1
+        return np.asarray(reading[self.dnpu.case_currents.name]["value"], dtype=float)
+
+    def step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
+        """Measure the loss and its gradient w.r.t. the controls at ``point``."""
+
+        def loss_of(outputs: np.ndarray) -> tuple[float, np.ndarray]:
+            if indices is None:
+                return self.task.loss(outputs)
+            return self.task.loss(outputs, indices=indices)
+
+        if self.method == "hge":
+            yield from bps.mv(self.dnpu.mode, "parallel")
+            result = yield from measure_gradient(self.dnpu, self.lockin, self.gradient_record)
+            self.measurements += 1
+            outputs = result.gradient.current
+            loss, d_loss = loss_of(outputs)
+            return _Step(outputs, loss, d_loss @ result.gradient.gradient, 1)
+        if self.method == "fd":
+            h = self.settings["fd_step_v"]
+            jacobian = []
+            evaluated = []
+            for j in range(point.size):
+                pair = []
+                for sign in (+1.0, -1.0):
+                    shifted = point.copy()
+                    shifted[j] += sign * h
+                    yield from _move_controls(self.dnpu, shifted)
+                    pair.append((yield from self.evaluate_outputs("fd_raw")))
+                jacobian.append((pair[0] - pair[1]) / (2 * h))
+                evaluated += pair
+            yield from _move_controls(self.dnpu, point)
+            outputs = np.mean(evaluated, axis=0)
+            loss, d_loss = loss_of(outputs)
+            return _Step(outputs, loss, d_loss @ np.array(jacobian).T, 2 * point.size)
+        # SPSA: two evaluations along a random +-1 direction, whatever the number of controls.
+        c = self.settings["spsa_step_v"]
+        delta = self.rng.choice([-1.0, 1.0], size=point.size)
+        losses, pair = [], []
+        for sign in (+1.0, -1.0):
+            yield from _move_controls(self.dnpu, point + sign * c * delta)
+            outputs = yield from self.evaluate_outputs("spsa_raw")
+            pair.append(outputs)
+            losses.append(loss_of(outputs)[0])
+        yield from _move_controls(self.dnpu, point)
+        outputs = np.mean(pair, axis=0)
+        loss = loss_of(outputs)[0]
+        return _Step(outputs, loss, (losses[0] - losses[1]) / (2 * c) * delta, 2)
+
+    def record_step(self, iteration: int, attempt: int, point: np.ndarray, step: _Step) -> Plan:
+        score = self.score(step.outputs)
+        self.train_record.record(
+            iteration=iteration,
+            attempt=attempt,
+            loss=float(step.loss),
+            accuracy=score.accuracy,
+            margin_na=score.margin_na,
+            outputs=step.outputs,
+            controls=point,
+            gradient=step.gradient,
+            device_seconds=self.device_seconds,
+            measurements=self.measurements,
+        )
+        yield from bps.trigger_and_read([self.train_record], name="train")
+        return score
+
+    def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
+        if indices is None:
+            return self.task.evaluate(outputs, split)
+        return self.task.evaluate(outputs, split, indices=indices)
+
+    def evaluate(self, point: np.ndarray, attempt: int, split: str = "train") -> Plan:
+        """Evaluate the controls without perturbations on a whole split and record it."""
+        yield from _move_controls(self.dnpu, point)
+        yield from self.present(None, split)
+        # Splits differ in their number of cases, so each has its own streams.
+        suffix = "" if split == "train" else f"_{split}"
+        outputs = yield from self.evaluate_outputs(f"eval{suffix}_raw")
+        score = self.task.evaluate(outputs, split)
+        self.eval_record.record(
+            attempt=attempt,
+            split=split,
+            outputs=outputs,
+            targets=self.task.targets(split),
+            controls=point,
+            accuracy=score.accuracy,
+            margin_na=score.margin_na,
+            threshold_na=score.threshold_na,
+            solved=bool(score.solved),
+        )
+        yield from bps.trigger_and_read([self.eval_record], name=f"evaluation{suffix}")
+        return outputs, score
+
+
+def train(
+    dnpu: DNPU,
+    task: Task,
+    *,
+    method: str = "hge",
+    optimizer: str = "adam",
+    lr: float = 0.05,
+    max_iterations: int = 120,
+    max_attempts: int = 4,
+    patience: int = 25,
+    target_margin_na: float = 2.0,
+    fd_step_v: float = 0.01,
+    spsa_step_v: float = 0.02,
+    initial_controls: list[float] | None = None,
+    seed: int = 0,
+    md: dict | None = None,
+) -> Plan:
+    """Train the device's controls on a task by gradient descent measured on the device.
+
+    Each iteration presents the task's input cases, measures the outputs and the gradient of
+    the loss w.r.t. the controls (``method``: ``"hge"`` homodyne gradient extraction, one
+    stream per step; ``"fd"`` central finite differences, 2 streams per control; ``"spsa"``
+    simultaneous perturbation, 2 streams), takes an optimizer step clipped to the electrode
+    limits and moves the controls. When the measured outputs separate the classes by
+    ``target_margin_na``, the controls are evaluated without perturbations; training stops once
+    that evaluation is solved. An attempt that has not improved its loss for ``patience``
+    iterations is abandoned for a new random start (at most ``max_attempts``).
+
+    Streams: the raw waveforms (``hge_raw``/``fd_raw``/``spsa_raw``/``eval_raw``), ``hge``
+    (gradients, HGE only), ``train`` (loss, score, controls, device seconds per iteration) and
+    ``evaluation`` (unperturbed evaluations).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    _check_choice("method", method, GRADIENT_METHODS)
+    for name, value in (("max_iterations", max_iterations), ("max_attempts", max_attempts)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if task.n_inputs != dnpu.indices("input").size:
+        raise ValueError(
+            f"task {task.name!r} has {task.n_inputs} inputs but {dnpu.name} has "
+            f"{dnpu.indices('input').size} input electrodes"
+        )
+    margin = max(float(dnpu.amplitudes().max()), fd_step_v, spsa_step_v)
+    trainer = _Trainer(
+        dnpu,
+        task,
+        method,
+        seed,
+        {"fd_step_v": fd_step_v, "spsa_step_v": spsa_step_v, "perturbation_margin_v": margin},
+    )
+    opt = make_optimizer(optimizer, lr, trainer.bounds)
+    start = None if initial_controls is None else np.asarray(initial_controls, dtype=float)
+    if start is not None and start.shape != trainer.controls.shape:
+        raise ValueError(
+            f"initial_controls needs {trainer.controls.size} values, got {start.shape}"
+        )
+    yield from trainer.present(None)
+    yield from bps.mv(dnpu.mode, "parallel" if method == "hge" else "off")
+    dnpu.build_waveform()
+    plan_args = {
+        "dnpu": repr(dnpu.name),
+        "task": task.name,
+        "method": method,
+        "optimizer": optimizer,
+        "lr": lr,
+        "max_iterations": max_iterations,
+        "max_attempts": max_attempts,
+        "patience": patience,
+        "target_margin_na": target_margin_na,
+        "seed": seed,
+    }
+    metadata = _start_metadata(dnpu, "train", plan_args, md)
+    metadata.update(
+        task=task.describe(),
+        method=method,
+        optimizer=opt.describe(),
+        seed=seed,
+        hints={"dimensions": [(["train_iteration"], "train")]},
+    )
+    if isinstance(task, BooleanGate):
+        metadata["gate"] = task.gate
+    minibatch = getattr(task, "minibatch", None)
+    uses_batches = minibatch is not None and getattr(task, "batch_size", None) is not None
+
+    def inner() -> Plan:
+        iteration = 0
+        best: tuple[float, np.ndarray] | None = None
+        solved_at: np.ndarray | None = None
+        attempt = 0
+        for attempt in range(int(max_attempts)):
+            point = start.copy() if (attempt == 0 and start is not None) else None
+            point = (
+                trainer.random_controls()
+                if point is None
+                else np.clip(point, trainer.bounds[:, 0], trainer.bounds[:, 1])
+            )
+            opt.reset()
+            best_in_attempt, stalled = np.inf, 0
+            for _ in range(int(max_iterations)):
+                indices = minibatch(trainer.rng) if uses_batches else None
+                yield from trainer.present(indices)
+                yield from _move_controls(dnpu, point)
+                step = yield from trainer.step(point, indices)
+                iteration += 1
+                score = yield from trainer.record_step(iteration, attempt, point, step)
+                if best is None or step.loss < best[0]:
+                    best = (step.loss, point.copy())
+                if step.loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
+                    best_in_attempt, stalled = step.loss, 0
+                else:
+                    stalled += 1
+                if not uses_batches and score.solved and score.margin_na >= target_margin_na:
+                    _, checked = yield from trainer.evaluate(point, attempt)
+                    yield from trainer.present(None)
+                    if checked.solved and checked.margin_na >= target_margin_na:
+                        solved_at = point.copy()
+                        break
+                if stalled >= patience:
+                    break
+                point = opt.step(point, step.gradient)
+            if solved_at is not None:
+                break
+        final_point = solved_at if solved_at is not None else best[1]
+        _, final = yield from trainer.evaluate(final_point, attempt)
+        test_accuracy = None
+        if hasattr(task, "minibatch"):  # tasks with held-out data
+            test_outputs, _ = yield from trainer.evaluate(final_point, attempt, split="test")
+            predictions = (test_outputs > final.threshold_na).astype(int)
+            test_accuracy = float(np.mean(predictions == task.targets("test")))
+        return TrainResult(
+            task=task.name,
+            method=method,
+            solved=bool(final.solved),
+            accuracy=float(final.accuracy),
+            margin_na=float(final.margin_na),
+            threshold_na=float(final.threshold_na),
+            iterations=iteration,
+            attempts=attempt + 1,
+            measurements=trainer.measurements,
+            device_s=trainer.device_seconds,
+            controls=final_point.tolist(),
+            test_accuracy=test_accuracy,
+        )
+
+    return (yield from within_run(inner(), md=metadata, stage=[dnpu], subs=[trainer.lockin]))
+
+
+def train_boolean_gates(
+    dnpu: DNPU,
+    gates: tuple[str, ...] | list[str] = GATES,
+    *,
+    method: str = "hge",
+    seed: int = 0,
+    task_options: dict | None = None,
+    md: dict | None = None,
+    **train_options: Any,
+) -> Plan:
+    """Train each Boolean gate in its own run; returns ``{gate: TrainResult}``."""
+    tasks = [BooleanGate(gate=gate, **(task_options or {})) for gate in gates]
+    results = {}
+    for index, task in enumerate(tasks):
+        results[task.gate] = yield from train(
+            dnpu, task, method=method, seed=seed + index, md=md, **train_options
+        )
+    return results

@@ -1,0 +1,63 @@
+"""What an interactive session (IPython profile, CLI, queue server) sets up, in one place.
+
+Configuration comes from the environment so that the same startup files serve a laptop with
+the virtual DNPU and an instrument PC:
+
+- ``DNPU_SETUP``: path of a setup profile (YAML); the built-in virtual DNPU when unset.
+- ``DNPU_SEED``: seed of the virtual DNPU (default 0).
+- ``DNPU_TILED_URI`` / ``DNPU_TILED_API_KEY``: a remote Tiled server; embedded when unset.
+- ``DNPU_DATA_DIR``: directory of the embedded Tiled server's storage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bluesky import RunEngine
+
+from .config import SetupProfile, default_sim_profile, load_profile
+from .storage import Storage, StorageConfig
+
+
+def setup_profile_from_env() -> SetupProfile:
+    """The setup named by ``DNPU_SETUP``, or the virtual DNPU seeded by ``DNPU_SEED``."""
+    path = os.environ.get("DNPU_SETUP")
+    if path:
+        return load_profile(path)
+    return default_sim_profile(seed=int(os.environ.get("DNPU_SEED", "0")))
+
+
+def storage_config_from_env() -> StorageConfig:
+    """Embedded Tiled (in ``DNPU_DATA_DIR`` or the user data dir) or ``DNPU_TILED_URI``."""
+    directory = os.environ.get("DNPU_DATA_DIR")
+    return StorageConfig(
+        directory=Path(directory) if directory else None,
+        uri=os.environ.get("DNPU_TILED_URI") or None,
+        api_key=os.environ.get("DNPU_TILED_API_KEY") or None,
+    )
+
+
+def make_run_engine(
+    storage: Storage | None = None, *, interactive: bool = True, returns_result: bool = False
+) -> RunEngine:
+    """A RunEngine writing every document to ``storage``.
+
+    Args:
+        storage: Where documents go; None for no storage (tests, dry runs).
+        interactive: Add a progress bar for long moves and a best-effort table.
+        returns_result: ``RE(plan)`` returns a ``RunEngineResult`` (with the plan's return
+            value) instead of the run uids.
+    """
+    engine = RunEngine({}, call_returns_result=returns_result)
+    if storage is not None:
+        engine.subscribe(storage.writer)
+    if interactive:
+        from bluesky.callbacks.best_effort import BestEffortCallback
+        from bluesky.utils import ProgressBarManager
+
+        table = BestEffortCallback()
+        table.disable_plots()
+        engine.subscribe(table)
+        engine.waiting_hook = ProgressBarManager()
+    return engine

@@ -1,0 +1,3 @@
+# Plans: RE(hge_gradient(dnpu)), RE(train(dnpu, BooleanGate("XOR"))), ...
+from dnpu_bluesky.plans import *  # noqa: F403
+from dnpu_bluesky.tasks import GATES, BooleanGate, SphereClassification  # noqa: F401

@@ -1,0 +1,455 @@
+"""The NI-DAQmx backend against the nidaqmx test double: streams, safety, parking, errors."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nidaqmx.constants
+import nidaqmx.errors
+import numpy as np
+import pytest
+from fake_nidaqmx import FakeNidaqmx, Rig
+from nidaqmx.error_codes import DAQmxErrors
+
+from dnpu_bluesky.backend import DAQBackend
+from dnpu_bluesky.config import SetupProfile, default_sim_profile, load_profile
+from dnpu_bluesky.devices.ni_daqmx import HardwareUnavailableError, NIDAQmxBackend
+from dnpu_bluesky.safety import UnsafeWaveformError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "profiles" / "setups" / "cdaq-example.yaml"
+READ = "nidaqmx.task.Task.read"
+
+
+def _profile(**changes: Any) -> SetupProfile:
+    data = load_profile(EXAMPLE).to_dict()
+    data.pop("sim")
+    data.update(changes)
+    return SetupProfile.model_validate(data)
+
+
+def _channels(profile: SetupProfile) -> list[str]:
+    return [e.channel for e in profile.electrodes]
+
+
+def _stream(
+    profile: SetupProfile,
+    dc: np.ndarray,
+    amplitudes: np.ndarray,
+    *,
+    n_plateau: int = 2000,
+    freq_step_hz: float = 40.0,
+) -> np.ndarray:
+    """An HGE-like stream: linear ramp 0 -> dc, tones on a plateau, ramp back to 0 V."""
+    rate = profile.sample_rate
+    slew = profile.max_slew_v_per_s
+    n_ramp = int(np.ceil(np.max(np.abs(dc)) * rate / (0.5 * slew))) + 2
+    up = np.linspace(0, 1, n_ramp)[:, np.newaxis] * dc
+    t = np.arange(n_plateau) / rate
+    freqs = freq_step_hz * np.array([5, 9, 13, 19, 23, 29, 31])[: len(dc)]
+    # Tones fade in and out over 10 ms so the plateau joins the ramps smoothly.
+    fade = np.clip(np.minimum(t, t[-1] - t) / 0.01, 0, 1)[:, np.newaxis]
+    tones = fade * amplitudes * np.sin(2 * np.pi * freqs * t[:, np.newaxis])
+    return np.vstack([up, dc + tones, up[::-1]])
+
+
+@pytest.fixture
+def fake() -> FakeNidaqmx:
+    return FakeNidaqmx()
+
+
+@pytest.fixture
+def profile() -> SetupProfile:
+    return load_profile(EXAMPLE)
+
+
+@pytest.fixture
+def backend(profile: SetupProfile, fake: FakeNidaqmx) -> Iterator[NIDAQmxBackend]:
+    daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
+    yield daq
+    daq.close()
+
+
+def _dc_stream(profile: SetupProfile) -> np.ndarray:
+    dc = np.array([0.3, -0.5, 0.2, -0.4, 0.1, -0.8, 0.5])
+    return _stream(profile, dc, np.full(7, 0.02))
+
+
+def test_backend_satisfies_the_protocol(backend: NIDAQmxBackend) -> None:
+    assert isinstance(backend, DAQBackend)
+    assert backend.name == "nidaqmx"
+    assert backend.n_channels == 7
+
+
+def test_written_stream_equals_the_staged_waveform(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    stream = _dc_stream(profile)
+    backend.play_and_record(stream, profile.sample_rate)
+    ao, ai = fake.rig.tasks
+    assert ao.kind == "ao" and ai.kind == "ai"
+    np.testing.assert_array_equal(ao.written, stream)
+    assert ao.physical_channels == _channels(profile)
+    assert [c["name"] for c in ao.channels] == list(profile.electrode_names)
+    # The driver-side channel range is each electrode's own limits.
+    assert [(c["min_val"], c["max_val"]) for c in ao.channels] == [
+        (e.min_v, e.max_v) for e in profile.electrodes
+    ]
+    assert ao.rate == profile.sample_rate and ao.samps_per_chan == len(stream)
+    assert ai.physical_channels == [profile.output.channel]
+    assert ai.rate == profile.sample_rate * profile.readout_oversampling
+    assert ai.samps_per_chan == len(stream) * profile.readout_oversampling
+    assert ai.channels[0]["terminal_config"] is nidaqmx.constants.TerminalConfiguration.DIFF
+    assert (ai.channels[0]["min_val"], ai.channels[0]["max_val"]) == (-10.0, 10.0)
+    assert not fake.rig.open_tasks
+    np.testing.assert_array_equal(fake.rig.level(_channels(profile)), np.zeros(7))
+
+
+def test_single_electrode_stream_is_written_one_dimensional(fake: FakeNidaqmx) -> None:
+    one = _profile(electrodes=[load_profile(EXAMPLE).electrodes[0].model_dump()])
+    daq = NIDAQmxBackend(one, nidaqmx_module=fake)
+    stream = _stream(one, np.array([0.4]), np.array([0.02]))
+    acquisition = daq.play_and_record(stream, one.sample_rate)
+    np.testing.assert_array_equal(fake.rig.tasks[0].written, stream)
+    np.testing.assert_allclose(acquisition.ai_volts, 0.5 * stream[:, 0])
+    daq.close()
+
+
+@pytest.mark.parametrize("oversampling", [1, 3, 4])
+def test_oversampled_readout_is_averaged_per_ao_sample(
+    fake: FakeNidaqmx, oversampling: int
+) -> None:
+    profile = _profile(
+        readout_oversampling=oversampling,
+        amplifier={"gain_v_per_a": 1e7, "bandwidth_hz": 1000.0, "inverting": False},
+    )
+    ai_rate = profile.sample_rate * oversampling
+    # Each AI sample within an AO sample's block is offset by 1 mV times its position.
+    fake.rig.response = lambda held, t: held[:, 0] + 1e-3 * (np.round(t * ai_rate) % oversampling)
+    daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
+    stream = _dc_stream(profile)
+    acquisition = daq.play_and_record(stream, profile.sample_rate)
+    expected = stream[:, 0] + 1e-3 * (oversampling - 1) / 2
+    np.testing.assert_allclose(acquisition.ai_volts, expected, atol=1e-12)
+    assert acquisition.ai_volts.shape == (len(stream),)
+    daq.close()
+
+
+def test_device_seconds_cover_the_stream(backend: NIDAQmxBackend, profile: SetupProfile) -> None:
+    stream = _dc_stream(profile)
+    acquisition = backend.play_and_record(stream, profile.sample_rate)
+    duration = len(stream) / profile.sample_rate
+    assert duration <= acquisition.device_seconds < duration + 1.0
+
+
+def test_ai_is_armed_on_the_ao_start_trigger(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    stream = _dc_stream(profile)
+    acquisition = backend.play_and_record(stream, profile.sample_rate)
+    ai = fake.rig.tasks[1]
+    assert ai.trigger_source == "/cDAQ1/ao/StartTrigger"
+    # The fake only lets the AO start trigger fire an AI task that was armed before it.
+    assert ai.triggered
+    np.testing.assert_allclose(acquisition.ai_volts, 0.5 * stream.sum(axis=1), atol=1e-12)
+
+
+def test_pcie_trigger_terminal_from_the_profile() -> None:
+    fake = FakeNidaqmx(Rig(ao_start_trigger="/Dev1/ao/StartTrigger"))
+    electrodes = [
+        {**e.model_dump(), "channel": f"Dev1/ao{i}"}
+        for i, e in enumerate(load_profile(EXAMPLE).electrodes)
+    ]
+    pcie = _profile(
+        electrodes=electrodes,
+        output={"channel": "Dev1/ai0", "ai_range_v": 5.0},
+        trigger={"start_trigger_source": "/Dev1/ao/StartTrigger"},
+    )
+    daq = NIDAQmxBackend(pcie, nidaqmx_module=fake)
+    stream = _dc_stream(pcie)
+    acquisition = daq.play_and_record(stream, pcie.sample_rate)
+    assert fake.rig.tasks[1].triggered
+    assert fake.rig.tasks[1].channels[0]["terminal_config"] is (
+        nidaqmx.constants.TerminalConfiguration.DEFAULT
+    )
+    np.testing.assert_allclose(acquisition.ai_volts, 0.5 * stream.sum(axis=1), atol=1e-12)
+    daq.close()
+
+
+def test_miswired_trigger_fails_closes_tasks_and_parks(fake: FakeNidaqmx) -> None:
+    wrong = _profile(trigger={"start_trigger_source": "/cDAQ2/ao/StartTrigger"})
+    daq = NIDAQmxBackend(wrong, nidaqmx_module=fake)
+    with pytest.raises(nidaqmx.errors.DaqReadError):
+        daq.play_and_record(_dc_stream(wrong), wrong.sample_rate)
+    assert not fake.rig.tasks[1].triggered
+    assert not fake.rig.open_tasks
+    np.testing.assert_array_equal(fake.rig.level(_channels(wrong)), np.zeros(7))
+    daq.close()
+
+
+UNSAFE = {
+    # kind: (electrode index, sample ("middle", 0 or -1), new value or increment, message)
+    "above max_v": (0, "middle", 0.61, "outside the limits"),
+    "below min_v": (3, "middle", -0.71, "outside the limits"),
+    "too fast": (1, "middle", "+0.05", "slew"),  # 0.05 V in one 100 us sample: 500 V/s
+    "starts away from 0 V": (2, 0, 0.001, "start at 0 V"),
+    "ends away from 0 V": (4, -1, -0.001, "end at 0 V"),
+    "not finite": (5, "middle", np.nan, "non-finite"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSAFE))
+def test_unsafe_stream_is_refused_before_any_task(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile, kind: str
+) -> None:
+    channel, sample, value, message = UNSAFE[kind]
+    bad = _dc_stream(profile)
+    row = len(bad) // 2 if sample == "middle" else sample
+    if isinstance(value, str):
+        bad[row, channel] += float(value)
+    else:
+        bad[row, channel] = value
+    with pytest.raises(UnsafeWaveformError, match=message):
+        backend.play_and_record(bad, profile.sample_rate)
+    assert fake.rig.tasks == []
+    assert {c.path for c in fake.rig.calls} == {
+        "nidaqmx.system.System.local",
+        "nidaqmx.system.System.driver_version",
+    }
+
+
+def test_stream_of_wrong_shape_or_rate_is_refused(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    with pytest.raises(ValueError, match="shape"):
+        backend.play_and_record(np.zeros((100, 6)), profile.sample_rate)
+    with pytest.raises(ValueError, match="sample_rate"):
+        backend.play_and_record(np.zeros((100, 7)), 0.0)
+    assert fake.rig.tasks == []
+
+
+def test_daq_error_mid_read_closes_tasks_and_ramps_to_zero(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    stream = _dc_stream(profile)
+    stalled_at = len(stream) // 2
+    fake.rig.ao_stalls_at = stalled_at
+    fake.rig.errors[READ] = nidaqmx.errors.DaqReadError(
+        "Onboard device memory overflow", DAQmxErrors.SAMPLES_NO_LONGER_AVAILABLE.value, 12
+    )
+    with pytest.raises(nidaqmx.errors.DaqReadError):
+        backend.play_and_record(stream, profile.sample_rate)
+    assert not fake.rig.open_tasks
+    channels = _channels(profile)
+    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
+    # History: the stream up to where it stopped, then a ramp down from exactly there.
+    (_, _, played), (_, _, park) = fake.rig.history
+    np.testing.assert_array_equal(played, stream[:stalled_at])
+    assert np.max(np.abs(park[0] - stream[stalled_at - 1])) * profile.sample_rate <= (
+        profile.max_slew_v_per_s * (1 + 1e-9)
+    )
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+
+
+def test_unknown_stop_position_parks_from_mid_span(
+    backend: NIDAQmxBackend,
+    fake: FakeNidaqmx,
+    profile: SetupProfile,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = _dc_stream(profile)
+    fake.rig.ao_stalls_at = len(stream) // 2
+    fake.rig.errors[READ] = nidaqmx.errors.DaqError("device removed", DAQmxErrors.UNKNOWN.value)
+    fake.rig.errors["nidaqmx.task.OutStream.total_samp_per_chan_generated"] = (
+        nidaqmx.errors.DaqError("device removed", DAQmxErrors.UNKNOWN.value)
+    )
+    with caplog.at_level(logging.WARNING, logger="dnpu_bluesky.devices.ni_daqmx"):
+        with pytest.raises(nidaqmx.errors.DaqError, match="device removed"):
+            backend.play_and_record(stream, profile.sample_rate)
+    assert "mid-span" in caplog.text
+    assert not fake.rig.open_tasks
+    np.testing.assert_array_equal(fake.rig.level(_channels(profile)), np.zeros(7))
+    middle = (np.minimum(stream.min(axis=0), 0) + np.maximum(stream.max(axis=0), 0)) / 2
+    park = fake.rig.history[-1][2]
+    step = np.abs(middle) / len(park) * 1.01
+    assert np.all(np.abs(park[0] - middle) <= step + 1e-12)
+
+
+def test_failed_parking_is_reported_on_the_original_error(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    stream = _dc_stream(profile)
+    fake.rig.ao_stalls_at = 100
+    fake.rig.errors[READ] = nidaqmx.errors.DaqError("read failed", DAQmxErrors.UNKNOWN.value)
+    fake.rig.errors["nidaqmx.task.Task.wait_until_done"] = nidaqmx.errors.DaqError(
+        "park failed", DAQmxErrors.UNKNOWN.value
+    )
+    with pytest.raises(nidaqmx.errors.DaqError, match="read failed") as caught:
+        backend.play_and_record(stream, profile.sample_rate)
+    assert any("park failed" in note for note in caught.value.__notes__)
+    assert not fake.rig.open_tasks
+
+
+def test_set_dc_ramps_within_the_slew_limit(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    channels = _channels(profile)
+    target = np.array([0.6, -1.2, 0.0, 0.3, -0.7, 0.25, -0.1])
+    backend.set_dc(target)
+    np.testing.assert_array_equal(fake.rig.level(channels), target)
+    _, _, ramp = fake.rig.history[-1]
+    # Linear: every step the same size per channel, and the largest at the slew limit.
+    steps = np.diff(np.vstack([np.zeros(7), ramp]), axis=0)
+    np.testing.assert_allclose(steps, np.broadcast_to(target / len(ramp), steps.shape), atol=1e-12)
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    assert len(ramp) == int(np.ceil(1.2 * profile.sample_rate / profile.max_slew_v_per_s))
+    backend.set_dc(np.zeros(7))
+    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    assert not fake.rig.open_tasks
+
+
+@pytest.mark.parametrize(
+    ("volts", "match"),
+    [
+        ([0.61, 0, 0, 0, 0, 0, 0], "e0"),
+        ([0, 0, 0, -0.71, 0, 0, 0], "e3"),
+        ([0, 0, 0, 0, 0, 0, np.inf], "e6"),
+    ],
+)
+def test_set_dc_refuses_values_outside_the_limits(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, volts: list[float], match: str
+) -> None:
+    with pytest.raises(UnsafeWaveformError, match=match):
+        backend.set_dc(np.array(volts))
+    with pytest.raises(ValueError, match="7 voltages"):
+        backend.set_dc(np.zeros(6))
+    assert fake.rig.tasks == []
+
+
+def test_stream_after_set_dc_first_ramps_to_zero(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    channels = _channels(profile)
+    backend.set_dc(np.array([0.5, 0, 0, 0, 0, 0, 0]))
+    stream = _dc_stream(profile)
+    acquisition = backend.play_and_record(stream, profile.sample_rate)
+    rates_and_lengths = [(r, len(s)) for r, _, s in fake.rig.history]
+    ramp_n = int(np.ceil(0.5 * profile.sample_rate / profile.max_slew_v_per_s))
+    assert rates_and_lengths == [
+        (profile.sample_rate, ramp_n),
+        (profile.sample_rate, ramp_n),
+        (profile.sample_rate, len(stream)),
+    ]
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    assert acquisition.device_seconds >= (ramp_n + len(stream)) / profile.sample_rate
+
+
+def test_close_parks_at_zero_and_is_idempotent(profile: SetupProfile, fake: FakeNidaqmx) -> None:
+    daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
+    daq.set_dc(np.array([0.2, -0.3, 0.1, 0.0, 0.0, 0.4, -1.0]))
+    daq.close()
+    channels = _channels(profile)
+    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    n_tasks = len(fake.rig.tasks)
+    daq.close()
+    daq.set_dc(np.zeros(7))  # already there: a closed backend accepts the no-op park
+    assert len(fake.rig.tasks) == n_tasks
+    with pytest.raises(RuntimeError, match="closed"):
+        daq.play_and_record(_dc_stream(profile), profile.sample_rate)
+    with pytest.raises(RuntimeError, match="closed"):
+        daq.set_dc(np.full(7, 0.1))
+
+
+def test_atexit_hook_parks_the_electrodes(
+    profile: SetupProfile, fake: FakeNidaqmx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks: list[Any] = []
+    monkeypatch.setattr(atexit, "register", hooks.append)
+    monkeypatch.setattr(atexit, "unregister", hooks.remove)
+    daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
+    assert len(hooks) == 1
+    daq.set_dc(np.array([0.3, 0, 0, 0, 0, 0, -0.6]))
+    exit_hook = hooks[0]
+    exit_hook()  # what the interpreter runs at exit
+    channels = _channels(profile)
+    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    assert hooks == []  # closing unregistered it
+    # The hook holds the backend weakly: a collected backend is not kept alive nor touched.
+    other = NIDAQmxBackend(profile, nidaqmx_module=fake)
+    stale_hook = hooks[-1]
+    n_tasks = len(fake.rig.tasks)
+    del other
+    gc.collect()
+    stale_hook()
+    assert len(fake.rig.tasks) == n_tasks
+
+
+def test_missing_driver_gives_one_clear_error(profile: SetupProfile) -> None:
+    fake = FakeNidaqmx()
+    fake.rig.driver_installed = False
+    with pytest.raises(HardwareUnavailableError, match="NI-DAQmx driver not found") as caught:
+        NIDAQmxBackend(profile, nidaqmx_module=fake)
+    assert "sim backend" in str(caught.value)
+    assert isinstance(caught.value.__cause__, nidaqmx.errors.DaqNotFoundError)
+
+
+def test_driver_lost_after_start_is_reported_the_same_way(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    fake.rig.driver_installed = False
+    with pytest.raises(HardwareUnavailableError, match="NI-DAQmx driver not found"):
+        backend.play_and_record(_dc_stream(profile), profile.sample_rate)
+    fake.rig.driver_installed = True
+
+
+def test_describe_is_json_and_names_the_setup(backend: NIDAQmxBackend) -> None:
+    info = json.loads(json.dumps(backend.describe()))
+    assert info["name"] == "nidaqmx"
+    assert info["driver_version"] == "2025.1.0"
+    assert info["profile"]["name"] == "cdaq-77K-chip3"
+    assert info["full_scale_current_na"] == pytest.approx(1000.0)  # 10 V at 1e7 V/A
+
+
+def test_sim_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="not 'nidaqmx'"):
+        NIDAQmxBackend(default_sim_profile(), nidaqmx_module=FakeNidaqmx())
+
+
+def test_plan_style_failure_midway_leaves_every_written_sample_safe(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    """A training loop: several steps with moving controls, the driver fails in the third,
+    the plan's cleanup parks the device. Everything ever generated stays safe."""
+    rng = np.random.default_rng(3)
+    channels = _channels(profile)
+    limits = profile.limits_v
+    dc = np.zeros(7)
+    failed_step = None
+    for step in range(5):
+        dc = np.clip(dc + rng.normal(0, 0.1, 7), limits[:, 0] + 0.05, limits[:, 1] - 0.05)
+        stream = _stream(profile, dc, np.full(7, 0.02), n_plateau=800)
+        if step == 2:
+            fake.rig.ao_stalls_at = int(rng.integers(1, len(stream)))
+            fake.rig.errors[READ] = nidaqmx.errors.DaqReadError(
+                "overflow", DAQmxErrors.SAMPLES_NO_LONGER_AVAILABLE.value, 0
+            )
+        try:
+            backend.play_and_record(stream, profile.sample_rate)
+        except nidaqmx.errors.DaqError:
+            failed_step = step
+            backend.set_dc(np.zeros(7))  # what the device's stop()/unstage() does
+            break
+    assert failed_step == 2
+    generated = fake.rig.generated_samples(channels)
+    assert np.all(generated >= limits[:, 0]) and np.all(generated <= limits[:, 1])
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    np.testing.assert_array_equal(generated[-1], np.zeros(7))
+    assert not fake.rig.open_tasks

@@ -1,0 +1,88 @@
+"""The IPython profile and the ``dnpu-bluesky`` command, end to end on the virtual DNPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnpu_bluesky.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "profile_dnpu"
+
+
+def test_profile_startup_files_run_a_plan_into_tiled(tmp_path):
+    ipython = Path(sys.executable).with_name("ipython")
+    code = (
+        "(uid,) = RE(hge_gradient(dnpu)); run = load_run(runs, uid); "
+        "print('STREAMS', sorted(run), run['hge']['dnpu_hge_gradient'].read().shape)"
+    )
+    env = {**os.environ, "DNPU_DATA_DIR": str(tmp_path / "tiled"), "IPYTHONDIR": str(tmp_path)}
+    completed = subprocess.run(
+        [str(ipython), f"--profile-dir={PROFILE}", "--no-banner", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "STREAMS ['hge', 'hge_raw'] (1, 1, 5)" in completed.stdout
+
+
+def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
+    # The session's server, as a remote one: two embedded Tiled servers in one process share
+    # the server's global settings, so the CLI must not start its own here.
+    data = ["--tiled-uri", tiled_server.uri]
+    out = tmp_path / "results.json"
+    status = main(["train", "--gates", "XOR,NOR", "--json", str(out), "--quiet", *data])
+    assert status == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [row["gate"] for row in rows] == ["XOR", "NOR"]
+    expected = {
+        "task", "gate", "method", "seed", "accuracy", "margin_nA",
+        "iterations", "device_s", "wall_s", "run_uid",
+    }  # fmt: skip
+    for row in rows:
+        assert expected <= set(row)
+        assert row["accuracy"] == 1.0 and row["margin_nA"] > 0
+        assert row["device_s"] > 0 and row["method"] == "hge"
+    table = capsys.readouterr().out
+    assert "XOR" in table and "NOR" in table
+
+    assert main(["runs", *data]) == 0
+    listing = capsys.readouterr().out
+    assert rows[0]["run_uid"][:8] in listing and "train" in listing
+
+    figures = tmp_path / "figures"
+    assert main(["report", rows[0]["run_uid"], "--out", str(figures), *data]) == 0
+    drawn = sorted(p.name for p in figures.iterdir())
+    assert drawn == ["gates_loss.png", "gates_outputs.png"]
+    assert all((figures / name).stat().st_size > 10_000 for name in drawn)
+
+    assert main(["train", "--gates", "XAND", *data]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "unknown gate" in error[0]
+
+
+def test_cli_check_profile(tmp_path, capsys):
+    good = REPO / "profiles" / "setups" / "sim.yaml"
+    assert main(["check-profile", str(good)]) == 0
+    assert "valid setup" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("max_v: 0.6", "max_v: 20.0", 1))
+    assert main(["check-profile", str(bad)]) == 2
+    assert "max_v" in capsys.readouterr().err
+
+
+def test_cli_bad_arguments_exit_nonzero(capsys):
+    assert main(["train", "--model", "no-such-file.pt", "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--method", "newton"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'newton'" in capsys.readouterr().err
