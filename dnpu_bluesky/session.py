@@ -45,7 +45,8 @@ def make_run_engine(
 
     Args:
         storage: Where documents go; None for no storage (tests, dry runs).
-        interactive: Add a progress bar for long moves and a best-effort table.
+        interactive: Add a best-effort table, progress bars for long moves and for
+            training runs, and a live loss plot when matplotlib has an interactive backend.
         returns_result: ``RE(plan)`` returns a ``RunEngineResult`` (with the plan's return
             value) instead of the run uids.
     """
@@ -56,8 +57,19 @@ def make_run_engine(
         from bluesky.callbacks.best_effort import BestEffortCallback
         from bluesky.utils import ProgressBarManager
 
+        from .callbacks import TrainingProgress
+
         table = BestEffortCallback()
         table.disable_plots()
         engine.subscribe(table)
+        engine.subscribe(TrainingProgress(plot=_interactive_matplotlib()))
         engine.waiting_hook = ProgressBarManager()
     return engine
+
+
+def _interactive_matplotlib() -> bool:
+    """True when matplotlib would open windows (a GUI backend), so a live plot is useful."""
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    return not any(name in backend for name in ("agg", "pdf", "svg", "ps", "cairo", "template"))

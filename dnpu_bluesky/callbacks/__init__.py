@@ -1,5 +1,6 @@
-"""Document consumers: lock-in demodulation."""
+"""Document consumers: lock-in demodulation and training progress."""
 
 from .lockin import Demodulated, LockInCallback, LockInError
+from .progress import TrainingProgress
 
-__all__ = ["Demodulated", "LockInCallback", "LockInError"]
+__all__ = ["Demodulated", "LockInCallback", "LockInError", "TrainingProgress"]

@@ -1,0 +1,88 @@
+"""Progress of training runs for people watching: a progress bar and a live loss plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from event_model import DocumentRouter
+from tqdm.auto import tqdm
+
+#: Streams whose events are training steps, with the fields shown for each.
+_STEP_FIELDS = {
+    "train": ("train_loss", "train_margin_na", "train_device_seconds"),
+    "generation": (
+        "generation_best_loss",
+        "generation_best_margin_na",
+        "generation_device_seconds",
+    ),
+}
+
+
+class TrainingProgress(DocumentRouter):
+    """A tqdm bar per training run (loss, margin, device seconds) and an optional live plot.
+
+    Args:
+        plot: Draw the loss against the step in a matplotlib window as it arrives. Only
+            useful with an interactive matplotlib backend (the IPython profile enables it
+            when one is available).
+    """
+
+    def __init__(self, *, plot: bool = False) -> None:
+        super().__init__()
+        self.plot = plot
+        self._bar: Any = None
+        self._streams: dict[str, str] = {}
+        self._line: Any = None
+        self._xy: tuple[list[float], list[float]] = ([], [])
+
+    def start(self, doc: dict) -> None:
+        args = doc.get("plan_args", {})
+        if doc.get("plan_name") == "train":
+            total = int(args.get("max_iterations", 0)) * int(args.get("max_attempts", 1))
+        elif doc.get("plan_name") == "train_genetic":
+            total = int(args.get("generations", 0))
+        else:
+            return
+        label = doc.get("gate") or doc.get("task", {}).get("name", "")
+        self._bar = tqdm(total=total or None, desc=f"{label} {doc.get('method', '')}", leave=True)
+        self._streams.clear()
+        self._xy = ([], [])
+        if self.plot:
+            self._open_plot(label)
+
+    def descriptor(self, doc: dict) -> None:
+        if self._bar is not None and doc["name"] in _STEP_FIELDS:
+            self._streams[doc["uid"]] = doc["name"]
+
+    def event(self, doc: dict) -> None:
+        stream = self._streams.get(doc["descriptor"])
+        if stream is None:
+            return
+        loss, margin, seconds = (doc["data"][key] for key in _STEP_FIELDS[stream])
+        self._bar.set_postfix(
+            loss=f"{loss:.3f}", margin_nA=f"{margin:.2f}", device_s=f"{seconds:.1f}"
+        )
+        self._bar.update(1)
+        if self._line is not None:
+            self._xy[0].append(len(self._xy[0]) + 1)
+            self._xy[1].append(loss)
+            self._line.set_data(*self._xy)
+            axes = self._line.axes
+            axes.relim()
+            axes.autoscale_view()
+            axes.figure.canvas.draw_idle()
+
+    def stop(self, doc: dict) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._line = None
+
+    def _open_plot(self, label: str) -> None:
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(num=f"loss {label}", clear=True)
+        (self._line,) = axes.plot([], [], marker=".")
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss")
+        figure.show()

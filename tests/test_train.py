@@ -1,0 +1,93 @@
+"""Training plans on the virtual DNPU through a real RunEngine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dnpu_bluesky.callbacks import TrainingProgress
+from dnpu_bluesky.devices import build_dnpu
+from dnpu_bluesky.plans import train, train_boolean_gates, train_genetic
+from dnpu_bluesky.storage import load_run
+from dnpu_bluesky.tasks import BooleanGate, SphereClassification
+
+
+@pytest.fixture
+def dnpu():
+    device = build_dnpu()
+    yield device
+    device.backend.close()
+
+
+def _streams(documents):
+    return {doc["name"] for name, doc in documents if name == "descriptor"}
+
+
+def test_hge_training_solves_xor_and_records_every_step(stored_RE, storage, dnpu, documents):
+    outcome = stored_RE(train(dnpu, BooleanGate("XOR"), seed=1))
+    result = outcome.plan_result
+    assert result.solved and result.accuracy == 1.0 and result.margin_na >= 2.0
+    assert {"hge_raw", "hge", "train", "evaluation", "eval_raw"} <= _streams(documents)
+    run = load_run(storage.client, outcome.run_start_uids[0])
+    assert run.metadata["start"]["gate"] == "XOR"
+    loss = run["train"]["train_loss"].read()
+    assert loss.size == result.iterations
+    # The device time counts every stream: one HGE stream per step plus the evaluations.
+    durations = [doc["data"]["dnpu_device_seconds"] for name, doc in documents if name == "event"
+                 and "dnpu_device_seconds" in doc["data"]]  # fmt: skip
+    assert result.device_s == pytest.approx(sum(durations))
+    assert result.measurements == len(durations)
+    final = run["evaluation"]["evaluation_outputs"].read()[-1]
+    targets = np.array([0, 1, 1, 0])
+    assert final[targets == 1].min() - final[targets == 0].max() == pytest.approx(result.margin_na)
+    # The controls end inside their limits and the electrodes rest at 0 V.
+    limits = dnpu.limits[dnpu.indices("control")]
+    assert np.all((limits[:, 0] <= result.controls) & (np.array(result.controls) <= limits[:, 1]))
+    assert np.all(dnpu.backend.dc_volts == 0)
+
+
+@pytest.mark.parametrize("method, streams_per_step", [("fd", 10), ("spsa", 2)])
+def test_peer_methods_count_their_measurements(RE, dnpu, method, streams_per_step, documents):
+    result = RE(
+        train(dnpu, BooleanGate("NAND"), method=method, max_iterations=3, max_attempts=1,
+              target_margin_na=1e6)  # never reached: run exactly 3 steps
+    ).plan_result  # fmt: skip
+    raw = [
+        doc for name, doc in documents if name == "descriptor" and doc["name"] == f"{method}_raw"
+    ]
+    assert raw and result.iterations == 3
+    # 3 steps of streams_per_step streams, plus the final unperturbed evaluation.
+    assert result.measurements == 3 * streams_per_step + 1
+    assert result.device_s > 0
+
+
+def test_genetic_algorithm_runs_generations(RE, dnpu):
+    result = RE(
+        train_genetic(dnpu, BooleanGate("OR"), population=8, n_elite=2, generations=2,
+                      target_margin_na=1e6)
+    ).plan_result  # fmt: skip
+    assert result.method == "ga" and result.iterations == 2
+    assert result.measurements == 2 * 8 + 1
+
+
+def test_train_boolean_gates_returns_one_result_per_gate(RE, dnpu):
+    results = RE(train_boolean_gates(dnpu, ["AND", "OR"], max_iterations=40)).plan_result
+    assert list(results) == ["AND", "OR"]
+    assert all(r.solved for r in results.values())
+
+
+def test_bad_requests_fail_before_any_voltage(RE, dnpu):
+    with pytest.raises(ValueError, match="method must be one of"):
+        RE(train(dnpu, BooleanGate("XOR"), method="newton"))
+    with pytest.raises(ValueError, match="has 3 inputs"):
+        RE(train(dnpu, SphereClassification()))
+    with pytest.raises(ValueError, match="initial_controls needs 5 values"):
+        RE(train(dnpu, BooleanGate("XOR"), initial_controls=[0.0, 0.1]))
+    assert dnpu.total_device_seconds == 0.0
+
+
+def test_training_progress_shows_each_step(RE, dnpu, capsys):
+    RE.subscribe(TrainingProgress())
+    result = RE(train(dnpu, BooleanGate("NOR"), seed=2)).plan_result
+    err = capsys.readouterr().err
+    assert f"{result.iterations}/" in err and "NOR hge" in err and "margin_nA=" in err
