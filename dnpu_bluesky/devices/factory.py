@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from ..backend import DAQBackend
 from ..config import SetupProfile, default_sim_profile
 from .backends import make_backend
 from .dnpu import DEFAULT_AMPLITUDE_V, DNPU, ELECTRODE_NAMES
 
 
-def build_dnpu(profile: SetupProfile | None = None, *, name: str = "dnpu") -> DNPU:
+def build_dnpu(
+    profile: SetupProfile | None = None,
+    *,
+    name: str = "dnpu",
+    backend: DAQBackend | None = None,
+) -> DNPU:
     """A DNPU device wired to the profile's backend, with limits, roles and default tones.
 
     Args:
         profile: A validated setup profile; the built-in simulated setup when None.
         name: The ophyd name (prefix of every data key).
+        backend: An already built backend for this profile (default: ``make_backend``).
 
     Raises:
         ValueError: if the profile does not describe exactly seven voltage electrodes.
@@ -23,7 +30,7 @@ def build_dnpu(profile: SetupProfile | None = None, *, name: str = "dnpu") -> DN
             f"profile {profile.name!r} has {len(profile.electrodes)} electrodes; a DNPU has "
             f"{len(ELECTRODE_NAMES)} voltage electrodes"
         )
-    backend = make_backend(profile)
+    backend = backend if backend is not None else make_backend(profile)
     dnpu = DNPU(name=name, backend=backend)
     for electrode, spec in zip(dnpu.electrodes, profile.electrodes, strict=True):
         electrode.configure_limits(spec.min_v, spec.max_v, spec.role, spec.channel)
