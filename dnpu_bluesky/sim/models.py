@@ -9,6 +9,7 @@ network (see ``docs/virtual-dnpu.md``). Anything with the attributes and methods
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -223,16 +224,10 @@ class VirtualDNPU(DeviceModel):
     # -- evaluation ---------------------------------------------------------------------
 
     def _evaluate(self, volts: np.ndarray, jacobian: bool) -> np.ndarray:
-        v = np.asarray(volts, dtype=float)
-        if v.ndim == 0 or v.shape[-1] != self.n_electrodes:
-            raise ValueError(f"volts must have shape (..., {self.n_electrodes}), got {v.shape}")
-        flat = v.reshape(-1, self.n_electrodes)
-        n = flat.shape[0]
-        out = np.empty((n, self.n_electrodes) if jacobian else n)
         kind = "jacobian" if jacobian else "current"
-        for start in range(0, n, _BLOCK):
-            out[start : start + _BLOCK] = self._block(flat[start : start + _BLOCK].T, kind)
-        return out.reshape(v.shape if jacobian else v.shape[:-1])
+        return evaluate_in_blocks(
+            volts, self.n_electrodes, jacobian, _BLOCK, lambda rows: self._block(rows.T, kind)
+        )
 
     def _block(self, vt: np.ndarray, kind: str) -> np.ndarray:
         """Current (or total conductance, or Jacobian) for voltages ``vt`` of shape (7, n)."""
@@ -272,3 +267,25 @@ class VirtualDNPU(DeviceModel):
         jac = d_i_d_x.T @ self._lever_x
         jac += (share * g_electrode * np.cosh(vt / self._v0)).T
         return jac
+
+
+def evaluate_in_blocks(
+    volts: np.ndarray,
+    n_electrodes: int,
+    jacobian: bool,
+    block_size: int,
+    block: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Evaluate ``block`` on rows of ``volts`` (..., n_electrodes) in blocks that fit in cache.
+
+    Returns the current (shape ``volts.shape[:-1]``) or the Jacobian (``volts.shape``).
+    """
+    v = np.asarray(volts, dtype=float)
+    if v.ndim == 0 or v.shape[-1] != n_electrodes:
+        raise ValueError(f"volts must have shape (..., {n_electrodes}), got {v.shape}")
+    flat = v.reshape(-1, n_electrodes)
+    n = flat.shape[0]
+    out = np.empty((n, n_electrodes) if jacobian else n)
+    for start in range(0, n, block_size):
+        out[start : start + block_size] = block(flat[start : start + block_size])
+    return out.reshape(v.shape if jacobian else v.shape[:-1])

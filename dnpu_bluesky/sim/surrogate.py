@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dnpu_bluesky.sim.models import DeviceModel
+from dnpu_bluesky.sim.models import DeviceModel, evaluate_in_blocks
 
 _BLOCK = 256
 _KEY = re.compile(r"(?:^|\.)raw_model\.(\d+)\.(weight|bias)$")
@@ -176,15 +176,9 @@ class SurrogateModel(DeviceModel):
         return f"SurrogateModel({sizes}, {self.activation}, hash={self._hash[:12]})"
 
     def _evaluate(self, volts: np.ndarray, jacobian: bool) -> np.ndarray:
-        v = np.asarray(volts, dtype=float)
-        if v.ndim == 0 or v.shape[-1] != self.n_electrodes:
-            raise ValueError(f"volts must have shape (..., {self.n_electrodes}), got {v.shape}")
-        flat = v.reshape(-1, self.n_electrodes)
-        n = flat.shape[0]
-        out = np.empty((n, self.n_electrodes) if jacobian else n)
-        for start in range(0, n, _BLOCK):
-            out[start : start + _BLOCK] = self._block(flat[start : start + _BLOCK], jacobian)
-        return out.reshape(v.shape if jacobian else v.shape[:-1])
+        return evaluate_in_blocks(
+            volts, self.n_electrodes, jacobian, _BLOCK, lambda rows: self._block(rows, jacobian)
+        )
 
     def _block(self, x: np.ndarray, jacobian: bool) -> np.ndarray:
         slopes = []

@@ -83,19 +83,36 @@ def _select(
     return targets, outputs
 
 
-def _task_loss(
-    loss_name: str,
-    loss_params: Mapping[str, float],
-    targets: np.ndarray,
-    outputs_na: np.ndarray,
-    indices: np.ndarray | None,
-) -> tuple[float, np.ndarray]:
-    targets, outputs = _select(targets, outputs_na, indices)
-    return LOSSES[loss_name](outputs, targets, **loss_params)
+class _LabelledTask:
+    """Loss and evaluation shared by tasks whose cases carry 0/1 labels.
 
+    Subclasses provide ``targets(split)``, ``loss_name`` and ``loss_params``.
+    """
 
-def _task_score(
-    targets: np.ndarray, outputs_na: np.ndarray, indices: np.ndarray | None
-) -> TaskScore:
-    targets, outputs = _select(targets, outputs_na, indices)
-    return score(outputs, targets)
+    loss_name: str
+    loss_params: Mapping[str, float]
+
+    def targets(self, split: str = "train") -> np.ndarray:
+        raise NotImplementedError
+
+    def loss(
+        self,
+        outputs_na: np.ndarray,
+        split: str = "train",
+        *,
+        indices: np.ndarray | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """Loss and dL/dI of the measured outputs (one per case, or per ``indices`` case)."""
+        targets, outputs = _select(self.targets(split), outputs_na, indices)
+        return LOSSES[self.loss_name](outputs, targets, **self.loss_params)
+
+    def evaluate(
+        self,
+        outputs_na: np.ndarray,
+        split: str = "train",
+        *,
+        indices: np.ndarray | None = None,
+    ) -> TaskScore:
+        """Accuracy at the best threshold, that threshold and the separation margin."""
+        targets, outputs = _select(self.targets(split), outputs_na, indices)
+        return score(outputs, targets)

@@ -11,10 +11,8 @@ from dnpu_bluesky.tasks.base import (
     _check_loss,
     _check_split,
     _json_params,
-    _task_loss,
-    _task_score,
+    _LabelledTask,
 )
-from dnpu_bluesky.tasks.metrics import TaskScore
 
 GATES: tuple[str, ...] = ("AND", "OR", "NAND", "NOR", "XOR", "XNOR")
 
@@ -34,7 +32,7 @@ DEFAULT_INPUT_HIGH_V = 0.3
 
 
 @dataclass(frozen=True)
-class BooleanGate:
+class BooleanGate(_LabelledTask):
     """A two-input Boolean gate realised by thresholding the output current.
 
     Cases are presented in the order 00, 01, 10, 11 (first input, second input); a logical 0
@@ -90,28 +88,6 @@ class BooleanGate:
         """The gate's truth table as 0/1 integers, order 00, 01, 10, 11."""
         _check_split(split)
         return np.array(_TRUTH_TABLES[self.gate])
-
-    def loss(
-        self,
-        outputs_na: np.ndarray,
-        split: str = "train",
-        *,
-        indices: np.ndarray | None = None,
-    ) -> tuple[float, np.ndarray]:
-        """Loss and dL/dI of the measured outputs (one per case, or per ``indices`` case)."""
-        return _task_loss(
-            self.loss_name, self.loss_params, self.targets(split), outputs_na, indices
-        )
-
-    def evaluate(
-        self,
-        outputs_na: np.ndarray,
-        split: str = "train",
-        *,
-        indices: np.ndarray | None = None,
-    ) -> TaskScore:
-        """Accuracy at the best threshold, that threshold and the separation margin."""
-        return _task_score(self.targets(split), outputs_na, indices)
 
     def describe(self) -> dict[str, Any]:
         """Gate, input levels, truth table and loss, JSON-serialisable."""

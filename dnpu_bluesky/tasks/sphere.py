@@ -11,10 +11,8 @@ from dnpu_bluesky.tasks.base import (
     _check_loss,
     _check_split,
     _json_params,
-    _task_loss,
-    _task_score,
+    _LabelledTask,
 )
-from dnpu_bluesky.tasks.metrics import TaskScore
 
 #: Radius, as a fraction of the cube's half-edge, of the centred sphere holding half the cube's
 #: volume: (4/3) pi r^3 = (2 h)^3 / 2.
@@ -27,7 +25,7 @@ _MAX_SAMPLING_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
-class SphereClassification:
+class SphereClassification(_LabelledTask):
     """Points drawn in the input cube, labelled 1 inside a centred sphere and 0 outside.
 
     Each of the three inputs spans ``input_range_v``; the sphere is centred in the cube with
@@ -175,28 +173,6 @@ class SphereClassification:
             [rng.choice(high, n_high, replace=False), rng.choice(low, n_low, replace=False)]
         )
         return np.sort(chosen)
-
-    def loss(
-        self,
-        outputs_na: np.ndarray,
-        split: str = "train",
-        *,
-        indices: np.ndarray | None = None,
-    ) -> tuple[float, np.ndarray]:
-        """Loss and dL/dI of the outputs of the split's cases (or of its ``indices`` cases)."""
-        return _task_loss(
-            self.loss_name, self.loss_params, self.targets(split), outputs_na, indices
-        )
-
-    def evaluate(
-        self,
-        outputs_na: np.ndarray,
-        split: str = "train",
-        *,
-        indices: np.ndarray | None = None,
-    ) -> TaskScore:
-        """Accuracy at the best threshold, that threshold and the separation margin."""
-        return _task_score(self.targets(split), outputs_na, indices)
 
     def describe(self) -> dict[str, Any]:
         """Parameters, geometry and split sizes (the points follow from the seed)."""
