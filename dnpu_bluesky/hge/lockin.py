@@ -5,11 +5,25 @@ from the window start), ``x = A/2 cos(phi)`` and ``y = A/2 sin(phi)``, so
 ``amplitude = 2 hypot(x, y) = A`` and ``phase = atan2(y, x) = phi``.
 
 Noise floor: the same normalised DFT evaluated at off-tone bins of the window gives components
-with the same variance as ``x`` and ``y`` of a tone in that noise, so the mean of
-``|X_k|^2 / 2`` over clean bins near a tone estimates the variance of one component. Clean
-bins exclude DC, Nyquist, every tone with its neighbours and every IM product of the tones up
-to ``exclude_order``; the ``noise_bins`` nearest clean bins are used, so a sloped (1/f)
-spectrum is followed as far as the plan leaves clean bins near the tone.
+with the same variance as ``x`` and ``y`` of a tone in that noise, so ``|X_k|^2 / 2`` at clean
+bins near a tone estimates the variance of one component. Clean bins exclude DC, Nyquist, every
+tone with its neighbours, the tones' harmonics up to ``exclude_order`` and the IM products of
+the tones up to ``exclude_order``.
+
+* Up to ``noise_bins // 2`` of the nearest clean bins are taken on each side of a tone, and
+  the two side means are interpolated to the tone linearly in ``1/f``: exact in expectation
+  for any white + 1/f spectrum ``a + b/f``, with positive weights only.
+* A dense plan covers the bins around its tones with third-order products, so for each tone
+  the product order is lowered (never below 2; harmonics stay excluded) until
+  ``noise_bins // 4`` clean bins lie on each side within ``noise_bins`` bins of the tone, or
+  as many as order 2 leaves. Third-order products grow as the cube of the tone amplitude; on
+  the virtual DNPU they stay far below the noise at the usual 5-30 mV.
+* If a side has so few bins that the interpolation would leave fewer than ``noise_bins / 2``
+  degrees of freedom (``2 / sum(w^2)``), the weights move toward equal weights until it has
+  that many.
+* Without a clean bin below a tone (the lowest tones of a dense plan starting a few bins above
+  DC), the floor is the mean of the ``noise_bins`` nearest bins above it, which reads low
+  under 1/f noise.
 """
 
 from __future__ import annotations
@@ -79,8 +93,12 @@ def demodulate(
             ``"hann"`` (normalised by its coherent gain so amplitudes stay calibrated; use it
             for tones off the window's grid; distinct tones must be >= 2 bins apart). Each
             window's (weighted) mean is removed first.
-        noise_bins: Clean DFT bins averaged for each tone's noise floor.
-        exclude_order: IM products up to this order are kept out of the noise bins.
+        noise_bins: Clean DFT bins used for each tone's noise floor: up to half of them on
+            each side of the tone (all of them on one side if the other has none).
+        exclude_order: IM products up to this order (and harmonics up to this multiple) are
+            kept out of the noise bins. Where they leave too few clean bins close to a tone on
+            both sides, that tone's floor excludes products of a lower order only (not below 2;
+            see the module docstring).
 
     Returns:
         The lock-in result.
@@ -137,13 +155,13 @@ def demodulate(
         # Same normalisation as x, y: Re(X_k) and -Im(X_k) are the bin's components.
         power = np.abs(np.fft.rfft(weighted, axis=1)) ** 2 / 2
         positions = freqs * length / sample_rate
-        chosen = _noise_bin_table(
+        chosen, bin_weights = _noise_bin_table(
             tuple(positions.tolist()), int(length), window, int(noise_bins), int(exclude_order)
         )
         if chosen.shape[1] == 0:
             stderr[rows] = np.nan
         else:
-            stderr[rows] = np.sqrt(power[:, chosen].mean(axis=-1))
+            stderr[rows] = np.sqrt(np.einsum("stk,tk->st", power[:, chosen], bin_weights))
     for array in (freqs, x, y, stderr, dc):
         array.setflags(write=False)
     return LockInResult(frequencies=freqs, x=x, y=y, stderr=stderr, dc=dc)
@@ -179,34 +197,94 @@ def _taper(window: str, length: int) -> np.ndarray:
 @functools.lru_cache(maxsize=128)
 def _noise_bin_table(
     positions: tuple[float, ...], length: int, window: str, count: int, exclude_order: int
-) -> np.ndarray:
-    """``(n_tones, n_used)`` indices of the clean bins nearest each tone.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise bins and weights of each tone: ``stderr^2 = sum_k weights[t, k] P[bins[t, k]]``.
 
-    ``positions`` are the tones in bins (``f * length / fs``, possibly fractional). Cached:
-    every window of a waveform shares one table.
+    ``positions`` are the tones in bins (``f * length / fs``, possibly fractional). Both
+    arrays have shape ``(n_tones, n_used)``; a tone with fewer bins pads with zero weights.
+    The weights of a tone sum to 1 (see the module docstring for the choice). Cached: every
+    window of a waveform shares one table.
     """
     n_rfft = length // 2 + 1
-    clean = np.ones(n_rfft, dtype=bool)
-    clean[0] = False
-    if length % 2 == 0:
-        clean[-1] = False  # Nyquist bin: real only, twice the variance per component
+    pos = np.asarray(positions, dtype=float)
     product_guard = 0 if window == "rect" else 1  # Hann main lobe spans +-1 bin
-    pos = np.asarray(positions)
 
-    def exclude(centres: np.ndarray, guard: int) -> None:
+    def exclude(mask: np.ndarray, centres: np.ndarray, guard: int) -> None:
         for lo, hi in zip(np.floor(centres) - guard, np.ceil(centres) + guard, strict=True):
-            clean[max(int(lo), 0) : min(int(hi), n_rfft - 1) + 1] = False
+            mask[max(int(lo), 0) : min(int(hi), n_rfft - 1) + 1] = False
 
-    clean[: 1 + product_guard] = False  # DC and, for Hann, its main lobe
-    exclude(pos, 1)
-    if exclude_order >= 2:
-        products = _fold(_product_matrix(pos.size, exclude_order) @ pos, length)
-        exclude(products, product_guard)
-    candidates = np.flatnonzero(clean)
-    used = min(count, candidates.size)
-    table = np.empty((pos.size, used), dtype=np.int64)
-    for tone, centre in enumerate(pos):
-        order = np.lexsort((candidates, np.abs(candidates - centre)))
-        table[tone] = candidates[order[:used]]
+    base = np.ones(n_rfft, dtype=bool)
+    base[: 1 + product_guard] = False  # DC and, for Hann, its main lobe
+    if length % 2 == 0:
+        base[-1] = False  # Nyquist bin: real only, twice the variance per component
+    exclude(base, pos, 1)
+    if exclude_order >= 2:  # harmonics stay excluded whatever order the products drop to
+        multiples = np.arange(2, exclude_order + 1)
+        exclude(base, _fold(np.outer(pos, multiples).ravel(), length), product_guard)
+    # Clean bins for each exclusion order, from the requested one down to 2 (supersets).
+    candidates = []
+    for order in range(exclude_order, 1, -1) if exclude_order >= 2 else [exclude_order]:
+        clean = base.copy()
+        if order >= 2:
+            exclude(clean, _fold(_product_matrix(pos.size, order) @ pos, length), product_guard)
+        candidates.append(np.flatnonzero(clean))
+
+    per_side = count // 2
+    wanted = max(1, per_side // 2)  # clean bins per side within `count` bins of the tone
+    rows = []
+    for centre in pos:
+        sides = [_sides(bins, centre) for bins in candidates]
+        near = [
+            min(
+                np.count_nonzero(centre - below <= count), np.count_nonzero(above - centre <= count)
+            )
+            for below, above in sides
+        ]
+        need = max(1, min(wanted, near[-1]))
+        level = next((i for i, n in enumerate(near) if n >= need), len(sides) - 1)
+        below, above = sides[level]
+        if per_side >= 1 and below.size and above.size:
+            below, above = below[:per_side], above[:per_side]
+            # Interpolate the two side means linearly in u = 1/f (exact for a + b/f); the
+            # side means are at the mean u of their bins. Tone and bins share the factor
+            # length / fs, so bin indices serve as frequencies.
+            u_below, u_above = np.mean(1.0 / below), np.mean(1.0 / above)
+            share = (1.0 / centre - u_above) / (u_below - u_above)
+            bins = np.concatenate([below, above])
+            weights = np.concatenate(
+                [
+                    np.full(below.size, share / below.size),
+                    np.full(above.size, (1 - share) / above.size),
+                ]
+            )
+            # One or two bins on a side would carry most of the weight: few degrees of
+            # freedom (2 / sum(w^2) for equal bin variances), a noisy stderr per window.
+            # Move toward equal weights until there are count / 2 (count / 4 equal bins).
+            # The change sums to zero, so sum(w^2) = 1/n + lam^2 sum((w - 1/n)^2).
+            equal = 1.0 / bins.size
+            excess = np.sum((weights - equal) ** 2)
+            if excess > 0:
+                lam = math.sqrt(max(4.0 / count - equal, 0.0) / excess)
+                weights = equal + min(lam, 1.0) * (weights - equal)
+        else:  # one side only: the nearest bins, equally weighted
+            bins = candidates[-1]
+            bins = bins[np.lexsort((bins, np.abs(bins - centre)))[:count]]
+            weights = np.full(bins.size, 1.0 / max(bins.size, 1))
+        rows.append((bins, weights))
+
+    used = max(bins.size for bins, _ in rows)
+    table = np.zeros((pos.size, used), dtype=np.int64)
+    table_weights = np.zeros((pos.size, used))
+    for tone, (bins, weights) in enumerate(rows):
+        table[tone, : bins.size] = bins
+        if bins.size:
+            table[tone, bins.size :] = bins[0]
+        table_weights[tone, : bins.size] = weights
     table.setflags(write=False)
-    return table
+    table_weights.setflags(write=False)
+    return table, table_weights
+
+
+def _sides(bins: np.ndarray, centre: float) -> tuple[np.ndarray, np.ndarray]:
+    """Clean bins below and above ``centre``, each nearest first."""
+    return bins[bins < centre][::-1], bins[bins > centre]
