@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ PROFILE = REPO / "profiles" / "profile_dnpu"
 
 
 def test_profile_startup_files_run_a_plan_into_tiled(tmp_path):
+    # A copy, so IPython's history and logs are written there and not into the repository.
+    profile = tmp_path / "profile_dnpu"
+    shutil.copytree(PROFILE / "startup", profile / "startup")
     ipython = Path(sys.executable).with_name("ipython")
     code = (
         "(uid,) = RE(hge_gradient(dnpu)); run = load_run(runs, uid); "
@@ -24,7 +28,7 @@ def test_profile_startup_files_run_a_plan_into_tiled(tmp_path):
     )
     env = {**os.environ, "DNPU_DATA_DIR": str(tmp_path / "tiled"), "IPYTHONDIR": str(tmp_path)}
     completed = subprocess.run(
-        [str(ipython), f"--profile-dir={PROFILE}", "--no-banner", "-c", code],
+        [str(ipython), f"--profile-dir={profile}", "--no-banner", "-c", code],
         capture_output=True,
         text=True,
         timeout=180,
