@@ -3,6 +3,7 @@
 from .characterise import iv_sweep, noise_spectrum
 from .genetic import train_genetic
 from .hge import calibrate_phase, hge_gradient, validate_gradients
+from .queue import train_gate, train_sphere
 from .stubs import configure_hge, measure_gradient, set_input_cases
 from .train import GRADIENT_METHODS, TrainResult, train, train_boolean_gates
 
@@ -18,6 +19,8 @@ __all__ = [
     "set_input_cases",
     "train",
     "train_boolean_gates",
+    "train_gate",
     "train_genetic",
+    "train_sphere",
     "validate_gradients",
 ]

@@ -1,7 +1,5 @@
 """Characterisation plans: current-voltage sweeps and the output noise spectrum."""
 
-from __future__ import annotations
-
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import plans as bp

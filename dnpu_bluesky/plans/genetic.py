@@ -1,7 +1,5 @@
 """The genetic algorithm peer: the group's earlier standard, measured on the same devices."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np

@@ -1,7 +1,5 @@
 """Bluesky plans that measure gradients by homodyne gradient extraction (HGE)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np

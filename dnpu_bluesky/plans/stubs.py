@@ -1,7 +1,5 @@
 """Plan stubs: building blocks that do not open a run."""
 
-from __future__ import annotations
-
 from collections.abc import Generator
 from typing import Any
 

@@ -1,7 +1,5 @@
 """Gradient descent in materio: the training loop as a Bluesky plan, and its peers."""
 
-from __future__ import annotations
-
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

@@ -1,0 +1,70 @@
+"""Plans whose arguments are plain values, so that the Bluesky queue server can run them.
+
+A queue item carries JSON: device names, numbers, strings. :func:`train` takes a
+:class:`~dnpu_bluesky.tasks.Task` object, so the queue server gets thin wrappers here that
+build the task from its name and yield from the plan. Example queue item::
+
+    {"name": "train_gate", "args": ["dnpu", "XOR"], "kwargs": {"method": "hge"}}
+
+The plan modules do not use ``from __future__ import annotations``: the queue server reads
+the signatures, and string annotations (``'DNPU'``) fail its parameter validation, while a
+class it cannot name is treated as "any value", so ``"dnpu"`` in a queue item becomes the
+device of that name.
+"""
+
+from ..devices.dnpu import DNPU
+from ..tasks import BooleanGate, SphereClassification
+from .stubs import Plan
+from .train import train
+
+
+def train_gate(
+    dnpu: DNPU,
+    gate: str,
+    method: str = "hge",
+    *,
+    optimizer: str = "adam",
+    lr: float = 0.05,
+    max_iterations: int = 120,
+    max_attempts: int = 4,
+    patience: int = 25,
+    target_margin_na: float = 2.0,
+    seed: int = 0,
+    md: dict | None = None,
+) -> Plan:
+    """Train ``dnpu`` as the Boolean gate ``gate`` ("AND", "XOR", ...); see :func:`train`.
+
+    Returns:
+        The :class:`~dnpu_bluesky.plans.train.TrainResult` of the run.
+    """
+    return (
+        yield from train(
+            dnpu,
+            BooleanGate(gate),
+            method=method,
+            optimizer=optimizer,
+            lr=lr,
+            max_iterations=max_iterations,
+            max_attempts=max_attempts,
+            patience=patience,
+            target_margin_na=target_margin_na,
+            seed=seed,
+            md=md,
+        )
+    )
+
+
+def train_sphere(
+    dnpu: DNPU,
+    method: str = "hge",
+    *,
+    batch_size: int | None = None,
+    max_iterations: int = 120,
+    seed: int = 0,
+    md: dict | None = None,
+) -> Plan:
+    """Train ``dnpu`` on the sphere classification task; see :func:`train`."""
+    task = SphereClassification(seed=seed, batch_size=batch_size)
+    return (
+        yield from train(dnpu, task, method=method, max_iterations=max_iterations, seed=seed, md=md)
+    )

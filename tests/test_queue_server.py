@@ -1,0 +1,174 @@
+"""The IPython profile's startup files as the Bluesky queue server's startup collection.
+
+``start-re-manager`` runs in its own process on loopback ZMQ ports with the profile's startup
+directory; its worker keeps the environment (RunEngine, embedded Tiled in a temporary
+directory, the virtual DNPU). The queue server keeps its state in Redis, given as
+``DNPU_TEST_REDIS`` (``host:port``; ``.ci/run`` starts one); without it this test is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REDIS = os.environ.get("DNPU_TEST_REDIS")
+pytestmark = pytest.mark.skipif(
+    not REDIS,
+    reason="DNPU_TEST_REDIS is unset: the queue server needs Redis (.ci/run starts one; "
+    "e.g. DNPU_TEST_REDIS=127.0.0.1:6379)",
+)
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP = REPO / "profiles" / "profile_dnpu" / "startup"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path):
+    pytest.importorskip("bluesky_queueserver_api")
+    from bluesky_queueserver_api import BPlan
+    from bluesky_queueserver_api.zmq import REManagerAPI
+
+    control, info = _free_ports(2)
+    data_dir = tmp_path / "tiled"
+    manager = Path(sys.executable).with_name("start-re-manager")
+    command = [
+        str(manager),
+        "--startup-dir", str(STARTUP),
+        "--existing-plans-devices", str(tmp_path / "existing_plans_and_devices.yaml"),
+        "--update-existing-plans-devices", "ENVIRONMENT_OPEN",
+        "--redis-addr", REDIS,
+        "--redis-name-prefix", f"dnpu_test_{uuid.uuid4().hex[:8]}",
+        "--zmq-control-addr", f"tcp://127.0.0.1:{control}",
+        "--zmq-info-addr", f"tcp://127.0.0.1:{info}",
+        "--zmq-publish-console", "ON",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "DNPU_DATA_DIR": str(data_dir),
+        "DNPU_SEED": "0",
+        "MPLBACKEND": "Agg",
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+    }
+    env.pop("DNPU_TILED_URI", None)
+    env.pop("DNPU_SETUP", None)
+    log_path = tmp_path / "re-manager.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    RM = REManagerAPI(
+        zmq_control_addr=f"tcp://127.0.0.1:{control}",
+        zmq_info_addr=f"tcp://127.0.0.1:{info}",
+        timeout_recv=10,
+    )
+    try:
+        _wait_for_manager(RM, process, log_path)
+        RM.environment_open()
+        RM.wait_for_idle(timeout=60)
+        status = RM.status()
+        assert status["worker_environment_exists"], _tail(log_path)
+
+        plans = RM.plans_allowed()["plans_allowed"]
+        devices = RM.devices_allowed()["devices_allowed"]
+        assert {"train_gate", "train", "hge_gradient", "validate_gradients"} <= set(plans)
+        assert "dnpu" in devices
+
+        # A package plan and the queue wrapper that builds its task from a gate name.
+        RM.item_add(BPlan("hge_gradient", "dnpu", repeats=2))
+        RM.item_add(BPlan("train_gate", "dnpu", "AND", method="hge", max_iterations=40, seed=1))
+        RM.queue_start()
+        RM.wait_for_idle(timeout=120)
+
+        history = RM.history_get()["items"]
+        assert [item["name"] for item in history] == ["hge_gradient", "train_gate"]
+        for item in history:
+            assert item["result"]["exit_status"] == "completed", (item["result"], _tail(log_path))
+        (train_uid,) = history[1]["result"]["run_uids"]
+
+        # The run is in the worker's embedded Tiled: ask the worker where that is.
+        RM.script_upload("print('DNPU_TILED_URI=' + storage.uri)")
+        RM.wait_for_idle(timeout=30)
+        stored = _stored_run(_printed_uri(log_path), train_uid)
+        assert stored.metadata["stop"]["exit_status"] == "success"
+        assert stored.metadata["start"]["gate"] == "AND"
+        assert stored.metadata["start"]["plan_name"] == "train"
+        assert {"train", "evaluation", "hge"} <= set(stored)
+        assert len(stored["train"]["train_loss"].read()) >= 1
+
+        RM.environment_close()
+        RM.wait_for_idle(timeout=60)
+        assert not RM.status()["worker_environment_exists"]
+    finally:
+        try:
+            RM.close()
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+def _printed_uri(log: Path, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.findall(r"DNPU_TILED_URI=(\S+)", log.read_text(errors="replace"))
+        if found:
+            return found[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"The worker did not print its Tiled URI:\n{_tail(log)}")
+
+
+def _stored_run(uri: str, uid: str, timeout: float = 60):
+    """The run from Tiled once its stop document is there (the writer may still be busy)."""
+    from tiled.client import from_uri
+
+    from dnpu_bluesky.storage import load_run
+
+    client = from_uri(uri)["runs"]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            run = load_run(client, uid)
+            if run.metadata.get("stop"):
+                return run
+        except KeyError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Run {uid} did not reach Tiled at {uri} within {timeout} s")
+        time.sleep(0.5)
+
+
+def _wait_for_manager(RM, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"start-re-manager exited ({process.returncode}):\n{_tail(log)}")
+        try:
+            RM.status()
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(f"RE Manager did not answer within {timeout} s:\n{_tail(log)}")
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:]
