@@ -6,6 +6,11 @@ sessions. Runs are written by bluesky-tiled-plugins' ``TiledWriter`` into a cont
 the ``CatalogOfBlueskyRuns`` (3.0) spec, the layout that the tiled client and databroker 2
 search and read (``run["primary"]["field"].read()``, ``catalog.v2[uid].primary.read()``).
 
+By default documents are appended to a local spool file per run and written to Tiled by a
+worker process (:class:`BackgroundWriter`), so Tiled's latency and outages never reach the
+RunEngine and a crash loses nothing (:func:`replay_spool`); ``StorageConfig(writer="direct")``
+calls the ``TiledWriter`` synchronously instead.
+
 Example:
     >>> with open_storage() as storage:                       # doctest: +SKIP
     ...     RE.subscribe(storage.writer)
@@ -16,10 +21,20 @@ Example:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +42,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgpack
+import numpy as np
 import platformdirs
 from bluesky_tiled_plugins import BlueskyRun, CatalogOfBlueskyRuns, TiledWriter
 from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRunV3
@@ -35,7 +52,22 @@ from tiled.client.container import Container
 from tiled.queries import Comparison, Contains, Eq
 from tiled.structures.core import Spec
 
-__all__ = ["Storage", "StorageConfig", "find_runs", "load_run", "open_storage"]
+try:
+    import fcntl
+except ImportError:  # Windows: spool files are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "BackgroundWriter",
+    "Storage",
+    "StorageConfig",
+    "StorageError",
+    "StorageWarning",
+    "find_runs",
+    "load_run",
+    "open_storage",
+    "replay_spool",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +93,24 @@ class StorageConfig:
             Tiled; the rest are written at the run's stop document. 1 writes each event at
             once (live view in Tiled) but costs an HTTP round trip per event: measured 40 ms
             for a scalar event, 110 ms for a 10k-sample waveform event on a 2-core machine.
+        writer: ``"background"`` (default): documents are appended to a local spool file
+            on the RunEngine's thread and written to Tiled by a worker process, so Tiled's
+            latency and outages never reach the RunEngine (see :class:`BackgroundWriter`).
+            ``"thread"``: the same with the worker on a thread of this process (no extra
+            process, but its CPU work competes for the GIL). ``"direct"``: the plain
+            ``TiledWriter`` runs inside the RunEngine's callback.
+        spool_directory: Where the background writer keeps its spool files (one msgpack
+            file per run, deleted once the run's stop document is in Tiled). ``None``: the
+            ``spool/<container>`` subdirectory of the embedded server's directory, or for a
+            remote server ``platformdirs.user_data_path("dnpu-bluesky") / "spool" /
+            "<host>_<port>" / <container>``.
+        spool_fsync: ``os.fsync`` every spooled document (survives power loss, not only a
+            crash of the process; costs a disk flush per document).
+        retry_interval_s: First wait before the background writer retries after a Tiled
+            error; doubled after each failure up to ``retry_max_interval_s``.
+        retry_max_interval_s: Longest wait between retries.
+        flush_timeout_s: How long ``close()`` (and reading through ``Storage.client``) waits
+            for the background writer to get pending documents into Tiled.
     """
 
     directory: Path | None = None
@@ -68,6 +118,12 @@ class StorageConfig:
     api_key: str | None = None
     container: str = "runs"
     batch_size: int = 20
+    writer: str = "background"
+    spool_directory: Path | None = None
+    spool_fsync: bool = False
+    retry_interval_s: float = 0.5
+    retry_max_interval_s: float = 30.0
+    flush_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.container.strip("/"):
@@ -81,6 +137,13 @@ class StorageConfig:
             raise ValueError("StorageConfig.api_key for the embedded server must be alphanumeric")
         if self.batch_size < 1:
             raise ValueError(f"StorageConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.writer not in ("background", "thread", "direct"):
+            raise ValueError(
+                "StorageConfig.writer must be 'background', 'thread' or 'direct', "
+                f"got {self.writer!r}"
+            )
+        if not 0 < self.retry_interval_s <= self.retry_max_interval_s:
+            raise ValueError("StorageConfig needs 0 < retry_interval_s <= retry_max_interval_s")
 
 
 class Storage:
@@ -88,20 +151,22 @@ class Storage:
 
     Use :func:`open_storage` to create one. Subscribe :attr:`writer` to a RunEngine; search and
     read past runs through :attr:`client` (see :func:`find_runs`, :func:`load_run`). Close it
-    (``close()``, ``with``) when done; an embedded server left open is closed at interpreter
-    exit.
+    (``close()``, ``with``) when done; a storage left open is closed (and flushed) at
+    interpreter exit. Opening replays runs left in the spool by an earlier session.
 
     Attributes:
         config: The configuration, with ``directory`` resolved for an embedded server.
-        client: The tiled client node of the runs container (a ``CatalogOfBlueskyRuns``).
+        client: The tiled client node of the runs container (a ``CatalogOfBlueskyRuns``);
+            accessing it first waits for pending background writes (read-your-writes).
         writer: Callable ``(name, doc)`` writing documents to Tiled; subscribe it to a RunEngine.
+            A :class:`BackgroundWriter` by default (``StorageConfig.writer``).
+        errors: Storage errors so far (see :class:`BackgroundWriter`).
         uri: Where the server is: for an embedded server its loopback URI including the API
             key (``tiled.client.from_uri(storage.uri)`` connects); otherwise ``config.uri``.
     """
 
     config: StorageConfig
-    client: CatalogOfBlueskyRuns
-    writer: _Writer
+    writer: BackgroundWriter | _Writer
     uri: str
 
     def __init__(self, config: StorageConfig | None = None) -> None:
@@ -114,44 +179,101 @@ class Storage:
             directory = Path(config.directory or _default_directory()).expanduser()
             config = replace(config, directory=directory)
             self._server = SimpleTiledServer(directory, api_key=config.api_key)
-            _register_open(self)
             self.uri = self._server.uri
             api_key = None  # already in the embedded server's URI
         else:
             self.uri = config.uri
             api_key = config.api_key
-        self.config = config
+        self._api_key = api_key
         try:
             self._root = from_uri(self.uri, api_key=api_key)
         except BaseException:
             self._shutdown_server()
             raise
         try:
-            self.client = _runs_container(self._root, config.container)
-            # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values)
-            # would otherwise go into the SQL table, where the stream's xarray view returns
-            # them as strings.
-            self.writer = _Writer(
-                TiledWriter(self.client, batch_size=config.batch_size, max_array_size=0)
-            )
+            self._client = _runs_container(self._root, config.container)
+            self._default_spool = config.spool_directory is None
+            if config.writer == "direct":
+                self.config = config
+                self.writer = _Writer(_tiled_writer(self._client, config.batch_size))
+            else:
+                spool = Path(config.spool_directory or _default_spool(config, self.uri))
+                config = self.config = replace(config, spool_directory=spool.expanduser())
+                self.writer = BackgroundWriter(
+                    functools.partial(_connect_runs, self.uri, api_key, config.container),
+                    config.spool_directory,
+                    batch_size=config.batch_size,
+                    fsync=config.spool_fsync,
+                    retry_interval_s=config.retry_interval_s,
+                    retry_max_interval_s=config.retry_max_interval_s,
+                    process=config.writer == "background",
+                )
+                _writers_of_clients[id(self._client)] = (self.writer, config.flush_timeout_s)
         except BaseException:
             self._root.context.close()
             self._shutdown_server()
             raise
+        _register_open(self)
+
+    @property
+    def client(self) -> CatalogOfBlueskyRuns:
+        """The runs container; pending writes of the background writer are waited for first.
+
+        So ``load_run(storage.client, uid)`` right after ``RE(plan)`` finds the whole run
+        (read-your-writes). While Tiled is failing, it does not wait (a warning is logged).
+        """
+        if not self._closed:
+            _wait_for_writes(self._client)
+        return self._client
+
+    @property
+    def errors(self) -> list[str]:
+        """Every storage error so far (the background writer's failed writes), oldest first."""
+        return list(getattr(self.writer, "errors", []))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every document given to :attr:`writer` so far is in Tiled.
+
+        Events of a run that is still open may stay in the writer's batch (``batch_size``)
+        until the run's stop document; they are already in the run's spool file. A no-op
+        for the direct writer.
+
+        Raises:
+            StorageError: Documents could not be written within ``timeout`` seconds
+                (``None``: wait as long as it takes). They stay spooled and are retried.
+        """
+        if isinstance(self.writer, BackgroundWriter):
+            self.writer.flush(timeout)
 
     def close(self) -> None:
         """Write what the writer still holds, then close the client and the server.
 
         A run whose stop document never arrived is closed with a stop document of
-        ``exit_status="abort"`` so that its buffered events reach Tiled. Idempotent.
+        ``exit_status="abort"`` so that its buffered events reach Tiled. The background writer
+        gets ``config.flush_timeout_s`` to finish; what it could not write stays in the spool
+        and is replayed the next time this storage is opened (or by :func:`replay_spool`).
+        Errors are logged, not raised. Idempotent.
         """
         if self._closed:
             return
         self._closed = True
+        _writers_of_clients.pop(id(self._client), None)
         try:
-            self.writer.flush()
+            if isinstance(self.writer, BackgroundWriter):
+                self.writer.close(self.config.flush_timeout_s)
+                if self._default_spool:  # leave no empty per-container directories behind
+                    for directory in (
+                        self.writer.spool_directory,
+                        self.writer.spool_directory.parent,
+                    ):
+                        try:
+                            directory.rmdir()
+                        except OSError:
+                            break
+            else:
+                self.writer.flush()
         except Exception:
-            logger.exception("Could not flush the Tiled writer; unsaved events are lost")
+            logger.exception("Could not flush the Tiled writer; see the spool for unsaved runs")
         finally:
             try:
                 self._root.context.close()
@@ -226,6 +348,7 @@ def find_runs(
     Returns:
         The matching run nodes, newest first.
     """
+    _wait_for_writes(client)
     results = client
     for query in _queries(plan_name, gate, tag, since, until, scan_id):
         results = results.search(query)
@@ -245,6 +368,7 @@ def load_run(client: Container, uid: str) -> BlueskyRun:
         KeyError: No run with this uid in the container.
         ValueError: A prefix shorter than 5 characters, or one that matches several runs.
     """
+    _wait_for_writes(client)
     try:
         run = client[uid]
     except KeyError:
@@ -285,6 +409,719 @@ class _Writer:
             }
             self._tiled_writer("stop", stop)
         self._open_runs.clear()
+
+
+class StorageError(RuntimeError):
+    """Documents could not be written to Tiled (they stay in the spool and are retried)."""
+
+
+class StorageWarning(UserWarning):
+    """Issued once per writer, on the caller's thread, when the first Tiled write fails."""
+
+
+class _CorruptSpool(ValueError):
+    pass
+
+
+class _RunSpool:
+    """The caller's side of one run's spool file."""
+
+    def __init__(self, uid: str, path: Path, file: Any, *, written: int = 0, leftover: bool):
+        self.uid = uid
+        self.path = path
+        self.file = file  # append handle (live run) or read handle (leftover); holds the lock
+        self.written = written  # bytes of complete records in the file
+        self.sent = 0  # bytes of those records in Tiled (or in the TiledWriter's batch)
+        self.stop_spooled = False
+        self.leftover = leftover  # from an earlier session: no more documents will come
+        self.refs: list[str] = []  # descriptor/resource uids routed to this run
+
+
+_ROUTE = {
+    "descriptor": "run_start",
+    "stop": "run_start",
+    "resource": "run_start",
+    "stream_resource": "run_start",
+    "event": "descriptor",
+    "event_page": "descriptor",
+    "stream_datum": "descriptor",
+    "datum": "resource",
+    "datum_page": "resource",
+}
+
+
+class BackgroundWriter:
+    """Writes documents to Tiled from a worker process, through a durable local spool.
+
+    Calling it (``writer(name, doc)``, e.g. as a RunEngine subscriber) appends the document
+    to its run's spool file (``<spool_directory>/<start uid>.spool``: per document a length
+    prefix and msgpack of ``[name, doc]``, numpy arrays as raw bytes with dtype and shape, so
+    they come back bit for bit), tells the worker how far the file goes, and returns: about
+    20 us for a 10k-sample event, and Tiled's latency never reaches the caller. The worker
+    (a separate process by default, so that its CPU work does not hold this process's GIL;
+    ``process=False`` runs it on a thread) reads the spool files in order and feeds each
+    run to its own ``TiledWriter`` (events batched by ``batch_size``). The spool *is* the
+    queue: memory stays bounded (one batch per stream plus one document) and the caller
+    never waits for Tiled, even during a long outage.
+
+    When a write fails (Tiled down, refusing writes, network error) the error is logged at
+    ERROR, appended to :attr:`errors`, warned once (:class:`StorageWarning`) on the caller's
+    thread and the worker retries with exponential backoff. A retry rebuilds the run in
+    Tiled: a partial run node is deleted and the run is replayed from its spool file in
+    order, so nothing is lost or duplicated. A run's spool file is deleted once its stop
+    document is in Tiled. Spool files left by a crashed session are replayed when the next
+    writer on that directory starts (or by :meth:`adopt_leftovers`); a run that never got
+    its stop document is closed with ``exit_status="abort"``. Spool files are locked
+    (``flock``) by the writer that owns them, so two sessions never replay the same run.
+
+    Args:
+        connect: Returns a client of the runs container; called in the worker (again after
+            each failure), so it must be picklable when ``process`` is true (e.g. a
+            ``functools.partial`` of a module-level function).
+        spool_directory: Where the spool files live (created if missing).
+        batch_size: ``TiledWriter``'s batch size.
+        fsync: ``os.fsync`` each spooled document.
+        retry_interval_s, retry_max_interval_s: Backoff between retries.
+        replay: Adopt leftover spool files of ``spool_directory`` at start.
+        process: Run the worker in a spawned process (default) or on a thread.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], CatalogOfBlueskyRuns],
+        spool_directory: Path | str,
+        *,
+        batch_size: int = 20,
+        fsync: bool = False,
+        retry_interval_s: float = 0.5,
+        retry_max_interval_s: float = 30.0,
+        replay: bool = True,
+        process: bool = True,
+    ) -> None:
+        self.spool_directory = Path(spool_directory)
+        self.spool_directory.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._runs: dict[str, _RunSpool] = {}
+        self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run start uid
+        self.errors: list[str] = []
+        self.failing = False
+        self._warn_pending = False
+        self._warned = False
+        self._closed = False
+        self._alive = True
+        self._ready = threading.Event()
+        args = (connect, batch_size, (retry_interval_s, retry_max_interval_s))
+        if process and os.name == "posix":
+            self._worker: Any = _start_worker_process()
+            self._conn = self._worker.conn
+            self._conn.send(args)
+        else:
+            from multiprocessing import Pipe
+
+            self._conn, child = Pipe()
+            self._worker = threading.Thread(
+                target=_worker_main, args=(child, *args), name="dnpu-tiled-writer", daemon=True
+            )
+            self._worker.start()
+        self._receiver = threading.Thread(
+            target=self._receive, name="dnpu-tiled-writer-receiver", daemon=True
+        )
+        self._receiver.start()
+        if replay:
+            self.adopt_leftovers()
+
+    # -- caller side -----------------------------------------------------------------------
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if self._closed:
+            raise RuntimeError(f"Storage is closed; cannot write the {name!r} document")
+        self._warn_once()
+        record = _encode(name, doc)
+        with self._cond:
+            run = self._route(name, doc)
+        run.file.write(record)
+        run.file.flush()
+        if self._fsync:
+            os.fsync(run.file.fileno())
+        with self._cond:
+            run.written += len(record)
+            if name == "stop":
+                run.stop_spooled = True
+                for ref in run.refs:
+                    self._run_of.pop(ref, None)
+        if name == "start":
+            self._send(("run", run.uid, str(run.path), run.written, False))
+        else:
+            self._send(("written", run.uid, run.written))
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                if self._alive:
+                    raise
+
+    def _route(self, name: str, doc: dict[str, Any]) -> _RunSpool:
+        if name == "start":
+            uid = doc["uid"]
+            path = self.spool_directory / f"{uid}.spool"
+            file = open(path, "ab")  # closed when the run is in Tiled
+            _lock(file)
+            run = self._runs[uid] = _RunSpool(uid, path, file, leftover=False)
+            return run
+        field = _ROUTE.get(name)
+        ref = doc.get(field) if field else None
+        uid = ref if field == "run_start" else self._run_of.get(ref or "")
+        run = self._runs.get(uid or "")
+        if run is None or run.stop_spooled or run.leftover:
+            raise StorageError(
+                f"Cannot store the {name!r} document {doc.get('uid', '')!r}: it belongs to no "
+                "open run of this storage (documents are stored per run, from its start document)"
+            )
+        if name in ("descriptor", "resource", "stream_resource"):
+            self._run_of[doc["uid"]] = run.uid
+            run.refs.append(doc["uid"])
+        return run
+
+    def _warn_once(self) -> None:
+        if self._warn_pending and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"Writing to Tiled failed: {self.errors[0]} (documents are kept in "
+                f"{self.spool_directory} and retried; see Storage.errors)",
+                StorageWarning,
+                stacklevel=3,
+            )
+
+    def _receive(self) -> None:
+        """Progress and errors from the worker (on a thread of the caller's process)."""
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "ready":
+                self._ready.set()
+            elif kind == "error":
+                # ERROR once per outage; the retries while it lasts at INFO.
+                (logger.info if self.failing else logger.error)("Storage: %s", message[1])
+                with self._cond:
+                    self.errors.append(message[1])
+                    del self.errors[:-1000]
+                    self._warn_pending = True
+                    self.failing = True
+                    self._cond.notify_all()
+            elif kind == "ok":
+                logger.warning("Tiled writes work again; spooled documents are being replayed")
+                with self._cond:
+                    self.failing = False
+                    self._cond.notify_all()
+            elif kind == "progress":
+                with self._cond:
+                    if (run := self._runs.get(message[1])) is not None:
+                        run.sent = message[2]
+                    self._cond.notify_all()
+            elif kind in ("done", "corrupt"):
+                self._drop(message[1], corrupt=kind == "corrupt")
+        with self._cond:
+            self._alive = False
+            self._cond.notify_all()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has started (a process needs a second or two to import)."""
+        return self._ready.wait(timeout)
+
+    def _drop(self, uid: str, *, corrupt: bool) -> None:
+        """The run is in Tiled (or unreadable): delete (or set aside) its spool file."""
+        with self._cond:
+            run = self._runs.get(uid)
+        if run is None:
+            return
+        try:
+            if corrupt:
+                run.path.rename(run.path.with_suffix(".corrupt"))
+            else:
+                run.path.unlink(missing_ok=True)
+        finally:
+            _close_quietly(run.file)
+            with self._cond:  # gone from the table only once its file is gone
+                self._runs.pop(uid, None)
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every document written so far is in Tiled (open runs: up to their batch).
+
+        Raises:
+            StorageError: Not done within ``timeout`` seconds, or the worker has stopped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            targets = {uid: run.written for uid, run in self._runs.items()}
+            while True:
+                pending = [
+                    run
+                    for uid, target in targets.items()
+                    if (run := self._runs.get(uid)) is not None
+                    and (run.sent < target or run.leftover)
+                ]
+                if not pending:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not self._alive or (remaining is not None and remaining <= 0):
+                    self._warn_once()
+                    last = self.errors[-1] if self.errors else "no error reported"
+                    state = "" if self._alive else "the writer's worker has stopped; "
+                    raise StorageError(
+                        f"{len(pending)} run(s) not completely in Tiled after {timeout} s "
+                        f"({state}last error: {last}); their documents stay spooled in "
+                        f"{self.spool_directory} for replay"
+                    )
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+        self._warn_once()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop open runs (``exit_status="abort"``), flush, stop the worker. Idempotent.
+
+        What could not be written within ``timeout`` stays spooled (logged at ERROR) for a
+        later :func:`replay_spool` or the next storage opened on the same spool directory.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            open_runs = [r.uid for r in self._runs.values() if not (r.stop_spooled or r.leftover)]
+        for uid in open_runs:
+            self("stop", _abort_stop(uid, "storage closed before the run's stop document"))
+        self._closed = True
+        try:
+            self.flush(timeout)
+        except StorageError as err:
+            logger.error("%s", err)
+        finally:
+            self._send(("quit",))
+            if isinstance(self._worker, threading.Thread):
+                self._worker.join(timeout=10.0)
+                stopped = not self._worker.is_alive()
+            else:
+                try:
+                    self._worker.wait(timeout=10.0)
+                except subprocess.TimeoutExpired:
+                    self._worker.kill()
+                    self._worker.wait(timeout=5.0)
+                stopped = True
+            self._receiver.join(timeout=5.0)
+            _close_quietly(self._conn)
+            if stopped:
+                for run in list(self._runs.values()):
+                    _close_quietly(run.file)
+                self._runs.clear()
+
+    def adopt_leftovers(self, directory: Path | str | None = None) -> list[str]:
+        """Queue the spool files in ``directory`` (default: this writer's) for replay.
+
+        Files locked by a live writer (another session) are skipped. Returns the start uids.
+        """
+        directory = Path(directory) if directory is not None else self.spool_directory
+        adopted = []
+        for path in sorted(directory.glob("*.spool"), key=lambda p: p.stat().st_mtime):
+            uid = path.stem
+            with self._cond:
+                if uid in self._runs:
+                    continue
+            file = open(path, "rb")  # closed when the run is in Tiled
+            try:
+                _lock(file)
+            except OSError:
+                file.close()
+                continue
+            written = _complete_length(path)  # a record cut by a crash mid-write is ignored
+            with self._cond:
+                self._runs[uid] = _RunSpool(uid, path, file, written=written, leftover=True)
+            self._send(("run", uid, str(path), written, True))
+            adopted.append(uid)
+        if adopted:
+            logger.info("Replaying %d spooled run(s) into Tiled: %s", len(adopted), adopted)
+        return adopted
+
+    def __repr__(self) -> str:
+        return f"<BackgroundWriter spool={self.spool_directory} runs={len(self._runs)}>"
+
+
+class _WorkerRun:
+    """The worker's side of one run's spool file."""
+
+    def __init__(self, uid: str, path: str, written: int, leftover: bool) -> None:
+        self.uid = uid
+        self.path = Path(path)
+        self.written = written
+        self.leftover = leftover
+        self.sent = 0
+        self.reset = True  # (re)build the run in Tiled from the first record before writing
+        self.tiled_writer: TiledWriter | None = None
+        self.reader: Any = None
+
+
+def _start_worker_process() -> subprocess.Popen:
+    """The worker as ``python -c``: unlike multiprocessing's spawn, it does not re-import the
+    user's ``__main__`` script; in its own session, so a Ctrl-C meant for the RunEngine
+    does not kill it; at nice +10. It talks over a socket pair (multiprocessing Connection
+    framing)."""
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    code = "import sys; from dnpu_bluesky.storage import _worker_process; _worker_process()"
+    try:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        theirs.close()
+    worker.conn = Connection(ours.detach())  # type: ignore[attr-defined]
+    return worker
+
+
+def _worker_process() -> None:
+    """Entry point of the worker process (see ``_start_worker_process``)."""
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)  # background work: the RunEngine's process comes first for the CPU
+    except OSError:
+        pass
+    conn = Connection(int(sys.argv[1]))
+    try:
+        connect, batch_size, retry = conn.recv()
+    except EOFError:
+        return
+    _worker_main(conn, connect, batch_size, retry)
+
+
+def _worker_main(
+    conn: Any,
+    connect: Callable[[], CatalogOfBlueskyRuns],
+    batch_size: int,
+    retry: tuple[float, float],
+) -> None:
+    """The writer's worker: spool files -> TiledWriter, in a process or on a thread."""
+    _SpoolWorker(conn, connect, batch_size, retry).run()
+
+
+class _SpoolWorker:
+    def __init__(self, conn: Any, connect: Callable, batch_size: int, retry: tuple) -> None:
+        self._conn = conn
+        self._connect = connect
+        self._batch_size = batch_size
+        self._retry = retry
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._runs: dict[str, _WorkerRun] = {}
+        self._client: Any = None
+        self._quit = False  # exit when idle
+        self._abandon = False  # exit now (the caller's process is gone)
+        self._failing = False
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                self._abandon = True
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = ("abandon",)
+            with self._cond:
+                kind = message[0]
+                if kind == "run":
+                    _, uid, path, written, leftover = message
+                    self._runs[uid] = _WorkerRun(uid, path, written, leftover)
+                elif kind == "written":
+                    if (run := self._runs.get(message[1])) is not None:
+                        run.written = message[2]
+                elif kind == "quit":
+                    self._quit = True
+                else:
+                    self._abandon = True
+                self._cond.notify_all()
+                if kind in ("quit", "abandon"):
+                    return
+
+    def run(self) -> None:
+        threading.Thread(target=self._receive, daemon=True).start()
+        self._send(("ready",))
+        delay = self._retry[0]
+        while True:
+            with self._cond:
+                while True:
+                    if self._abandon:
+                        return
+                    run = next(
+                        (
+                            r
+                            for r in self._runs.values()
+                            if r.sent < r.written or r.reset or r.leftover
+                        ),
+                        None,
+                    )
+                    if run is not None:
+                        break
+                    if self._quit:
+                        return
+                    self._cond.wait()
+            try:
+                self._write_pending(run)
+            except _CorruptSpool as err:
+                self._send(("error", f"run {run.uid}: {err}; spool file set aside (.corrupt)"))
+                self._done(run, "corrupt")
+            except Exception as err:
+                self._send(
+                    (
+                        "error",
+                        f"writing run {run.uid} to Tiled failed: {err!r}; its documents are "
+                        f"kept in {run.path} and retried",
+                    )
+                )
+                self._failing = True
+                run.reset = True
+                client, self._client = self._client, None
+                if client is not None:  # a fresh connection for the retry
+                    try:
+                        client.context.close()
+                    except Exception:
+                        pass
+                deadline = time.monotonic() + delay
+                with self._cond:
+                    while not self._abandon and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                delay = min(2 * delay, self._retry[1])
+            else:
+                if self._failing:
+                    self._failing = False
+                    self._send(("ok",))
+                delay = self._retry[0]
+
+    def _write_pending(self, run: _WorkerRun) -> None:
+        if self._client is None:
+            self._client = self._connect()
+        if run.reset and self._rebuild(run):
+            return
+        with self._cond:
+            end = run.written
+        if run.reader is None:
+            run.reader = open(run.path, "rb")
+        run.reader.seek(run.sent)
+        while run.sent < end and not self._abandon:
+            record = _read_record(run.reader)
+            name, doc = _decode(record)
+            run.tiled_writer(name, doc)
+            run.sent += len(record)
+            if name == "stop":
+                self._done(run, "done")
+                return
+        self._send(("progress", run.uid, run.sent))
+        if run.leftover and run.sent >= end:  # the crashed session never sent its stop
+            reason = "replayed from the spool of a session that ended before the run's stop"
+            run.tiled_writer("stop", _abort_stop(run.uid, reason))
+            self._done(run, "done")
+
+    def _rebuild(self, run: _WorkerRun) -> bool:
+        """Start the run over in Tiled; True when there is nothing (more) to write."""
+        _close_quietly(run.reader)
+        run.reader, run.tiled_writer, run.sent = None, None, 0
+        self._send(("progress", run.uid, 0))
+        client = self._client
+        try:
+            node = client[run.uid]
+        except KeyError:
+            node = None
+        if node is not None:
+            if "stop" in (node.metadata or {}):  # complete in Tiled already (spool not deleted)
+                self._done(run, "done")
+                return True
+            client.delete_contents(run.uid, recursive=True, external_only=False)
+        if run.written == 0 and run.leftover:  # crashed before the start document was spooled
+            self._done(run, "done")
+            return True
+        run.tiled_writer = _tiled_writer(client, self._batch_size)
+        run.reset = False
+        return False
+
+    def _done(self, run: _WorkerRun, kind: str) -> None:
+        _close_quietly(run.reader)
+        run.reader = None
+        with self._cond:
+            self._runs.pop(run.uid, None)
+        self._send((kind, run.uid))
+
+
+def _connect_runs(uri: str, api_key: str | None, container: str) -> CatalogOfBlueskyRuns:
+    """A fresh client of a runs container (the background writer's ``connect``)."""
+    return _runs_container(from_uri(uri, api_key=api_key), container)
+
+
+def replay_spool(
+    storage: Storage, directory: Path | str | None = None, timeout: float | None = None
+) -> list[str]:
+    """Push runs left in a spool directory (e.g. by a crashed session) into ``storage``.
+
+    Args:
+        storage: An open storage with the background writer.
+        directory: The spool directory to replay; default ``storage.config.spool_directory``
+            (which opening the storage already replays).
+        timeout: Seconds to wait for them to be in Tiled (``None``: no limit).
+
+    Returns:
+        The start uids of the replayed runs (a run that never got its stop document is
+        closed with ``exit_status="abort"``).
+
+    Raises:
+        StorageError: Not all of them got into Tiled within ``timeout`` (they stay spooled).
+    """
+    writer = storage.writer
+    if not isinstance(writer, BackgroundWriter):
+        raise TypeError("replay_spool needs a storage with StorageConfig(writer='background')")
+    uids = writer.adopt_leftovers(directory)
+    writer.flush(timeout)
+    return uids
+
+
+def _lock(file: Any) -> None:
+    if fcntl is not None:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _close_quietly(file: Any) -> None:
+    if file is not None:
+        try:
+            file.close()
+        except OSError:
+            pass
+
+
+def _abort_stop(run_start: str, reason: str) -> dict[str, Any]:
+    return {
+        "uid": str(uuid.uuid4()),
+        "time": time.time(),
+        "run_start": run_start,
+        "exit_status": "abort",
+        "reason": f"dnpu_bluesky: {reason}",
+    }
+
+
+# Spool record: an 8-byte little-endian length, then msgpack of ``[name, doc]`` in which every
+# numpy array is a map {"__ndarray__": dtype.str, "shape": [...], "data": <raw bytes>}.
+_HEADER = struct.Struct("<Q")
+
+
+def _encode(name: str, doc: dict[str, Any]) -> bytes:
+    payload = msgpack.packb([name, doc], default=_pack_default, use_bin_type=True)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _pack_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject or obj.dtype.names is not None:
+            return obj.tolist()
+        array = np.ascontiguousarray(obj)
+        return {"__ndarray__": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"Cannot spool a {type(obj).__name__} in a Bluesky document")
+
+
+def _unpack_hook(obj: dict[str, Any]) -> Any:
+    if "__ndarray__" in obj and len(obj) == 3:
+        buffer = bytearray(obj["data"])
+        return np.frombuffer(buffer, dtype=np.dtype(obj["__ndarray__"])).reshape(obj["shape"])
+    return obj
+
+
+def _decode(record: bytes) -> tuple[str, dict[str, Any]]:
+    """``(name, doc)`` from one whole record (header included), as ``_encode`` wrote it."""
+    try:
+        (size,) = _HEADER.unpack_from(record)
+        if len(record) != _HEADER.size + size:
+            raise ValueError("truncated record")
+        name, doc = msgpack.unpackb(
+            record[_HEADER.size :], object_hook=_unpack_hook, raw=False, strict_map_key=False
+        )
+    except (ValueError, struct.error, msgpack.UnpackException) as err:
+        raise _CorruptSpool(f"not a spooled document: {record[:40]!r}") from err
+    return name, doc
+
+
+def _read_record(file: Any) -> bytes:
+    header = file.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return header
+    return header + file.read(_HEADER.unpack(header)[0])
+
+
+def _complete_length(path: Path) -> int:
+    """Bytes of whole records at the start of a spool file (a crash may cut the last one)."""
+    size = path.stat().st_size
+    end = 0
+    with open(path, "rb") as file:
+        while True:
+            header = file.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                return end
+            following = end + _HEADER.size + _HEADER.unpack(header)[0]
+            if following > size:
+                return end
+            end = following
+            file.seek(end)
+
+
+def _tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
+    # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
+    # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
+    return TiledWriter(client, batch_size=batch_size, max_array_size=0)
+
+
+def _default_spool(config: StorageConfig, uri: str) -> Path:
+    container = _safe_name(config.container)
+    if config.uri is None:
+        return Path(config.directory) / "spool" / container
+    parts = urlsplit(uri)
+    host = _safe_name(f"{parts.hostname}_{parts.port or ''}{parts.path}")
+    return platformdirs.user_data_path("dnpu-bluesky") / "spool" / host / container
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")) or "_"
+
+
+# The runs container client of each open Storage with a background writer: find_runs and
+# load_run wait for its pending writes, so a run is found right after RE(plan) returned, even
+# through a client taken from ``storage.client`` earlier.
+_writers_of_clients: dict[int, tuple[BackgroundWriter, float]] = {}
+
+
+def _wait_for_writes(client: Any) -> None:
+    entry = _writers_of_clients.get(id(client))
+    if entry is None:
+        return
+    writer, timeout = entry
+    if writer.failing:
+        logger.warning("Tiled writes are failing; reads may miss the most recent documents")
+        return
+    try:
+        writer.flush(timeout)
+    except StorageError as err:
+        logger.warning("Reading from Tiled before all writes completed: %s", err)
 
 
 def _as_v3(run: Any) -> Any:

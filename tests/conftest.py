@@ -7,6 +7,8 @@ neither (``hge``, ``tasks``) collect fast.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
     from dnpu_bluesky.storage import Storage
 
 Document = tuple[str, dict[str, Any]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the tests' default data and spool directories out of the user's data directory."""
+    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dnpu-bluesky-tests-")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,378 @@
+"""Storage cost on the RunEngine, and losses in a Tiled outage (issue 6).
+
+Run ``python -m benchmarks.storage`` (200 steps, about 2-3 minutes) or
+``python -m benchmarks.storage --quick`` (40 steps, under 60 s). The run prints a table and
+ends with one line ``RESULT {json}``; ``docs/benchmarks.md`` explains every figure.
+
+Setting: a training-like run of HGE steps. Each step measures 4 input cases; each case is
+one event in the ``hge_raw`` stream with a 10k-sample float64 current waveform (an ophyd
+``SynSignal`` whose trigger takes 25 ms, so one step is one 0.1 s device window) plus 3
+scalars; then one event in the ``train`` stream (loss, step, a 5-vector of controls). Storage
+is isolated: no physics, the same plan and devices in every case. Tiled is one embedded
+server (``open_storage`` with a directory) in a subprocess, reached over loopback HTTP.
+
+Cases:
+
+* ``none``: no storage subscribed (the reference).
+* ``background``: ``StorageConfig()`` defaults, i.e. the background writer (spool + worker).
+* ``direct``: ``StorageConfig(writer="direct")``: bluesky-tiled-plugins' TiledWriter called
+  inside the RunEngine's callback (``batch_size=20`` for both).
+* ``outage``: the background writer through a TCP proxy that is switched off for a quarter of
+  the run (connections cut, port refused) and on again; the tiled client's own retries are
+  limited to one attempt so that the outage reaches the writer.
+
+Figures:
+
+* ``overhead_fraction``: RunEngine-side cost of the default writer per step, mean step time
+  with the background writer minus mean step time with no writer, divided by the 0.1 s device
+  window (target <= 0.05), with every document verified in Tiled afterwards.
+* ``docs_lost_after_outage``: events emitted minus events found in Tiled after the outage
+  run was flushed, plus 1 if its stop document is missing (target 0).
+* ``peak_rss_mb``: peak resident memory of the benchmark process (RunEngine, writer,
+  clients; not the server subprocess), ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+WINDOW_S = 0.1
+N_CASES = 4
+N_SAMPLES = 10_000
+N_CONTROLS = 5
+TARGETS = {"overhead_fraction": 0.05, "docs_lost_after_outage": 0}
+
+_SERVER_SCRIPT = """
+import sys
+from pathlib import Path
+from dnpu_bluesky.storage import StorageConfig, open_storage
+storage = open_storage(StorageConfig(directory=Path(sys.argv[1])))
+print(storage.uri, flush=True)
+sys.stdin.read()  # until the benchmark closes our stdin
+storage.close()
+"""
+
+
+class _Proxy:
+    """Loopback TCP forwarder that can be switched off (an outage) and on again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.1)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _shut(src)
+        _shut(dst)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _devices(seed: int) -> dict[str, Any]:
+    from ophyd import Signal
+    from ophyd.sim import SynSignal
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(N_SAMPLES) / 10_000.0
+    tones = sum(np.sin(2 * np.pi * f * t) for f in (150.0, 250.0, 350.0, 450.0, 550.0))
+    case = Signal(name="case", value=0)
+    current = SynSignal(
+        func=lambda: (1.0 + case.get()) * tones + rng.normal(0.0, 0.01, N_SAMPLES),
+        name="current",
+        exposure_time=WINDOW_S / N_CASES,
+    )
+    output = SynSignal(func=lambda: float(rng.normal()), name="output_na")
+    settle = SynSignal(func=lambda: 0.01, name="settle_s")
+    loss = Signal(name="loss", value=0.0)
+    step = Signal(name="step", value=0)
+    controls = Signal(name="controls", value=np.zeros(N_CONTROLS))
+    return {
+        "case": case,
+        "current": current,
+        "output": output,
+        "settle": settle,
+        "loss": loss,
+        "step": step,
+        "controls": controls,
+        "rng": rng,
+    }
+
+
+def _plan(dev: dict[str, Any], n_steps: int, step_times: list[float], on_step=None):
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+
+    @bpp.run_decorator(md={"plan_name": "storage_benchmark", "n_steps": n_steps})
+    def plan():
+        for k in range(n_steps):
+            if on_step is not None:
+                on_step(k)
+            started = time.perf_counter()
+            for case in range(N_CASES):
+                yield from bps.mv(dev["case"], case)
+                yield from bps.trigger_and_read(
+                    [dev["current"], dev["case"], dev["output"], dev["settle"]], name="hge_raw"
+                )
+            yield from bps.mv(
+                dev["loss"],
+                float(dev["rng"].random()),
+                dev["step"],
+                k,
+                dev["controls"],
+                dev["rng"].normal(size=N_CONTROLS),
+            )
+            yield from bps.trigger_and_read(
+                [dev["loss"], dev["step"], dev["controls"]], name="train"
+            )
+            step_times.append(time.perf_counter() - started)
+
+    return plan()
+
+
+def _open_case(name: str, n_steps: int, server_uri: str, workdir: Path) -> dict[str, Any]:
+    """The storage (and proxy, outage schedule) of a case, opened before any case runs."""
+    from dnpu_bluesky.storage import StorageConfig, open_storage
+
+    case: dict[str, Any] = {"name": name, "storage": None, "proxy": None, "on_step": None}
+    spool = workdir / f"spool_{name}"
+    container = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    if name == "background":
+        case["storage"] = open_storage(
+            StorageConfig(uri=server_uri, container=container, spool_directory=spool)
+        )
+    elif name == "direct":
+        case["storage"] = open_storage(
+            StorageConfig(uri=server_uri, container=container, writer="direct")
+        )
+    elif name == "outage":
+        import tiled.client.utils
+
+        # Let the outage reach our writer (in this process and in its worker process).
+        tiled.client.utils.TILED_RETRY_ATTEMPTS = 1
+        os.environ["TILED_RETRY_ATTEMPTS"] = "1"
+        target = urlsplit(server_uri)
+        proxy = case["proxy"] = _Proxy((target.hostname, target.port))
+        proxy.start()
+        uri = target._replace(netloc=f"{target.hostname}:{proxy.port}").geturl()
+        case["storage"] = open_storage(
+            StorageConfig(
+                uri=uri, container=container, spool_directory=spool, retry_max_interval_s=2.0
+            )
+        )
+        down, up = n_steps // 4, n_steps // 2
+
+        def on_step(k: int) -> None:
+            if k == down:
+                proxy.stop()
+            elif k == up:
+                proxy.start()
+
+        case["on_step"] = on_step
+    return case
+
+
+def _run_case(case: dict[str, Any], n_steps: int, seed: int) -> dict[str, Any]:
+    from bluesky import RunEngine
+
+    from dnpu_bluesky.storage import load_run
+
+    name, storage, proxy, on_step = case["name"], case["storage"], case["proxy"], case["on_step"]
+    case_started = time.perf_counter()
+    dev = _devices(seed)
+    engine = RunEngine({})
+    if storage is not None:
+        if hasattr(storage.writer, "wait_ready"):  # measure the steady state, not the start
+            storage.writer.wait_ready(120)
+        engine.subscribe(storage.writer)
+    step_times: list[float] = []
+    events = {"hge_raw": 0, "train": 0}
+
+    def count(doc_name: str, doc: dict[str, Any]) -> None:
+        if doc_name == "descriptor":
+            count.streams[doc["uid"]] = doc["name"]
+        elif doc_name == "event":
+            events[count.streams[doc["descriptor"]]] += 1
+
+    count.streams = {}
+    engine.subscribe(count)
+    started = time.perf_counter()
+    (uid,) = engine(_plan(dev, n_steps, step_times, on_step))
+    run_wall = time.perf_counter() - started
+    row: dict[str, Any] = {
+        "case": name,
+        "step_ms_mean": 1e3 * float(np.mean(step_times)),
+        "step_ms_p95": 1e3 * float(np.percentile(step_times, 95)),
+        "step_ms_max": 1e3 * float(np.max(step_times)),
+        "run_wall_s": run_wall,
+    }
+    if storage is not None:
+        started = time.perf_counter()
+        try:
+            storage.flush(timeout=300)
+        except Exception as err:  # reported in the row, the run continues
+            row["flush_error"] = repr(err)
+        row["flush_s"] = time.perf_counter() - started
+        row["errors"] = len(storage.errors)
+        run = load_run(storage.client, uid)
+        stored = {
+            stream: (int(run[stream]["step"].read().shape[0]) if stream == "train" else 0)
+            for stream in events
+        }
+        stored["hge_raw"] = int(run["hge_raw"]["current"].read().shape[0])
+        has_stop = run.metadata.get("stop") is not None
+        row["events_emitted"] = sum(events.values())
+        row["events_stored"] = sum(stored.values())
+        row["docs_lost"] = row["events_emitted"] - row["events_stored"] + (0 if has_stop else 1)
+        storage.close()
+        if proxy is not None:
+            proxy.stop()
+    row["rss_mb_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["step_ms_median"] = 1e3 * float(np.median(step_times))
+    row["case_wall_s"] = time.perf_counter() - case_started
+    print(f"  {name}: {row['case_wall_s']:.1f} s", file=sys.stderr, flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="40 steps instead of 200")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    n_steps = args.steps or (40 if args.quick else 200)
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dnpu_storage_bench_") as tmp:
+        workdir = Path(tmp)
+        server = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_SCRIPT, str(workdir / "tiled")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            server_uri = server.stdout.readline().strip()
+            if not server_uri:
+                raise RuntimeError("the Tiled server subprocess did not start")
+            print(f"  server up: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            cases = [
+                _open_case(name, n_steps, server_uri, workdir)
+                for name in ("none", "background", "direct", "outage")
+            ]
+            print(f"  storages open: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            rows = [_run_case(case, n_steps, args.seed) for case in cases]
+        finally:
+            server.stdin.close()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    by_case = {row["case"]: row for row in rows}
+    reference = by_case["none"]["step_ms_mean"]
+    for row in rows:
+        row["overhead_fraction"] = (row["step_ms_mean"] - reference) / (1e3 * WINDOW_S)
+
+    print(
+        f"Storage benchmark: {n_steps} steps x {N_CASES} cases, {N_SAMPLES}-sample waveforms, "
+        f"{WINDOW_S} s device window per step; {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'case':<11}{'step mean':>10}{'p95':>8}{'max':>8}{'overhead':>10}"
+        f"{'flush s':>9}{'stored':>11}{'lost':>6}{'errors':>8}"
+    )
+    print(header)
+    for row in rows:
+        stored = f"{row.get('events_stored', '-')}/{row.get('events_emitted', '-')}"
+        print(
+            f"{row['case']:<11}{row['step_ms_mean']:>8.1f}ms{row['step_ms_p95']:>6.1f}ms"
+            f"{row['step_ms_max']:>6.0f}ms{row['overhead_fraction']:>10.4f}"
+            f"{row.get('flush_s', float('nan')):>9.2f}{stored:>11}{row.get('docs_lost', '-'):>6}"
+            f"{row.get('errors', '-'):>8}"
+        )
+        if "flush_error" in row:
+            print(f"  flush error: {row['flush_error']}")
+    result = {
+        "overhead_fraction": round(by_case["background"]["overhead_fraction"], 4),
+        "docs_lost_after_outage": by_case["outage"]["docs_lost"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "direct_overhead_fraction": round(by_case["direct"]["overhead_fraction"], 4),
+        "outage_overhead_fraction": round(by_case["outage"]["overhead_fraction"], 4),
+        "background_docs_lost": by_case["background"]["docs_lost"],
+        "outage_errors_reported": by_case["outage"]["errors"],
+        "n_steps": n_steps,
+        "targets": TARGETS,
+    }
+    print("RESULT " + json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""The background writer (issue 6): real RunEngine, real Tiled over HTTP, real outages and crashes.
+
+Outages are real: the writer talks to the session's Tiled server through a TCP proxy that
+the test switches off (connections cut, port refused) and on again, or it is pointed at a
+closed port first. Crashes are real: a subprocess spools a run and dies with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import numpy as np
+import pytest
+from event_model import compose_run
+from ophyd.sim import SynAxis, SynGauss, SynSignal
+from tiled.client import from_uri
+
+from dnpu_bluesky.storage import (
+    BackgroundWriter,
+    StorageConfig,
+    StorageError,
+    StorageWarning,
+    _connect_runs,
+    _decode,
+    _encode,
+    _runs_container,
+    _Writer,
+    load_run,
+    open_storage,
+    replay_spool,
+)
+
+N_SAMPLES = 10_000
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can be switched off (an outage) and on again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self.port = _free_port()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
+        listener.settimeout(0.1)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _shut(src)
+            _shut(dst)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_port(uri: str, port: int) -> str:
+    parts = urlsplit(uri)
+    return parts._replace(netloc=f"{parts.hostname}:{port}").geturl()
+
+
+@pytest.fixture
+def fast_failing_tiled(monkeypatch):
+    """The tiled client's own retries (up to 10 attempts / 45 s) would hide short outages."""
+    import tiled.client.utils
+
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 1)
+    monkeypatch.setenv("TILED_RETRY_ATTEMPTS", "1")  # for the writer's worker process
+
+
+def _waveform(k: float) -> np.ndarray:
+    t = np.arange(N_SAMPLES) / N_SAMPLES
+    return (1.0 + k) * np.sin(2 * np.pi * 13 * t) + 1e-9 * k
+
+
+@pytest.fixture
+def hw():
+    motor = SynAxis(name="motor")
+    det = SynGauss("det", motor, "motor", center=0.0, Imax=2.0, sigma=1.0)
+    wf = SynSignal(func=lambda: _waveform(motor.position), name="wf")
+    return motor, det, wf
+
+
+def _events(documents, stream_name: str = "primary") -> list[dict]:
+    descriptors = {d["uid"] for n, d in documents if n == "descriptor" and d["name"] == stream_name}
+    return [d for n, d in documents if n == "event" and d["descriptor"] in descriptors]
+
+
+def _spooled(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.spool"))
+
+
+def test_background_writer_is_the_default_and_reads_back_identically(
+    stored_RE, storage, documents, hw
+):
+    motor, det, wf = hw
+    assert isinstance(storage.writer, BackgroundWriter)
+    assert storage.config.writer == "background"
+    (uid,) = stored_RE(bp.scan([det, wf], motor, -1, 1, 7), gate="XOR").run_start_uids
+    storage.flush(timeout=60)
+    assert _spooled(storage.config.spool_directory) == []  # stop in Tiled: spool deleted
+    assert storage.errors == []
+
+    run = load_run(storage.client, uid)
+    events = _events(documents)
+    for key in ("motor", "det", "wf"):
+        emitted = np.stack([np.asarray(ev["data"][key]) for ev in events])
+        np.testing.assert_array_equal(run["primary"][key].read(), emitted)
+    assert run["primary"]["wf"].read().shape == (7, N_SAMPLES)
+    start = next(d for n, d in documents if n == "start")
+    assert run.metadata["start"]["gate"] == "XOR"
+    assert run.metadata["start"]["uid"] == start["uid"]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run.metadata["stop"]["num_events"] == {"primary": 7}
+
+
+def test_reading_through_client_waits_for_pending_writes(stored_RE, storage, hw):
+    _, det, wf = hw
+    uids = [stored_RE(bp.count([det, wf], num=3)).run_start_uids[0] for _ in range(3)]
+    # No explicit flush: storage.client waits for the writer (read-your-writes).
+    for uid in uids:
+        assert load_run(storage.client, uid)["primary"]["wf"].read().shape == (3, N_SAMPLES)
+
+
+def test_spool_encoding_is_lossless():
+    arrays = {
+        "f8": np.array([0.1, np.nan, np.inf, -0.0, 1e-308]),
+        "f4": np.linspace(0, 1, 7, dtype=np.float32),
+        "i8": np.arange(-3, 3).reshape(2, 3),
+        "u2": np.array([0, 65535], dtype=np.uint16),
+        "bool": np.array([True, False]),
+        "c16": np.array([1 + 2j]),
+        "strided": np.arange(20.0)[::3],
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "big_endian": np.arange(4, dtype=">f8"),
+    }
+    doc = {"uid": "u", "data": arrays, "scalar": np.float64(0.1), "n": np.int64(7), "t": (1, 2)}
+    name, back = _decode(_encode("event", doc))
+    assert name == "event"
+    for key, array in arrays.items():
+        assert back["data"][key].dtype == array.dtype, key
+        assert back["data"][key].shape == array.shape, key
+        np.testing.assert_array_equal(back["data"][key], array)
+    assert back["scalar"] == 0.1 and back["n"] == 7 and back["t"] == [1, 2]
+
+
+def test_outage_mid_run_loses_nothing(
+    tiled_server, RE, documents, hw, tmp_path, fast_failing_tiled
+):
+    _, det, wf = hw
+    target = urlsplit(tiled_server.uri)
+    proxy = TcpProxy((target.hostname, target.port))
+    proxy.start()
+    container = f"outage_{uuid.uuid4().hex}"
+    config = StorageConfig(
+        uri=_with_port(tiled_server.uri, proxy.port),
+        container=container,
+        spool_directory=tmp_path / "spool",
+        batch_size=2,
+        retry_interval_s=0.05,
+        retry_max_interval_s=0.2,
+    )
+    n_events = 12
+    call_seconds: list[float] = []
+
+    def timed_writer(name, doc):
+        started = time.perf_counter()
+        storage.writer(name, doc)
+        call_seconds.append(time.perf_counter() - started)
+
+    storage = open_storage(config)
+    try:
+        RE.subscribe(timed_writer)
+
+        @bpp.run_decorator(md={"plan_name": "outage"})
+        def plan():
+            for k in range(n_events):
+                if k == 3:
+                    proxy.stop()  # Tiled unreachable mid-run
+                if k == 9:
+                    deadline = time.monotonic() + 30
+                    while not storage.errors and time.monotonic() < deadline:
+                        yield from bps.sleep(0.05)
+                    assert storage.errors, "the outage was never noticed"
+                    proxy.start()  # back
+                yield from bps.trigger_and_read([det, wf])
+
+        with pytest.warns(StorageWarning, match="Writing to Tiled failed"):
+            (uid,) = RE(plan()).run_start_uids
+            storage.flush(timeout=60)
+        assert any("kept in" in error for error in storage.errors)
+        assert _spooled(config.spool_directory) == []
+    finally:
+        storage.close()
+        proxy.stop()
+
+    # The RunEngine never waited for Tiled, even while it was down.
+    assert max(call_seconds) < 0.5, max(call_seconds)
+
+    root = from_uri(tiled_server.uri)  # directly, not through the proxy
+    try:
+        run = load_run(root[container], uid)
+        events = _events(documents)
+        assert len(events) == n_events
+        np.testing.assert_array_equal(
+            run["primary"]["wf"].read(), np.stack([ev["data"]["wf"] for ev in events])
+        )
+        np.testing.assert_array_equal(
+            run["primary"]["det"].read(), [ev["data"]["det"] for ev in events]
+        )
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run.metadata["stop"]["num_events"] == {"primary": n_events}
+    finally:
+        root.context.close()
+
+
+def test_unreachable_tiled_is_reported_then_replayed_when_back(
+    tiled_server, tmp_path, caplog, fast_failing_tiled
+):
+    container = f"unreachable_{uuid.uuid4().hex}"
+    root = from_uri(tiled_server.uri)
+    _runs_container(root, container)
+    root.context.close()
+    target = urlsplit(tiled_server.uri)
+    proxy = TcpProxy((target.hostname, target.port))  # not started: nothing listens there
+    uri = _with_port(tiled_server.uri, proxy.port)
+    connect = functools.partial(_connect_runs, uri, None, container)
+
+    spool = tmp_path / "spool"
+    writer = BackgroundWriter(connect, spool, batch_size=3, retry_interval_s=0.05)
+    run = compose_run(metadata={"plan_name": "unreachable"})
+    key = {"source": "sim", "dtype": "array", "shape": [N_SAMPLES], "dtype_numpy": "<f8"}
+    desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
+    waveforms = [_waveform(k) for k in range(8)]
+    try:
+        with caplog.at_level(logging.ERROR, logger="dnpu_bluesky.storage"):
+            started = time.perf_counter()
+            writer("start", run.start_doc)
+            writer("descriptor", desc.descriptor_doc)
+            for k, waveform in enumerate(waveforms):
+                writer("event", desc.compose_event(data={"wf": waveform}, timestamps={"wf": k}))
+            writer("stop", run.compose_stop())
+            assert time.perf_counter() - started < 1.0  # spooled, not waited for
+            deadline = time.monotonic() + 60  # the worker process starts, then fails
+            while not writer.errors and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+            with pytest.warns(StorageWarning) as warned:
+                with pytest.raises(StorageError, match="not completely in Tiled"):
+                    writer.flush(timeout=1.0)
+            assert len(warned) == 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # warned once only
+                with pytest.raises(StorageError):
+                    writer.flush(timeout=0.2)
+        assert writer.errors and "ConnectError" in writer.errors[0]
+        assert any(record.levelno == logging.ERROR for record in caplog.records)
+        assert _spooled(spool) == [spool / f"{run.start_doc['uid']}.spool"]
+
+        proxy.start()  # Tiled is back
+        writer.flush(timeout=60)
+        assert _spooled(spool) == []
+    finally:
+        writer.close(timeout=10)
+        proxy.stop()
+
+    root = from_uri(tiled_server.uri)
+    try:
+        stored = load_run(root[container], run.start_doc["uid"])
+        np.testing.assert_array_equal(stored["primary"]["wf"].read(), np.stack(waveforms))
+        assert stored.metadata["stop"]["exit_status"] == "success"
+    finally:
+        root.context.close()
+
+
+_CRASH_SCRIPT = """
+import json, os, sys
+import numpy as np
+from event_model import compose_run
+from dnpu_bluesky.storage import StorageConfig, open_storage
+
+uri, container, spool, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+storage = open_storage(StorageConfig(uri=uri, container=container, spool_directory=spool))
+key = {"source": "sim", "dtype": "array", "shape": [n], "dtype_numpy": "<f8"}
+uids = []
+for plan_name, n_events, stop in (("finished", 4, True), ("unfinished", 5, False)):
+    run = compose_run(metadata={"plan_name": plan_name})
+    storage.writer("start", run.start_doc)
+    desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
+    storage.writer("descriptor", desc.descriptor_doc)
+    for k in range(n_events):
+        event = desc.compose_event(data={"wf": k * np.arange(n) + 0.5}, timestamps={"wf": 0.0})
+        storage.writer("event", event)
+    if stop:
+        storage.writer("stop", run.compose_stop())
+    uids.append(run.start_doc["uid"])
+print(json.dumps(uids), flush=True)
+os._exit(3)  # crash: no flush, no close, no exit hooks
+"""
+
+
+def test_crash_before_flush_is_recovered_from_the_spool(tiled_server, tmp_path):
+    container = f"crash_{uuid.uuid4().hex}"
+    spool = tmp_path / "crashed_spool"
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH_SCRIPT, tiled_server.uri, container, str(spool), "4096"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr
+    finished, unfinished = json.loads(done.stdout.strip().splitlines()[-1])
+    assert spool / f"{unfinished}.spool" in _spooled(spool)
+
+    config = StorageConfig(
+        uri=tiled_server.uri, container=container, spool_directory=tmp_path / "own_spool"
+    )
+    with open_storage(config) as storage:
+        replayed = replay_spool(storage, spool, timeout=60)
+        assert unfinished in replayed
+        assert _spooled(spool) == []
+        assert storage.errors == []
+        runs = {uid: load_run(storage.client, uid) for uid in (finished, unfinished)}
+        expected = {finished: 4, unfinished: 5}
+        for uid, run in runs.items():
+            np.testing.assert_array_equal(
+                run["primary"]["wf"].read(),
+                np.stack([k * np.arange(4096) + 0.5 for k in range(expected[uid])]),
+            )
+        assert runs[finished].metadata["stop"]["exit_status"] == "success"
+        assert runs[unfinished].metadata["stop"]["exit_status"] == "abort"
+        assert "spool" in runs[unfinished].metadata["stop"]["reason"]
+
+
+def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp_path):
+    _, det, _ = hw
+    container = f"leftover_{uuid.uuid4().hex}"
+    spool = tmp_path / "spool"
+    run = compose_run(metadata={"plan_name": "leftover"})
+    desc = run.compose_descriptor(
+        name="primary", data_keys={"det": {"source": "sim", "dtype": "number", "shape": []}}
+    )
+    lines = [_encode("start", run.start_doc), _encode("descriptor", desc.descriptor_doc)]
+    lines += [
+        _encode("event", desc.compose_event(data={"det": float(k)}, timestamps={"det": 0.0}))
+        for k in range(3)
+    ]
+    spool.mkdir()
+    cut = _encode("event", desc.compose_event(data={"det": 3.0}, timestamps={"det": 0.0}))[:30]
+    # A crash in the middle of writing the 4th event leaves half a record: it is ignored.
+    (spool / f"{run.start_doc['uid']}.spool").write_bytes(b"".join(lines) + cut)
+
+    config = StorageConfig(uri=tiled_server.uri, container=container, spool_directory=spool)
+    with open_storage(config) as storage:
+        RE.subscribe(storage.writer)
+        (live,) = RE(bp.count([det], num=2)).run_start_uids  # a new run alongside
+        stored = load_run(storage.client, run.start_doc["uid"])
+        np.testing.assert_array_equal(stored["primary"]["det"].read(), [0.0, 1.0, 2.0])
+        assert stored.metadata["stop"]["exit_status"] == "abort"
+        assert load_run(storage.client, live)["primary"]["det"].read().shape == (2,)
+    assert _spooled(spool) == []
+
+
+def test_document_of_no_open_run_is_an_error_not_swallowed(storage):
+    with pytest.raises(StorageError, match="no open run"):
+        storage.writer("event", {"uid": "x", "descriptor": "unknown", "data": {}})
+
+
+@pytest.mark.parametrize("kind", ["direct", "thread"])
+def test_direct_and_thread_writers_are_available(tiled_server, RE, hw, kind):
+    _, det, wf = hw
+    config = StorageConfig(
+        uri=tiled_server.uri, container=f"{kind}_{uuid.uuid4().hex}", writer=kind
+    )
+    with open_storage(config) as storage:
+        assert isinstance(storage.writer, _Writer if kind == "direct" else BackgroundWriter)
+        RE.subscribe(storage.writer)
+        (uid,) = RE(bp.count([det, wf], num=2)).run_start_uids
+        assert load_run(storage.client, uid)["primary"]["wf"].read().shape == (2, N_SAMPLES)
+        storage.flush(timeout=60)  # a no-op for the direct writer
+    with pytest.raises(ValueError, match="writer"):
+        StorageConfig(writer="async")
