@@ -39,11 +39,9 @@ import json
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -51,6 +49,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from benchmarks.outage_proxy import OutageProxy
 
 WINDOW_S = 0.1
 N_CASES = 4
@@ -67,72 +67,6 @@ print(storage.uri, flush=True)
 sys.stdin.read()  # until the benchmark closes our stdin
 storage.close()
 """
-
-
-class _Proxy:
-    """Loopback TCP forwarder that can be switched off (an outage) and on again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self._target = target
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))
-        listener.settimeout(0.1)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            _shut(sock)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._target)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _shut(src)
-        _shut(dst)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 def _devices(seed: int) -> dict[str, Any]:
@@ -218,7 +152,7 @@ def _open_case(name: str, n_steps: int, server_uri: str, workdir: Path) -> dict[
         tiled.client.utils.TILED_RETRY_ATTEMPTS = 1
         os.environ["TILED_RETRY_ATTEMPTS"] = "1"
         target = urlsplit(server_uri)
-        proxy = case["proxy"] = _Proxy((target.hostname, target.port))
+        proxy = case["proxy"] = OutageProxy((target.hostname, target.port))
         proxy.start()
         uri = target._replace(netloc=f"{target.hostname}:{proxy.port}").geturl()
         case["storage"] = open_storage(

@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -29,6 +27,7 @@ from event_model import compose_run
 from ophyd.sim import SynAxis, SynGauss, SynSignal
 from tiled.client import from_uri
 
+from benchmarks.outage_proxy import OutageProxy
 from dnpu_bluesky.storage import (
     BackgroundWriter,
     StorageConfig,
@@ -45,77 +44,6 @@ from dnpu_bluesky.storage import (
 )
 
 N_SAMPLES = 10_000
-
-
-class TcpProxy:
-    """A loopback TCP forwarder that can be switched off (an outage) and on again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self._target = target
-        self.port = _free_port()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
-        listener.settimeout(0.1)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        """Refuse new connections and cut the open ones."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            _shut(sock)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._target)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shut(src)
-            _shut(dst)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _with_port(uri: str, port: int) -> str:
@@ -213,7 +141,7 @@ def test_outage_mid_run_loses_nothing(
 ):
     _, det, wf = hw
     target = urlsplit(tiled_server.uri)
-    proxy = TcpProxy((target.hostname, target.port))
+    proxy = OutageProxy((target.hostname, target.port))
     proxy.start()
     container = f"outage_{uuid.uuid4().hex}"
     config = StorageConfig(
@@ -286,7 +214,7 @@ def test_unreachable_tiled_is_reported_then_replayed_when_back(
     _runs_container(root, container)
     root.context.close()
     target = urlsplit(tiled_server.uri)
-    proxy = TcpProxy((target.hostname, target.port))  # not started: nothing listens there
+    proxy = OutageProxy((target.hostname, target.port))  # not started: nothing listens there
     uri = _with_port(tiled_server.uri, proxy.port)
     connect = functools.partial(_connect_runs, uri, None, container)
 
