@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -342,7 +343,7 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
     return profile
 
 
-def default_sim_profile(seed: int = 0) -> SetupProfile:
+def default_sim_profile(seed: int = 0, inputs: Sequence[int] = (3, 4)) -> SetupProfile:
     """The built-in simulated setup: seven electrodes, inputs on e3 and e4.
 
     Controls span -1.2 .. 0.6 V and inputs the tighter -0.7 .. 0.3 V, as typical DNPU
@@ -352,13 +353,15 @@ def default_sim_profile(seed: int = 0) -> SetupProfile:
 
     Args:
         seed: Seed of the virtual device and of its noise.
+        inputs: Positions of the input electrodes (the rest are controls); three for the
+            sphere task, e.g. ``(1, 2, 4)``.
 
     Returns:
         The validated profile (backend ``"sim"``).
     """
     electrodes = []
     for i in range(7):
-        is_input = i in (3, 4)
+        is_input = i in inputs
         electrodes.append(
             {
                 "name": f"e{i}",

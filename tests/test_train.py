@@ -91,3 +91,31 @@ def test_training_progress_shows_each_step(RE, dnpu, capsys):
     result = RE(train(dnpu, BooleanGate("NOR"), seed=2)).plan_result
     err = capsys.readouterr().err
     assert f"{result.iterations}/" in err and "NOR hge" in err and "margin_nA=" in err
+
+
+def test_minibatch_training_on_sphere_reports_test_accuracy(RE):
+    from dnpu_bluesky.config import default_sim_profile
+
+    dnpu = build_dnpu(default_sim_profile(seed=0, inputs=(1, 2, 4)))
+    task = SphereClassification(n_points=40, batch_size=8)
+    result = RE(train(dnpu, task, max_iterations=4, max_attempts=1)).plan_result
+    dnpu.backend.close()
+    assert result.iterations == 4
+    assert 0.0 <= result.test_accuracy <= 1.0
+    assert result.accuracy >= 0.5  # the best threshold on the training split
+
+
+def test_patience_ends_an_attempt_only_without_improvement(RE, dnpu):
+    # While the loss keeps falling the attempt goes on past `patience` iterations ...
+    going = RE(
+        train(dnpu, BooleanGate("XOR"), max_iterations=40, max_attempts=1, patience=5,
+              target_margin_na=1e6, seed=1)
+    ).plan_result  # fmt: skip
+    assert going.iterations > 5
+    # ... and ends soon when nothing moves (noise may still give a chance improvement).
+    patience_plus_first = 3 + 1
+    stuck = RE(
+        train(dnpu, BooleanGate("XOR"), max_iterations=40, max_attempts=1, patience=3,
+              target_margin_na=1e6, seed=1, lr=1e-9)
+    ).plan_result  # fmt: skip
+    assert patience_plus_first <= stuck.iterations < 40

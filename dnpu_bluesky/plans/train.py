@@ -133,8 +133,15 @@ class _Trainer:
         loss = loss_of(outputs)[0]
         return _Step(outputs, loss, (losses[0] - losses[1]) / (2 * c) * delta, 2)
 
-    def record_step(self, iteration: int, attempt: int, point: np.ndarray, step: _Step) -> Plan:
-        score = self.score(step.outputs)
+    def record_step(
+        self,
+        iteration: int,
+        attempt: int,
+        point: np.ndarray,
+        step: _Step,
+        indices: np.ndarray | None,
+    ) -> Plan:
+        score = self.score(step.outputs, indices)
         self.train_record.record(
             iteration=iteration,
             attempt=attempt,
@@ -270,6 +277,7 @@ def train(
         iteration = 0
         best: tuple[float, np.ndarray] | None = None
         solved_at: np.ndarray | None = None
+        final = None
         attempt = 0
         for attempt in range(int(max_attempts)):
             point = start.copy() if (attempt == 0 and start is not None) else None
@@ -286,10 +294,11 @@ def train(
                 yield from _move_controls(dnpu, point)
                 step = yield from trainer.step(point, indices)
                 iteration += 1
-                score = yield from trainer.record_step(iteration, attempt, point, step)
+                score = yield from trainer.record_step(iteration, attempt, point, step, indices)
                 if best is None or step.loss < best[0]:
                     best = (step.loss, point.copy())
-                if step.loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
+                first = not np.isfinite(best_in_attempt)
+                if first or step.loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
                     best_in_attempt, stalled = step.loss, 0
                 else:
                     stalled += 1
@@ -297,7 +306,7 @@ def train(
                     _, checked = yield from trainer.evaluate(point, attempt)
                     yield from trainer.present(None)
                     if checked.solved and checked.margin_na >= target_margin_na:
-                        solved_at = point.copy()
+                        solved_at, final = point.copy(), checked
                         break
                 if stalled >= patience:
                     break
@@ -305,7 +314,8 @@ def train(
             if solved_at is not None:
                 break
         final_point = solved_at if solved_at is not None else best[1]
-        _, final = yield from trainer.evaluate(final_point, attempt)
+        if final is None:  # not solved: evaluate the best point seen, without tones
+            _, final = yield from trainer.evaluate(final_point, attempt)
         test_accuracy = None
         if hasattr(task, "minibatch"):  # tasks with held-out data
             test_outputs, _ = yield from trainer.evaluate(final_point, attempt, split="test")
