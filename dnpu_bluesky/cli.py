@@ -100,8 +100,8 @@ def _progress_printer(quiet: bool) -> Callable[[str, dict], None]:
 
 def train_and_store(
     args: argparse.Namespace, tasks: Sequence[Any], method: str
-) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Train each task in its own run, stored in Tiled; returns result rows and run nodes."""
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Train each task in its own run, stored in Tiled; returns result rows and figure paths."""
     from .devices import build_dnpu
     from .plans import train, train_genetic
     from .session import make_run_engine
@@ -141,18 +141,21 @@ def train_and_store(
                     row["test_accuracy"] = result.test_accuracy
                 rows.append(row)
                 runs.append(load_run(storage.client, uid))
-            if args.figures:
-                _write_figures(runs, Path(args.figures))
+            figures = _write_figures(runs, Path(args.figures)) if args.figures else []
     finally:
         dnpu.backend.close()
-    return rows, runs
+    return rows, figures
 
 
-def _write_figures(runs: Sequence[Any], directory: Path) -> None:
+def _write_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
     from .figures import save_figures
 
-    paths = save_figures(runs, directory)
-    print("figures: " + ", ".join(str(p) for p in paths))
+    return save_figures(runs, directory)
+
+
+def _print_figures(paths: Sequence[Path]) -> None:
+    if paths:
+        print("figures: " + ", ".join(str(p) for p in paths))
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -181,8 +184,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tasks = [make_task(f"boolean:{gate}") for gate in _gates(args.gates)]
     else:
         tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size)]
-    rows, _ = train_and_store(args, tasks, args.method)
+    rows, figures = train_and_store(args, tasks, args.method)
     print_table(rows)
+    _print_figures(figures)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
         print(f"results: {args.json}")
@@ -194,8 +198,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     args.figures = args.figures or str(DEFAULT_OUTPUT)
     print(f"Training all Boolean gates on the virtual DNPU (seed {args.seed}) with HGE.")
-    rows, _ = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge")
+    rows, figures = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge")
     print_table(rows)
+    _print_figures(figures)
     solved = sum(row["accuracy"] == 1.0 for row in rows)
     print(f"{solved}/{len(rows)} gates solved; every run is in Tiled (dnpu-bluesky runs).")
     return 0
@@ -227,7 +232,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for run in runs:
             if "evaluation" not in run:
                 raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
-        _write_figures(runs, Path(args.out))
+        _print_figures(_write_figures(runs, Path(args.out)))
     return 0
 
 
