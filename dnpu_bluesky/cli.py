@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,47 +61,11 @@ def _gates(text: str) -> list[str]:
     return gates
 
 
-def _progress_printer(quiet: bool) -> Callable[[str, dict], None]:
-    """One updating line per run on stderr, so long training shows its progress."""
-    state: dict[str, Any] = {"descriptors": {}}
-
-    def callback(name: str, doc: dict) -> None:
-        if quiet:
-            return
-        if name == "start":
-            state["label"] = doc.get("gate") or doc.get("task", {}).get("name", doc["plan_name"])
-            state["method"] = doc.get("method", "")
-        elif name == "descriptor":
-            state["descriptors"][doc["uid"]] = doc["name"]
-        elif name == "event":
-            stream = state["descriptors"].get(doc["descriptor"])
-            data = doc["data"]
-            if stream == "train":
-                step, loss = data["train_iteration"], data["train_loss"]
-                margin, seconds = data["train_margin_na"], data["train_device_seconds"]
-            elif stream == "generation":
-                step, loss = data["generation_generation"], data["generation_best_loss"]
-                margin = data["generation_best_margin_na"]
-                seconds = data["generation_device_seconds"]
-            else:
-                return
-            print(
-                f"\r{state['label']:<7}{state['method']:<5} step {step:4d}  loss {loss:9.4f}  "
-                f"margin {margin:8.2f} nA  device {seconds:7.1f} s",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif name == "stop":
-            print(file=sys.stderr, flush=True)
-
-    return callback
-
-
 def train_and_store(
     args: argparse.Namespace, tasks: Sequence[Any], method: str
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Train each task in its own run, stored in Tiled; returns result rows and figure paths."""
+    from .callbacks import TrainingProgress
     from .devices import build_dnpu
     from .plans import train, train_genetic
     from .session import make_run_engine
@@ -112,7 +76,8 @@ def train_and_store(
     try:
         with open_storage(_storage_config(args)) as storage:
             engine = make_run_engine(storage, interactive=False, returns_result=True)
-            engine.subscribe(_progress_printer(args.quiet))
+            if not args.quiet:
+                engine.subscribe(TrainingProgress())
             for index, task in enumerate(tasks):
                 seed = args.seed + index
                 if method == "ga":
@@ -264,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", help="brains-py surrogate file to simulate instead")
         sub.add_argument("--max-iterations", type=int, help="iterations per attempt")
         sub.add_argument("--figures", help="write figures to this directory")
-        sub.add_argument("--quiet", action="store_true", help="no progress lines")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
         storage_options(sub)
 
     demo = commands.add_parser("demo", help="train all six gates on the virtual DNPU with HGE")
