@@ -195,7 +195,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with open_storage(_storage_config(args)) as storage:
         runs = [load_run(storage.client, uid) for uid in args.uids]
         for run in runs:
-            if "evaluation" not in run:
+            if run.metadata["start"]["plan_name"] not in ("train", "train_genetic"):
                 raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
         _print_figures(_write_figures(runs, Path(args.out)))
     return 0

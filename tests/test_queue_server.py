@@ -89,14 +89,22 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path):
         assert {"train_gate", "train", "hge_gradient", "validate_gradients"} <= set(plans)
         assert "dnpu" in devices
 
-        # A package plan and the queue wrapper that builds its task from a gate name.
+        # A package plan and the queue wrapper that builds its task from a gate name, on one
+        # device and on two side by side (the second added to the worker's namespace).
+        RM.script_upload(
+            "from dnpu_bluesky.config import default_sim_profile\n"
+            "dnpu_b = build_dnpu(default_sim_profile(seed=1), name='dnpu_b')\n"
+        )
+        RM.wait_for_idle(timeout=30)
         RM.item_add(BPlan("hge_gradient", "dnpu", repeats=2))
         RM.item_add(BPlan("train_gate", "dnpu", "AND", method="hge", max_iterations=40, seed=1))
+        RM.item_add(BPlan("train_gate", ["dnpu", "dnpu_b"], "OR", max_iterations=3,
+                          max_attempts=1, target_margin_na=1e6))  # fmt: skip
         RM.queue_start()
-        RM.wait_for_idle(timeout=120)
+        RM.wait_for_idle(timeout=180)
 
         history = RM.history_get()["items"]
-        assert [item["name"] for item in history] == ["hge_gradient", "train_gate"]
+        assert [item["name"] for item in history] == ["hge_gradient", "train_gate", "train_gate"]
         for item in history:
             assert item["result"]["exit_status"] == "completed", (item["result"], _tail(log_path))
         (train_uid,) = history[1]["result"]["run_uids"]
@@ -110,6 +118,11 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path):
         assert stored.metadata["start"]["plan_name"] == "train"
         assert {"train", "evaluation", "hge"} <= set(stored)
         assert len(stored["train"]["train_loss"].read()) >= 1
+        (pair_uid,) = history[2]["result"]["run_uids"]
+        pair = _stored_run(_printed_uri(log_path), pair_uid)
+        assert pair.metadata["start"]["detectors"] == ["dnpu", "dnpu_b"]
+        for device in ("dnpu", "dnpu_b"):
+            assert len(pair[f"train_{device}"]["train_loss"].read()) == 3
 
         RM.environment_close()
         RM.wait_for_idle(timeout=60)

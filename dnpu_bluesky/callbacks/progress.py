@@ -43,6 +43,7 @@ class TrainingProgress(DocumentRouter):
             total = int(args.get("generations", 0))
         else:
             return
+        total *= len(doc.get("detectors", [])) or 1  # devices trained side by side
         label = doc.get("gate") or doc.get("task", {}).get("name", "")
         self._bar = tqdm(total=total or None, desc=f"{label} {doc.get('method', '')}", leave=True)
         self._streams.clear()
@@ -51,8 +52,11 @@ class TrainingProgress(DocumentRouter):
             self._open_plot(label)
 
     def descriptor(self, doc: dict) -> None:
-        if self._bar is not None and doc["name"] in _STEP_FIELDS:
-            self._streams[doc["uid"]] = doc["name"]
+        if self._bar is None:
+            return
+        for base in _STEP_FIELDS:  # devices trained side by side: "train_<device>", ...
+            if doc["name"] == base or doc["name"].startswith(f"{base}_"):
+                self._streams[doc["uid"]] = base
 
     def event(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,16 @@ DEFAULT_AMPLITUDE_V = 0.02
 _TONE_SLEW_SHARE = 0.9
 MODES = ("parallel", "sequential", "off")
 
+# One lock per backend: DNPUs on separate backends acquire at the same time, DNPUs that share
+# one backend take turns.
+_BACKEND_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_BACKEND_LOCKS_GUARD = threading.Lock()
+
+
+def _backend_lock(backend: DAQBackend) -> threading.Lock:
+    with _BACKEND_LOCKS_GUARD:
+        return _BACKEND_LOCKS.setdefault(backend, threading.Lock())
+
 
 class DNPU(Device):
     """A dopant network processing unit measured through a DAQ backend.
@@ -35,6 +46,9 @@ class DNPU(Device):
 
     Modes: ``"parallel"`` perturbs every control with a tone at once (one window per input
     case), ``"sequential"`` one control per window, ``"off"`` applies no tones (evaluation).
+
+    Several DNPUs triggered together acquire at the same time when each has its own backend;
+    DNPUs sharing one backend are measured one after the other.
     """
 
     e0 = Cpt(Electrode)
@@ -72,7 +86,7 @@ class DNPU(Device):
         self.backend_info.put(json.dumps(backend.describe(), sort_keys=True, default=str))
         self.last_waveform: Waveform | None = None
         self.total_device_seconds = 0.0
-        self._lock = threading.Lock()
+        self._lock = _backend_lock(backend)
 
     @property
     def electrodes(self) -> list[Electrode]:

@@ -1,5 +1,6 @@
 """The genetic algorithm peer: the group's earlier standard, measured on the same devices."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -7,10 +8,18 @@ from bluesky import plan_stubs as bps
 
 from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
-from ..tasks import BooleanGate, Task
-from .hge import _move_controls, _start_metadata
-from .stubs import Plan, within_run
-from .train import TrainResult, _Trainer
+from ..tasks import Task
+from .hge import _move_controls
+from .stubs import Plan
+from .train import (
+    TrainResult,
+    _device_names,
+    _make_trainers,
+    _prepare,
+    _run_metadata,
+    _run_side_by_side,
+    _Trainer,
+)
 
 
 def _next_generation(
@@ -38,7 +47,7 @@ def _next_generation(
 
 
 def train_genetic(
-    dnpu: DNPU,
+    dnpu: DNPU | Sequence[DNPU],
     task: Task,
     *,
     population: int = 26,
@@ -56,10 +65,12 @@ def train_genetic(
     genome separates the classes by ``target_margin_na``.
 
     Streams: ``eval_raw`` (every genome's raw waveform), ``generation`` (best and median loss,
-    score of the best genome, device seconds) and ``evaluation`` (the final genome).
+    score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
+    of DNPUs evolves side by side in one run, as in :func:`~dnpu_bluesky.plans.train`.
 
     Returns:
-        A :class:`TrainResult` (``iterations`` counts generations).
+        A :class:`TrainResult` (``iterations`` counts generations), or a list of them for a
+        list of DNPUs.
     """
     if int(population) < n_elite + 2 or int(n_elite) < 1:
         raise ValueError(
@@ -67,13 +78,12 @@ def train_genetic(
         )
     if int(generations) < 1:
         raise ValueError(f"generations must be at least 1, got {generations}")
-    trainer = _Trainer(dnpu, task, "ga", seed, {"perturbation_margin_v": 0.0})
-    record = GenerationRecord(name="generation")
-    yield from trainer.present(None)
-    yield from bps.mv(dnpu.mode, "off")
-    dnpu.build_waveform()
+    several_given = not isinstance(dnpu, DNPU)
+    dnpus = list(dnpu) if several_given else [dnpu]
+    trainers = _make_trainers(dnpus, task, "ga", seed, {}, lambda device: 0.0)
+    yield from _prepare(trainers, "off")
     plan_args: dict[str, Any] = {
-        "dnpu": repr(dnpu.name),
+        "dnpu": _device_names(dnpus, several_given),
         "task": task.name,
         "population": population,
         "generations": generations,
@@ -82,58 +92,75 @@ def train_genetic(
         "target_margin_na": target_margin_na,
         "seed": seed,
     }
-    metadata = _start_metadata(dnpu, "train_genetic", plan_args, md)
-    metadata.update(task=task.describe(), method="ga", seed=seed)
-    if isinstance(task, BooleanGate):
-        metadata["gate"] = task.gate
+    metadata = _run_metadata(trainers, "train_genetic", plan_args, md)
+    metadata.update(seed=seed)
+    settings = {
+        "population": int(population),
+        "generations": int(generations),
+        "n_elite": int(n_elite),
+        "mutation_v": mutation_v,
+        "target_margin_na": target_margin_na,
+    }
+    bodies = {trainer: _evolve(trainer, **settings) for trainer in trainers}
+    results = yield from _run_side_by_side(bodies, metadata, [])
+    return results if several_given else results[0]
 
-    def inner() -> Plan:
-        genomes = np.array([trainer.random_controls() for _ in range(int(population))])
-        best_point, generation = genomes[0], 0
-        for generation in range(1, int(generations) + 1):
-            losses, scores = [], []
-            for genome in genomes:
-                yield from _move_controls(dnpu, genome)
-                outputs = yield from trainer.evaluate_outputs()
-                losses.append(task.loss(outputs)[0])
-                scores.append(task.evaluate(outputs))
-            losses = np.array(losses)
-            best = int(np.argmin(losses))
-            best_point = genomes[best].copy()
-            record.record(
-                generation=generation,
-                best_loss=float(losses[best]),
-                median_loss=float(np.median(losses)),
-                best_accuracy=scores[best].accuracy,
-                best_margin_na=scores[best].margin_na,
-                best_controls=best_point,
-                device_seconds=trainer.device_seconds,
-                measurements=trainer.measurements,
-            )
-            yield from bps.trigger_and_read([record], name="generation")
-            winners = [
-                i for i, s in enumerate(scores) if s.solved and s.margin_na >= target_margin_na
-            ]
-            if winners:
-                best_point = genomes[max(winners, key=lambda i: scores[i].margin_na)].copy()
-                break
-            shrink = 1.0 - 0.9 * generation / int(generations)
-            genomes = _next_generation(
-                genomes, losses, trainer.bounds, trainer.rng, int(n_elite), mutation_v * shrink
-            )
-        _, final = yield from trainer.evaluate(best_point, 0)
-        return TrainResult(
-            task=task.name,
-            method="ga",
-            solved=bool(final.solved),
-            accuracy=float(final.accuracy),
-            margin_na=float(final.margin_na),
-            threshold_na=float(final.threshold_na),
-            iterations=generation,
-            attempts=1,
+
+def _evolve(
+    trainer: _Trainer,
+    *,
+    population: int,
+    generations: int,
+    n_elite: int,
+    mutation_v: float,
+    target_margin_na: float,
+) -> Plan:
+    """One device's evolution; yields plan messages and measurement requests."""
+    task = trainer.task
+    record = GenerationRecord(name="generation")
+    genomes = np.array([trainer.random_controls() for _ in range(population)])
+    best_point, generation = genomes[0], 0
+    for generation in range(1, generations + 1):
+        losses, scores = [], []
+        for genome in genomes:
+            yield from _move_controls(trainer.dnpu, genome)
+            outputs = yield from trainer.evaluate_outputs()
+            losses.append(task.loss(outputs)[0])
+            scores.append(task.evaluate(outputs))
+        losses = np.array(losses)
+        best = int(np.argmin(losses))
+        best_point = genomes[best].copy()
+        record.record(
+            generation=generation,
+            best_loss=float(losses[best]),
+            median_loss=float(np.median(losses)),
+            best_accuracy=scores[best].accuracy,
+            best_margin_na=scores[best].margin_na,
+            best_controls=best_point,
+            device_seconds=trainer.device_seconds,
             measurements=trainer.measurements,
-            device_s=trainer.device_seconds,
-            controls=best_point.tolist(),
         )
-
-    return (yield from within_run(inner(), md=metadata, stage=[dnpu]))
+        yield from bps.trigger_and_read([record], name=trainer.stream("generation"))
+        winners = [i for i, s in enumerate(scores) if s.solved and s.margin_na >= target_margin_na]
+        if winners:
+            best_point = genomes[max(winners, key=lambda i: scores[i].margin_na)].copy()
+            break
+        shrink = 1.0 - 0.9 * generation / generations
+        genomes = _next_generation(
+            genomes, losses, trainer.bounds, trainer.rng, n_elite, mutation_v * shrink
+        )
+    _, final = yield from trainer.evaluate(best_point, 0)
+    return TrainResult(
+        task=task.name,
+        method="ga",
+        solved=bool(final.solved),
+        accuracy=float(final.accuracy),
+        margin_na=float(final.margin_na),
+        threshold_na=float(final.threshold_na),
+        iterations=generation,
+        attempts=1,
+        measurements=trainer.measurements,
+        device_s=trainer.device_seconds,
+        controls=best_point.tolist(),
+        device=trainer.dnpu.name,
+    )

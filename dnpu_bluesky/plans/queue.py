@@ -19,7 +19,7 @@ from .train import train
 
 
 def train_gate(
-    dnpu: DNPU,
+    dnpu: DNPU | list[DNPU],
     gate: str,
     method: str = "hge",
     *,
@@ -34,8 +34,10 @@ def train_gate(
 ) -> Plan:
     """Train ``dnpu`` as the Boolean gate ``gate`` ("AND", "XOR", ...); see :func:`train`.
 
+    ``dnpu`` may be a list of devices (names in a queue item), trained side by side.
+
     Returns:
-        The :class:`~dnpu_bluesky.plans.train.TrainResult` of the run.
+        The :class:`~dnpu_bluesky.plans.train.TrainResult` of the run (a list for a list).
     """
     return (
         yield from train(

@@ -64,6 +64,11 @@ def measure_gradient(
     The lock-in callback must be subscribed to the current run (see ``subs_wrapper``).
     """
     yield from bps.trigger_and_read([dnpu], name=raw_stream)
+    return (yield from record_gradient(lockin, record, stream))
+
+
+def record_gradient(lockin: LockInCallback, record: GradientRecord, stream: str = "hge") -> Plan:
+    """Take the lock-in's result for the raw event just saved and record it in ``stream``."""
     result: Demodulated = lockin.take()
     lockin_result = result.lockin
     record.record(

@@ -1,17 +1,19 @@
 """Gradient descent in materio: the training loop as a Bluesky plan, and its peers."""
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
+from bluesky.utils import short_uid
 
 from ..callbacks.lockin import LockInCallback
 from ..devices.dnpu import DNPU
 from ..devices.records import EvaluationRecord, TrainRecord
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
 from .hge import _check_choice, _move_controls, _start_metadata
-from .stubs import Plan, measure_gradient, new_gradient_record, set_input_cases, within_run
+from .stubs import Plan, new_gradient_record, record_gradient, set_input_cases, within_run
 
 GRADIENT_METHODS = ("hge", "fd", "spsa")
 
@@ -32,10 +34,19 @@ class TrainResult:
     device_s: float
     controls: list[float] = field(default_factory=list)
     test_accuracy: float | None = None
+    device: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """Asked by one device's training loop: play the device's stream once, save it to
+    ``stream`` and send back the reading. Requests of several devices are played together."""
+
+    stream: str
 
 
 @dataclass
@@ -49,8 +60,17 @@ class _Step:
 class _Trainer:
     """State shared by the steps of one training run (not public: the plans are the API)."""
 
-    def __init__(self, dnpu: DNPU, task: Task, method: str, seed: int, settings: dict) -> None:
+    def __init__(
+        self,
+        dnpu: DNPU,
+        task: Task,
+        method: str,
+        seed: int | list[int],
+        settings: dict,
+        suffix: str = "",
+    ) -> None:
         self.dnpu = dnpu
+        self.suffix = suffix
         self.task = task
         self.method = method
         self.settings = settings
@@ -60,12 +80,22 @@ class _Trainer:
         margin = settings["perturbation_margin_v"]
         self.bounds[:, 0] += margin
         self.bounds[:, 1] -= margin
-        self.lockin = LockInCallback(dnpu.name)
+        self.lockin = LockInCallback(dnpu.name, stream_name=self.stream("hge_raw"))
         self.gradient_record = new_gradient_record(dnpu, "projection")
         self.train_record = TrainRecord(name="train")
         self.eval_record = EvaluationRecord(name="evaluation")
         self.measurements = 0
         self.device_seconds_at_start = dnpu.total_device_seconds
+
+    def stream(self, base: str) -> str:
+        """This device's name for a stream (devices trained side by side each have their own)."""
+        return base + self.suffix
+
+    def measure(self, stream: str) -> Plan:
+        """Play the device's stream once (together with the other devices' requests)."""
+        reading = yield _Measure(self.stream(stream))
+        self.measurements += 1
+        return reading
 
     @property
     def device_seconds(self) -> float:
@@ -83,8 +113,7 @@ class _Trainer:
     def evaluate_outputs(self, name: str = "eval_raw") -> Plan:
         """Outputs per case with no tones applied (one stream)."""
         yield from bps.mv(self.dnpu.mode, "off")
-        reading = yield from bps.trigger_and_read([self.dnpu], name=name)
-        self.measurements += 1
+        reading = yield from self.measure(name)
         return np.asarray(reading[self.dnpu.case_currents.name]["value"], dtype=float)
 
     def step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
@@ -97,8 +126,10 @@ class _Trainer:
 
         if self.method == "hge":
             yield from bps.mv(self.dnpu.mode, "parallel")
-            result = yield from measure_gradient(self.dnpu, self.lockin, self.gradient_record)
-            self.measurements += 1
+            yield from self.measure("hge_raw")
+            result = yield from record_gradient(
+                self.lockin, self.gradient_record, self.stream("hge")
+            )
             outputs = result.gradient.current
             loss, d_loss = loss_of(outputs)
             return _Step(outputs, loss, d_loss @ result.gradient.gradient, 1)
@@ -154,7 +185,7 @@ class _Trainer:
             device_seconds=self.device_seconds,
             measurements=self.measurements,
         )
-        yield from bps.trigger_and_read([self.train_record], name="train")
+        yield from bps.trigger_and_read([self.train_record], name=self.stream("train"))
         return score
 
     def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
@@ -181,12 +212,12 @@ class _Trainer:
             threshold_na=score.threshold_na,
             solved=bool(score.solved),
         )
-        yield from bps.trigger_and_read([self.eval_record], name=f"evaluation{suffix}")
+        yield from bps.trigger_and_read([self.eval_record], name=self.stream(f"evaluation{suffix}"))
         return outputs, score
 
 
 def train(
-    dnpu: DNPU,
+    dnpu: DNPU | Sequence[DNPU],
     task: Task,
     *,
     method: str = "hge",
@@ -217,39 +248,40 @@ def train(
     (gradients, HGE only), ``train`` (loss, score, controls, device seconds per iteration) and
     ``evaluation`` (unperturbed evaluations).
 
+    Several devices: given a list of DNPUs, trains each on the task side by side in one run.
+    Their measurements are triggered together, so devices on separate backends acquire at the
+    same time; each device keeps its own loop (attempts, stopping) and its own streams, named
+    with the device's name appended (``train_dnpu2``, ``hge_raw_dnpu2``, ...). The first device
+    draws its random starts from ``seed``, device ``k`` from the seed sequence ``[seed, k]``.
+
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult`, or a list of them (in the order given) for a list of DNPUs.
     """
+    several_given = not isinstance(dnpu, DNPU)
+    dnpus = list(dnpu) if several_given else [dnpu]
     _check_choice("method", method, GRADIENT_METHODS)
     for name, value in (("max_iterations", max_iterations), ("max_attempts", max_attempts)):
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    if task.n_inputs != dnpu.indices("input").size:
-        raise ValueError(
-            f"task {task.name!r} has {task.n_inputs} inputs but {dnpu.name} has "
-            f"{dnpu.indices('input').size} input electrodes"
-        )
-    margin = max(float(dnpu.amplitudes().max()), fd_step_v, spsa_step_v)
-    trainer = _Trainer(
-        dnpu,
-        task,
-        method,
-        seed,
-        {"fd_step_v": fd_step_v, "spsa_step_v": spsa_step_v, "perturbation_margin_v": margin},
-    )
-    opt = make_optimizer(optimizer, lr, trainer.bounds)
+    settings = {"fd_step_v": fd_step_v, "spsa_step_v": spsa_step_v}
+
+    def perturbation_margin(device: DNPU) -> float:
+        return max(float(device.amplitudes().max()), fd_step_v, spsa_step_v)
+
+    trainers = _make_trainers(dnpus, task, method, seed, settings, perturbation_margin)
     start = None if initial_controls is None else np.asarray(initial_controls, dtype=float)
-    if start is not None and start.shape != trainer.controls.shape:
-        raise ValueError(
-            f"initial_controls needs {trainer.controls.size} values, got {start.shape}"
-        )
-    yield from trainer.present(None)
-    yield from bps.mv(dnpu.mode, "parallel" if method == "hge" else "off")
-    dnpu.build_waveform()
+    for trainer in trainers:
+        if start is not None and start.shape != trainer.controls.shape:
+            raise ValueError(
+                f"initial_controls needs {trainer.controls.size} values for "
+                f"{trainer.dnpu.name}, got {start.shape}"
+            )
+    optimizers = [make_optimizer(optimizer, lr, trainer.bounds) for trainer in trainers]
+    yield from _prepare(trainers, "parallel" if method == "hge" else "off")
     plan_args = {
-        "dnpu": repr(dnpu.name),
+        "dnpu": _device_names(dnpus, several_given),
         "task": task.name,
         "method": method,
         "optimizer": optimizer,
@@ -260,87 +292,220 @@ def train(
         "target_margin_na": target_margin_na,
         "seed": seed,
     }
-    metadata = _start_metadata(dnpu, "train", plan_args, md)
+    metadata = _run_metadata(trainers, "train", plan_args, md)
     metadata.update(
-        task=task.describe(),
-        method=method,
-        optimizer=opt.describe(),
+        optimizer=optimizers[0].describe(),
         seed=seed,
-        hints={"dimensions": [(["train_iteration"], "train")]},
+        hints={"dimensions": [(["train_iteration"], trainers[0].stream("train"))]},
     )
+    loop = {
+        "max_iterations": int(max_iterations),
+        "max_attempts": int(max_attempts),
+        "patience": patience,
+        "target_margin_na": target_margin_na,
+    }
+    bodies = {
+        trainer: _descend(trainer, opt, start, **loop)
+        for trainer, opt in zip(trainers, optimizers, strict=True)
+    }
+    results = yield from _run_side_by_side(bodies, metadata, [t.lockin for t in trainers])
+    return results if several_given else results[0]
+
+
+def _make_trainers(
+    dnpus: list[DNPU],
+    task: Task,
+    method: str,
+    seed: int,
+    settings: dict[str, float],
+    perturbation_margin: Callable[[DNPU], float],
+) -> list[_Trainer]:
+    """One trainer per device; the first draws from ``seed``, device ``k`` from ``[seed, k]``.
+
+    ``perturbation_margin(device)`` is how far inside its limits the device's controls stay.
+    """
+    _check_devices(dnpus, task)
+    trainers = []
+    for index, device in enumerate(dnpus):
+        suffix = f"_{device.name}" if len(dnpus) > 1 else ""
+        device_settings = {**settings, "perturbation_margin_v": perturbation_margin(device)}
+        device_seed = seed if index == 0 else [seed, index]
+        trainers.append(_Trainer(device, task, method, device_seed, device_settings, suffix))
+    return trainers
+
+
+def _prepare(trainers: list[_Trainer], mode: str) -> Plan:
+    """Present the task and set the mode; refuse a bad setup before the run opens."""
+    for trainer in trainers:
+        yield from trainer.present(None)
+        yield from bps.mv(trainer.dnpu.mode, mode)
+        trainer.dnpu.build_waveform()
+
+
+def _device_names(dnpus: list[DNPU], several_given: bool) -> str | list[str]:
+    return [d.name for d in dnpus] if several_given else repr(dnpus[0].name)
+
+
+def _run_metadata(
+    trainers: list[_Trainer], plan_name: str, plan_args: dict[str, Any], md: dict | None
+) -> dict[str, Any]:
+    """Start-document metadata; for several devices, their setups keyed by device name."""
+    dnpus = [t.dnpu for t in trainers]
+    metadata = _start_metadata(dnpus[0], plan_name, plan_args, md)
+    if len(dnpus) > 1:
+        per_device = [_start_metadata(d, plan_name, plan_args, None) for d in dnpus]
+        metadata["detectors"] = [d.name for d in dnpus]
+        for key in ("dnpu_backend", "hge"):
+            metadata[key] = {d.name: m[key] for d, m in zip(dnpus, per_device, strict=True)}
+        metadata["stream_suffixes"] = {t.dnpu.name: t.suffix for t in trainers}
+    task = trainers[0].task
+    metadata.update(task=task.describe(), method=trainers[0].method)
     if isinstance(task, BooleanGate):
         metadata["gate"] = task.gate
+    return metadata
+
+
+def _run_side_by_side(
+    bodies: dict[_Trainer, Plan], metadata: dict[str, Any], subs: list[Any]
+) -> Plan:
+    """One run in which each trainer's loop runs; returns their results in order."""
+    stage = [trainer.dnpu for trainer in bodies]
+    return (yield from within_run(_side_by_side(bodies), md=metadata, stage=stage, subs=subs))
+
+
+def _check_devices(dnpus: list[DNPU], task: Task) -> None:
+    if not dnpus:
+        raise ValueError("no DNPU given: pass a DNPU or a non-empty list of them")
+    names = [d.name for d in dnpus]
+    if len(set(names)) != len(names):
+        raise ValueError(f"DNPUs trained side by side need distinct names, got {names}")
+    for device in dnpus:
+        if not isinstance(device, DNPU):
+            raise TypeError(f"expected DNPU devices, got {device!r}")
+        if task.n_inputs != device.indices("input").size:
+            raise ValueError(
+                f"task {task.name!r} has {task.n_inputs} inputs but {device.name} has "
+                f"{device.indices('input').size} input electrodes"
+            )
+
+
+def _descend(
+    trainer: _Trainer,
+    opt: Any,
+    start: np.ndarray | None,
+    *,
+    max_iterations: int,
+    max_attempts: int,
+    patience: int,
+    target_margin_na: float,
+) -> Plan:
+    """One device's training loop; yields plan messages and :class:`_Measure` requests."""
+    task = trainer.task
     minibatch = getattr(task, "minibatch", None)
     uses_batches = minibatch is not None and getattr(task, "batch_size", None) is not None
-
-    def inner() -> Plan:
-        iteration = 0
-        best: tuple[float, np.ndarray] | None = None
-        solved_at: np.ndarray | None = None
-        final = None
-        attempt = 0
-        for attempt in range(int(max_attempts)):
-            point = start.copy() if (attempt == 0 and start is not None) else None
-            point = (
-                trainer.random_controls()
-                if point is None
-                else np.clip(point, trainer.bounds[:, 0], trainer.bounds[:, 1])
-            )
-            opt.reset()
-            best_in_attempt, stalled = np.inf, 0
-            for _ in range(int(max_iterations)):
-                indices = minibatch(trainer.rng) if uses_batches else None
-                yield from trainer.present(indices)
-                yield from _move_controls(dnpu, point)
-                step = yield from trainer.step(point, indices)
-                iteration += 1
-                score = yield from trainer.record_step(iteration, attempt, point, step, indices)
-                if best is None or step.loss < best[0]:
-                    best = (step.loss, point.copy())
-                first = not np.isfinite(best_in_attempt)
-                if first or step.loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
-                    best_in_attempt, stalled = step.loss, 0
-                else:
-                    stalled += 1
-                if not uses_batches and score.solved and score.margin_na >= target_margin_na:
-                    _, checked = yield from trainer.evaluate(point, attempt)
-                    yield from trainer.present(None)
-                    if checked.solved and checked.margin_na >= target_margin_na:
-                        solved_at, final = point.copy(), checked
-                        break
-                if stalled >= patience:
-                    break
-                point = opt.step(point, step.gradient)
-            if solved_at is not None:
-                break
-        final_point = solved_at if solved_at is not None else best[1]
-        if final is None:  # not solved: evaluate the best point seen, without tones
-            _, final = yield from trainer.evaluate(final_point, attempt)
-        test_accuracy = None
-        if hasattr(task, "minibatch"):  # tasks with held-out data
-            test_outputs, _ = yield from trainer.evaluate(final_point, attempt, split="test")
-            predictions = (test_outputs > final.threshold_na).astype(int)
-            test_accuracy = float(np.mean(predictions == task.targets("test")))
-        return TrainResult(
-            task=task.name,
-            method=method,
-            solved=bool(final.solved),
-            accuracy=float(final.accuracy),
-            margin_na=float(final.margin_na),
-            threshold_na=float(final.threshold_na),
-            iterations=iteration,
-            attempts=attempt + 1,
-            measurements=trainer.measurements,
-            device_s=trainer.device_seconds,
-            controls=final_point.tolist(),
-            test_accuracy=test_accuracy,
+    iteration = 0
+    best: tuple[float, np.ndarray] | None = None
+    solved_at: np.ndarray | None = None
+    final = None
+    attempt = 0
+    for attempt in range(max_attempts):
+        point = start.copy() if (attempt == 0 and start is not None) else None
+        point = (
+            trainer.random_controls()
+            if point is None
+            else np.clip(point, trainer.bounds[:, 0], trainer.bounds[:, 1])
         )
+        opt.reset()
+        best_in_attempt, stalled = np.inf, 0
+        for _ in range(max_iterations):
+            indices = minibatch(trainer.rng) if uses_batches else None
+            yield from trainer.present(indices)
+            yield from _move_controls(trainer.dnpu, point)
+            step = yield from trainer.step(point, indices)
+            iteration += 1
+            score = yield from trainer.record_step(iteration, attempt, point, step, indices)
+            if best is None or step.loss < best[0]:
+                best = (step.loss, point.copy())
+            first = not np.isfinite(best_in_attempt)
+            if first or step.loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
+                best_in_attempt, stalled = step.loss, 0
+            else:
+                stalled += 1
+            if not uses_batches and score.solved and score.margin_na >= target_margin_na:
+                _, checked = yield from trainer.evaluate(point, attempt)
+                yield from trainer.present(None)
+                if checked.solved and checked.margin_na >= target_margin_na:
+                    solved_at, final = point.copy(), checked
+                    break
+            if stalled >= patience:
+                break
+            point = opt.step(point, step.gradient)
+        if solved_at is not None:
+            break
+    final_point = solved_at if solved_at is not None else best[1]
+    if final is None:  # not solved: evaluate the best point seen, without tones
+        _, final = yield from trainer.evaluate(final_point, attempt)
+    test_accuracy = None
+    if hasattr(task, "minibatch"):  # tasks with held-out data
+        test_outputs, _ = yield from trainer.evaluate(final_point, attempt, split="test")
+        predictions = (test_outputs > final.threshold_na).astype(int)
+        test_accuracy = float(np.mean(predictions == task.targets("test")))
+    return TrainResult(
+        task=task.name,
+        method=trainer.method,
+        solved=bool(final.solved),
+        accuracy=float(final.accuracy),
+        margin_na=float(final.margin_na),
+        threshold_na=float(final.threshold_na),
+        iterations=iteration,
+        attempts=attempt + 1,
+        measurements=trainer.measurements,
+        device_s=trainer.device_seconds,
+        controls=final_point.tolist(),
+        test_accuracy=test_accuracy,
+        device=trainer.dnpu.name,
+    )
 
-    return (yield from within_run(inner(), md=metadata, stage=[dnpu], subs=[trainer.lockin]))
+
+def _side_by_side(bodies: dict[_Trainer, Plan]) -> Plan:
+    """Run each device's loop, passing its plan messages through and playing the devices'
+    :class:`_Measure` requests together; returns the loops' results in order."""
+    results: dict[_Trainer, Any] = {}
+    ready: dict[_Trainer, Any] = dict.fromkeys(bodies)
+    while ready:
+        requests: dict[_Trainer, _Measure] = {}
+        for trainer, reply in ready.items():
+            body = bodies[trainer]
+            while True:
+                try:
+                    item = body.send(reply)
+                except StopIteration as done:
+                    results[trainer] = done.value
+                    break
+                if isinstance(item, _Measure):
+                    requests[trainer] = item
+                    break
+                reply = yield item
+        ready = (yield from _measure_together(requests)) if requests else {}
+    return [results[trainer] for trainer in bodies]
+
+
+def _measure_together(requests: dict[_Trainer, _Measure]) -> Plan:
+    """Trigger every requesting device at once, then save each reading to its own stream."""
+    group = short_uid("measure")
+    for trainer in requests:
+        yield from bps.trigger(trainer.dnpu, group=group)
+    yield from bps.wait(group=group)
+    readings = {}
+    for trainer, request in requests.items():
+        yield from bps.create(name=request.stream)
+        readings[trainer] = yield from bps.read(trainer.dnpu)
+        yield from bps.save()
+    return readings
 
 
 def train_boolean_gates(
-    dnpu: DNPU,
+    dnpu: DNPU | Sequence[DNPU],
     gates: tuple[str, ...] | list[str] = GATES,
     *,
     method: str = "hge",
@@ -349,7 +514,11 @@ def train_boolean_gates(
     md: dict | None = None,
     **train_options: Any,
 ) -> Plan:
-    """Train each Boolean gate in its own run; returns ``{gate: TrainResult}``."""
+    """Train each Boolean gate in its own run; returns ``{gate: TrainResult}``.
+
+    Given a list of DNPUs, each run trains them side by side (see :func:`train`) and the
+    values are lists of results, one per device.
+    """
     tasks = [BooleanGate(gate=gate, **(task_options or {})) for gate in gates]
     results = {}
     for index, task in enumerate(tasks):
