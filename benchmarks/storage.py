@@ -1,35 +1,37 @@
 """Storage cost on the RunEngine, and losses in a Tiled outage (issue 6).
 
-Run ``python -m benchmarks.storage`` (200 steps, about 2-3 minutes) or
-``python -m benchmarks.storage --quick`` (40 steps, under 60 s). The run prints a table and
+Run ``python -m benchmarks.storage`` (200 steps per case, about 3-4 minutes) or
+``python -m benchmarks.storage --quick`` (40 steps, about 60 s). The run prints a table and
 ends with one line ``RESULT {json}``; ``docs/benchmarks.md`` explains every figure.
 
 Setting: a training-like run of HGE steps. Each step measures 4 input cases; each case is
 one event in the ``hge_raw`` stream with a 10k-sample float64 current waveform (an ophyd
 ``SynSignal`` whose trigger takes 25 ms, so one step is one 0.1 s device window) plus 3
 scalars; then one event in the ``train`` stream (loss, step, a 5-vector of controls). Storage
-is isolated: no physics, the same plan and devices in every case. Tiled is one embedded
-server (``open_storage`` with a directory) in a subprocess, reached over loopback HTTP.
+is isolated: no physics, the same plan and devices in every case.
 
 Cases:
 
 * ``none``: no storage subscribed (the reference).
-* ``background``: ``StorageConfig()`` defaults, i.e. the background writer (spool + worker).
+* ``background``: the defaults, ``open_storage(StorageConfig(directory=...))``: the embedded
+  Tiled server (its own process) and the background writer (spool + worker process).
 * ``direct``: ``StorageConfig(writer="direct")``: bluesky-tiled-plugins' TiledWriter called
-  inside the RunEngine's callback (``batch_size=20`` for both).
+  inside the RunEngine's callback (``batch_size=20`` for both), on a second embedded server.
 * ``outage``: the background writer through a TCP proxy that is switched off for a quarter of
   the run (connections cut, port refused) and on again; the tiled client's own retries are
   limited to one attempt so that the outage reaches the writer.
 
 Figures:
 
-* ``overhead_fraction``: RunEngine-side cost of the default writer per step, mean step time
-  with the background writer minus mean step time with no writer, divided by the 0.1 s device
-  window (target <= 0.05), with every document verified in Tiled afterwards.
+* ``overhead_fraction``: RunEngine-side cost of the default storage per step, mean step time
+  with it minus mean step time with no storage, divided by the 0.1 s device window (target
+  <= 0.05), with every document verified in Tiled afterwards. ``none`` and ``background``
+  run side by side in alternating runs of 10 steps (ABBA order), so that load from elsewhere
+  hits both alike; the quartiles of the per-round differences are reported too.
 * ``docs_lost_after_outage``: events emitted minus events found in Tiled after the outage
   run was flushed, plus 1 if its stop document is missing (target 0).
 * ``peak_rss_mb``: peak resident memory of the benchmark process (RunEngine, writer,
-  clients; not the server subprocess), ``ru_maxrss``.
+  clients; not the server or worker processes), ``ru_maxrss``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,17 +57,8 @@ WINDOW_S = 0.1
 N_CASES = 4
 N_SAMPLES = 10_000
 N_CONTROLS = 5
+STEPS_PER_ROUND = 10
 TARGETS = {"overhead_fraction": 0.05, "docs_lost_after_outage": 0}
-
-_SERVER_SCRIPT = """
-import sys
-from pathlib import Path
-from dnpu_bluesky.storage import StorageConfig, open_storage
-storage = open_storage(StorageConfig(directory=Path(sys.argv[1])))
-print(storage.uri, flush=True)
-sys.stdin.read()  # until the benchmark closes our stdin
-storage.close()
-"""
 
 
 def _devices(seed: int) -> dict[str, Any]:
@@ -130,7 +122,7 @@ def _plan(dev: dict[str, Any], n_steps: int, step_times: list[float], on_step=No
     return plan()
 
 
-def _open_case(name: str, n_steps: int, server_uri: str, workdir: Path) -> dict[str, Any]:
+def _open_case(name: str, n_steps: int, shared_uri: str, workdir: Path) -> dict[str, Any]:
     """The storage (and proxy, outage schedule) of a case, opened before any case runs."""
     from dnpu_bluesky.storage import StorageConfig, open_storage
 
@@ -139,11 +131,11 @@ def _open_case(name: str, n_steps: int, server_uri: str, workdir: Path) -> dict[
     container = f"bench_{name}_{uuid.uuid4().hex[:8]}"
     if name == "background":
         case["storage"] = open_storage(
-            StorageConfig(uri=server_uri, container=container, spool_directory=spool)
+            StorageConfig(directory=workdir / "tiled_default", spool_directory=spool)
         )
     elif name == "direct":
         case["storage"] = open_storage(
-            StorageConfig(uri=server_uri, container=container, writer="direct")
+            StorageConfig(uri=shared_uri, container=container, writer="direct")
         )
     elif name == "outage":
         import tiled.client.utils
@@ -151,7 +143,7 @@ def _open_case(name: str, n_steps: int, server_uri: str, workdir: Path) -> dict[
         # Let the outage reach our writer (in this process and in its worker process).
         tiled.client.utils.TILED_RETRY_ATTEMPTS = 1
         os.environ["TILED_RETRY_ATTEMPTS"] = "1"
-        target = urlsplit(server_uri)
+        target = urlsplit(shared_uri)
         proxy = case["proxy"] = OutageProxy((target.hostname, target.port))
         proxy.start()
         uri = target._replace(netloc=f"{target.hostname}:{proxy.port}").geturl()
@@ -177,7 +169,7 @@ def _run_case(case: dict[str, Any], n_steps: int, seed: int) -> dict[str, Any]:
 
     from dnpu_bluesky.storage import load_run
 
-    name, storage, proxy, on_step = case["name"], case["storage"], case["proxy"], case["on_step"]
+    name, storage, on_step = case["name"], case["storage"], case["on_step"]
     case_started = time.perf_counter()
     dev = _devices(seed)
     engine = RunEngine({})
@@ -201,6 +193,7 @@ def _run_case(case: dict[str, Any], n_steps: int, seed: int) -> dict[str, Any]:
     run_wall = time.perf_counter() - started
     row: dict[str, Any] = {
         "case": name,
+        "step_times": step_times,
         "step_ms_mean": 1e3 * float(np.mean(step_times)),
         "step_ms_p95": 1e3 * float(np.percentile(step_times, 95)),
         "step_ms_max": 1e3 * float(np.max(step_times)),
@@ -224,13 +217,28 @@ def _run_case(case: dict[str, Any], n_steps: int, seed: int) -> dict[str, Any]:
         row["events_emitted"] = sum(events.values())
         row["events_stored"] = sum(stored.values())
         row["docs_lost"] = row["events_emitted"] - row["events_stored"] + (0 if has_stop else 1)
-        storage.close()
-        if proxy is not None:
-            proxy.stop()
     row["rss_mb_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["step_ms_median"] = 1e3 * float(np.median(step_times))
     row["case_wall_s"] = time.perf_counter() - case_started
     print(f"  {name}: {row['case_wall_s']:.1f} s", file=sys.stderr, flush=True)
+    return row
+
+
+def _merge(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for a case measured in several runs: step statistics over all their steps."""
+    steps = np.concatenate([run["step_times"] for run in runs])
+    row: dict[str, Any] = {
+        "case": name,
+        "step_ms_mean": 1e3 * float(np.mean(steps)),
+        "step_ms_p95": 1e3 * float(np.percentile(steps, 95)),
+        "step_ms_max": 1e3 * float(np.max(steps)),
+        "step_ms_median": 1e3 * float(np.median(steps)),
+    }
+    for key in ("events_emitted", "events_stored", "docs_lost", "errors"):
+        if key in runs[0]:
+            row[key] = sum(run[key] for run in runs)
+    if "flush_s" in runs[0]:
+        row["flush_s"] = max(run["flush_s"] for run in runs)
     return row
 
 
@@ -242,32 +250,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     n_steps = args.steps or (40 if args.quick else 200)
 
+    from dnpu_bluesky.storage import StorageConfig, open_storage
+
+    # Short alternating runs: a burst of load from elsewhere hits both cases alike.
+    rounds = max(2, n_steps // STEPS_PER_ROUND)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dnpu_storage_bench_") as tmp:
         workdir = Path(tmp)
-        server = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_SCRIPT, str(workdir / "tiled")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        shared = open_storage(StorageConfig(directory=workdir / "tiled_shared"))
+        cases: dict[str, dict[str, Any]] = {}
         try:
-            server_uri = server.stdout.readline().strip()
-            if not server_uri:
-                raise RuntimeError("the Tiled server subprocess did not start")
             print(f"  server up: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-            cases = [
-                _open_case(name, n_steps, server_uri, workdir)
-                for name in ("none", "background", "direct", "outage")
-            ]
+            for name in ("none", "background", "direct", "outage"):
+                cases[name] = _open_case(name, n_steps, shared.uri, workdir)
             print(f"  storages open: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-            rows = [_run_case(case, n_steps, args.seed) for case in cases]
+            # none and background alternate, ABBA, in rounds of n_steps / rounds steps each.
+            runs: dict[str, list[dict[str, Any]]] = {"none": [], "background": []}
+            for k in range(rounds):
+                order = ("none", "background") if k % 2 == 0 else ("background", "none")
+                for name in order:
+                    runs[name].append(_run_case(cases[name], n_steps // rounds, args.seed))
+            rows = [_merge(name, runs[name]) for name in ("none", "background")]
+            rows += [_run_case(cases[name], n_steps, args.seed) for name in ("direct", "outage")]
+            differences = [
+                b["step_ms_mean"] - a["step_ms_mean"]
+                for a, b in zip(runs["none"], runs["background"], strict=True)
+            ]
         finally:
-            server.stdin.close()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            for case in cases.values():
+                if case["storage"] is not None:
+                    case["storage"].close()
+                if case["proxy"] is not None:
+                    case["proxy"].stop()
+            shared.close()
 
     by_case = {row["case"]: row for row in rows}
     reference = by_case["none"]["step_ms_mean"]
@@ -276,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(
         f"Storage benchmark: {n_steps} steps x {N_CASES} cases, {N_SAMPLES}-sample waveforms, "
-        f"{WINDOW_S} s device window per step; {platform.machine()}, {os.cpu_count()} CPUs"
+        f"{WINDOW_S} s device window per step; {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; none/background in {rounds} ABBA rounds"
     )
     header = (
         f"{'case':<11}{'step mean':>10}{'p95':>8}{'max':>8}{'overhead':>10}"
@@ -300,6 +316,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "direct_overhead_fraction": round(by_case["direct"]["overhead_fraction"], 4),
         "outage_overhead_fraction": round(by_case["outage"]["overhead_fraction"], 4),
         "background_docs_lost": by_case["background"]["docs_lost"],
+        "overhead_fraction_round_quartiles": [
+            round(float(q) / (1e3 * WINDOW_S), 4) for q in np.percentile(differences, [25, 50, 75])
+        ],
         "outage_errors_reported": by_case["outage"]["errors"],
         "n_steps": n_steps,
         "targets": TARGETS,

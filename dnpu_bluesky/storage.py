@@ -1,6 +1,7 @@
 """Every Bluesky document into Tiled: an embedded server by default, a remote one by URI.
 
-The embedded server (:class:`tiled.server.SimpleTiledServer`) keeps its catalog (SQLite),
+The embedded server (:class:`tiled.server.SimpleTiledServer`, run in a process of its own at
+low priority, so its work does not compete with the RunEngine) keeps its catalog (SQLite),
 tabular data (DuckDB) and arrays (Zarr) in one local directory, so runs persist across
 sessions. Runs are written by bluesky-tiled-plugins' ``TiledWriter`` into a container with
 the ``CatalogOfBlueskyRuns`` (3.0) spec, the layout that the tiled client and databroker 2
@@ -174,11 +175,9 @@ class Storage:
         self._server: Any = None
         self._closed = False
         if config.uri is None:
-            from tiled.server import SimpleTiledServer
-
             directory = Path(config.directory or _default_directory()).expanduser()
             config = replace(config, directory=directory)
-            self._server = SimpleTiledServer(directory, api_key=config.api_key)
+            self._server = _ServerProcess(directory, api_key=config.api_key)
             self.uri = self._server.uri
             api_key = None  # already in the embedded server's URI
         else:
@@ -431,11 +430,20 @@ class _RunSpool:
         self.path = path
         self.file = file  # append handle (live run) or read handle (leftover); holds the lock
         self.written = written  # bytes of complete records in the file
+        self.announced = written  # bytes the worker has been told about
+        self.announced_at = time.monotonic()
         self.sent = 0  # bytes of those records in Tiled (or in the TiledWriter's batch)
         self.stop_spooled = False
         self.leftover = leftover  # from an earlier session: no more documents will come
         self.refs: list[str] = []  # descriptor/resource uids routed to this run
 
+
+#: While events stream in, the worker hears how far a run's spool goes at most this often
+#: (and at once for every other document, and on flush): each message wakes a thread in both
+#: processes, and on a busy machine each wake-up can keep the GIL from the RunEngine's thread
+#: for about a millisecond. Measured by benchmarks.storage.
+_ANNOUNCE_INTERVAL_S = 0.2
+_COALESCED = frozenset({"event", "event_page", "datum", "datum_page", "stream_datum"})
 
 _ROUTE = {
     "descriptor": "run_start",
@@ -545,16 +553,33 @@ class BackgroundWriter:
         run.file.flush()
         if self._fsync:
             os.fsync(run.file.fileno())
+        now = time.monotonic()
         with self._cond:
             run.written += len(record)
             if name == "stop":
                 run.stop_spooled = True
                 for ref in run.refs:
                     self._run_of.pop(ref, None)
+            if name in _COALESCED and now - run.announced_at < _ANNOUNCE_INTERVAL_S:
+                return  # announced by the next document, the receiver's timer or a flush
+            run.announced, run.announced_at = run.written, now
+            written = run.written
         if name == "start":
-            self._send(("run", run.uid, str(run.path), run.written, False))
+            self._send(("run", run.uid, str(run.path), written, False))
         else:
-            self._send(("written", run.uid, run.written))
+            self._send(("written", run.uid, written))
+
+    def _announce_pending(self) -> None:
+        """Tell the worker about documents spooled but not yet announced."""
+        now = time.monotonic()
+        with self._cond:
+            pending = []
+            for run in self._runs.values():
+                if run.announced < run.written:
+                    run.announced, run.announced_at = run.written, now
+                    pending.append((run.uid, run.written))
+        for uid, written in pending:
+            self._send(("written", uid, written))
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
@@ -600,6 +625,9 @@ class BackgroundWriter:
         """Progress and errors from the worker (on a thread of the caller's process)."""
         while True:
             try:
+                if not self._conn.poll(_ANNOUNCE_INTERVAL_S):
+                    self._announce_pending()
+                    continue
                 message = self._conn.recv()
             except (EOFError, OSError):
                 break
@@ -659,6 +687,7 @@ class BackgroundWriter:
             StorageError: Not done within ``timeout`` seconds, or the worker has stopped.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._announce_pending()
         with self._cond:
             targets = {uid: run.written for uid, run in self._runs.items()}
             while True:
@@ -764,6 +793,83 @@ class _WorkerRun:
         self.reader: Any = None
 
 
+class _ServerProcess:
+    """The embedded Tiled server (``SimpleTiledServer``) in a process of its own.
+
+    Ingesting documents costs the server CPU (decoding arrays, writing SQLite, DuckDB and
+    Zarr); on its own process at nice +10 that work neither holds this process's GIL nor
+    delays the RunEngine's wake-ups. The server lives until ``close()`` or until this process
+    ends (it reads its stdin until EOF), in its own session so that a Ctrl-C meant for the
+    RunEngine does not stop it. The API key goes over the pipe, not the command line.
+    """
+
+    def __init__(self, directory: Path, api_key: str | None, timeout_s: float = 120.0) -> None:
+        code = "from dnpu_bluesky.storage import _server_process; _server_process()"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._process.stdin.write((api_key or "") + "\n")
+        self._process.stdin.flush()
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(self._process.stdout.readline()))
+        reader.start()
+        reader.join(timeout_s)
+        uri = lines[0].strip() if lines else ""
+        if not uri.startswith("http"):
+            self.close()
+            raise StorageError(
+                f"the embedded Tiled server in {directory} did not start within {timeout_s:g} s"
+                f" (see its error.log there){': ' + uri if uri else ''}"
+            )
+        self.uri = uri
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the server (it closes its storage) and wait for its process to end."""
+        process = self._process
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("The embedded Tiled server did not stop in %s s; killing it", timeout_s)
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+def _server_process() -> None:
+    """Entry point of the embedded server's process (see :class:`_ServerProcess`)."""
+    _become_background_process()
+    from tiled.server import SimpleTiledServer
+
+    api_key = sys.stdin.readline().strip() or None
+    try:
+        server = SimpleTiledServer(Path(sys.argv[1]), api_key=api_key)
+    except Exception as err:
+        print(f"error: {err!r}", flush=True)
+        raise
+    try:
+        print(server.uri, flush=True)
+        sys.stdin.read()  # until the parent closes the pipe or ends
+    finally:
+        server.close()
+
+
+def _become_background_process() -> None:
+    """Ignore Ctrl-C (the parent decides when we stop) and yield the CPU to the RunEngine."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)
+    except (AttributeError, OSError):  # no nice on Windows
+        pass
+
+
 def _start_worker_process() -> subprocess.Popen:
     """The worker as ``python -c``: unlike multiprocessing's spawn, it does not re-import the
     user's ``__main__`` script; in its own session, so a Ctrl-C meant for the RunEngine
@@ -790,11 +896,7 @@ def _worker_process() -> None:
     """Entry point of the worker process (see ``_start_worker_process``)."""
     from multiprocessing.connection import Connection
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(10)  # background work: the RunEngine's process comes first for the CPU
-    except OSError:
-        pass
+    _become_background_process()
     conn = Connection(int(sys.argv[1]))
     try:
         connect, batch_size, retry = conn.recv()
@@ -1194,9 +1296,9 @@ def _timestamp(value: datetime | str | float) -> float:
     return float(value)
 
 
-# SimpleTiledServer runs uvicorn on a non-daemon thread. The interpreter joins such threads
-# *before* running atexit handlers, so a server closed only via atexit hangs the exit.
-# threading's own exit hook runs before that join; atexit is the fallback.
+# Storages left open are closed at exit, so the writer's pending documents reach Tiled before
+# the server process is stopped. threading's own exit hook runs before the interpreter joins
+# non-daemon threads (the "thread" writer's); atexit is the fallback.
 _open_storages: set[Storage] = set()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False

@@ -354,6 +354,40 @@ def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp
     assert _spooled(spool) == []
 
 
+def test_events_of_an_open_run_reach_tiled_without_a_flush(tiled_server, tmp_path):
+    # Events are announced to the worker in batches (at most every 0.2 s); the last ones of a
+    # burst must still arrive while the run stays open, with no flush and no stop document.
+    config = StorageConfig(
+        uri=tiled_server.uri,
+        container=f"runs_{uuid.uuid4().hex}",
+        spool_directory=tmp_path / "spool",
+        batch_size=1,
+    )
+    with open_storage(config) as storage:
+        run = compose_run(metadata={"plan_name": "open"})
+        key = {"source": "sim", "dtype": "array", "shape": [N_SAMPLES], "dtype_numpy": "<f8"}
+        desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
+        storage.writer("start", run.start_doc)
+        storage.writer("descriptor", desc.descriptor_doc)
+        for k in range(6):
+            storage.writer(
+                "event", desc.compose_event(data={"wf": _waveform(k)}, timestamps={"wf": k})
+            )
+        root = from_uri(tiled_server.uri)[config.container]  # no read-your-writes wait
+        deadline = time.monotonic() + 60
+        seen = 0
+        while time.monotonic() < deadline:
+            try:
+                seen = root[run.start_doc["uid"]]["primary"]["wf"].shape[0]
+            except KeyError:
+                seen = 0
+            if seen == 6:
+                break
+            time.sleep(0.2)
+        assert seen == 6
+        storage.writer("stop", run.compose_stop())
+
+
 def test_document_of_no_open_run_is_an_error_not_swallowed(storage):
     with pytest.raises(StorageError, match="no open run"):
         storage.writer("event", {"uid": "x", "descriptor": "unknown", "data": {}})
