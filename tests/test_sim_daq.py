@@ -1,6 +1,7 @@
 """The simulated DAQ backend: protocol, safety refusals, timing, reproducibility, fidelity."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -62,6 +63,18 @@ def test_device_seconds_include_overhead():
     assert acq.device_seconds == pytest.approx(stream.shape[0] / FS + 0.05)
     daq.play_and_record(stream, FS)
     assert daq.device_time_s == pytest.approx(2 * acq.device_seconds)
+
+
+def test_realtime_acquisitions_take_their_device_seconds():
+    stream, _, _ = _stream(plateau_s=0.3)
+    paced, free = SimulatedDAQ(realtime=True), SimulatedDAQ()
+    timings = []
+    for daq in (paced, free):
+        started = time.monotonic()
+        acq = daq.play_and_record(stream, FS)
+        timings.append(time.monotonic() - started)
+    assert timings[0] >= acq.device_seconds > timings[1]
+    assert paced.describe()["realtime"] and not free.describe()["realtime"]
 
 
 def test_noise_stream_reproducible_and_continuing():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ class SimulatedDAQ:
         electronics: The readout chain; default ``Electronics()``.
         seed: Seeds the noise (not the device: pass a model for another device).
         overhead_s: Fixed device seconds added per acquisition (task start-up, settling).
+        realtime: Take as long as the hardware would: each acquisition returns no sooner
+            than its device seconds after it started (to rehearse an experiment's timing).
 
     Attributes:
         model: The device model.
@@ -40,6 +43,7 @@ class SimulatedDAQ:
         electronics: Electronics | None = None,
         seed: int = 0,
         overhead_s: float = 0.0,
+        realtime: bool = False,
     ) -> None:
         if overhead_s < 0:
             raise ValueError(f"overhead_s must not be negative, got {overhead_s}")
@@ -53,6 +57,7 @@ class SimulatedDAQ:
             )
         self.seed = int(seed)
         self.overhead_s = float(overhead_s)
+        self.realtime = bool(realtime)
         self.dc_volts = np.zeros(self.n_channels)
         self._rng = np.random.default_rng(self.seed)
         self._noise_state: dict[str, Any] = {}
@@ -79,6 +84,7 @@ class SimulatedDAQ:
             UnsafeWaveformError: the stream breaks a safety rule; nothing was played.
             RuntimeError: the DAQ is closed.
         """
+        started = time.monotonic()
         self._check_open()
         if not np.isfinite(sample_rate) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -105,6 +111,8 @@ class SimulatedDAQ:
         seconds = volts.shape[0] / sample_rate + self.overhead_s
         self._device_time_s += seconds
         self.dc_volts = volts[-1].copy()
+        if self.realtime:
+            time.sleep(max(0.0, started + seconds - time.monotonic()))
         return Acquisition(ai_volts=recorded, device_seconds=seconds)
 
     def set_dc(self, volts: np.ndarray) -> None:
@@ -138,6 +146,7 @@ class SimulatedDAQ:
             "n_channels": self.n_channels,
             "seed": self.seed,
             "overhead_s": self.overhead_s,
+            "realtime": self.realtime,
             "model": self.model.describe(),
             "electronics": self.electronics.to_dict(),
         }
