@@ -252,7 +252,8 @@ def train(
     Their measurements are triggered together, so devices on separate backends acquire at the
     same time; each device keeps its own loop (attempts, stopping) and its own streams, named
     with the device's name appended (``train_dnpu2``, ``hge_raw_dnpu2``, ...). The first device
-    draws its random starts from ``seed``, device ``k`` from the seed sequence ``[seed, k]``.
+    draws its random starts from ``seed``, device ``k`` from the seed sequence ``[seed, k]``;
+    ``initial_controls``, if given, is every device's first start.
 
     Returns:
         A :class:`TrainResult`, or a list of them (in the order given) for a list of DNPUs.
