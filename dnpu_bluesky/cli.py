@@ -33,22 +33,33 @@ def _storage_config(args: argparse.Namespace):
     return config
 
 
-def _profile(args: argparse.Namespace):
+def _profiles(args: argparse.Namespace) -> list[Any]:
+    """One setup profile per device: each ``--setup``, or ``--devices`` virtual DNPUs."""
     from .config import default_sim_profile, load_profile
 
+    count = args.devices
+    if count < 1:
+        raise UsageError(f"--devices must be at least 1, got {count}")
     if args.setup:
-        profile = load_profile(args.setup)
+        if count > 1:
+            raise UsageError("--devices is for virtual DNPUs; give one --setup per device instead")
+        profiles = [load_profile(path) for path in args.setup]
     else:
         inputs = SPHERE_INPUTS if getattr(args, "task", "boolean") == "sphere" else (3, 4)
-        profile = default_sim_profile(seed=args.seed, inputs=inputs)
+        profiles = [default_sim_profile(seed=args.seed + k, inputs=inputs) for k in range(count)]
     if args.model:
         if not Path(args.model).is_file():
             raise UsageError(f"--model: no such file: {args.model}")
-        if profile.backend != "sim":
+        if any(profile.backend != "sim" for profile in profiles):
             raise UsageError("--model replaces the simulated device; it needs a sim setup")
-        sim = profile.sim.model_copy(update={"surrogate": str(Path(args.model).resolve())})
-        profile = profile.model_copy(update={"sim": sim})
-    return profile
+        surrogate = str(Path(args.model).resolve())
+        profiles = [
+            profile.model_copy(
+                update={"sim": profile.sim.model_copy(update={"surrogate": surrogate})}
+            )
+            for profile in profiles
+        ]
+    return profiles
 
 
 def _gates(text: str) -> list[str]:
@@ -71,7 +82,13 @@ def train_and_store(
     from .session import make_run_engine
     from .storage import load_run, open_storage
 
-    dnpu = build_dnpu(_profile(args))
+    profiles = _profiles(args)
+    several = len(profiles) > 1
+    dnpus = [
+        build_dnpu(profile, name=f"dnpu{k + 1}" if several else "dnpu")
+        for k, profile in enumerate(profiles)
+    ]
+    devices = dnpus if several else dnpus[0]
     rows, runs = [], []
     try:
         with open_storage(_storage_config(args)) as storage:
@@ -81,34 +98,37 @@ def train_and_store(
             for index, task in enumerate(tasks):
                 seed = args.seed + index
                 if method == "ga":
-                    plan = train_genetic(dnpu, task, seed=seed)
+                    plan = train_genetic(devices, task, seed=seed)
                 else:
                     options = {"max_iterations": args.max_iterations} if args.max_iterations else {}
-                    plan = train(dnpu, task, method=method, seed=seed, **options)
+                    plan = train(devices, task, method=method, seed=seed, **options)
                 started = time.perf_counter()
                 outcome = engine(plan)
                 wall = time.perf_counter() - started
-                result = outcome.plan_result
+                results = outcome.plan_result if several else [outcome.plan_result]
                 (uid,) = outcome.run_start_uids
-                row = {
-                    "task": "sphere" if task.name == "sphere" else "boolean",
-                    "gate": getattr(task, "gate", None),
-                    "method": method,
-                    "seed": seed,
-                    "accuracy": result.accuracy,
-                    "margin_nA": result.margin_na,
-                    "iterations": result.iterations,
-                    "device_s": result.device_s,
-                    "wall_s": wall,
-                    "run_uid": uid,
-                }
-                if result.test_accuracy is not None:
-                    row["test_accuracy"] = result.test_accuracy
-                rows.append(row)
+                for result in results:
+                    row = {
+                        "task": "sphere" if task.name == "sphere" else "boolean",
+                        "gate": getattr(task, "gate", None),
+                        "method": method,
+                        "seed": seed,
+                        "accuracy": result.accuracy,
+                        "margin_nA": result.margin_na,
+                        "iterations": result.iterations,
+                        "device_s": result.device_s,
+                        "wall_s": wall,
+                        "run_uid": uid,
+                        "device": result.device,
+                    }
+                    if result.test_accuracy is not None:
+                        row["test_accuracy"] = result.test_accuracy
+                    rows.append(row)
                 runs.append(load_run(storage.client, uid))
             figures = _write_figures(runs, Path(args.figures)) if args.figures else []
     finally:
-        dnpu.backend.close()
+        for dnpu in dnpus:
+            dnpu.backend.close()
     return rows, figures
 
 
@@ -124,17 +144,20 @@ def _print_figures(paths: Sequence[Path]) -> None:
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    """The results table: one row per gate (or task) trained."""
+    """The results table: one row per gate (or task) trained, and per device."""
+    several = len({row.get("device") for row in rows}) > 1
+    device = f"{'device':<8}" if several else ""
     header = (
-        f"{'gate/task':<10}{'method':<7}{'accuracy':>9}{'margin nA':>11}{'iters':>7}"
+        f"{'gate/task':<10}{device}{'method':<7}{'accuracy':>9}{'margin nA':>11}{'iters':>7}"
         f"{'device s':>10}{'wall s':>8}  run"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         label = row["gate"] or row["task"]
+        device = f"{row['device']:<8}" if several else ""
         print(
-            f"{label:<10}{row['method']:<7}{row['accuracy']:>9.0%}{row['margin_nA']:>11.2f}"
+            f"{label:<10}{device}{row['method']:<7}{row['accuracy']:>9.0%}{row['margin_nA']:>11.2f}"
             f"{row['iterations']:>7d}{row['device_s']:>10.1f}{row['wall_s']:>8.1f}"
             f"  {row['run_uid'][:8]}"
         )
@@ -162,12 +185,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .tasks import GATES, BooleanGate
 
     args.figures = args.figures or str(DEFAULT_OUTPUT)
-    print(f"Training all Boolean gates on the virtual DNPU (seed {args.seed}) with HGE.")
+    if args.setup:
+        where = "the setup" + ("s " if len(args.setup) > 1 else " ") + ", ".join(args.setup)
+    elif args.devices > 1:
+        last = args.seed + args.devices - 1
+        where = f"{args.devices} virtual DNPUs side by side (seeds {args.seed}..{last})"
+    else:
+        where = f"the virtual DNPU (seed {args.seed})"
+    print(f"Training all Boolean gates on {where} with HGE.")
     rows, figures = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge")
     print_table(rows)
     _print_figures(figures)
     solved = sum(row["accuracy"] == 1.0 for row in rows)
-    print(f"{solved}/{len(rows)} gates solved; every run is in Tiled (dnpu-bluesky runs).")
+    what = "gate trainings" if len(rows) > len(GATES) else "gates"
+    print(f"{solved}/{len(rows)} {what} solved; every run is in Tiled (dnpu-bluesky runs).")
     return 0
 
 
@@ -225,7 +256,18 @@ def _parser() -> argparse.ArgumentParser:
 
     def training_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--seed", type=int, default=0, help="device and training seed")
-        sub.add_argument("--setup", help="setup profile YAML (default: the virtual DNPU)")
+        sub.add_argument(
+            "--setup",
+            action="append",
+            help="setup profile YAML (default: the virtual DNPU); repeat to train several "
+            "devices side by side",
+        )
+        sub.add_argument(
+            "--devices",
+            type=int,
+            default=1,
+            help="train this many virtual DNPUs side by side (seeds SEED, SEED+1, ...)",
+        )
         sub.add_argument("--model", help="brains-py surrogate file to simulate instead")
         sub.add_argument("--max-iterations", type=int, help="iterations per attempt")
         sub.add_argument("--figures", help="write figures to this directory")

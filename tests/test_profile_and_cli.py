@@ -73,6 +73,25 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     assert len(error) == 1 and "unknown gate" in error[0]
 
 
+def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri]
+    out = tmp_path / "results.json"
+    args = ["train", "--gates", "AND", "--devices", "2", "--json", str(out), "--quiet"]
+    assert main([*args, *data]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [row["device"] for row in rows] == ["dnpu1", "dnpu2"]
+    assert len({row["run_uid"] for row in rows}) == 1  # one run, both devices
+    assert all(row["accuracy"] == 1.0 for row in rows)
+    table = capsys.readouterr().out
+    assert "dnpu1" in table and "dnpu2" in table
+
+    assert main(["train", "--devices", "0", "--quiet", *data]) == 2
+    assert "--devices must be at least 1" in capsys.readouterr().err
+    setup = str(REPO / "profiles" / "setups" / "sim.yaml")
+    assert main(["train", "--devices", "2", "--setup", setup, "--quiet", *data]) == 2
+    assert "one --setup per device" in capsys.readouterr().err
+
+
 def test_cli_check_profile(tmp_path, capsys):
     good = REPO / "profiles" / "setups" / "sim.yaml"
     assert main(["check-profile", str(good)]) == 0
