@@ -24,6 +24,15 @@ def _start_metadata(
         "plan_args": plan_args,
         "detectors": [dnpu.name],
         "dnpu_bluesky_version": __version__,
+        **_device_setup(dnpu),
+    }
+    metadata.update(md or {})
+    return metadata
+
+
+def _device_setup(dnpu: DNPU) -> dict[str, Any]:
+    """The device's part of the start document: its backend and its HGE settings."""
+    return {
         "dnpu_backend": dnpu.backend.describe(),
         "hge": {
             "frequencies_hz": dnpu.frequencies().tolist(),
@@ -33,8 +42,6 @@ def _start_metadata(
             "mode": dnpu.mode.get(),
         },
     }
-    metadata.update(md or {})
-    return metadata
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -12,7 +12,7 @@ from ..callbacks.lockin import LockInCallback
 from ..devices.dnpu import DNPU
 from ..devices.records import EvaluationRecord, TrainRecord
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
-from .hge import _check_choice, _move_controls, _start_metadata
+from .hge import _check_choice, _device_setup, _move_controls, _start_metadata
 from .stubs import Plan, new_gradient_record, record_gradient, set_input_cases, within_run
 
 GRADIENT_METHODS = ("hge", "fd", "spsa")
@@ -354,10 +354,10 @@ def _run_metadata(
     dnpus = [t.dnpu for t in trainers]
     metadata = _start_metadata(dnpus[0], plan_name, plan_args, md)
     if len(dnpus) > 1:
-        per_device = [_start_metadata(d, plan_name, plan_args, None) for d in dnpus]
-        metadata["detectors"] = [d.name for d in dnpus]
+        setups = {d.name: _device_setup(d) for d in dnpus}
+        metadata["detectors"] = list(setups)
         for key in ("dnpu_backend", "hge"):
-            metadata[key] = {d.name: m[key] for d, m in zip(dnpus, per_device, strict=True)}
+            metadata[key] = {name: setup[key] for name, setup in setups.items()}
         metadata["stream_suffixes"] = {t.dnpu.name: t.suffix for t in trainers}
     task = trainers[0].task
     metadata.update(task=task.describe(), method=trainers[0].method)
