@@ -81,3 +81,16 @@ def test_task_score_to_dict_is_plain() -> None:
     as_dict = score.to_dict()
     assert as_dict == {"accuracy": 1.0, "margin_na": 3.0, "threshold_na": 2.0, "solved": True}
     assert all(type(v) in (float, bool) for v in as_dict.values())
+
+
+def test_a_given_threshold_is_used_as_is() -> None:
+    from dnpu_bluesky.tasks.metrics import score
+
+    outputs = np.array([1.0, 2.0, 3.0, 4.0])
+    targets = np.array([0, 1, 0, 1])
+    best = score(outputs, targets)
+    assert best.accuracy == 0.75
+    fixed = score(outputs, targets, threshold_na=3.5)
+    assert fixed.threshold_na == 3.5 and fixed.accuracy == 0.75 and not fixed.solved
+    assert score(outputs, targets, threshold_na=0.0).accuracy == 0.5
+    assert score(outputs, targets, threshold_na=0.0).margin_na == best.margin_na == -1.0

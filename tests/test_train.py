@@ -70,6 +70,23 @@ def test_genetic_algorithm_runs_generations(RE, dnpu):
     assert result.measurements == 2 * 8 + 1
 
 
+def test_genetic_algorithm_reports_held_out_accuracy_too(stored_RE, storage):
+    from dnpu_bluesky.config import default_sim_profile
+
+    dnpu = build_dnpu(default_sim_profile(seed=0, inputs=(1, 2, 4)))
+    task = SphereClassification(n_points=24)
+    plan = train_genetic(dnpu, task, population=4, n_elite=1, generations=1)
+    outcome = stored_RE(plan)
+    dnpu.backend.close()
+    result = outcome.plan_result
+    # One generation, the final evaluation, then the test split at the training threshold.
+    assert result.measurements == 4 + 1 + 1
+    tested = load_run(storage.client, outcome.run_start_uids[0])["evaluation_test"]
+    outputs = tested["evaluation_outputs"].read()[-1]
+    honest = np.mean((outputs > result.threshold_na) == task.targets("test"))
+    assert result.test_accuracy == pytest.approx(honest)
+
+
 def test_train_boolean_gates_returns_one_result_per_gate(RE, dnpu):
     results = RE(train_boolean_gates(dnpu, ["AND", "OR"], max_iterations=40)).plan_result
     assert list(results) == ["AND", "OR"]
@@ -93,16 +110,27 @@ def test_training_progress_shows_each_step(RE, dnpu, capsys):
     assert f"{result.iterations}/" in err and "NOR hge" in err and "margin_nA=" in err
 
 
-def test_minibatch_training_on_sphere_reports_test_accuracy(RE):
+def test_sphere_test_split_is_classified_at_the_training_threshold(stored_RE, storage):
     from dnpu_bluesky.config import default_sim_profile
 
     dnpu = build_dnpu(default_sim_profile(seed=0, inputs=(1, 2, 4)))
     task = SphereClassification(n_points=40, batch_size=8)
-    result = RE(train(dnpu, task, max_iterations=4, max_attempts=1)).plan_result
+    outcome = stored_RE(train(dnpu, task, max_iterations=4, max_attempts=1))
     dnpu.backend.close()
+    result = outcome.plan_result
     assert result.iterations == 4
-    assert 0.0 <= result.test_accuracy <= 1.0
-    assert result.accuracy >= 0.5  # the best threshold on the training split
+    run = load_run(storage.client, outcome.run_start_uids[0])
+    trained, tested = run["evaluation"], run["evaluation_test"]
+    threshold = trained["evaluation_threshold_na"].read()[-1]
+    assert threshold == pytest.approx(result.threshold_na)
+    # Held-out points are classified at the threshold chosen on the training split, never at
+    # one fitted to the test outputs themselves; Tiled holds that same honest figure.
+    assert tested["evaluation_threshold_na"].read()[-1] == pytest.approx(threshold)
+    outputs = tested["evaluation_outputs"].read()[-1]
+    honest = np.mean((outputs > threshold) == task.targets("test"))
+    assert result.test_accuracy == pytest.approx(honest)
+    assert tested["evaluation_accuracy"].read()[-1] == pytest.approx(honest)
+    assert outputs.size == task.targets("test").size == 10
 
 
 def test_patience_ends_an_attempt_only_without_improvement(RE, dnpu):

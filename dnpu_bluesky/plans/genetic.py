@@ -12,7 +12,6 @@ from ..tasks import Task
 from .hge import _move_controls
 from .stubs import Plan
 from .train import (
-    TrainResult,
     _device_names,
     _make_trainers,
     _prepare,
@@ -149,18 +148,6 @@ def _evolve(
         genomes = _next_generation(
             genomes, losses, trainer.bounds, trainer.rng, n_elite, mutation_v * shrink
         )
-    _, final = yield from trainer.evaluate(best_point, 0)
-    return TrainResult(
-        task=task.name,
-        method="ga",
-        solved=bool(final.solved),
-        accuracy=float(final.accuracy),
-        margin_na=float(final.margin_na),
-        threshold_na=float(final.threshold_na),
-        iterations=generation,
-        attempts=1,
-        measurements=trainer.measurements,
-        device_s=trainer.device_seconds,
-        controls=best_point.tolist(),
-        device=trainer.dnpu.name,
+    return (
+        yield from trainer.finish(best_point, None, attempt=0, iterations=generation, attempts=1)
     )

@@ -193,14 +193,24 @@ class _Trainer:
             return self.task.evaluate(outputs, split)
         return self.task.evaluate(outputs, split, indices=indices)
 
-    def evaluate(self, point: np.ndarray, attempt: int, split: str = "train") -> Plan:
-        """Evaluate the controls without perturbations on a whole split and record it."""
+    def evaluate(
+        self,
+        point: np.ndarray,
+        attempt: int,
+        split: str = "train",
+        threshold_na: float | None = None,
+    ) -> Plan:
+        """Evaluate the controls without perturbations on a whole split and record it.
+
+        ``threshold_na`` scores the split at a threshold chosen elsewhere (held-out data is
+        classified at the training split's threshold); None picks the best one for this split.
+        """
         yield from _move_controls(self.dnpu, point)
         yield from self.present(None, split)
         # Splits differ in their number of cases, so each has its own streams.
         suffix = "" if split == "train" else f"_{split}"
         outputs = yield from self.evaluate_outputs(f"eval{suffix}_raw")
-        score = self.task.evaluate(outputs, split)
+        score = self.task.evaluate(outputs, split, threshold_na=threshold_na)
         self.eval_record.record(
             attempt=attempt,
             split=split,
@@ -214,6 +224,34 @@ class _Trainer:
         )
         yield from bps.trigger_and_read([self.eval_record], name=self.stream(f"evaluation{suffix}"))
         return outputs, score
+
+    def finish(
+        self, point: np.ndarray, final: Any, *, attempt: int, iterations: int, attempts: int
+    ) -> Plan:
+        """The run's :class:`TrainResult`: ``point`` evaluated without tones (unless ``final``
+        already holds that evaluation), then, for tasks with held-out data, the test split
+        classified at the training split's threshold."""
+        if final is None:
+            _, final = yield from self.evaluate(point, attempt)
+        test_accuracy = None
+        if hasattr(self.task, "minibatch"):  # tasks with held-out data
+            _, test = yield from self.evaluate(point, attempt, "test", final.threshold_na)
+            test_accuracy = float(test.accuracy)
+        return TrainResult(
+            task=self.task.name,
+            method=self.method,
+            solved=bool(final.solved),
+            accuracy=float(final.accuracy),
+            margin_na=float(final.margin_na),
+            threshold_na=float(final.threshold_na),
+            iterations=iterations,
+            attempts=attempts,
+            measurements=self.measurements,
+            device_s=self.device_seconds,
+            controls=point.tolist(),
+            test_accuracy=test_accuracy,
+            device=self.dnpu.name,
+        )
 
 
 def train(
@@ -444,27 +482,11 @@ def _descend(
         if solved_at is not None:
             break
     final_point = solved_at if solved_at is not None else best[1]
-    if final is None:  # not solved: evaluate the best point seen, without tones
-        _, final = yield from trainer.evaluate(final_point, attempt)
-    test_accuracy = None
-    if hasattr(task, "minibatch"):  # tasks with held-out data
-        test_outputs, _ = yield from trainer.evaluate(final_point, attempt, split="test")
-        predictions = (test_outputs > final.threshold_na).astype(int)
-        test_accuracy = float(np.mean(predictions == task.targets("test")))
-    return TrainResult(
-        task=task.name,
-        method=trainer.method,
-        solved=bool(final.solved),
-        accuracy=float(final.accuracy),
-        margin_na=float(final.margin_na),
-        threshold_na=float(final.threshold_na),
-        iterations=iteration,
-        attempts=attempt + 1,
-        measurements=trainer.measurements,
-        device_s=trainer.device_seconds,
-        controls=final_point.tolist(),
-        test_accuracy=test_accuracy,
-        device=trainer.dnpu.name,
+    # Unsolved: `final` is None and the best point seen is evaluated without tones.
+    return (
+        yield from trainer.finish(
+            final_point, final, attempt=attempt, iterations=iteration, attempts=attempt + 1
+        )
     )
 
 

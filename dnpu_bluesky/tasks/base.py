@@ -41,8 +41,11 @@ class Task(Protocol):
         """Loss of the measured outputs (nA, one per case) and its gradient dL/dI."""
         ...
 
-    def evaluate(self, outputs_na: np.ndarray, split: str = "train") -> TaskScore:
-        """Accuracy at the best threshold and separation margin of the outputs."""
+    def evaluate(
+        self, outputs_na: np.ndarray, split: str = "train", *, threshold_na: float | None = None
+    ) -> TaskScore:
+        """Accuracy and separation margin of the outputs, at ``threshold_na`` or the best
+        threshold."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -112,7 +115,9 @@ class _LabelledTask:
         split: str = "train",
         *,
         indices: np.ndarray | None = None,
+        threshold_na: float | None = None,
     ) -> TaskScore:
-        """Accuracy at the best threshold, that threshold and the separation margin."""
+        """Accuracy, threshold and separation margin; the threshold is ``threshold_na`` (one
+        chosen on another split) or, when None, the best one for these outputs."""
         targets, outputs = _select(self.targets(split), outputs_na, indices)
-        return score(outputs, targets)
+        return score(outputs, targets, threshold_na)

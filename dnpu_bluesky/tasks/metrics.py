@@ -93,9 +93,23 @@ def accuracy_and_threshold(outputs_na: np.ndarray, targets: np.ndarray) -> tuple
     return float(correct[split] / values.size), float(threshold)
 
 
-def score(outputs_na: np.ndarray, targets: np.ndarray) -> TaskScore:
-    """Accuracy, threshold and margin of one set of outputs as a :class:`TaskScore`."""
-    accuracy, threshold = accuracy_and_threshold(outputs_na, targets)
+def score(
+    outputs_na: np.ndarray, targets: np.ndarray, threshold_na: float | None = None
+) -> TaskScore:
+    """Accuracy, threshold and margin of one set of outputs as a :class:`TaskScore`.
+
+    Args:
+        outputs_na: Output current per case, nA.
+        targets: 0/1 label per case, both classes present.
+        threshold_na: Classify at this threshold, e.g. one chosen on the training split when
+            scoring held-out data; None picks the best threshold for these outputs.
+    """
+    if threshold_na is None:
+        accuracy, threshold = accuracy_and_threshold(outputs_na, targets)
+    else:
+        outputs, labels = _as_cases(outputs_na, targets)
+        threshold = float(threshold_na)
+        accuracy = float(np.mean((outputs > threshold) == (labels == 1)))
     return TaskScore(
         accuracy=accuracy,
         margin_na=separation_margin(outputs_na, targets),
