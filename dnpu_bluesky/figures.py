@@ -134,13 +134,130 @@ def loss_figure(runs: Sequence[Any]) -> Figure:
     return figure
 
 
-def save_figures(runs: Sequence[Any], directory: Path, stem: str = "gates") -> list[Path]:
-    """Write the traces and loss figures of ``runs`` as PNG files; returns their paths."""
+def _is_sphere(run: Any) -> bool:
+    return run.metadata["start"].get("task", {}).get("name") == "sphere"
+
+
+def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
+    """A sphere-classification run's final unperturbed outputs against the input points.
+
+    The points are the input voltages the device was given (the ``input_cases`` in the
+    configuration of the ``eval_raw`` and ``eval_test_raw`` streams), so nothing is recomputed
+    from the task's seed.
+
+    Args:
+        run: The run as stored in Tiled.
+        device: Which device, for runs that trained several (default: the first).
+
+    Returns:
+        Per split (``"train"``, ``"test"``): ``points_v`` ``(n, 3)``, ``distance_v`` from the
+        sphere's centre, ``current_na``, ``targets`` (1 inside) and ``accuracy``; besides,
+        ``threshold_na`` (chosen on the training split, used for both), ``radius_v`` and
+        ``center_v`` of the sphere, and ``inputs``, the input electrodes' names.
+    """
+    name = device or _devices(run)[0]
+    task = run.metadata["start"]["task"]
+    result: dict[str, Any] = {
+        "threshold_na": None,
+        "radius_v": float(task["radius_v"]),
+        "center_v": float(task["center_v"]),
+    }
+    for split, suffix in (("train", ""), ("test", "_test")):
+        raw = _stream(run, f"eval{suffix}_raw", name)
+        config = raw.metadata["configuration"][name]["data"]
+        points = np.asarray(config[f"{name}_input_cases"], dtype=float)
+        result["inputs"] = [
+            key.removeprefix(f"{name}_").removesuffix("_role")
+            for key, role in config.items()
+            if key.endswith("_role") and role == "input"
+        ]
+        evaluation = _stream(run, f"evaluation{suffix}", name)
+        result[split] = {
+            "points_v": points,
+            "distance_v": np.linalg.norm(points - result["center_v"], axis=1),
+            "current_na": np.asarray(evaluation["evaluation_outputs"].read()[-1], dtype=float),
+            "targets": np.asarray(evaluation["evaluation_targets"].read()[-1]).astype(int),
+            "accuracy": float(evaluation["evaluation_accuracy"].read()[-1]),
+        }
+        if split == "train":
+            result["threshold_na"] = float(evaluation["evaluation_threshold_na"].read()[-1])
+    return result
+
+
+def _draw_sphere(radial: Axes, cloud: Axes, run: Any, device: str) -> None:
+    data = sphere_outputs(run, device)
+    train, test = data["train"], data["test"]
+    for split, marker, size in ((train, "o", 10), (test, "D", 22)):
+        for target, colour in ((1, "tab:red"), (0, "tab:blue")):
+            mask = split["targets"] == target
+            radial.scatter(
+                split["distance_v"][mask],
+                split["current_na"][mask],
+                s=size,
+                marker=marker,
+                color=colour,
+                alpha=0.45 if split is train else 0.95,
+                edgecolors="none" if split is train else "k",
+                linewidths=0.4,
+            )
+    radial.axhline(data["threshold_na"], color="0.4", ls="--", lw=0.8)
+    radial.axvline(data["radius_v"], color="0.4", ls=":", lw=0.8)
+    radial.set_xlabel("distance from the sphere's centre (V)")
+    radial.set_ylabel("I (nA)")
+    radial.set_title(
+        f"{_label(run, device)}  train {train['accuracy']:.0%}  test {test['accuracy']:.0%}",
+        fontsize=9,
+    )
+    points = test["points_v"]
+    shown = cloud.scatter(
+        points[:, 0],
+        points[:, 1],
+        points[:, 2],
+        c=test["current_na"],
+        cmap="viridis",
+        marker="o",
+        s=18,
+        edgecolors=np.where(test["targets"][:, None] == 1, "tab:red", "none").ravel(),
+    )
+    cloud.set_title("test points, colour: I (nA)", fontsize=9)
+    cloud.figure.colorbar(shown, ax=cloud, shrink=0.6, pad=0.1)
+    cloud.set_xlabel(f"{data['inputs'][0]} (V)", fontsize=8)
+    cloud.set_ylabel(f"{data['inputs'][1]} (V)", fontsize=8)
+    cloud.set_zlabel(f"{data['inputs'][2]} (V)", fontsize=8)
+
+
+def sphere_figure(runs: Sequence[Any]) -> Figure:
+    """For each sphere run (and device): output current against the distance of each point
+    from the sphere's centre (red: inside, blue: outside; dots train, diamonds test; dashed:
+    the threshold, dotted: the radius), and the test points in input space coloured by the
+    current (red edge: inside), as in the HGE paper's Fig. 4b-c."""
+    panels = _panels(runs)
+    figure = Figure(figsize=(10, 3.8 * len(panels)))
+    for row, (run, device) in enumerate(panels):
+        radial = figure.add_subplot(len(panels), 2, 2 * row + 1)
+        cloud = figure.add_subplot(len(panels), 2, 2 * row + 2, projection="3d")
+        _draw_sphere(radial, cloud, run, device)
+    figure.tight_layout()
+    return figure
+
+
+def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
+    """Write the figures of ``runs`` as PNG files; returns their paths.
+
+    Gate runs give ``gates_outputs.png`` (output traces) and ``gates_loss.png``; sphere runs
+    give ``sphere_outputs.png`` (:func:`sphere_figure`) and ``sphere_loss.png``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for suffix, make in (("outputs", gates_figure), ("loss", loss_figure)):
-        figure = make(runs)
-        path = directory / f"{stem}_{suffix}.png"
-        figure.savefig(path, dpi=120)
-        paths.append(path)
+    groups = (
+        ("gates", [r for r in runs if not _is_sphere(r)], gates_figure),
+        ("sphere", [r for r in runs if _is_sphere(r)], sphere_figure),
+    )
+    for stem, group, outputs_figure in groups:
+        if not group:
+            continue
+        for suffix, make in (("outputs", outputs_figure), ("loss", loss_figure)):
+            path = directory / f"{stem}_{suffix}.png"
+            make(group).savefig(path, dpi=120)
+            paths.append(path)
     return paths

@@ -133,6 +133,33 @@ def test_sphere_test_split_is_classified_at_the_training_threshold(stored_RE, st
     assert outputs.size == task.targets("test").size == 10
 
 
+def test_sphere_figure_shows_the_points_the_device_was_given(stored_RE, storage, tmp_path):
+    from dnpu_bluesky.config import default_sim_profile
+    from dnpu_bluesky.figures import save_figures, sphere_outputs
+
+    dnpu = build_dnpu(default_sim_profile(seed=0, inputs=(1, 2, 4)))
+    task = SphereClassification(n_points=40, batch_size=8)
+    outcome = stored_RE(train(dnpu, task, max_iterations=2, max_attempts=1))
+    dnpu.backend.close()
+    run = load_run(storage.client, outcome.run_start_uids[0])
+    data = sphere_outputs(run)
+    assert data["inputs"] == ["e1", "e2", "e4"]
+    assert data["radius_v"] == pytest.approx(task.radius_v)
+    assert data["threshold_na"] == pytest.approx(outcome.plan_result.threshold_na)
+    for split in ("train", "test"):
+        np.testing.assert_allclose(data[split]["points_v"], task.input_voltages(split))
+        distance = np.linalg.norm(task.input_voltages(split) - task.center_v, axis=1)
+        np.testing.assert_allclose(data[split]["distance_v"], distance)
+        np.testing.assert_array_equal(data[split]["targets"], task.targets(split))
+        assert (data[split]["distance_v"] < task.radius_v).tolist() == (
+            data[split]["targets"] == 1
+        ).tolist()
+    assert data["test"]["accuracy"] == pytest.approx(outcome.plan_result.test_accuracy)
+    paths = save_figures([run], tmp_path)
+    assert [p.name for p in paths] == ["sphere_outputs.png", "sphere_loss.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
 def test_patience_ends_an_attempt_only_without_improvement(RE, dnpu):
     # While the loss keeps falling the attempt goes on past `patience` iterations ...
     going = RE(
