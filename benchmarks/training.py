@@ -182,32 +182,6 @@ class Ledger:
                 self.first_solved = (self.device_s, self.measurements)
 
 
-class BatchScoredTask:
-    """Wraps a task so that a minibatch's outputs are scored against that minibatch.
-
-    Works around a bug in ``train`` (see the report): with ``batch_size`` set, ``record_step``
-    scores the batch outputs against the whole training split and raises ``ValueError:
-    expected 90 outputs (one per case), got shape (16,)``. Everything else is delegated.
-    """
-
-    def __init__(self, task: SphereClassification) -> None:
-        self._task = task
-        self._last: np.ndarray | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._task, name)
-
-    def minibatch(self, rng: np.random.Generator) -> np.ndarray:
-        self._last = self._task.minibatch(rng)
-        return self._last
-
-    def evaluate(self, outputs_na: np.ndarray, split: str = "train", *, indices=None):
-        n_cases = self._task.targets(split).size
-        if indices is None and self._last is not None and np.size(outputs_na) != n_cases:
-            indices = self._last
-        return self._task.evaluate(outputs_na, split, indices=indices)
-
-
 def run_plan(
     RE: RunEngine, make_plan: Callable[[Any], Any], profile: SetupProfile, task: Any
 ) -> dict[str, Any]:
@@ -386,12 +360,11 @@ def sphere_task(setting: SphereSetting) -> SphereClassification:
 
 def sphere_run(RE: RunEngine, setting: SphereSetting, device_seed: int) -> dict[str, Any]:
     task = sphere_task(setting)
-    wrapped = BatchScoredTask(task)
 
     def plan(dnpu):
         return train(
             dnpu,
-            wrapped,
+            task,
             method="hge",
             lr=setting.lr,
             patience=setting.patience,
