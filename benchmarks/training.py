@@ -99,16 +99,20 @@ SPHERE_GRID: tuple[SphereSetting, ...] = (
     ),
 )
 
-#: HGE ablation on the gates: one training setting changed from the package defaults.
-ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
-    ("attempts of 60 it (patience=60)", {"patience": 60}, {}),
-    ("attempts of 120 it (patience=120)", {"patience": 120}, {}),
-    ("lr 0.02", {"lr": 0.02}, {}),
-    ("lr 0.1", {"lr": 0.1}, {}),
-    ("max_attempts 8", {"max_attempts": 8}, {}),
-    ("target_margin_na 1", {"target_margin_na": 1.0}, {}),
-    ("margin loss", {}, {"loss_name": "margin"}),
-    ("lr 0.1 + attempts of 60 it", {"lr": 0.1, "patience": 60}, {}),
+#: HGE ablation on the gates: one setting changed from the package defaults. Each entry:
+#: label, options of ``train``, options of ``BooleanGate``, input electrodes of the profile.
+ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any], tuple[int, int]], ...] = (
+    ("attempts of 60 it (patience=60)", {"patience": 60}, {}, (3, 4)),
+    ("attempts of 120 it (patience=120)", {"patience": 120}, {}, (3, 4)),
+    ("lr 0.02", {"lr": 0.02}, {}, (3, 4)),
+    ("lr 0.1", {"lr": 0.1}, {}, (3, 4)),
+    ("max_attempts 8", {"max_attempts": 8}, {}, (3, 4)),
+    ("target_margin_na 1", {"target_margin_na": 1.0}, {}, (3, 4)),
+    ("margin loss", {}, {"loss_name": "margin"}, (3, 4)),
+    ("lr 0.1 + attempts of 60 it", {"lr": 0.1, "patience": 60}, {}, (3, 4)),
+    ("input swing halved (-0.45/0.05 V)", {}, {"input_low_v": -0.45, "input_high_v": 0.05}, (3, 4)),
+    ("inputs e1,e2", {}, {}, (1, 2)),
+    ("inputs e0,e6 (next to the output)", {}, {}, (0, 6)),
 )
 
 
@@ -288,11 +292,11 @@ def print_margin_study(study: dict[str, Any]) -> None:
 
 def ablation_runs(RE: RunEngine, config: Config) -> list[dict[str, Any]]:
     rows = []
-    for label, train_options, task_options in ABLATIONS:
+    for label, train_options, task_options, inputs in ABLATIONS:
         for seed, gate in itertools.product(config.device_seeds, config.gates):
             task = BooleanGate(gate, **task_options)
             plan = gate_plan("hge", task, training_seed(seed, gate), config, **train_options)
-            row = run_plan(RE, plan, default_sim_profile(seed=seed), task)
+            row = run_plan(RE, plan, default_sim_profile(seed=seed, inputs=inputs), task)
             rows.append({"variant": label, "gate": gate, "device_seed": seed, **row})
         print(f"  ablation done: {label}", flush=True)
     return rows
@@ -689,7 +693,7 @@ def print_random_search(
 def print_ablation(rows: list[dict[str, Any]], main: list[dict[str, Any]]) -> list[dict]:
     print("\n== HGE ablation (one setting changed; same devices, gates and seeds) ==")
     variants = [("package defaults", [r for r in main if r["method"] == "hge"])]
-    for label, _, _ in ABLATIONS:
+    for label, *_ in ABLATIONS:
         variants.append((label, [r for r in rows if r["variant"] == label]))
     print(
         f"{'variant':36s} {'solved':>7s} {'dev s med':>9s} {'(solved)':>9s} {'dev s tot':>9s}"
