@@ -1,4 +1,4 @@
-"""The ``dnpu-bluesky`` command: demo, train, runs, report, check-profile."""
+"""The ``dnpu-bluesky`` command: demo, train, evaluate, runs, report, check-profile."""
 
 from __future__ import annotations
 
@@ -202,6 +202,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Plans whose runs end with an unperturbed evaluation of a task at their controls.
+_RESULT_PLANS = ("train", "train_genetic", "evaluate_controls")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .devices import build_dnpu
+    from .plans import evaluate_controls
+    from .results import trained_setting
+    from .session import make_run_engine
+    from .storage import load_run, open_storage
+    from .tasks import task_from_description
+
+    with open_storage(_storage_config(args)) as storage:
+        source = load_run(storage.client, args.uid)
+        start = source.metadata["start"]
+        if start["plan_name"] not in _RESULT_PLANS:
+            raise UsageError(f"run {start['uid'][:8]} is not a training run")
+        then = trained_setting(source)
+        task = task_from_description(then["task"])
+        args.task = "sphere" if task.name == "sphere" else "boolean"
+        (profile,) = _profiles(args)
+        dnpu = build_dnpu(profile)
+        try:
+            engine = make_run_engine(storage, interactive=False, returns_result=True)
+            plan = evaluate_controls(
+                dnpu,
+                task,
+                then["controls"],
+                threshold_na=then["threshold_na"] if args.fixed_threshold else None,
+                md={"source_run": start["uid"]},
+            )
+            outcome = engine(plan)
+        finally:
+            dnpu.backend.close()
+        (uid,) = outcome.run_start_uids
+        now = trained_setting(load_run(storage.client, uid))
+        held_out = then["test_accuracy"] is not None
+        test = f"{'test':>7}" if held_out else ""
+        print(f"{'':<5}{'run':<10}{'accuracy':>9}{test}{'margin nA':>11}{'threshold nA':>14}")
+        for label, setting, run_uid in (("then", then, start["uid"]), ("now", now, uid)):
+            test = f"{setting['test_accuracy']:>7.0%}" if held_out else ""
+            print(
+                f"{label:<5}{run_uid[:8]:<10}{setting['accuracy']:>9.0%}{test}"
+                f"{setting['margin_na']:>11.2f}{setting['threshold_na']:>14.2f}"
+            )
+        if args.figures:
+            _print_figures(_write_figures([load_run(storage.client, uid)], Path(args.figures)))
+    return 0 if now["solved"] or task.name == "sphere" else 1
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .storage import find_runs, open_storage
 
@@ -226,7 +276,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with open_storage(_storage_config(args)) as storage:
         runs = [load_run(storage.client, uid) for uid in args.uids]
         for run in runs:
-            if run.metadata["start"]["plan_name"] not in ("train", "train_genetic"):
+            if run.metadata["start"]["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
         _print_figures(_write_figures(runs, Path(args.out)))
     return 0
@@ -286,6 +336,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--json", help="write the results as JSON to this file")
     training_options(train)
     train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="measure a past run's task again at its trained controls"
+    )
+    evaluate.add_argument("uid", help="the training run (uid or unique prefix)")
+    evaluate.add_argument("--seed", type=int, default=0, help="virtual device seed")
+    evaluate.add_argument("--setup", action="append", help="setup profile YAML (one device)")
+    evaluate.add_argument("--model", help="brains-py surrogate file to simulate instead")
+    evaluate.add_argument(
+        "--fixed-threshold",
+        action="store_true",
+        help="classify at the threshold chosen in that run, not the best one now",
+    )
+    evaluate.add_argument("--figures", help="write the output figure to this directory")
+    storage_options(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate, devices=1)
 
     runs = commands.add_parser("runs", help="list past runs from Tiled")
     runs.add_argument("--plan", help="only runs of this plan_name")

@@ -10,15 +10,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-
-def _devices(run: Any) -> list[str]:
-    return list(run.metadata["start"]["detectors"])
-
-
-def _stream(run: Any, base: str, device: str) -> Any:
-    """A device's stream: runs training several devices name them ``<base>_<device>``."""
-    suffixes = run.metadata["start"].get("stream_suffixes", {})
-    return run[base + suffixes.get(device, "")]
+from .results import devices_of as _devices
+from .results import stream_of as _stream
 
 
 def _label(run: Any, device: str) -> str:
@@ -245,7 +238,8 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
     """Write the figures of ``runs`` as PNG files; returns their paths.
 
     Gate runs give ``gates_outputs.png`` (output traces) and ``gates_loss.png``; sphere runs
-    give ``sphere_outputs.png`` (:func:`sphere_figure`) and ``sphere_loss.png``.
+    give ``sphere_outputs.png`` (:func:`sphere_figure`) and ``sphere_loss.png``. Runs of
+    ``evaluate_controls`` have no loss curve.
     """
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -256,8 +250,13 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
     for stem, group, outputs_figure in groups:
         if not group:
             continue
-        for suffix, make in (("outputs", outputs_figure), ("loss", loss_figure)):
-            path = directory / f"{stem}_{suffix}.png"
-            make(group).savefig(path, dpi=120)
-            paths.append(path)
+        trained = [r for r in group if r.metadata["start"]["plan_name"] != "evaluate_controls"]
+        for suffix, make, drawn in (
+            ("outputs", outputs_figure, group),
+            ("loss", loss_figure, trained),
+        ):
+            if drawn:
+                path = directory / f"{stem}_{suffix}.png"
+                make(drawn).savefig(path, dpi=120)
+                paths.append(path)
     return paths

@@ -68,9 +68,22 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     assert drawn == ["gates_loss.png", "gates_outputs.png"]
     assert all((figures / name).stat().st_size > 10_000 for name in drawn)
 
+    # Measure the trained XOR again at its controls: a new run, pointing back at the first.
+    assert main(["evaluate", rows[0]["run_uid"][:8], "--fixed-threshold", *data]) == 0
+    then, now = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert then.split()[:3] == ["then", rows[0]["run_uid"][:8], "100%"]
+    assert now.split()[0] == "now" and now.split()[2] == "100%"
+    assert main(["runs", "--plan", "evaluate_controls", *data]) == 0
+    assert now.split()[1] in capsys.readouterr().out
+    # On another device the trained controls do not make an XOR: exit status 1.
+    assert main(["evaluate", rows[0]["run_uid"], "--seed", "1", *data]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].split()[0] == "now"
+
     assert main(["train", "--gates", "XAND", *data]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "unknown gate" in error[0]
+    assert main(["evaluate", "0000000000", *data]) == 2
+    assert "No run with uid" in capsys.readouterr().err
 
 
 def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server):

@@ -16,6 +16,7 @@ from dnpu_bluesky.tasks import (
     Task,
     corrsig_loss,
     make_task,
+    task_from_description,
 )
 
 TRUTH = {
@@ -96,21 +97,29 @@ def test_wrong_number_of_outputs_and_unknown_split_are_refused() -> None:
     "task",
     [
         BooleanGate("NAND", loss_name="mse", loss_params={"low_na": 0, "high_na": 50}),
+        BooleanGate("xnor", input_low_v=-0.5, input_high_v=0.1),
         SphereClassification(n_points=40, batch_size=10),
+        SphereClassification(seed=3, input_range_v=(-0.4, 0.1), radius_fraction=0.6),
     ],
 )
 def test_describe_is_json_serialisable_and_rebuilds_the_task(task: Task) -> None:
     description = json.loads(json.dumps(task.describe()))
     assert description["name"] == task.name
     assert description["n_inputs"] == task.n_inputs
-    rebuilt = make_task(
-        description["name"],
-        loss_name=description["loss"],
-        loss_params=description["loss_params"],
-        **({"n_points": 40, "batch_size": 10} if description["name"] == "sphere" else {}),
-    )
-    np.testing.assert_array_equal(rebuilt.input_voltages(), task.input_voltages())
-    np.testing.assert_array_equal(rebuilt.targets(), task.targets())
+    rebuilt = task_from_description(description)
+    assert rebuilt == task
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(rebuilt.input_voltages(split), task.input_voltages(split))
+        np.testing.assert_array_equal(rebuilt.targets(split), task.targets(split))
+
+
+def test_a_description_that_does_not_rebuild_exactly_is_refused() -> None:
+    description = json.loads(json.dumps(BooleanGate("XOR").describe()))
+    description["targets"] = [1, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"differs from its description in \['targets'\]"):
+        task_from_description(description)
+    with pytest.raises(ValueError, match="cannot rebuild a task of kind 'ring'"):
+        task_from_description({"task": "ring"})
 
 
 def test_sphere_labels_match_the_geometry_and_classes_are_balanced() -> None:

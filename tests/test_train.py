@@ -7,7 +7,8 @@ import pytest
 
 from dnpu_bluesky.callbacks import TrainingProgress
 from dnpu_bluesky.devices import build_dnpu
-from dnpu_bluesky.plans import train, train_boolean_gates, train_genetic
+from dnpu_bluesky.plans import evaluate_controls, train, train_boolean_gates, train_genetic
+from dnpu_bluesky.results import trained_setting
 from dnpu_bluesky.storage import load_run
 from dnpu_bluesky.tasks import BooleanGate, SphereClassification
 
@@ -44,6 +45,47 @@ def test_hge_training_solves_xor_and_records_every_step(stored_RE, storage, dnpu
     limits = dnpu.limits[dnpu.indices("control")]
     assert np.all((limits[:, 0] <= result.controls) & (np.array(result.controls) <= limits[:, 1]))
     assert np.all(dnpu.backend.dc_volts == 0)
+
+
+def test_a_trained_gate_is_measured_again_at_its_controls(stored_RE, storage, dnpu, documents):
+    trained = stored_RE(train(dnpu, BooleanGate("AND"), seed=1))
+    setting = trained_setting(load_run(storage.client, trained.run_start_uids[0]))
+    result = trained.plan_result
+    assert setting["controls"] == pytest.approx(result.controls)
+    assert setting["threshold_na"] == pytest.approx(result.threshold_na)
+    assert setting["margin_na"] == pytest.approx(result.margin_na) and setting["solved"]
+    assert setting["test_accuracy"] is None  # a gate has no held-out data
+
+    documents.clear()
+    plan = evaluate_controls(
+        dnpu,
+        BooleanGate("AND"),
+        setting["controls"],
+        threshold_na=setting["threshold_na"],
+        md={"source_run": trained.run_start_uids[0]},
+    )
+    again = stored_RE(plan)
+    now = again.plan_result
+    assert now.method == "evaluate" and now.iterations == 0 and now.measurements == 1
+    assert now.solved and now.threshold_na == setting["threshold_na"]
+    # The same controls on the same device: the margin differs by the noise only.
+    assert now.margin_na == pytest.approx(result.margin_na, abs=0.5)
+    run = load_run(storage.client, again.run_start_uids[0])
+    start = run.metadata["start"]
+    assert start["plan_name"] == "evaluate_controls" and start["gate"] == "AND"
+    assert start["source_run"] == trained.run_start_uids[0]
+    assert _streams(documents) == {"eval_raw", "evaluation"}
+    stored = run["evaluation"]["evaluation_controls"].read()[-1]
+    np.testing.assert_allclose(stored, setting["controls"])
+    assert np.all(dnpu.backend.dc_volts == 0)
+
+
+def test_evaluate_controls_refuses_bad_controls_before_any_voltage(RE, dnpu, documents):
+    with pytest.raises(ValueError, match="controls needs 5 values for dnpu"):
+        RE(evaluate_controls(dnpu, BooleanGate("OR"), [0.0, 0.1]))
+    with pytest.raises(ValueError, match=r"control dnpu_e2 = 0.9 V is outside its limits"):
+        RE(evaluate_controls(dnpu, BooleanGate("OR"), [0.0, 0.0, 0.9, 0.0, 0.0]))
+    assert documents == []
 
 
 @pytest.mark.parametrize("method, streams_per_step", [("fd", 10), ("spsa", 2)])
@@ -130,6 +172,7 @@ def test_sphere_test_split_is_classified_at_the_training_threshold(stored_RE, st
     honest = np.mean((outputs > threshold) == task.targets("test"))
     assert result.test_accuracy == pytest.approx(honest)
     assert tested["evaluation_accuracy"].read()[-1] == pytest.approx(honest)
+    assert trained_setting(run)["test_accuracy"] == pytest.approx(result.test_accuracy)
     assert outputs.size == task.targets("test").size == 10
 
 

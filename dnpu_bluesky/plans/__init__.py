@@ -5,13 +5,20 @@ from .genetic import train_genetic
 from .hge import calibrate_phase, hge_gradient, validate_gradients
 from .queue import train_gate, train_sphere
 from .stubs import configure_hge, measure_gradient, set_input_cases
-from .train import GRADIENT_METHODS, TrainResult, train, train_boolean_gates
+from .train import (
+    GRADIENT_METHODS,
+    TrainResult,
+    evaluate_controls,
+    train,
+    train_boolean_gates,
+)
 
 __all__ = [
     "GRADIENT_METHODS",
     "TrainResult",
     "calibrate_phase",
     "configure_hge",
+    "evaluate_controls",
     "hge_gradient",
     "iv_sweep",
     "measure_gradient",

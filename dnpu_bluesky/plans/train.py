@@ -226,13 +226,20 @@ class _Trainer:
         return outputs, score
 
     def finish(
-        self, point: np.ndarray, final: Any, *, attempt: int, iterations: int, attempts: int
+        self,
+        point: np.ndarray,
+        final: Any,
+        *,
+        attempt: int,
+        iterations: int,
+        attempts: int,
+        threshold_na: float | None = None,
     ) -> Plan:
         """The run's :class:`TrainResult`: ``point`` evaluated without tones (unless ``final``
-        already holds that evaluation), then, for tasks with held-out data, the test split
-        classified at the training split's threshold."""
+        already holds that evaluation; at ``threshold_na`` if given), then, for tasks with
+        held-out data, the test split classified at the training split's threshold."""
         if final is None:
-            _, final = yield from self.evaluate(point, attempt)
+            _, final = yield from self.evaluate(point, attempt, threshold_na=threshold_na)
         test_accuracy = None
         if hasattr(self.task, "minibatch"):  # tasks with held-out data
             _, test = yield from self.evaluate(point, attempt, "test", final.threshold_na)
@@ -349,6 +356,58 @@ def train(
     }
     results = yield from _run_side_by_side(bodies, metadata, [t.lockin for t in trainers])
     return results if several_given else results[0]
+
+
+def evaluate_controls(
+    dnpu: DNPU,
+    task: Task,
+    controls: Sequence[float],
+    *,
+    threshold_na: float | None = None,
+    md: dict | None = None,
+) -> Plan:
+    """Measure a task at fixed controls, without training: e.g. re-check today a gate trained
+    earlier (the controls of :func:`dnpu_bluesky.storage.trained_setting`) for drift.
+
+    One run with the streams of a training run's final evaluation: ``eval_raw`` and
+    ``evaluation`` on the training cases and, for tasks with held-out data, ``eval_test_raw``
+    and ``evaluation_test``, classified at the training cases' threshold. Bad controls are
+    refused before any voltage is applied.
+
+    Args:
+        dnpu: The device.
+        task: The task, whose inputs the device's input electrodes take.
+        controls: One voltage per control electrode, in the device's order, within its limits.
+        threshold_na: Classify the training cases at this threshold (e.g. the one chosen when
+            the controls were trained); None picks the best one for the outputs measured now.
+        md: Extra start-document metadata (e.g. ``{"source_run": uid}``).
+
+    Returns:
+        A :class:`TrainResult` with ``method="evaluate"`` and no iterations.
+    """
+    (trainer,) = _make_trainers([dnpu], task, "evaluate", 0, {}, lambda device: 0.0)
+    point = np.asarray(controls, dtype=float)
+    if point.shape != trainer.controls.shape:
+        raise ValueError(
+            f"controls needs {trainer.controls.size} values for {dnpu.name}, got {point.shape}"
+        )
+    limits = dnpu.limits[trainer.controls]
+    for index, value, (low, high) in zip(trainer.controls, point, limits, strict=True):
+        if not low <= value <= high:
+            raise ValueError(
+                f"control {dnpu.electrodes[index].name} = {value} V is outside its limits "
+                f"[{low}, {high}] V"
+            )
+    yield from _prepare([trainer], "off")
+    plan_args = {"dnpu": repr(dnpu.name), "task": task.name, "controls": point.tolist()}
+    if threshold_na is not None:
+        plan_args["threshold_na"] = float(threshold_na)
+    metadata = _run_metadata([trainer], "evaluate_controls", plan_args, md)
+    body = trainer.finish(
+        point, None, attempt=0, iterations=0, attempts=0, threshold_na=threshold_na
+    )
+    (result,) = yield from _run_side_by_side({trainer: body}, metadata, [])
+    return result
 
 
 def _make_trainers(

@@ -17,7 +17,7 @@ from dnpu_bluesky.tasks.losses import (
 )
 from dnpu_bluesky.tasks.metrics import TaskScore, accuracy_and_threshold, separation_margin
 from dnpu_bluesky.tasks.optimizers import Adam, GradientDescent, Optimizer, make_optimizer
-from dnpu_bluesky.tasks.registry import make_task
+from dnpu_bluesky.tasks.registry import make_task, task_from_description
 from dnpu_bluesky.tasks.sphere import SphereClassification
 
 __all__ = [
@@ -38,4 +38,5 @@ __all__ = [
     "mse_loss",
     "separation_margin",
     "sigmoid_classification_loss",
+    "task_from_description",
 ]

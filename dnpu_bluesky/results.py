@@ -1,0 +1,50 @@
+"""What a stored training run found, read back from Tiled: its devices, streams and setting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def devices_of(run: Any) -> list[str]:
+    """Names of the devices a run measured (several when trained side by side)."""
+    return list(run.metadata["start"]["detectors"])
+
+
+def stream_of(run: Any, base: str, device: str) -> Any:
+    """A device's stream: runs training several devices name them ``<base>_<device>``."""
+    suffixes = run.metadata["start"].get("stream_suffixes", {})
+    return run[base + suffixes.get(device, "")]
+
+
+def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
+    """The controls a run ended with and how they scored, from its last unperturbed evaluation.
+
+    Args:
+        run: A ``train``, ``train_genetic`` or ``evaluate_controls`` run as stored in Tiled.
+        device: Which device, for runs that trained several (default: the first).
+
+    Returns:
+        ``controls`` (volts, one per control electrode), ``threshold_na``, ``accuracy``,
+        ``margin_na`` and ``solved`` of that evaluation; ``test_accuracy`` for tasks with
+        held-out data (else None); and the run's ``task`` description (the start document's
+        ``task``), e.g. to rebuild it with :func:`dnpu_bluesky.tasks.task_from_description`.
+    """
+    name = device or devices_of(run)[0]
+    evaluation = stream_of(run, "evaluation", name)
+    last = {
+        key: evaluation[f"evaluation_{key}"].read()[-1]
+        for key in ("controls", "threshold_na", "accuracy", "margin_na", "solved")
+    }
+    test_accuracy = None
+    if "evaluation_test" + run.metadata["start"].get("stream_suffixes", {}).get(name, "") in run:
+        test = stream_of(run, "evaluation_test", name)
+        test_accuracy = float(test["evaluation_accuracy"].read()[-1])
+    return {
+        "controls": [float(v) for v in last["controls"]],
+        "threshold_na": float(last["threshold_na"]),
+        "accuracy": float(last["accuracy"]),
+        "margin_na": float(last["margin_na"]),
+        "solved": bool(last["solved"]),
+        "test_accuracy": test_accuracy,
+        "task": run.metadata["start"]["task"],
+    }
