@@ -335,7 +335,7 @@ def find_runs(
 
     Args:
         client: The runs container, e.g. ``storage.client``.
-        plan_name: Bluesky's ``plan_name`` (e.g. ``"train_boolean_gate"``).
+        plan_name: Bluesky's ``plan_name`` (e.g. ``"train"``, ``"hge_gradient"``).
         gate: The start document's ``gate`` key (e.g. ``"XOR"``).
         tag: One entry of the start document's ``tags`` list.
         since: Runs started at or after this time: a datetime (naive means local time), an
