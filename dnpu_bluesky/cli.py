@@ -219,7 +219,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         start = source.metadata["start"]
         if start["plan_name"] not in _RESULT_PLANS:
             raise UsageError(f"run {start['uid'][:8]} is not a training run")
-        then = trained_setting(source)
+        devices = start["detectors"]
+        if args.device is None and len(devices) > 1:
+            raise UsageError(f"run {start['uid'][:8]} trained {devices}: choose one with --device")
+        if args.device is not None and args.device not in devices:
+            raise UsageError(
+                f"--device: run {start['uid'][:8]} trained {devices}, not {args.device!r}"
+            )
+        then = trained_setting(source, args.device)
         task = task_from_description(then["task"])
         args.task = "sphere" if task.name == "sphere" else "boolean"
         (profile,) = _profiles(args)
@@ -341,6 +348,7 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="measure a past run's task again at its trained controls"
     )
     evaluate.add_argument("uid", help="the training run (uid or unique prefix)")
+    evaluate.add_argument("--device", help="which device of a run that trained several")
     evaluate.add_argument("--seed", type=int, default=0, help="virtual device seed")
     evaluate.add_argument("--setup", action="append", help="setup profile YAML (one device)")
     evaluate.add_argument("--model", help="brains-py surrogate file to simulate instead")

@@ -97,6 +97,15 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     assert all(row["accuracy"] == 1.0 for row in rows)
     table = capsys.readouterr().out
     assert "dnpu1" in table and "dnpu2" in table
+    # Re-measuring a side-by-side run names the device; dnpu2 was the virtual DNPU of seed 1.
+    uid = rows[0]["run_uid"]
+    assert main(["evaluate", uid, *data]) == 2
+    assert "choose one with --device" in capsys.readouterr().err
+    assert main(["evaluate", uid, "--device", "dnpu3", *data]) == 2
+    assert "not 'dnpu3'" in capsys.readouterr().err
+    assert main(["evaluate", uid, "--device", "dnpu2", "--seed", "1", *data]) == 0
+    then, now = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert then.split()[2] == now.split()[2] == "100%"
 
     assert main(["train", "--devices", "0", "--quiet", *data]) == 2
     assert "--devices must be at least 1" in capsys.readouterr().err
