@@ -12,8 +12,11 @@ def devices_of(run: Any) -> list[str]:
 
 def stream_of(run: Any, base: str, device: str) -> Any:
     """A device's stream: runs training several devices name them ``<base>_<device>``."""
-    suffixes = run.metadata["start"].get("stream_suffixes", {})
-    return run[base + suffixes.get(device, "")]
+    return run[_stream_name(run, base, device)]
+
+
+def _stream_name(run: Any, base: str, device: str) -> str:
+    return base + run.metadata["start"].get("stream_suffixes", {}).get(device, "")
 
 
 def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         for key in ("controls", "threshold_na", "accuracy", "margin_na", "solved")
     }
     test_accuracy = None
-    if "evaluation_test" + run.metadata["start"].get("stream_suffixes", {}).get(name, "") in run:
+    if _stream_name(run, "evaluation_test", name) in run:
         test = stream_of(run, "evaluation_test", name)
         test_accuracy = float(test["evaluation_accuracy"].read()[-1])
     return {

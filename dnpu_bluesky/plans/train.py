@@ -367,7 +367,7 @@ def evaluate_controls(
     md: dict | None = None,
 ) -> Plan:
     """Measure a task at fixed controls, without training: e.g. re-check today a gate trained
-    earlier (the controls of :func:`dnpu_bluesky.storage.trained_setting`) for drift.
+    earlier (the controls of :func:`dnpu_bluesky.results.trained_setting`) for drift.
 
     One run with the streams of a training run's final evaluation: ``eval_raw`` and
     ``evaluation`` on the training cases and, for tasks with held-out data, ``eval_test_raw``
