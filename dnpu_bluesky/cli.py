@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ def _profiles(args: argparse.Namespace) -> list[Any]:
     count = args.devices
     if count < 1:
         raise UsageError(f"--devices must be at least 1, got {count}")
+    if not args.setup and count == 1 and os.environ.get("DNPU_SETUP"):
+        args.setup = [os.environ["DNPU_SETUP"]]
     if args.setup:
         if count > 1:
             raise UsageError("--devices is for virtual DNPUs; give one --setup per device instead")
@@ -60,6 +63,14 @@ def _profiles(args: argparse.Namespace) -> list[Any]:
             for profile in profiles
         ]
     return profiles
+
+
+def _seed_from_env() -> int:
+    text = os.environ.get("DNPU_SEED", "0")
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"DNPU_SEED must be an integer, got {text!r}") from None
 
 
 def _gates(text: str) -> list[str]:
@@ -229,8 +240,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         then = trained_setting(source, args.device)
         task = task_from_description(then["task"])
         args.task = "sphere" if task.name == "sphere" else "boolean"
+        name = args.device or devices[0]
+        recorded = start["dnpu_backend"]
+        recorded = recorded[name] if len(devices) > 1 else recorded
+        if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
+            args.seed = _recorded_virtual_seed(recorded, start["uid"])
         (profile,) = _profiles(args)
         dnpu = build_dnpu(profile)
+        model = dnpu.backend.describe().get("model", {})
+        if model.get("parameter_hash") != recorded.get("model", {}).get("parameter_hash"):
+            print(
+                f"note: run {start['uid'][:8]} was measured on another device than this one",
+                file=sys.stderr,
+            )
         try:
             engine = make_run_engine(storage, interactive=False, returns_result=True)
             plan = evaluate_controls(
@@ -257,6 +279,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.figures:
             _print_figures(_write_figures([load_run(storage.client, uid)], Path(args.figures)))
     return 0 if now["solved"] or task.name == "sphere" else 1
+
+
+def _recorded_virtual_seed(backend: dict[str, Any], uid: str) -> int:
+    """The seed of the virtual DNPU a run was measured on; hardware runs need a setup."""
+    model = backend.get("model", {})
+    if backend.get("name") != "sim" or model.get("kind") != "VirtualDNPU":
+        raise UsageError(
+            f"run {uid[:8]} was measured on {backend.get('name', 'hardware')!r}: give the "
+            "device with --setup (or DNPU_SETUP), or --seed and --model for a simulation"
+        )
+    return int(model["seed"])
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -312,7 +345,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--tiled-uri", help="remote Tiled server (API key: DNPU_TILED_API_KEY)")
 
     def training_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--seed", type=int, default=0, help="device and training seed")
+        sub.add_argument(
+            "--seed", type=int, help="device and training seed (default: DNPU_SEED, else 0)"
+        )
         sub.add_argument(
             "--setup",
             action="append",
@@ -349,7 +384,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("uid", help="the training run (uid or unique prefix)")
     evaluate.add_argument("--device", help="which device of a run that trained several")
-    evaluate.add_argument("--seed", type=int, default=0, help="virtual device seed")
+    evaluate.add_argument(
+        "--seed", type=int, help="virtual device seed (default: the one the run used)"
+    )
     evaluate.add_argument("--setup", action="append", help="setup profile YAML (one device)")
     evaluate.add_argument("--model", help="brains-py surrogate file to simulate instead")
     evaluate.add_argument(
@@ -386,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        if hasattr(args, "seed"):
+            args.seed_given = args.seed is not None
+            if args.seed is None:
+                args.seed = _seed_from_env()
         return args.handler(args)
     except (UsageError, ProfileError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -114,6 +114,33 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     assert "one --setup per device" in capsys.readouterr().err
 
 
+def test_cli_takes_seed_and_setup_from_the_environment(tmp_path, capsys, tiled_server, monkeypatch):
+    data = ["--tiled-uri", tiled_server.uri]
+    out = tmp_path / "results.json"
+    monkeypatch.setenv("DNPU_SEED", "2")
+    assert main(["train", "--gates", "OR", "--json", str(out), "--quiet", *data]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["seed"] == 2
+    # Evaluated without --seed, the run is measured again on its own device (seed 2) ...
+    monkeypatch.delenv("DNPU_SEED")
+    assert main(["evaluate", row["run_uid"], *data]) == 0
+    assert "another device" not in capsys.readouterr().err
+    # ... and on another one only when asked, with a note saying so.
+    assert main(["evaluate", row["run_uid"], "--seed", "0", *data]) in (0, 1)
+    assert "was measured on another device" in capsys.readouterr().err
+
+    monkeypatch.setenv("DNPU_SEED", "two")
+    assert main(["train", "--quiet", *data]) == 2
+    assert "DNPU_SEED must be an integer" in capsys.readouterr().err
+    monkeypatch.delenv("DNPU_SEED")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
+        "max_v: 0.6", "max_v: 20.0", 1))  # fmt: skip
+    monkeypatch.setenv("DNPU_SETUP", str(bad))
+    assert main(["train", "--quiet", *data]) == 2
+    assert "max_v" in capsys.readouterr().err
+
+
 def test_cli_check_profile(tmp_path, capsys):
     good = REPO / "profiles" / "setups" / "sim.yaml"
     assert main(["check-profile", str(good)]) == 0
