@@ -107,7 +107,7 @@ def hge_gradient(
         {"dnpu": repr(dnpu.name), "mode": mode, "repeats": repeats, "estimator": estimator},
         md,
     )
-    metadata.setdefault("hints", {"dimensions": [(["time"], "primary")]})
+    metadata.setdefault("hints", {"dimensions": [(["time"], "hge")]})
 
     def inner() -> Plan:
         result: Demodulated | None = None
