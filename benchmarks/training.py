@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--margin-study",
         action="store_true",
-        help=f"only: HGE and GA asked for a {STRICT_MARGIN_NA:g} nA separation (~15-25 min)",
+        help=f"only: HGE and GA asked for a {STRICT_MARGIN_NA:g} nA separation (~3-5 min)",
     )
     parser.add_argument(
         "--plot",
