@@ -243,17 +243,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         name = args.device or devices[0]
         recorded = start["dnpu_backend"]
         recorded = recorded[name] if len(devices) > 1 else recorded
+        args.setup = [args.setup] if args.setup else None
         if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
             args.seed = _recorded_virtual_seed(recorded, start["uid"])
         (profile,) = _profiles(args)
         dnpu = build_dnpu(profile)
-        model = dnpu.backend.describe().get("model", {})
-        if model.get("parameter_hash") != recorded.get("model", {}).get("parameter_hash"):
-            print(
-                f"note: run {start['uid'][:8]} was measured on another device than this one",
-                file=sys.stderr,
-            )
         try:
+            model = dnpu.backend.describe().get("model", {})
+            if model.get("parameter_hash") != recorded.get("model", {}).get("parameter_hash"):
+                print(
+                    f"note: run {start['uid'][:8]} was measured on another device than this one",
+                    file=sys.stderr,
+                )
             engine = make_run_engine(storage, interactive=False, returns_result=True)
             plan = evaluate_controls(
                 dnpu,
@@ -387,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--seed", type=int, help="virtual device seed (default: the one the run used)"
     )
-    evaluate.add_argument("--setup", action="append", help="setup profile YAML (one device)")
+    evaluate.add_argument("--setup", help="setup profile YAML of the device to measure")
     evaluate.add_argument("--model", help="brains-py surrogate file to simulate instead")
     evaluate.add_argument(
         "--fixed-threshold",
