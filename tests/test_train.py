@@ -83,7 +83,9 @@ def test_a_trained_gate_is_measured_again_at_its_controls(stored_RE, storage, dn
 def test_evaluate_controls_refuses_bad_controls_before_any_voltage(RE, dnpu, documents):
     with pytest.raises(ValueError, match="controls needs 5 values for dnpu"):
         RE(evaluate_controls(dnpu, BooleanGate("OR"), [0.0, 0.1]))
-    with pytest.raises(ValueError, match=r"control dnpu_e2 = 0.9 V is outside its limits"):
+    with pytest.raises(
+        ValueError, match=r"dnpu_e2_setpoint: \+0.9000 V is outside the electrode limits"
+    ):
         RE(evaluate_controls(dnpu, BooleanGate("OR"), [0.0, 0.0, 0.9, 0.0, 0.0]))
     assert documents == []
 

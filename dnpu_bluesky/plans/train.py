@@ -391,13 +391,8 @@ def evaluate_controls(
         raise ValueError(
             f"controls needs {trainer.controls.size} values for {dnpu.name}, got {point.shape}"
         )
-    limits = dnpu.limits[trainer.controls]
-    for index, value, (low, high) in zip(trainer.controls, point, limits, strict=True):
-        if not low <= value <= high:
-            raise ValueError(
-                f"control {dnpu.electrodes[index].name} = {value} V is outside its limits "
-                f"[{low}, {high}] V"
-            )
+    for index, value in zip(trainer.controls, point, strict=True):
+        dnpu.electrodes[index].setpoint.check_value(value)  # LimitError, before the run opens
     yield from _prepare([trainer], "off")
     plan_args = {"dnpu": repr(dnpu.name), "task": task.name, "controls": point.tolist()}
     if threshold_na is not None:
