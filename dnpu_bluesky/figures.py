@@ -151,7 +151,6 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
     name = device or _devices(run)[0]
     task = run.metadata["start"]["task"]
     result: dict[str, Any] = {
-        "threshold_na": None,
         "radius_v": float(task["radius_v"]),
         "center_v": float(task["center_v"]),
     }
@@ -159,11 +158,6 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
         raw = _stream(run, f"eval{suffix}_raw", name)
         config = raw.metadata["configuration"][name]["data"]
         points = np.asarray(config[f"{name}_input_cases"], dtype=float)
-        result["inputs"] = [
-            key.removeprefix(f"{name}_").removesuffix("_role")
-            for key, role in config.items()
-            if key.endswith("_role") and role == "input"
-        ]
         evaluation = _stream(run, f"evaluation{suffix}", name)
         result[split] = {
             "points_v": points,
@@ -172,8 +166,13 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
             "targets": np.asarray(evaluation["evaluation_targets"].read()[-1]).astype(int),
             "accuracy": float(evaluation["evaluation_accuracy"].read()[-1]),
         }
-        if split == "train":
+        if split == "train":  # the test split is classified at this same threshold
             result["threshold_na"] = float(evaluation["evaluation_threshold_na"].read()[-1])
+            result["inputs"] = [
+                key.removeprefix(f"{name}_").removesuffix("_role")
+                for key, role in config.items()
+                if key.endswith("_role") and role == "input"
+            ]
     return result
 
 
