@@ -84,14 +84,22 @@ def _gates(text: str) -> list[str]:
 
 
 def train_and_store(
-    args: argparse.Namespace, tasks: Sequence[Any], method: str
+    args: argparse.Namespace,
+    tasks: Sequence[Any],
+    method: str,
+    storage: Any,
+    source: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Train each task in its own run, stored in Tiled; returns result rows and figure paths."""
+    """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
+
+    ``source`` (from :func:`_past_result`) continues a past run: its final controls are the
+    first start, and the new run records the old one as ``source_run``.
+    """
     from .callbacks import TrainingProgress
     from .devices import build_dnpu
     from .plans import train, train_genetic
     from .session import make_run_engine
-    from .storage import load_run, open_storage
+    from .storage import load_run
 
     profiles = _profiles(args)
     several = len(profiles) > 1
@@ -100,43 +108,46 @@ def train_and_store(
         for k, profile in enumerate(profiles)
     ]
     devices = dnpus if several else dnpus[0]
+    options: dict[str, Any] = {"max_iterations": args.max_iterations} if args.max_iterations else {}
+    if source is not None:
+        options.update(initial_controls=source["controls"], md={"source_run": source["uid"]})
     rows, runs = [], []
     try:
-        with open_storage(_storage_config(args)) as storage:
-            engine = make_run_engine(storage, interactive=False, returns_result=True)
-            if not args.quiet:
-                engine.subscribe(TrainingProgress())
-            for index, task in enumerate(tasks):
-                seed = args.seed + index
-                if method == "ga":
-                    plan = train_genetic(devices, task, seed=seed)
-                else:
-                    options = {"max_iterations": args.max_iterations} if args.max_iterations else {}
-                    plan = train(devices, task, method=method, seed=seed, **options)
-                started = time.perf_counter()
-                outcome = engine(plan)
-                wall = time.perf_counter() - started
-                results = outcome.plan_result if several else [outcome.plan_result]
-                (uid,) = outcome.run_start_uids
-                for result in results:
-                    row = {
-                        "task": "sphere" if task.name == "sphere" else "boolean",
-                        "gate": getattr(task, "gate", None),
-                        "method": method,
-                        "seed": seed,
-                        "accuracy": result.accuracy,
-                        "margin_nA": result.margin_na,
-                        "iterations": result.iterations,
-                        "device_s": result.device_s,
-                        "wall_s": wall,
-                        "run_uid": uid,
-                        "device": result.device,
-                    }
-                    if result.test_accuracy is not None:
-                        row["test_accuracy"] = result.test_accuracy
-                    rows.append(row)
-                runs.append(load_run(storage.client, uid))
-            figures = _write_figures(runs, Path(args.figures)) if args.figures else []
+        if source is not None:
+            _note_if_other_device(dnpus[0], source)
+        engine = make_run_engine(storage, interactive=False, returns_result=True)
+        if not args.quiet:
+            engine.subscribe(TrainingProgress())
+        for index, task in enumerate(tasks):
+            seed = args.seed + index
+            if method == "ga":
+                plan = train_genetic(devices, task, seed=seed)
+            else:
+                plan = train(devices, task, method=method, seed=seed, **options)
+            started = time.perf_counter()
+            outcome = engine(plan)
+            wall = time.perf_counter() - started
+            results = outcome.plan_result if several else [outcome.plan_result]
+            (uid,) = outcome.run_start_uids
+            for result in results:
+                row = {
+                    "task": "sphere" if task.name == "sphere" else "boolean",
+                    "gate": getattr(task, "gate", None),
+                    "method": method,
+                    "seed": seed,
+                    "accuracy": result.accuracy,
+                    "margin_nA": result.margin_na,
+                    "iterations": result.iterations,
+                    "device_s": result.device_s,
+                    "wall_s": wall,
+                    "run_uid": uid,
+                    "device": result.device,
+                }
+                if result.test_accuracy is not None:
+                    row["test_accuracy"] = result.test_accuracy
+                rows.append(row)
+            runs.append(load_run(storage.client, uid))
+        figures = _write_figures(runs, Path(args.figures)) if args.figures else []
     finally:
         for dnpu in dnpus:
             dnpu.backend.close()
@@ -177,13 +188,30 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .storage import open_storage
     from .tasks import SphereClassification, make_task
 
-    if args.task == "boolean":
-        tasks = [make_task(f"boolean:{gate}") for gate in _gates(args.gates)]
+    if args.source:
+        _check_continuation(args)
     else:
-        tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size)]
-    rows, figures = train_and_store(args, tasks, args.method)
+        args.task = args.task or "boolean"
+        if args.device is not None:
+            raise UsageError("--device chooses the device of a --from run")
+    with open_storage(_storage_config(args)) as storage:
+        source = None
+        if args.source:
+            source = _past_result(storage, args, args.source)
+            tasks = [source["task"]]
+            print(
+                f"Continuing run {source['uid'][:8]} ({_label(source['task'])}, accuracy "
+                f"{source['accuracy']:.0%}, margin {source['margin_na']:.2f} nA) from its "
+                "final controls."
+            )
+        elif args.task == "boolean":
+            tasks = [make_task(f"boolean:{gate}") for gate in _gates(args.gates or "XOR")]
+        else:
+            tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size)]
+        rows, figures = train_and_store(args, tasks, args.method, storage, source)
     print_table(rows)
     _print_figures(figures)
     if args.json:
@@ -193,6 +221,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .storage import open_storage
     from .tasks import GATES, BooleanGate
 
     args.figures = args.figures or str(DEFAULT_OUTPUT)
@@ -204,7 +233,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         where = f"the virtual DNPU (seed {args.seed})"
     print(f"Training all Boolean gates on {where} with HGE.")
-    rows, figures = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge")
+    with open_storage(_storage_config(args)) as storage:
+        rows, figures = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge", storage)
     print_table(rows)
     _print_figures(figures)
     solved = sum(row["accuracy"] == 1.0 for row in rows)
@@ -223,45 +253,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .results import trained_setting
     from .session import make_run_engine
     from .storage import load_run, open_storage
-    from .tasks import task_from_description
 
+    args.setup = [args.setup] if args.setup else None
     with open_storage(_storage_config(args)) as storage:
-        source = load_run(storage.client, args.uid)
-        start = source.metadata["start"]
-        if start["plan_name"] not in _RESULT_PLANS:
-            raise UsageError(f"run {start['uid'][:8]} is not a training run")
-        devices = start["detectors"]
-        if args.device is None and len(devices) > 1:
-            raise UsageError(f"run {start['uid'][:8]} trained {devices}: choose one with --device")
-        if args.device is not None and args.device not in devices:
-            raise UsageError(
-                f"--device: run {start['uid'][:8]} trained {devices}, not {args.device!r}"
-            )
-        then = trained_setting(source, args.device)
-        task = task_from_description(then["task"])
-        args.task = "sphere" if task.name == "sphere" else "boolean"
-        name = args.device or devices[0]
-        recorded = start["dnpu_backend"]
-        recorded = recorded[name] if len(devices) > 1 else recorded
-        args.setup = [args.setup] if args.setup else None
-        if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
-            args.seed = _recorded_virtual_seed(recorded, start["uid"])
+        then = _past_result(storage, args, args.uid)
+        task = then["task"]
         (profile,) = _profiles(args)
         dnpu = build_dnpu(profile)
         try:
-            model = dnpu.backend.describe().get("model", {})
-            if model.get("parameter_hash") != recorded.get("model", {}).get("parameter_hash"):
-                print(
-                    f"note: run {start['uid'][:8]} was measured on another device than this one",
-                    file=sys.stderr,
-                )
+            _note_if_other_device(dnpu, then)
             engine = make_run_engine(storage, interactive=False, returns_result=True)
             plan = evaluate_controls(
                 dnpu,
                 task,
                 then["controls"],
                 threshold_na=then["threshold_na"] if args.fixed_threshold else None,
-                md={"source_run": start["uid"]},
+                md={"source_run": then["uid"]},
             )
             outcome = engine(plan)
         finally:
@@ -271,7 +278,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         held_out = then["test_accuracy"] is not None
         test = f"{'test':>7}" if held_out else ""
         print(f"{'':<5}{'run':<10}{'accuracy':>9}{test}{'margin nA':>11}{'threshold nA':>14}")
-        for label, setting, run_uid in (("then", then, start["uid"]), ("now", now, uid)):
+        for label, setting, run_uid in (("then", then, then["uid"]), ("now", now, uid)):
             test = f"{setting['test_accuracy']:>7.0%}" if held_out else ""
             print(
                 f"{label:<5}{run_uid[:8]:<10}{setting['accuracy']:>9.0%}{test}"
@@ -279,7 +286,74 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         if args.figures:
             _print_figures(_write_figures([load_run(storage.client, uid)], Path(args.figures)))
-    return 0 if now["solved"] or task.name == "sphere" else 1
+    if now["solved"] or task.name == "sphere":
+        return 0
+    print(
+        f"{_label(task)} no longer separates; train again from these controls with "
+        f"`dnpu-bluesky train --from {then['uid'][:8]}`",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _past_result(storage: Any, args: argparse.Namespace, uid: str) -> dict[str, Any]:
+    """A past run's trained setting (:func:`~dnpu_bluesky.results.trained_setting`), with its
+    rebuilt ``task``, its ``uid`` and its device's ``backend`` description. Unless the command
+    names a device (``--setup``, ``--seed``, ``DNPU_SETUP``), it will measure on the run's own
+    virtual DNPU."""
+    from .results import trained_setting
+    from .storage import load_run
+    from .tasks import task_from_description
+
+    source = load_run(storage.client, uid)
+    start = source.metadata["start"]
+    if start["plan_name"] not in _RESULT_PLANS:
+        raise UsageError(f"run {start['uid'][:8]} is not a training run")
+    devices = start["detectors"]
+    if args.device is None and len(devices) > 1:
+        raise UsageError(f"run {start['uid'][:8]} trained {devices}: choose one with --device")
+    if args.device is not None and args.device not in devices:
+        raise UsageError(f"--device: run {start['uid'][:8]} trained {devices}, not {args.device!r}")
+    setting = trained_setting(source, args.device)
+    setting["task"] = task_from_description(setting["task"])
+    args.task = "sphere" if setting["task"].name == "sphere" else "boolean"
+    backend = start["dnpu_backend"]
+    setting["backend"] = backend[args.device or devices[0]] if len(devices) > 1 else backend
+    setting["uid"] = start["uid"]
+    if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
+        args.seed = _recorded_virtual_seed(setting["backend"], start["uid"])
+    return setting
+
+
+def _note_if_other_device(dnpu: Any, source: dict[str, Any]) -> None:
+    """Say on stderr when the device is not the one the past run measured."""
+    model = dnpu.backend.describe().get("model", {})
+    if model.get("parameter_hash") != source["backend"].get("model", {}).get("parameter_hash"):
+        print(
+            f"note: run {source['uid'][:8]} was measured on another device than this one",
+            file=sys.stderr,
+        )
+
+
+def _label(task: Any) -> str:
+    return getattr(task, "gate", None) or task.name
+
+
+def _check_continuation(args: argparse.Namespace) -> None:
+    """``train --from``: the past run fixes the task; one device; a gradient method."""
+    given = [
+        flag
+        for flag, value in (("--task", args.task), ("--gates", args.gates))
+        if value is not None
+    ]
+    if args.batch_size is not None:
+        given.append("--batch-size")
+    if given:
+        raise UsageError(f"--from continues that run's own task; drop {', '.join(given)}")
+    if args.method == "ga":
+        raise UsageError("--from needs a gradient method; the genetic algorithm starts afresh")
+    if args.devices > 1 or len(args.setup or []) > 1:
+        raise UsageError("--from continues one device's training; give one device")
 
 
 def _recorded_virtual_seed(backend: dict[str, Any], uid: str) -> int:
@@ -372,10 +446,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     train = commands.add_parser("train", help="train gates or sphere classification")
-    train.add_argument("--task", choices=("boolean", "sphere"), default="boolean")
-    train.add_argument("--gates", default="XOR", help="comma-separated, e.g. XOR,AND")
+    train.add_argument("--task", choices=("boolean", "sphere"), help="default: boolean")
+    train.add_argument("--gates", help="comma-separated, e.g. XOR,AND (default: XOR)")
     train.add_argument("--method", choices=METHODS, default="hge")
     train.add_argument("--batch-size", type=int, default=None, help="sphere: cases per step")
+    train.add_argument(
+        "--from",
+        dest="source",
+        metavar="UID",
+        help="continue a past run: its task, starting from its final controls",
+    )
+    train.add_argument("--device", help="with --from: which device of a run that trained several")
     train.add_argument("--json", help="write the results as JSON to this file")
     training_options(train)
     train.set_defaults(handler=_cmd_train)

@@ -86,6 +86,48 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     assert "No run with uid" in capsys.readouterr().err
 
 
+def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tiled_server):
+    from dnpu_bluesky.storage import load_run
+
+    data = ["--tiled-uri", tiled_server.uri]
+    out = tmp_path / "results.json"
+    # Three iterations are too few for XOR on device 2: the run ends unsolved.
+    args = ["train", "--gates", "XOR", "--seed", "2", "--max-iterations", "3", "--quiet"]
+    assert main([*args, "--json", str(out), *data]) == 1
+    (first,) = json.loads(out.read_text())["results"]
+    assert first["accuracy"] < 1.0
+    # evaluate's exit 1 points at the way on.
+    assert main(["evaluate", first["run_uid"], *data]) == 1
+    assert f"train --from {first['run_uid'][:8]}" in capsys.readouterr().err
+
+    assert (
+        main(["train", "--from", first["run_uid"][:8], "--quiet", "--json", str(out), *data]) == 0
+    )
+    (second,) = json.loads(out.read_text())["results"]
+    assert second["gate"] == "XOR" and second["accuracy"] == 1.0
+    captured = capsys.readouterr()
+    assert f"Continuing run {first['run_uid'][:8]} (XOR" in captured.out
+    assert "another device" not in captured.err  # the run's own device, seed 2
+    past = load_run(tiled_server.client, first["run_uid"])
+    ended = past["evaluation"]["evaluation_controls"].read()[-1]
+    continued = load_run(tiled_server.client, second["run_uid"])
+    start = continued.metadata["start"]
+    assert start["source_run"] == first["run_uid"]
+    assert start["plan_args"]["initial_controls"] == pytest.approx(list(ended))
+    # The first step is taken where the past run ended.
+    assert continued["train"]["train_controls"].read()[0] == pytest.approx(ended)
+
+    for extra, message in (
+        (["--gates", "AND"], "drop --gates"),
+        (["--method", "ga"], "the genetic algorithm starts afresh"),
+        (["--devices", "2"], "give one device"),
+    ):
+        assert main(["train", "--from", first["run_uid"], *extra, "--quiet", *data]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["train", "--device", "dnpu2", "--quiet", *data]) == 2
+    assert "--device chooses the device of a --from run" in capsys.readouterr().err
+
+
 def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server):
     data = ["--tiled-uri", tiled_server.uri]
     out = tmp_path / "results.json"

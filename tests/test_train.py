@@ -144,6 +144,12 @@ def test_bad_requests_fail_before_any_voltage(RE, dnpu):
         RE(train(dnpu, SphereClassification()))
     with pytest.raises(ValueError, match="initial_controls needs 5 values"):
         RE(train(dnpu, BooleanGate("XOR"), initial_controls=[0.0, 0.1]))
+    # A start outside an electrode's limits (a typo, a run from another setup) is refused,
+    # not clipped into range.
+    with pytest.raises(
+        ValueError, match=r"e2_setpoint: \+5.0000 V is outside the electrode limits"
+    ):
+        RE(train(dnpu, BooleanGate("XOR"), initial_controls=[0.0, 0.1, 5.0, 0.0, 0.0]))
     assert dnpu.total_device_seconds == 0.0
 
 

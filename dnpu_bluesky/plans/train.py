@@ -298,7 +298,9 @@ def train(
     same time; each device keeps its own loop (attempts, stopping) and its own streams, named
     with the device's name appended (``train_dnpu2``, ``hge_raw_dnpu2``, ...). The first device
     draws its random starts from ``seed``, device ``k`` from the seed sequence ``[seed, k]``;
-    ``initial_controls``, if given, is every device's first start.
+    ``initial_controls``, if given, is every device's first start (e.g. the controls of an
+    earlier run, to continue it): it is refused outside the electrode limits and otherwise
+    moved in from them by the perturbation's amplitude. It is recorded in the start document.
 
     Returns:
         A :class:`TrainResult`, or a list of them (in the order given) for a list of DNPUs.
@@ -318,12 +320,9 @@ def train(
 
     trainers = _make_trainers(dnpus, task, method, seed, settings, perturbation_margin)
     start = None if initial_controls is None else np.asarray(initial_controls, dtype=float)
-    for trainer in trainers:
-        if start is not None and start.shape != trainer.controls.shape:
-            raise ValueError(
-                f"initial_controls needs {trainer.controls.size} values for "
-                f"{trainer.dnpu.name}, got {start.shape}"
-            )
+    if start is not None:
+        for trainer in trainers:
+            _check_controls(trainer, start, "initial_controls")
     optimizers = [make_optimizer(optimizer, lr, trainer.bounds) for trainer in trainers]
     yield from _prepare(trainers, "parallel" if method == "hge" else "off")
     plan_args = {
@@ -338,6 +337,8 @@ def train(
         "target_margin_na": target_margin_na,
         "seed": seed,
     }
+    if start is not None:
+        plan_args["initial_controls"] = start.tolist()
     metadata = _run_metadata(trainers, "train", plan_args, md)
     metadata.update(
         optimizer=optimizers[0].describe(),
@@ -387,12 +388,7 @@ def evaluate_controls(
     """
     (trainer,) = _make_trainers([dnpu], task, "evaluate", 0, {}, lambda device: 0.0)
     point = np.asarray(controls, dtype=float)
-    if point.shape != trainer.controls.shape:
-        raise ValueError(
-            f"controls needs {trainer.controls.size} values for {dnpu.name}, got {point.shape}"
-        )
-    for index, value in zip(trainer.controls, point, strict=True):
-        dnpu.electrodes[index].setpoint.check_value(value)  # LimitError, before the run opens
+    _check_controls(trainer, point, "controls")
     yield from _prepare([trainer], "off")
     plan_args = {"dnpu": repr(dnpu.name), "task": task.name, "controls": point.tolist()}
     if threshold_na is not None:
@@ -403,6 +399,18 @@ def evaluate_controls(
     )
     (result,) = yield from _run_side_by_side({trainer: body}, metadata, [])
     return result
+
+
+def _check_controls(trainer: _Trainer, point: np.ndarray, name: str) -> None:
+    """Refuse, before the run opens, controls of the wrong number or outside the electrode
+    limits, with the electrode's own limit check (a ``LimitError``, which is a ValueError)."""
+    if point.shape != trainer.controls.shape:
+        raise ValueError(
+            f"{name} needs {trainer.controls.size} values for {trainer.dnpu.name}, "
+            f"got {point.shape}"
+        )
+    for index, value in zip(trainer.controls, point, strict=True):
+        trainer.dnpu.electrodes[index].setpoint.check_value(value)
 
 
 def _make_trainers(
