@@ -93,7 +93,9 @@ def train_and_store(
     """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
 
     ``source`` (from :func:`_past_result`) continues a past run: its final controls are the
-    first start, and the new run records the old one as ``source_run``.
+    first start, and the new run records the old one as ``source_run``. Its random restarts
+    draw from the past run's training seed plus one, so that they do not repeat the past
+    run's own starts.
     """
     from .callbacks import TrainingProgress
     from .devices import build_dnpu
@@ -119,7 +121,7 @@ def train_and_store(
         if not args.quiet:
             engine.subscribe(TrainingProgress())
         for index, task in enumerate(tasks):
-            seed = args.seed + index
+            seed = args.seed + index if source is None else source["training_seed"] + 1
             if method == "ga":
                 plan = train_genetic(devices, task, seed=seed)
             else:
@@ -205,7 +207,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(
                 f"Continuing run {source['uid'][:8]} ({_label(source['task'])}, accuracy "
                 f"{source['accuracy']:.0%}, margin {source['margin_na']:.2f} nA) from its "
-                "final controls."
+                f"final controls; restarts draw from seed {source['training_seed'] + 1}."
             )
         elif args.task == "boolean":
             tasks = [make_task(f"boolean:{gate}") for gate in _gates(args.gates or "XOR")]
@@ -320,6 +322,7 @@ def _past_result(storage: Any, args: argparse.Namespace, uid: str) -> dict[str, 
     backend = start["dnpu_backend"]
     setting["backend"] = backend[args.device or devices[0]] if len(devices) > 1 else backend
     setting["uid"] = start["uid"]
+    setting["training_seed"] = int(start.get("seed", 0))
     if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
         args.seed = _recorded_virtual_seed(setting["backend"], start["uid"])
     return setting

@@ -114,6 +114,8 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     start = continued.metadata["start"]
     assert start["source_run"] == first["run_uid"]
     assert start["plan_args"]["initial_controls"] == pytest.approx(list(ended))
+    # Its random restarts must not replay the past run's own starts.
+    assert start["seed"] == past.metadata["start"]["seed"] + 1 == second["seed"]
     # The first step is taken where the past run ended.
     assert continued["train"]["train_controls"].read()[0] == pytest.approx(ended)
 
