@@ -371,19 +371,30 @@ def _recorded_virtual_seed(backend: dict[str, Any], uid: str) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    from .results import final_scores
     from .storage import find_runs, open_storage
 
     with open_storage(_storage_config(args)) as storage:
         runs = find_runs(storage.client, plan_name=args.plan, gate=args.gate, limit=args.limit)
-        print(f"{'uid':<10}{'time':<21}{'plan':<20}{'gate/task':<11}{'status':<8}")
+        print(
+            f"{'uid':<10}{'time':<21}{'plan':<20}{'gate/task':<11}{'status':<9}"
+            f"{'accuracy':>8}{'margin nA':>11}"
+        )
         for run in runs:
             start = run.metadata["start"]
             stop = run.metadata.get("stop") or {}
             label = start.get("gate") or start.get("task", {}).get("name", "")
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start["time"]))
+            scores = final_scores(run) if start["plan_name"] in _RESULT_PLANS and stop else None
+            result = ""
+            if scores:  # several devices: the worst of them, and how many there were
+                accuracy = min(a for a, _ in scores.values())
+                margin = min(m for _, m in scores.values())
+                several = f"  ({len(scores)} devices)" if len(scores) > 1 else ""
+                result = f"{accuracy:>8.0%}{margin:>11.2f}{several}"
             print(
                 f"{start['uid'][:8]:<10}{when:<21}{start['plan_name']:<20}{label:<11}"
-                f"{stop.get('exit_status', 'open'):<8}"
+                f"{stop.get('exit_status', 'open'):<9}{result}"
             )
     return 0
 
@@ -483,7 +494,10 @@ def _parser() -> argparse.ArgumentParser:
     storage_options(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate, devices=1)
 
-    runs = commands.add_parser("runs", help="list past runs from Tiled")
+    runs = commands.add_parser(
+        "runs",
+        help="list past runs from Tiled, with the final accuracy and margin of training runs",
+    )
     runs.add_argument("--plan", help="only runs of this plan_name")
     runs.add_argument("--gate", help="only runs of this gate")
     runs.add_argument("--limit", type=int, default=20)

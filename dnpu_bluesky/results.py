@@ -33,11 +33,8 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         ``task``), e.g. to rebuild it with :func:`dnpu_bluesky.tasks.task_from_description`.
     """
     name = device or devices_of(run)[0]
-    evaluation = stream_of(run, "evaluation", name)
-    last = {
-        key: evaluation[f"evaluation_{key}"].read()[-1]
-        for key in ("controls", "threshold_na", "accuracy", "margin_na", "solved")
-    }
+    keys = ("controls", "threshold_na", "accuracy", "margin_na", "solved")
+    last = _last_evaluation(run, name, keys)
     test_accuracy = None
     if _stream_name(run, "evaluation_test", name) in run:
         test = stream_of(run, "evaluation_test", name)
@@ -51,3 +48,29 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         "test_accuracy": test_accuracy,
         "task": run.metadata["start"]["task"],
     }
+
+
+def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
+    """Accuracy and margin (nA) of a run's last unperturbed evaluation, per device.
+
+    Cheaper than :func:`trained_setting` (one small read per device), e.g. to list many runs.
+
+    Returns:
+        ``{device: (accuracy, margin_na)}``, or None for a run without an ``evaluation``
+        stream (not a training run, or one stopped before its final evaluation).
+    """
+    scores = {}
+    for name in devices_of(run):
+        if _stream_name(run, "evaluation", name) not in run:
+            return None
+        last = _last_evaluation(run, name, ("accuracy", "margin_na"))
+        scores[name] = (float(last["accuracy"]), float(last["margin_na"]))
+    return scores
+
+
+def _last_evaluation(run: Any, device: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The last event's values of ``evaluation_<key>`` in the device's evaluation stream, in
+    one read."""
+    fields = [f"evaluation_{key}" for key in keys]
+    table = stream_of(run, "evaluation", device).read(variables=fields)
+    return {key: table[field].values[-1] for key, field in zip(keys, fields, strict=True)}

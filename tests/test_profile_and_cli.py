@@ -59,8 +59,10 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     assert "XOR" in table and "NOR" in table
 
     assert main(["runs", *data]) == 0
-    listing = capsys.readouterr().out
-    assert rows[0]["run_uid"][:8] in listing and "train" in listing
+    listing = capsys.readouterr().out.splitlines()
+    for row in rows:  # each run with its final accuracy and margin
+        (line,) = [line for line in listing if line.startswith(row["run_uid"][:8])]
+        assert line.split()[4:] == [row["gate"], "success", "100%", f"{row['margin_nA']:.2f}"]
 
     figures = tmp_path / "figures"
     assert main(["report", rows[0]["run_uid"], "--out", str(figures), *data]) == 0
@@ -138,11 +140,15 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     rows = json.loads(out.read_text())["results"]
     assert [row["device"] for row in rows] == ["dnpu1", "dnpu2"]
     assert len({row["run_uid"] for row in rows}) == 1  # one run, both devices
+    uid = rows[0]["run_uid"]
     assert all(row["accuracy"] == 1.0 for row in rows)
     table = capsys.readouterr().out
     assert "dnpu1" in table and "dnpu2" in table
+    assert main(["runs", "--gate", "AND", *data]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(uid[:8])]
+    worst = min(row["margin_nA"] for row in rows)
+    assert line.split()[6:] == ["100%", f"{worst:.2f}", "(2", "devices)"]
     # Re-measuring a side-by-side run names the device; dnpu2 was the virtual DNPU of seed 1.
-    uid = rows[0]["run_uid"]
     assert main(["evaluate", uid, *data]) == 2
     assert "choose one with --device" in capsys.readouterr().err
     assert main(["evaluate", uid, "--device", "dnpu3", *data]) == 2

@@ -8,7 +8,7 @@ import pytest
 from dnpu_bluesky.callbacks import TrainingProgress
 from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.plans import evaluate_controls, train, train_boolean_gates, train_genetic
-from dnpu_bluesky.results import trained_setting
+from dnpu_bluesky.results import final_scores, trained_setting
 from dnpu_bluesky.storage import load_run
 from dnpu_bluesky.tasks import BooleanGate, SphereClassification
 
@@ -41,6 +41,7 @@ def test_hge_training_solves_xor_and_records_every_step(stored_RE, storage, dnpu
     final = run["evaluation"]["evaluation_outputs"].read()[-1]
     targets = np.array([0, 1, 1, 0])
     assert final[targets == 1].min() - final[targets == 0].max() == pytest.approx(result.margin_na)
+    assert final_scores(run) == {"dnpu": pytest.approx((1.0, result.margin_na))}
     # The controls end inside their limits and the electrodes rest at 0 V.
     limits = dnpu.limits[dnpu.indices("control")]
     assert np.all((limits[:, 0] <= result.controls) & (np.array(result.controls) <= limits[:, 1]))

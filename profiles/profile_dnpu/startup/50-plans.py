@@ -1,4 +1,4 @@
 # Plans: RE(hge_gradient(dnpu)), RE(train(dnpu, BooleanGate("XOR"))), ...
 from dnpu_bluesky.plans import *  # noqa: F403
-from dnpu_bluesky.results import trained_setting  # noqa: F401
+from dnpu_bluesky.results import final_scores, trained_setting  # noqa: F401
 from dnpu_bluesky.tasks import GATES, BooleanGate, SphereClassification  # noqa: F401
