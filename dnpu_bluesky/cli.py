@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -71,6 +72,30 @@ def _seed_from_env() -> int:
         return int(text)
     except ValueError:
         raise UsageError(f"DNPU_SEED must be an integer, got {text!r}") from None
+
+
+def _input_range(args: argparse.Namespace) -> tuple[float, float] | None:
+    """``--input-range LOW,HIGH`` as volts, or None for the tasks' defaults."""
+    text = getattr(args, "input_range", None)
+    if text is None:
+        return None
+    try:
+        low, high = (float(value) for value in text.split(","))
+    except ValueError:
+        raise UsageError(
+            f"--input-range takes LOW,HIGH in volts, e.g. --input-range=-0.5,0.3; got {text!r}"
+        ) from None
+    if not low < high:
+        raise UsageError(f"--input-range: LOW must be below HIGH, got {text!r}")
+    return low, high
+
+
+def _gate_tasks(gates: Sequence[str], args: argparse.Namespace) -> list[Any]:
+    from .tasks import BooleanGate
+
+    levels = _input_range(args)
+    options = {} if levels is None else {"input_low_v": levels[0], "input_high_v": levels[1]}
+    return [BooleanGate(gate=gate, **options) for gate in gates]
 
 
 def _gates(text: str) -> list[str]:
@@ -191,7 +216,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .storage import open_storage
-    from .tasks import SphereClassification, make_task
+    from .tasks import SphereClassification
 
     if args.source:
         _check_continuation(args)
@@ -210,9 +235,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"final controls; restarts draw from seed {source['training_seed'] + 1}."
             )
         elif args.task == "boolean":
-            tasks = [make_task(f"boolean:{gate}") for gate in _gates(args.gates or "XOR")]
+            tasks = _gate_tasks(_gates(args.gates or "XOR"), args)
         else:
-            tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size)]
+            levels = _input_range(args)
+            options = {} if levels is None else {"input_range_v": levels}
+            tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size, **options)]
         rows, figures = train_and_store(args, tasks, args.method, storage, source)
     print_table(rows)
     _print_figures(figures)
@@ -224,7 +251,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .storage import open_storage
-    from .tasks import GATES, BooleanGate
+    from .tasks import GATES
 
     args.figures = args.figures or str(DEFAULT_OUTPUT)
     if args.setup:
@@ -235,8 +262,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         where = f"the virtual DNPU (seed {args.seed})"
     print(f"Training all Boolean gates on {where} with HGE.")
+    tasks = _gate_tasks(GATES, args)
     with open_storage(_storage_config(args)) as storage:
-        rows, figures = train_and_store(args, [BooleanGate(gate=g) for g in GATES], "hge", storage)
+        rows, figures = train_and_store(args, tasks, "hge", storage)
     print_table(rows)
     _print_figures(figures)
     solved = sum(row["accuracy"] == 1.0 for row in rows)
@@ -346,11 +374,14 @@ def _check_continuation(args: argparse.Namespace) -> None:
     """``train --from``: the past run fixes the task; one device; a gradient method."""
     given = [
         flag
-        for flag, value in (("--task", args.task), ("--gates", args.gates))
+        for flag, value in (
+            ("--task", args.task),
+            ("--gates", args.gates),
+            ("--batch-size", args.batch_size),
+            ("--input-range", args.input_range),
+        )
         if value is not None
     ]
-    if args.batch_size is not None:
-        given.append("--batch-size")
     if given:
         raise UsageError(f"--from continues that run's own task; drop {', '.join(given)}")
     if args.method == "ga":
@@ -451,6 +482,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--model", help="brains-py surrogate file to simulate instead")
         sub.add_argument("--max-iterations", type=int, help="iterations per attempt")
+        sub.add_argument(
+            "--input-range",
+            metavar="LOW,HIGH",
+            help="input voltages: a gate's logical 0 and 1, the sphere's cube; write "
+            "--input-range=-0.5,0.3 (default: -0.7,0.3)",
+        )
         sub.add_argument("--figures", help="write figures to this directory")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         storage_options(sub)
@@ -521,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ProfileError
 
     args = _parser().parse_args(argv)
+    # The errors below are reported in one line; the RunEngine's own log of the same exception
+    # (a traceback through the plan) would bury it. Any other exception keeps its traceback.
+    logging.getLogger("bluesky").addHandler(logging.NullHandler())
     try:
         if hasattr(args, "seed"):
             args.seed_given = args.seed is not None

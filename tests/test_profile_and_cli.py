@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dnpu_bluesky.cli import main
+from dnpu_bluesky.storage import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "profile_dnpu"
@@ -89,8 +91,6 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
 
 
 def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tiled_server):
-    from dnpu_bluesky.storage import load_run
-
     data = ["--tiled-uri", tiled_server.uri]
     out = tmp_path / "results.json"
     # Three iterations are too few for XOR on device 2: the run ends unsolved.
@@ -189,6 +189,34 @@ def test_cli_takes_seed_and_setup_from_the_environment(tmp_path, capsys, tiled_s
     monkeypatch.setenv("DNPU_SETUP", str(bad))
     assert main(["train", "--quiet", *data]) == 2
     assert "max_v" in capsys.readouterr().err
+
+
+def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri, "--quiet"]
+    narrow = tmp_path / "narrow.yaml"  # inputs up to 0.2 V: the default logical 1 (0.3 V) is out
+    narrow.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
+        "max_v: 0.3", "max_v: 0.2"))  # fmt: skip
+    out = tmp_path / "results.json"
+    assert main(["train", "--gates", "OR", "--setup", str(narrow), "--json", str(out), *data]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()  # one line, no traceback
+    assert "+0.300 V on input dnpu_e3, outside its limits [-0.700, +0.200] V" in error
+    assert "--input-range" in error and not out.exists()
+    assert main(["runs", "--tiled-uri", tiled_server.uri]) == 0
+    assert "OR" not in capsys.readouterr().out  # refused before the run opened
+
+    args = ["train", "--gates", "OR", "--setup", str(narrow), "--input-range=-0.6,0.2"]
+    assert main([*args, "--json", str(out), *data]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    run = load_run(tiled_server.client, row["run_uid"])
+    assert run.metadata["start"]["task"]["input_high_v"] == 0.2
+    cases = np.asarray(
+        run["eval_raw"].metadata["configuration"]["dnpu"]["data"]["dnpu_input_cases"]
+    )
+    assert cases.min() == pytest.approx(-0.6) and cases.max() == pytest.approx(0.2)
+
+    for text, message in (("0.3,-0.7", "LOW must be below HIGH"), ("0.3", "takes LOW,HIGH")):
+        assert main(["train", f"--input-range={text}", *data]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_cli_check_profile(tmp_path, capsys):

@@ -143,6 +143,8 @@ def test_bad_requests_fail_before_any_voltage(RE, dnpu):
         RE(train(dnpu, BooleanGate("XOR"), method="newton"))
     with pytest.raises(ValueError, match="has 3 inputs"):
         RE(train(dnpu, SphereClassification()))
+    with pytest.raises(ValueError, match=r"puts -0.900 .. \+0.300 V on input dnpu_e3, outside"):
+        RE(train_genetic(dnpu, BooleanGate("XOR", input_low_v=-0.9)))
     with pytest.raises(ValueError, match="initial_controls needs 5 values"):
         RE(train(dnpu, BooleanGate("XOR"), initial_controls=[0.0, 0.1]))
     # A start outside an electrode's limits (a typo, a run from another setup) is refused,

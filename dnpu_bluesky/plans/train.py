@@ -488,6 +488,25 @@ def _check_devices(dnpus: list[DNPU], task: Task) -> None:
                 f"task {task.name!r} has {task.n_inputs} inputs but {device.name} has "
                 f"{device.indices('input').size} input electrodes"
             )
+        _check_input_levels(device, task)
+
+
+def _check_input_levels(device: DNPU, task: Task) -> None:
+    """Every voltage the task puts on an input electrode lies within that electrode's limits
+    (said in the task's terms here, rather than as a waveform sample later)."""
+    splits = ("train", "test") if hasattr(task, "minibatch") else ("train",)
+    cases = np.concatenate([task.input_voltages(split) for split in splits])
+    for column, index in enumerate(device.indices("input")):
+        low, high = device.limits[index]
+        values = cases[:, column]
+        if values.min() < low or values.max() > high:
+            electrode = device.electrodes[index].name
+            raise ValueError(
+                f"task {task.name!r} puts {values.min():+.3f} .. {values.max():+.3f} V on input "
+                f"{electrode}, outside its limits [{low:+.3f}, {high:+.3f}] V: give the task "
+                "input levels inside them (BooleanGate input_low_v/input_high_v, "
+                "SphereClassification input_range_v; CLI --input-range)"
+            )
 
 
 def _descend(
