@@ -219,6 +219,27 @@ def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server
         assert message in capsys.readouterr().err
 
 
+def test_cli_trains_for_a_margin(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri, "--quiet"]
+    out = tmp_path / "results.json"
+    for method in ("hge", "ga"):
+        args = ["train", "--gates", "AND", "--method", method, "--margin", "10"]
+        assert main([*args, "--json", str(out), *data]) == 0
+        (row,) = json.loads(out.read_text())["results"]
+        assert row["accuracy"] == 1.0 and row["margin_nA"] >= 10.0
+        start = load_run(tiled_server.client, row["run_uid"]).metadata["start"]
+        assert start["plan_args"]["target_margin_na"] == 10.0
+        assert start["task"]["loss_params"] == {"offset_na": 10.0}
+
+    for extra, message in (
+        (["--margin", "0"], "--margin must be positive"),
+        (["--task", "sphere", "--margin", "5"], "--margin is for gates"),
+        (["--max-iterations", "0"], "max_iterations must be at least 1"),
+    ):
+        assert main(["train", *extra, *data]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_cli_check_profile(tmp_path, capsys):
     good = REPO / "profiles" / "setups" / "sim.yaml"
     assert main(["check-profile", str(good)]) == 0
