@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
 import logging
 import os
+import queue
 import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -42,7 +45,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
+import httpx
 import msgpack
 import numpy as np
 import platformdirs
@@ -183,14 +188,24 @@ class Storage:
         else:
             self.uri = config.uri
             api_key = config.api_key
+            _check_reachable(self.uri, api_key)
         self._api_key = api_key
         try:
-            self._root = from_uri(self.uri, api_key=api_key)
+            self._root = _connect(self.uri, api_key)
         except BaseException:
             self._shutdown_server()
             raise
         try:
-            self._client = _runs_container(self._root, config.container)
+            try:
+                self._client = _runs_container(self._root, config.container)
+            except httpx.HTTPError as err:
+                raise StorageError(
+                    _redact(
+                        f"cannot open the runs container {config.container!r} in Tiled at "
+                        f"{self.uri}: {_reason(err)}",
+                        api_key,
+                    )
+                ) from None
             self._default_spool = config.spool_directory is None
             if config.writer == "direct":
                 self.config = config
@@ -315,6 +330,10 @@ def open_storage(config: StorageConfig | None = None) -> Storage:
         An open :class:`Storage`; close it when done.
 
     Raises:
+        StorageError: The remote server cannot be reached (connection refused, unknown host,
+            an invalid URI) or rejects the request (e.g. a wrong API key); the embedded
+            server's directory cannot be written, or its server fails to start. The message
+            names the URI without its ``api_key`` query parameter.
         ValueError: The configured container exists but is not a ``CatalogOfBlueskyRuns``.
     """
     return Storage(config)
@@ -336,7 +355,7 @@ def find_runs(
     Args:
         client: The runs container, e.g. ``storage.client``.
         plan_name: Bluesky's ``plan_name`` (e.g. ``"train"``, ``"hge_gradient"``).
-        gate: The start document's ``gate`` key (e.g. ``"XOR"``).
+        gate: The start document's ``gate`` key (e.g. ``"XOR"``; any case).
         tag: One entry of the start document's ``tags`` list.
         since: Runs started at or after this time: a datetime (naive means local time), an
             ISO 8601 string (``"2025-03-01"``, ``"2025-03-01T14:00"``) or epoch seconds.
@@ -352,7 +371,9 @@ def find_runs(
     for query in _queries(plan_name, gate, tag, since, until, scan_id):
         results = results.search(query)
     values = results.sort(("start.time", -1)).values()
-    runs = values.head(limit) if limit is not None else values
+    # Iterated page by page: ``head(limit)`` asks for one page of ``limit`` runs, and a Tiled
+    # server refuses pages above its maximum (300).
+    runs = itertools.islice(values, limit) if limit is not None else values
     return [_as_v3(run) for run in runs]
 
 
@@ -411,7 +432,11 @@ class _Writer:
 
 
 class StorageError(RuntimeError):
-    """Documents could not be written to Tiled (they stay in the spool and are retried)."""
+    """Tiled cannot be opened, or documents could not be written to it in time.
+
+    Raised by :func:`open_storage` when the server cannot be reached or started, and by
+    ``flush`` when documents are not in Tiled yet (they stay in the spool and are retried).
+    """
 
 
 class StorageWarning(UserWarning):
@@ -805,6 +830,7 @@ class _ServerProcess:
     """
 
     def __init__(self, directory: Path, api_key: str | None, timeout_s: float = 120.0) -> None:
+        _check_writable(directory)
         code = "from dnpu_bluesky.storage import _server_process; _server_process()"
         self._process = subprocess.Popen(
             [sys.executable, "-c", code, str(directory)],
@@ -815,18 +841,31 @@ class _ServerProcess:
         )
         self._process.stdin.write((api_key or "") + "\n")
         self._process.stdin.flush()
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(self._process.stdout.readline()))
+        # The child's first line: its URI, or "error: ..." when the server failed to start.
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: lines.put(self._process.stdout.readline()), daemon=True
+        )
         reader.start()
-        reader.join(timeout_s)
-        uri = lines[0].strip() if lines else ""
-        if not uri.startswith("http"):
-            self.close()
-            raise StorageError(
-                f"the embedded Tiled server in {directory} did not start within {timeout_s:g} s"
-                f" (see its error.log there){': ' + uri if uri else ''}"
+        try:
+            line: str | None = lines.get(timeout=timeout_s).strip()
+        except queue.Empty:
+            line = None
+        if line is not None and line.startswith("http"):
+            self.uri = line
+            return
+        self.close()
+        where = f"the embedded Tiled server in {directory}"
+        if line is None:
+            message = f"{where} did not start within {timeout_s:g} s (see its error.log there)"
+        elif line:
+            message = f"{where} failed to start: {line.removeprefix('error: ')}"
+        else:  # it ended without a word (its messages went to stderr)
+            message = (
+                f"{where} exited with status {self._process.returncode} before it started "
+                "(see the messages above)"
             )
-        self.uri = uri
+        raise StorageError(_redact(message, api_key))
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the server (it closes its storage) and wait for its process to end."""
@@ -853,8 +892,9 @@ def _server_process() -> None:
     try:
         server = SimpleTiledServer(Path(sys.argv[1]), api_key=api_key)
     except Exception as err:
-        print(f"error: {err!r}", flush=True)
-        raise
+        # One line for the parent's StorageError, no traceback on the session's terminal.
+        print("error:", " ".join(f"{type(err).__name__}: {err}".split()), flush=True)
+        raise SystemExit(1) from None
     try:
         print(server.uri, flush=True)
         sys.stdin.read()  # until the parent closes the pipe or ends
@@ -1244,6 +1284,98 @@ def _default_directory() -> Path:
     return platformdirs.user_data_path("dnpu-bluesky") / "tiled"
 
 
+def _check_writable(directory: Path) -> None:
+    """Create ``directory`` if missing and write a file in it, or raise a StorageError.
+
+    Done before starting the embedded server, whose own failure would be less clear.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".dnpu-write-test-"):
+            pass
+    except OSError as err:
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            reason = "it is a file, not a directory"
+        else:
+            reason = f"[Errno {err.errno}] {err.strerror}" if err.strerror else str(err)
+        message = f"cannot write the Tiled storage directory {directory}: {reason}"
+        raise StorageError(message) from None
+
+
+# How long the reachability probe waits for a TCP connection before leaving the question to
+# the tiled client (which retries): a refused connection or an unknown host answers at once.
+_PROBE_TIMEOUT_S = 5.0
+
+_API_KEY_PARAMETER = re.compile(r"([?&])api_key=[^&#\s'\"]*(&?)")
+
+
+def _redact(text: str, api_key: str | None = None) -> str:
+    """``text`` without ``api_key`` query parameters in URIs, nor the key itself."""
+    text = _API_KEY_PARAMETER.sub(lambda m: m.group(1) if m.group(2) else "", text)
+    if api_key and len(api_key) >= 4:
+        text = text.replace(api_key, "***")
+    return text
+
+
+def _reason(err: BaseException) -> str:
+    """A short reason: "connection refused" for ``[Errno 111] Connection refused``."""
+    text = " ".join(str(err).split())
+    match = re.fullmatch(r"\[Errno -?\d+\] (.+)", text)
+    if match:
+        return match.group(1)[:1].lower() + match.group(1)[1:]
+    return text or type(err).__name__
+
+
+def _check_reachable(uri: str, api_key: str | None) -> None:
+    """Raise a StorageError at once for an invalid URI, an unknown host or a refused connection.
+
+    Only a TCP connection is tried (not an HTTP request), so a server that is slow to answer
+    is not refused; when the connection times out, or a proxy is configured for the URI, the
+    tiled client (with its retries) decides.
+    """
+    shown = _redact(uri, api_key)
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StorageError(
+            f"invalid Tiled URI {shown!r}: expected http://HOST[:PORT][/PATH] or https://..."
+        )
+    proxies = getproxies()
+    if (proxies.get(parts.scheme) or proxies.get("all")) and not proxy_bypass(parts.hostname):
+        return
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S):
+            pass
+    except socket.gaierror as err:
+        if err.errno == socket.EAI_AGAIN:  # the resolver may recover: let the client retry
+            return
+        message = f"cannot reach Tiled at {shown}: unknown host {parts.hostname!r}"
+        raise StorageError(message) from None
+    except TimeoutError:
+        return
+    except OSError as err:
+        raise StorageError(f"cannot reach Tiled at {shown}: {_reason(err)}") from None
+
+
+def _connect(uri: str, api_key: str | None) -> Container:
+    """``from_uri`` with its failures as StorageErrors that show no API key."""
+    try:
+        return from_uri(uri, api_key=api_key)
+    except httpx.HTTPStatusError as err:
+        message = f"Tiled at {uri} rejected the request: {_reason(err)}"
+    except httpx.HTTPError as err:
+        message = f"cannot reach Tiled at {uri}: {_reason(err)}"
+    except RuntimeError as err:
+        if "requires API key" not in str(err):
+            raise
+        message = f"Tiled at {uri} requires an API key (StorageConfig.api_key)"
+    raise StorageError(_redact(message, api_key)) from None
+
+
 def _runs_container(root: Container, path: str) -> CatalogOfBlueskyRuns:
     path = path.strip("/")
     try:
@@ -1274,7 +1406,7 @@ def _queries(
     if plan_name is not None:
         queries.append(Eq("start.plan_name", plan_name))
     if gate is not None:
-        queries.append(Eq("start.gate", gate))
+        queries.append(Eq("start.gate", gate.upper()))  # stored upper-case, as BooleanGate has it
     if tag is not None:
         queries.append(Contains("start.tags", tag))
     if since is not None:

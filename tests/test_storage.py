@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +25,7 @@ from tiled.client import from_uri
 
 from dnpu_bluesky.storage import (
     StorageConfig,
+    StorageError,
     find_runs,
     load_run,
     open_storage,
@@ -116,10 +120,12 @@ def test_find_runs_filters_and_orders_newest_first(stored_RE, storage, documents
     assert uids() == [third, second, first]
     assert uids(plan_name="count") == [second, first]
     assert uids(gate="XOR") == [third, first]
+    assert uids(gate="xor") == [third, first]  # gates are stored upper-case; any case finds them
     assert uids(tag="b") == [third, second]
     assert uids(gate="XOR", tag="b") == [third]
     assert uids(gate="NAND") == []
     assert uids(limit=2) == [third, second]
+    assert uids(limit=1000) == [third, second, first]  # above Tiled's largest page (300)
 
     t_second = _start_time(documents, second)
     assert uids(since=t_second) == [third, second]  # inclusive
@@ -346,3 +352,174 @@ def test_RE_fixture_fails_a_test_that_emitted_an_invalid_document(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*Invalid Bluesky documents*", "*event u: *required property*"])
+
+
+# Failures to open the storage: one StorageError with a clear message, fast, no API key.
+
+
+def _free_port() -> int:
+    """A loopback port that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("key_in", ["uri", "config"])
+def test_unreachable_server_is_a_quick_storage_error_without_the_api_key(key_in):
+    port = _free_port()
+    secret = "TopSecretKey123"
+    if key_in == "uri":
+        config = StorageConfig(uri=f"http://127.0.0.1:{port}/api/v1?api_key={secret}&x=1")
+        shown = f"http://127.0.0.1:{port}/api/v1?x=1"
+    else:
+        config = StorageConfig(uri=f"http://127.0.0.1:{port}", api_key=secret)
+        shown = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        open_storage(config)
+    assert time.monotonic() - started < 2  # no retries for a refused connection
+    assert str(caught.value) == f"cannot reach Tiled at {shown}: connection refused"
+    assert secret not in str(caught.value) and "api_key" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "uri", ["not-a-url", "htp://host:8000", "http://", "http://host:port", "ftp://host/x"]
+)
+def test_an_invalid_uri_is_a_storage_error_naming_it(uri):
+    with pytest.raises(StorageError) as caught:
+        open_storage(StorageConfig(uri=uri))
+    assert str(caught.value) == (
+        f"invalid Tiled URI {uri!r}: expected http://HOST[:PORT][/PATH] or https://..."
+    )
+
+
+def test_an_invalid_uri_with_an_api_key_does_not_show_the_key():
+    with pytest.raises(StorageError) as caught:
+        open_storage(StorageConfig(uri="htp://host?api_key=TopSecretKey123"))
+    assert str(caught.value).startswith("invalid Tiled URI 'htp://host':")
+
+
+def test_an_unknown_host_is_a_quick_storage_error():
+    host = "no-such-host.invalid"
+    try:
+        socket.getaddrinfo(host, 8000)
+    except socket.gaierror as err:
+        if err.errno == socket.EAI_AGAIN:
+            pytest.skip("no name resolution here (the client would retry)")
+    else:
+        pytest.skip(f"{host} resolves here")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        open_storage(StorageConfig(uri=f"http://{host}:8000", api_key="TopSecretKey123"))
+    assert time.monotonic() - started < 5
+    assert str(caught.value) == (f"cannot reach Tiled at http://{host}:8000: unknown host '{host}'")
+
+
+def test_a_wrong_api_key_is_a_storage_error_without_the_key(tiled_server):
+    parts = urlsplit(tiled_server.uri)
+    base = f"{parts.scheme}://{parts.netloc}"
+    real_key = parse_qs(parts.query)["api_key"][0]
+    for config in (
+        StorageConfig(uri=f"{base}/api/v1?api_key=WrongKey123", writer="direct"),
+        StorageConfig(uri=base, api_key="WrongKey123", writer="direct"),
+    ):
+        with pytest.raises(StorageError, match="Invalid API key") as caught:
+            open_storage(config)
+        message = str(caught.value)
+        assert message.startswith(f"Tiled at {base}")
+        assert "WrongKey123" not in message and real_key not in message
+        assert "api_key" not in message
+    with pytest.raises(StorageError, match="requires an API key"):
+        open_storage(StorageConfig(uri=base, writer="direct"))
+
+
+class _SlowRelay:
+    """A TCP relay to ``target`` that waits ``delay_s`` before serving each connection: a
+    server that accepts connections at once but is slow to answer."""
+
+    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+        self.target, self.delay_s = target, delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        time.sleep(self.delay_s)
+        upstream = socket.create_connection(self.target)
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_server_slow_to_answer_still_opens(tiled_server):
+    parts = urlsplit(tiled_server.uri)
+    key = parse_qs(parts.query)["api_key"][0]
+    relay = _SlowRelay((parts.hostname, parts.port), delay_s=1.0)
+    try:
+        config = StorageConfig(
+            uri=f"http://127.0.0.1:{relay.port}",
+            api_key=key,
+            container=f"slow_{uuid.uuid4().hex}",
+            writer="direct",
+        )
+        with open_storage(config) as slow:
+            assert slow.client.specs[0].name == "CatalogOfBlueskyRuns"
+        assert relay.connections >= 1
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("case", ["below_a_file", "a_file", "proc"])
+def test_an_unwritable_directory_is_refused_before_the_server_starts(tmp_path, case):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    directory, reason = {
+        "below_a_file": (afile / "tiled", "[Errno 20] Not a directory"),
+        "a_file": (afile, "it is a file, not a directory"),
+        "proc": (Path("/proc/dnpu-bluesky-test/tiled"), "[Errno 2] No such file or directory"),
+    }[case]
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        open_storage(StorageConfig(directory=directory, api_key="EmbeddedKey123"))
+    assert time.monotonic() - started < 1  # no server process was started
+    assert str(caught.value) == f"cannot write the Tiled storage directory {directory}: {reason}"
+
+
+def test_an_embedded_server_that_fails_says_why_not_timeout(tmp_path):
+    directory = tmp_path / "tiled"
+    directory.mkdir()
+    (directory / "data").write_text("where the server wants its array directory")
+    with pytest.raises(StorageError) as caught:
+        open_storage(StorageConfig(directory=directory, api_key="EmbeddedKey123"))
+    message = str(caught.value)
+    assert message.startswith(
+        f"the embedded Tiled server in {directory} failed to start: FileExistsError: "
+    )
+    assert str(directory / "data") in message
+    assert "within" not in message and "EmbeddedKey123" not in message
