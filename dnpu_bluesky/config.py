@@ -5,7 +5,10 @@ output channel, the current amplifier, the sample clock and the trigger routing.
 device needs to stay safe comes from here, so a profile is checked completely before any
 device is built from it: unknown keys, duplicate keys, limits that do not contain 0 V or leave
 the DAQ's range, and a readout that would alias are all refused with one line per problem
-naming the field.
+naming the field. :func:`load_profile` also makes every check that building a DNPU from the
+profile makes without hardware (:func:`dnpu_problems`: seven electrodes, an input, room for
+the default tones), so a profile it accepts builds; only the channel names and trigger terminal
+wait for the hardware.
 
 Decision on aliasing: the amplifier bandwidth must not exceed the AI Nyquist frequency
 (``readout_oversampling * sample_rate / 2``). This is an error, not a warning: the amplifier is
@@ -20,12 +23,15 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+if TYPE_CHECKING:
+    from .hge.frequencies import FrequencyPlan
 
 __all__ = [
     "DAQ_LIMIT_V",
@@ -37,16 +43,35 @@ __all__ = [
     "SimConfig",
     "TriggerConfig",
     "default_sim_profile",
+    "dnpu_problems",
     "load_profile",
 ]
 
 #: Output range of the DAQ's analog outputs, volts; no electrode limit may lie beyond it.
 DAQ_LIMIT_V = 10.0
+#: Voltage electrodes of a DNPU; a profile lists exactly this many.
+N_ELECTRODES = 7
+
+# The tones a freshly built DNPU puts on its controls (see :func:`default_tone_plan`); the
+# device's own defaults (``dnpu_bluesky.devices.dnpu``) are these same numbers.
+#: Default analysis window, seconds.
+DEFAULT_WINDOW_S = 0.1
+#: Lowest default tone: above the 1/f corner of a typical setup, so tones see white noise.
+DEFAULT_MIN_FREQUENCY_HZ = 150.0
+#: Default tone amplitude on each control electrode, volts (METHOD.md: 5 to 30 mV).
+DEFAULT_AMPLITUDE_V = 0.02
+#: Highest intermodulation order the default tones are kept clear of.
+DEFAULT_TONE_ORDER = 3
+#: Share of the slew limit a tone may use (a sine of amplitude a at f slews 2 pi f a).
+TONE_SLEW_SHARE = 0.9
 
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _Volts = Annotated[float, Field(allow_inf_nan=False)]
 _Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _Channel = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+# Error type of a model validator's problems, one ``field: message`` line each, reported under
+# the model's own path (``electrodes.2`` + ``max_v: ...``).
+_FIELD_LINES = "field_lines"
 
 
 class ProfileError(ValueError):
@@ -81,26 +106,38 @@ class ElectrodeConfig(_Model):
     min_v: _Volts
     max_v: _Volts
 
-    @field_validator("min_v")
-    @classmethod
-    def _check_min(cls, value: float) -> float:
-        if value < -DAQ_LIMIT_V:
-            raise ValueError(f"must be within the DAQ range of -{DAQ_LIMIT_V:g} V, got {value:g}")
-        if value >= 0:
-            raise ValueError(f"must be below 0 V so that 0 V is a safe state, got {value:g}")
-        return value
-
-    @field_validator("max_v")
-    @classmethod
-    def _check_max(cls, value: float, info: Any) -> float:
-        min_v = info.data.get("min_v")
-        if min_v is not None and value <= min_v:
-            raise ValueError(f"must be greater than min_v (max_v {value:g} <= min_v {min_v:g})")
-        if value > DAQ_LIMIT_V:
-            raise ValueError(f"must be within the DAQ range of +{DAQ_LIMIT_V:g} V, got {value:g}")
-        if value <= 0:
-            raise ValueError(f"must be above 0 V so that 0 V is a safe state, got {value:g}")
-        return value
+    @model_validator(mode="after")
+    def _check_limits(self) -> ElectrodeConfig:
+        # One place for every rule on the limits, in the order a user should fix them: limits
+        # the wrong way round first (the 0 V rules would only repeat that), then the DAQ's
+        # range and 0 V as a safe state.
+        low, high = self.min_v, self.max_v
+        problems: list[str] = []
+        if low >= high:
+            swapped = "; min_v and max_v look swapped" if high < 0 < low else ""
+            problems.append(
+                f"max_v: must be greater than min_v (max_v {high:g} <= min_v {low:g}){swapped}"
+            )
+        else:
+            if low < -DAQ_LIMIT_V:
+                problems.append(
+                    f"min_v: must be within the DAQ range of -{DAQ_LIMIT_V:g} V, got {low:g}"
+                )
+            elif low >= 0:
+                problems.append(
+                    f"min_v: must be below 0 V so that 0 V is a safe state, got {low:g}"
+                )
+            if high > DAQ_LIMIT_V:
+                problems.append(
+                    f"max_v: must be within the DAQ range of +{DAQ_LIMIT_V:g} V, got {high:g}"
+                )
+            elif high <= 0:
+                problems.append(
+                    f"max_v: must be above 0 V so that 0 V is a safe state, got {high:g}"
+                )
+        if problems:
+            raise PydanticCustomError(_FIELD_LINES, "{lines}", {"lines": "\n".join(problems)})
+        return self
 
 
 class OutputConfig(_Model):
@@ -250,6 +287,121 @@ class SetupProfile(_Model):
         return self.model_dump(mode="json")
 
 
+def slew_limited_frequency_hz(max_slew_v_per_s: float, amplitude_v: float) -> float:
+    """The fastest tone of amplitude ``amplitude_v`` that keeps within the slew limit's share."""
+    return TONE_SLEW_SHARE * max_slew_v_per_s / (2 * math.pi * amplitude_v)
+
+
+def default_tone_plan(profile: SetupProfile) -> FrequencyPlan:
+    """The tones :func:`~dnpu_bluesky.devices.build_dnpu` puts on the profile's controls.
+
+    One tone of :data:`DEFAULT_AMPLITUDE_V` per control electrode, in a
+    :data:`DEFAULT_WINDOW_S` window, from :data:`DEFAULT_MIN_FREQUENCY_HZ` up to the lowest of
+    the amplifier bandwidth, the slew limit's fastest tone and 0.4 x ``sample_rate``.
+
+    Raises:
+        dnpu_bluesky.hge.FrequencyPlanError: one line per profile field that keeps the tones
+            from fitting (``amplifier.bandwidth_hz``, ``max_slew_v_per_s`` or ``sample_rate``),
+            saying which value would do.
+    """
+    # Imported here: check-profile stays fast when nothing needs the signal core.
+    from .hge.frequencies import FrequencyPlanError, plan_frequencies
+
+    n_controls = len(profile.indices("control"))
+    slew_hz = slew_limited_frequency_hz(profile.max_slew_v_per_s, DEFAULT_AMPLITUDE_V)
+    bandwidth_hz = profile.amplifier.bandwidth_hz
+
+    def plan(band_hz: float | None) -> FrequencyPlan:
+        return plan_frequencies(
+            n_controls,
+            DEFAULT_WINDOW_S,
+            profile.sample_rate,
+            band_hz=band_hz,
+            order=DEFAULT_TONE_ORDER,
+            min_frequency_hz=DEFAULT_MIN_FREQUENCY_HZ,
+        )
+
+    try:
+        return plan(min(bandwidth_hz, slew_hz))
+    except FrequencyPlanError:
+        pass
+    # The tones are chosen lowest first, so a band that is too narrow only cuts the plan the
+    # sample rate alone allows: its highest tone is what the other limits must reach.
+    tones = f"the perturbation tones of the {n_controls} controls"
+    try:
+        top_hz = max(plan(None).frequencies)
+    except FrequencyPlanError as exc:
+        raise FrequencyPlanError(
+            f"sample_rate: {profile.sample_rate:g} S/s cannot carry {tones}: {exc}"
+        ) from None
+    need = f"{tones} need up to {top_hz:g} Hz (from {DEFAULT_MIN_FREQUENCY_HZ:g} Hz up)"
+    problems = []
+    if bandwidth_hz < top_hz:
+        problems.append(
+            f"amplifier.bandwidth_hz: {bandwidth_hz:g} Hz is too narrow: {need}; "
+            f"the amplifier's bandwidth must be at least {top_hz:g} Hz"
+        )
+    if slew_hz < top_hz:
+        slew_needed = math.ceil(top_hz * 2 * math.pi * DEFAULT_AMPLITUDE_V / TONE_SLEW_SHARE)
+        problems.append(
+            f"max_slew_v_per_s: {profile.max_slew_v_per_s:g} V/s lets a "
+            f"{DEFAULT_AMPLITUDE_V * 1e3:g} mV tone reach only {slew_hz:.4g} Hz, but {need}: "
+            f"raise max_slew_v_per_s to at least {slew_needed:g} V/s"
+        )
+    raise FrequencyPlanError("\n".join(problems))
+
+
+def dnpu_problems(profile: SetupProfile) -> list[str]:
+    """What keeps a valid profile from being built into a DNPU; one line per problem.
+
+    These are the checks :func:`~dnpu_bluesky.devices.build_dnpu` makes before it opens the
+    backend: seven electrodes, at least one input electrode, and room for the default tones
+    (:func:`default_tone_plan`). None touches hardware; channel names and trigger terminals
+    are checked only when the NI-DAQmx backend opens them.
+    """
+    from .hge.frequencies import FrequencyPlanError
+
+    problems = []
+    if len(profile.electrodes) != N_ELECTRODES:
+        problems.append(
+            f"electrodes: {len(profile.electrodes)} listed; a DNPU has {N_ELECTRODES} voltage "
+            f"electrodes: list all {N_ELECTRODES} in channel order"
+        )
+    if not profile.indices("input"):
+        problems.append(
+            "electrodes: at least one electrode must have role 'input' (a task's data is "
+            "applied there); all are 'control'"
+        )
+    try:
+        default_tone_plan(profile)
+    except FrequencyPlanError as exc:
+        problems += str(exc).splitlines()
+    return problems
+
+
+def check_dnpu_profile(profile: SetupProfile, source: str | None = None) -> None:
+    """Check that a DNPU can be built from ``profile``: every rule, then :func:`dnpu_problems`.
+
+    The rules are checked again because a profile made with ``model_copy(update=...)`` or
+    ``model_construct`` skipped them; :func:`load_profile` and
+    :func:`~dnpu_bluesky.devices.build_dnpu` both call this, so both refuse a profile with the
+    same lines.
+
+    Args:
+        profile: The profile.
+        source: Where the profile came from, for the message (default: its name).
+
+    Raises:
+        ProfileError: one line per problem, naming the profile field to change.
+    """
+    source = source if source is not None else repr(profile.name)
+    # No serializer warnings: an unchecked value is what the validation below is for.
+    checked = _validate(profile.model_dump(warnings=False), source)
+    problems = dnpu_problems(checked)
+    if problems:
+        raise ProfileError(source, problems)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe YAML loader that refuses duplicate keys instead of keeping the last one."""
 
@@ -280,6 +432,8 @@ def _describe_error(error: ErrorDetails) -> list[str]:
         if not path:
             return message.splitlines()
         return [f"{path}: {message}"]
+    if kind == _FIELD_LINES:
+        return [f"{path}.{line}" for line in message.splitlines()]
     if kind == "extra_forbidden":
         return [f"{path}: unknown key"]
     if kind == "missing":
@@ -314,8 +468,9 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
         The validated profile.
 
     Raises:
-        ProfileError: if the file is missing, is not YAML, has duplicate or unknown keys, or
-            breaks any rule; the message has one line per problem naming the field.
+        ProfileError: if the file is missing, is not YAML, has duplicate or unknown keys,
+            breaks any rule, or could not be built into a DNPU (:func:`dnpu_problems`); the
+            message has one line per problem naming the field.
     """
     file = Path(path)
     source = str(file)
@@ -332,6 +487,7 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
         detail = " ".join(str(exc).split())
         raise ProfileError(source, [f"not valid YAML: {detail}"]) from None
     profile = _validate(data, source)
+    check_dnpu_profile(profile, source)
     if profile.sim is not None and profile.sim.surrogate is not None:
         surrogate = Path(profile.sim.surrogate).expanduser()
         if not surrogate.is_absolute():

@@ -14,12 +14,20 @@ import pytest
 import yaml
 
 from dnpu_bluesky.backend import DAQBackend
+from dnpu_bluesky.cli import main
 from dnpu_bluesky.config import (
+    Amplifier,
+    ElectrodeConfig,
+    OutputConfig,
     ProfileError,
     SetupProfile,
+    SimConfig,
+    TriggerConfig,
     default_sim_profile,
+    default_tone_plan,
     load_profile,
 )
+from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.devices.backends import make_backend
 from dnpu_bluesky.devices.ni_daqmx import HardwareUnavailableError
 
@@ -157,6 +165,163 @@ def test_all_roles_input_is_refused(tmp_path: Path) -> None:
         electrode["role"] = "input"
     with pytest.raises(ProfileError, match="at least one electrode must have role 'control'"):
         load_profile(_write(tmp_path, data))
+
+
+# -- check-profile makes the checks building the device makes ------------------------------
+
+
+def _sim() -> dict[str, Any]:
+    return yaml.safe_load((SETUPS / "sim.yaml").read_text())
+
+
+def _unvalidated(data: dict[str, Any]) -> SetupProfile:
+    """The profile as ``model_copy(update=...)`` or ``model_construct`` make it: unchecked."""
+    parts = {
+        "electrodes": tuple(ElectrodeConfig.model_construct(**e) for e in data["electrodes"]),
+        "output": OutputConfig.model_construct(**data["output"]),
+        "amplifier": Amplifier.model_construct(**data["amplifier"]),
+    }
+    if data.get("trigger") is not None:
+        parts["trigger"] = TriggerConfig.model_construct(**data["trigger"])
+    if data.get("sim") is not None:
+        parts["sim"] = SimConfig.model_construct(**data["sim"])
+    return SetupProfile.model_construct(**{**data, **parts})
+
+
+def _refused_alike(tmp_path: Path, data: dict[str, Any]) -> list[str]:
+    """The problems load_profile reports; build_dnpu must refuse with the very same lines."""
+    with pytest.raises(ProfileError) as loaded:
+        load_profile(_write(tmp_path, data))
+    with pytest.raises(ProfileError) as built:
+        build_dnpu(_unvalidated(data))
+    assert built.value.problems == loaded.value.problems
+    return loaded.value.problems
+
+
+def _drop_inputs(data: dict[str, Any]) -> None:
+    data["electrodes"] = [e for e in data["electrodes"] if e["role"] != "input"]
+
+
+def _all_controls(data: dict[str, Any]) -> None:
+    for electrode in data["electrodes"]:
+        electrode["role"] = "control"
+
+
+SEVEN = "a DNPU has 7 voltage electrodes: list all 7 in channel order"
+NO_INPUT = "electrodes: at least one electrode must have role 'input'"
+REFUSED_LIKE_BUILD = [
+    # (change to sim.yaml, expected problem lines: each the start of one line, in order)
+    (lambda d: d["electrodes"].pop(), [f"electrodes: 6 listed; {SEVEN}"]),
+    (_drop_inputs, [f"electrodes: 5 listed; {SEVEN}", NO_INPUT]),
+    (_all_controls, [NO_INPUT]),
+    (
+        lambda d: d.update(max_slew_v_per_s=10),
+        [
+            "max_slew_v_per_s: 10 V/s lets a 20 mV tone reach only 71.62 Hz, but the "
+            "perturbation tones of the 5 controls need up to 270 Hz (from 150 Hz up): "
+            "raise max_slew_v_per_s to at least 38 V/s"
+        ],
+    ),
+    (
+        lambda d: d["amplifier"].update(bandwidth_hz=100),
+        [
+            "amplifier.bandwidth_hz: 100 Hz is too narrow: the perturbation tones of the 5 "
+            "controls need up to 270 Hz (from 150 Hz up); the amplifier's bandwidth must be at "
+            "least 270 Hz"
+        ],
+    ),
+    (
+        lambda d: (d.update(max_slew_v_per_s=10), d["amplifier"].update(bandwidth_hz=100)),
+        ["amplifier.bandwidth_hz: 100 Hz is too narrow", "max_slew_v_per_s: 10 V/s"],
+    ),
+    (
+        lambda d: d.update(sample_rate=500, amplifier={**d["amplifier"], "bandwidth_hz": 250}),
+        ["sample_rate: 500 S/s cannot carry the perturbation tones of the 5 controls"],
+    ),
+    (
+        lambda d: [e.update(min_v=0.6, max_v=-1.2) for e in d["electrodes"][:2]],
+        [
+            f"electrodes.{i}.max_v: must be greater than min_v (max_v -1.2 <= min_v 0.6); "
+            "min_v and max_v look swapped"
+            for i in range(2)
+        ],
+    ),
+    (
+        lambda d: d["electrodes"][3].update(min_v=0.2, max_v=0.1),
+        ["electrodes.3.max_v: must be greater than min_v (max_v 0.1 <= min_v 0.2)"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), REFUSED_LIKE_BUILD)
+def test_check_profile_refuses_what_build_refuses(
+    tmp_path: Path, change: Any, expected: list[str]
+) -> None:
+    data = _sim()
+    change(data)
+    problems = _refused_alike(tmp_path, data)
+    assert len(problems) == len(expected), problems
+    for line, start in zip(problems, expected, strict=True):
+        assert line.startswith(start), problems
+
+
+def test_swapped_limits_fixed_by_swapping(tmp_path: Path) -> None:
+    data = _sim()
+    data["electrodes"][0].update(min_v=0.6, max_v=-1.2)
+    assert len(_refused_alike(tmp_path, data)) == 1
+    data["electrodes"][0].update(min_v=-1.2, max_v=0.6)
+    assert load_profile(_write(tmp_path, data)) == default_sim_profile()
+
+
+def test_the_fixes_the_messages_name_are_enough(tmp_path: Path) -> None:
+    data = _sim()
+    data["max_slew_v_per_s"] = 38
+    data["amplifier"]["bandwidth_hz"] = 270
+    profile = load_profile(_write(tmp_path, data))
+    assert build_dnpu(profile).frequencies().max() == 270.0
+    data["max_slew_v_per_s"] = 37
+    assert _refused_alike(tmp_path, data)[0].startswith("max_slew_v_per_s: 37 V/s")
+
+
+def test_hardware_profile_is_refused_before_the_backend_opens(tmp_path: Path) -> None:
+    data = _example()
+    data["max_slew_v_per_s"] = 10
+    # No driver here: build_dnpu would fail with HardwareUnavailableError had it opened one.
+    problems = _refused_alike(tmp_path, data)
+    assert len(problems) == 1 and problems[0].startswith("max_slew_v_per_s: 10 V/s"), problems
+
+
+@pytest.mark.parametrize("name", ["sim.yaml", "cdaq-example.yaml"])
+def test_built_device_plays_the_checked_tone_plan(name: str) -> None:
+    profile = load_profile(SETUPS / name)
+    plan = default_tone_plan(profile)
+    dnpu = build_dnpu(_unvalidated(profile.to_dict()), backend=make_backend(default_sim_profile()))
+    assert dnpu.plan_tones() == plan
+    np.testing.assert_array_equal(
+        dnpu.frequencies()[list(profile.indices("control"))], plan.frequencies
+    )
+
+
+def test_cli_check_profile_names_what_waits_for_the_hardware(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-profile", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        f"{EXAMPLE}: valid setup 'cdaq-77K-chip3' (nidaqmx, 7 electrodes, inputs [3, 4])"
+    )
+    assert "channel names and the trigger terminal" in out[1]
+    assert "checked when the NI-DAQmx backend opens them" in out[1]
+    assert main(["check-profile", str(SETUPS / "sim.yaml")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    data = _sim()
+    data["sim"]["surrogate"] = "device.pt"
+    (tmp_path / "device.pt").write_bytes(b"weights")
+    assert main(["check-profile", str(_write(tmp_path, data))]) == 0
+    assert "surrogate model's electrode count" in capsys.readouterr().out
+    data["max_slew_v_per_s"] = 10
+    assert main(["check-profile", str(_write(tmp_path, data))]) == 2
+    assert "raise max_slew_v_per_s to at least 38 V/s" in capsys.readouterr().err
 
 
 def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:

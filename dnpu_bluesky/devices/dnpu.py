@@ -12,18 +12,29 @@ from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, Signal
 
 from ..backend import DAQBackend
+from ..config import (
+    DEFAULT_AMPLITUDE_V,
+    DEFAULT_MIN_FREQUENCY_HZ,
+    DEFAULT_TONE_ORDER,
+    DEFAULT_WINDOW_S,
+    N_ELECTRODES,
+    slew_limited_frequency_hz,
+)
 from ..hge import FrequencyPlan, Waveform, hge_segments, plan_frequencies, synthesize_waveform
 from ..safety import check_waveform
 from .amplifier import CurrentAmplifier
 from .electrode import Electrode
 
-ELECTRODE_NAMES = tuple(f"e{i}" for i in range(7))
-#: Lowest default tone: above the 1/f corner of a typical setup, so tones see white noise.
-DEFAULT_MIN_FREQUENCY_HZ = 150.0
-#: Default tone amplitude on each control electrode, volts (METHOD.md: 5 to 30 mV).
-DEFAULT_AMPLITUDE_V = 0.02
-#: Share of the slew limit a tone may use (a sine of amplitude a at f slews 2 pi f a).
-_TONE_SLEW_SHARE = 0.9
+ELECTRODE_NAMES = tuple(f"e{i}" for i in range(N_ELECTRODES))
+# DEFAULT_AMPLITUDE_V and DEFAULT_MIN_FREQUENCY_HZ (re-exported here) live in the config, whose
+# profile checks plan the same default tones (dnpu_bluesky.config.default_tone_plan).
+__all__ = [
+    "DEFAULT_AMPLITUDE_V",
+    "DEFAULT_MIN_FREQUENCY_HZ",
+    "DNPU",
+    "ELECTRODE_NAMES",
+    "MODES",
+]
 MODES = ("parallel", "sequential", "off")
 
 # One lock per backend: DNPUs on separate backends acquire at the same time, DNPUs that share
@@ -71,7 +82,7 @@ class DNPU(Device):
 
     mode = Cpt(Signal, value="parallel", kind="config")
     sample_rate = Cpt(Signal, value=10_000.0, kind="config")
-    window_s = Cpt(Signal, value=0.1, kind="config")
+    window_s = Cpt(Signal, value=DEFAULT_WINDOW_S, kind="config")
     settle_s = Cpt(Signal, value=0.01, kind="config")
     ramp_s = Cpt(Signal, value=0.005, kind="config")
     max_slew_v_per_s = Cpt(Signal, value=100.0, kind="config")
@@ -119,7 +130,7 @@ class DNPU(Device):
         *,
         amplitude_v: float = DEFAULT_AMPLITUDE_V,
         window_s: float | None = None,
-        order: int = 3,
+        order: int = DEFAULT_TONE_ORDER,
         spacing_bins: int = 1,
         band_hz: float | None = None,
         min_frequency_hz: float = DEFAULT_MIN_FREQUENCY_HZ,
@@ -156,7 +167,7 @@ class DNPU(Device):
         )
 
     def _slew_limited_frequency(self, amplitude_v: float) -> float:
-        return _TONE_SLEW_SHARE * float(self.max_slew_v_per_s.get()) / (2 * np.pi * amplitude_v)
+        return slew_limited_frequency_hz(float(self.max_slew_v_per_s.get()), amplitude_v)
 
     def tone_settings(self, tones: FrequencyPlan, amplitude_v: float) -> list[tuple[Signal, float]]:
         """(signal, value) pairs that put ``tones`` on the controls, for ``mv`` or ``put``.

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from ..backend import DAQBackend
-from ..config import SetupProfile, default_sim_profile
+from ..config import (
+    DEFAULT_AMPLITUDE_V,
+    SetupProfile,
+    check_dnpu_profile,
+    default_sim_profile,
+    default_tone_plan,
+)
 from .backends import make_backend
-from .dnpu import DEFAULT_AMPLITUDE_V, DNPU, ELECTRODE_NAMES
+from .dnpu import DNPU
 
 
 def build_dnpu(
@@ -22,14 +28,12 @@ def build_dnpu(
         backend: An already built backend for this profile (default: ``make_backend``).
 
     Raises:
-        ValueError: if the profile does not describe exactly seven voltage electrodes.
+        dnpu_bluesky.config.ProfileError: (a ValueError) for a profile a DNPU cannot be built
+            from, before any backend is opened: the same lines ``load_profile`` and
+            ``dnpu-bluesky check-profile`` give (:func:`dnpu_bluesky.config.dnpu_problems`).
     """
     profile = profile or default_sim_profile()
-    if len(profile.electrodes) != len(ELECTRODE_NAMES):
-        raise ValueError(
-            f"profile {profile.name!r} has {len(profile.electrodes)} electrodes; a DNPU has "
-            f"{len(ELECTRODE_NAMES)} voltage electrodes"
-        )
+    check_dnpu_profile(profile)
     backend = backend if backend is not None else make_backend(profile)
     dnpu = DNPU(name=name, backend=backend)
     for electrode, spec in zip(dnpu.electrodes, profile.electrodes, strict=True):
@@ -40,6 +44,7 @@ def build_dnpu(
     dnpu.sample_rate.put(float(profile.sample_rate))
     dnpu.max_slew_v_per_s.put(float(profile.max_slew_v_per_s))
     dnpu.setup_profile = profile
-    for signal, value in dnpu.tone_settings(dnpu.plan_tones(), DEFAULT_AMPLITUDE_V):
+    # The plan the profile check made: the device's settings are the profile's.
+    for signal, value in dnpu.tone_settings(default_tone_plan(profile), DEFAULT_AMPLITUDE_V):
         signal.put(value)
     return dnpu
