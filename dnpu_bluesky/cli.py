@@ -24,6 +24,29 @@ class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C: the run was aborted (and stored as such); exit status 130."""
+
+
+def _run(engine: Any, plan: Any) -> Any:
+    """Run ``plan``; on Ctrl-C, which pauses the RunEngine at the next step, abort the run.
+
+    Aborting unstages the devices (every electrode to 0 V) and closes the run with
+    ``exit_status="abort"``, so it is stored like any other.
+    """
+    from bluesky.utils import RunEngineInterrupted
+
+    try:
+        return engine(plan)
+    except RunEngineInterrupted:
+        aborted = engine.abort("interrupted from the keyboard (Ctrl-C)")
+        uids = ", ".join(uid[:8] for uid in aborted.run_start_uids) or "none"
+        raise Interrupted(
+            f"interrupted; run {uids} aborted and stored (unstaging the devices parked "
+            "every electrode at 0 V; a failure to do so is reported above)"
+        ) from None
+
+
 def _storage_config(args: argparse.Namespace):
     from .session import storage_config_from_env
 
@@ -132,6 +155,7 @@ def train_and_store(
     tasks: Sequence[Any],
     method: str,
     storage: Any,
+    profiles: Sequence[Any],
     source: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
@@ -147,7 +171,6 @@ def train_and_store(
     from .session import make_run_engine
     from .storage import load_run
 
-    profiles = _profiles(args)
     several = len(profiles) > 1
     dnpus = [
         build_dnpu(profile, name=f"dnpu{k + 1}" if several else "dnpu")
@@ -176,7 +199,7 @@ def train_and_store(
             else:
                 plan = train(devices, task, method=method, seed=seed, **options)
             started = time.perf_counter()
-            outcome = engine(plan)
+            outcome = _run(engine, plan)
             wall = time.perf_counter() - started
             results = outcome.plan_result if several else [outcome.plan_result]
             (uid,) = outcome.run_start_uids
@@ -240,38 +263,60 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .storage import open_storage
-    from .tasks import SphereClassification
 
     if args.source:
         _check_continuation(args)
-    else:
-        args.task = args.task or "boolean"
-        if args.device is not None:
-            raise UsageError("--device chooses the device of a --from run")
-        _check_margin(args)
-    with open_storage(_storage_config(args)) as storage:
-        source = None
-        if args.source:
+        with open_storage(_storage_config(args)) as storage:
             source = _past_result(storage, args, args.source)
-            tasks = [source["task"]]
             print(
                 f"Continuing run {source['uid'][:8]} ({_label(source['task'])}, accuracy "
                 f"{source['accuracy']:.0%}, margin {source['margin_na']:.2f} nA) from its "
                 f"final controls; restarts draw from seed {source['training_seed'] + 1}."
             )
-        elif args.task == "boolean":
-            tasks = _gate_tasks(_gates(args.gates or "XOR"), args)
-        else:
-            levels = _input_range(args)
-            options = {} if levels is None else {"input_range_v": levels}
-            tasks = [SphereClassification(seed=args.seed, batch_size=args.batch_size, **options)]
-        rows, figures = train_and_store(args, tasks, args.method, storage, source)
+            rows, figures = train_and_store(
+                args, [source["task"]], args.method, storage, _profiles(args), source
+            )
+    else:
+        # Every argument is checked before the storage (seconds to start) is opened.
+        tasks = _train_tasks(args)
+        profiles = _profiles(args)
+        with open_storage(_storage_config(args)) as storage:
+            rows, figures = train_and_store(args, tasks, args.method, storage, profiles)
     print_table(rows)
     _print_figures(figures)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
         print(f"results: {args.json}")
-    return 0 if all(_solved(row, args) for row in rows) or args.task == "sphere" else 1
+    if args.task == "sphere":  # no pass mark: the accuracies above are the result
+        return 0
+    missed = [row for row in rows if not _solved(row, args)]
+    if missed:
+        margin = f" with a {args.margin:g} nA margin" if args.margin is not None else ""
+        print(
+            f"{len(missed)} of {len(rows)} not solved{margin}: "
+            + ", ".join(f"{row['gate']} ({row['run_uid'][:8]})" for row in missed),
+            file=sys.stderr,
+        )
+    return 1 if missed else 0
+
+
+def _train_tasks(args: argparse.Namespace) -> list[Any]:
+    """The tasks ``train`` was asked for (without ``--from``), arguments checked."""
+    from .tasks import SphereClassification
+
+    args.task = args.task or "boolean"
+    if args.device is not None:
+        raise UsageError("--device chooses the device of a --from run")
+    _check_margin(args)
+    if args.task == "boolean":
+        if args.batch_size is not None:
+            raise UsageError("--batch-size is for the sphere task; a gate has four cases")
+        return _gate_tasks(_gates("XOR" if args.gates is None else args.gates), args)
+    if args.gates is not None:
+        raise UsageError("--gates is for the boolean task")
+    levels = _input_range(args)
+    options = {} if levels is None else {"input_range_v": levels}
+    return [SphereClassification(seed=args.seed, batch_size=args.batch_size, **options)]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -289,8 +334,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"Training all Boolean gates on {where} with HGE.")
     _check_margin(args)
     tasks = _gate_tasks(GATES, args)
+    profiles = _profiles(args)
     with open_storage(_storage_config(args)) as storage:
-        rows, figures = train_and_store(args, tasks, "hge", storage)
+        rows, figures = train_and_store(args, tasks, "hge", storage, profiles)
     print_table(rows)
     _print_figures(figures)
     solved = sum(_solved(row, args) for row in rows)
@@ -326,7 +372,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 threshold_na=then["threshold_na"] if args.fixed_threshold else None,
                 md={"source_run": then["uid"]},
             )
-            outcome = engine(plan)
+            outcome = _run(engine, plan)
         finally:
             dnpu.backend.close()
         (uid,) = outcome.run_start_uids
@@ -344,9 +390,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             _print_figures(_write_figures([load_run(storage.client, uid)], Path(args.figures)))
     if now["solved"] or task.name == "sphere":
         return 0
+    device = ""
+    if args.setup:
+        device = f" --setup {args.setup[0]}"
+    elif args.seed_given:
+        device = f" --seed {args.seed}"
+    if args.device:
+        device = f" --device {args.device}{device}"
     print(
         f"{_label(task)} no longer separates; train again from these controls with "
-        f"`dnpu-bluesky train --from {then['uid'][:8]}`",
+        f"`dnpu-bluesky train --from {then['uid'][:8]}{device}`",
         file=sys.stderr,
     )
     return 1
@@ -472,11 +525,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_check_profile(args: argparse.Namespace) -> int:
     from .config import load_profile
 
+    # load_profile makes every check building the device makes without hardware; what only
+    # the hardware (or a surrogate model) can answer is named, not guessed.
     profile = load_profile(args.file)
     print(
         f"{args.file}: valid setup {profile.name!r} ({profile.backend}, "
         f"{len(profile.electrodes)} electrodes, inputs {list(profile.indices('input'))})"
     )
+    if profile.backend == "nidaqmx":
+        print(
+            "  not checked here: the AO/AI channel names and the trigger terminal exist only "
+            "on the hardware; they are checked when the NI-DAQmx backend opens them"
+        )
+    elif profile.sim is not None and profile.sim.surrogate is not None:
+        print(
+            "  not checked here: the surrogate model's electrode count and voltage ranges; "
+            "they are checked when the model is loaded"
+        )
     return 0
 
 
@@ -570,13 +635,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--plan", help="only runs of this plan_name")
     runs.add_argument("--gate", help="only runs of this gate")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (newest first)")
     storage_options(runs)
     runs.set_defaults(handler=_cmd_runs)
 
     report = commands.add_parser("report", help="redraw training runs' figures from Tiled")
     report.add_argument("uids", nargs="+", help="run uids (or unique prefixes)")
-    report.add_argument("--out", default=str(DEFAULT_OUTPUT))
+    report.add_argument(
+        "--out", default=str(DEFAULT_OUTPUT), help=f"figure directory (default: {DEFAULT_OUTPUT})"
+    )
     storage_options(report)
     report.set_defaults(handler=_cmd_report)
 
@@ -588,22 +655,61 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dnpu-bluesky`` console script."""
-    from .config import ProfileError
-
     args = _parser().parse_args(argv)
-    # The errors below are reported in one line; the RunEngine's own log of the same exception
-    # (a traceback through the plan) would bury it. Any other exception keeps its traceback.
-    logging.getLogger("bluesky").addHandler(logging.NullHandler())
+    _quiet_run_aborted_log()
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:  # outside the RunEngine (starting, stopping): no run is open
+        print(f"dnpu-bluesky {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+class _BlueskyToStderr(logging.Handler):
+    """Bluesky's warnings and errors to whatever ``sys.stderr`` is now, as Python's last-resort
+    handler would print them, except the RunEngine's "Run aborted" traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Run aborted"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _quiet_run_aborted_log() -> None:
+    """Keep bluesky's warnings and errors (e.g. a device that failed to unstage) but not the
+    "Run aborted" traceback: that exception is reported in one line, which it would bury."""
+    bluesky_log = logging.getLogger("bluesky")
+    if not any(isinstance(handler, _BlueskyToStderr) for handler in bluesky_log.handlers):
+        bluesky_log.addHandler(_BlueskyToStderr())
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .config import ProfileError
+    from .devices.ni_daqmx import HardwareUnavailableError
+    from .storage import StorageError
+
     try:
         if hasattr(args, "seed"):
             args.seed_given = args.seed is not None
             if args.seed is None:
                 args.seed = _seed_from_env()
         return args.handler(args)
+    except Interrupted as exc:
+        print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)
+        return 130
     except (UsageError, ProfileError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"dnpu-bluesky {args.command}: {message}", file=sys.stderr)
         return 2
+    except (StorageError, HardwareUnavailableError) as exc:  # the setting, not the arguments
+        print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -179,8 +179,8 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
 def _draw_sphere(radial: Axes, cloud: Axes, run: Any, device: str) -> None:
     data = sphere_outputs(run, device)
     train, test = data["train"], data["test"]
-    for split, marker, size in ((train, "o", 10), (test, "D", 22)):
-        for target, colour in ((1, "tab:red"), (0, "tab:blue")):
+    for split, marker, size, name in ((train, "o", 10, "train"), (test, "D", 22, "test")):
+        for target, colour, side in ((1, "tab:red", "inside"), (0, "tab:blue", "outside")):
             mask = split["targets"] == target
             radial.scatter(
                 split["distance_v"][mask],
@@ -191,9 +191,11 @@ def _draw_sphere(radial: Axes, cloud: Axes, run: Any, device: str) -> None:
                 alpha=0.45 if split is train else 0.95,
                 edgecolors="none" if split is train else "k",
                 linewidths=0.4,
+                label=f"{name}, {side}",
             )
-    radial.axhline(data["threshold_na"], color="0.4", ls="--", lw=0.8)
-    radial.axvline(data["radius_v"], color="0.4", ls=":", lw=0.8)
+    radial.axhline(data["threshold_na"], color="0.4", ls="--", lw=0.8, label="threshold")
+    radial.axvline(data["radius_v"], color="0.4", ls=":", lw=0.8, label="radius")
+    radial.legend(fontsize=7, loc="best")
     radial.set_xlabel("distance from the sphere's centre (V)")
     radial.set_ylabel("I (nA)")
     radial.set_title(
@@ -211,7 +213,7 @@ def _draw_sphere(radial: Axes, cloud: Axes, run: Any, device: str) -> None:
         s=18,
         edgecolors=np.where(test["targets"][:, None] == 1, "tab:red", "none").ravel(),
     )
-    cloud.set_title("test points, colour: I (nA)", fontsize=9)
+    cloud.set_title("test points, colour: I (nA); red edge: inside", fontsize=9)
     cloud.figure.colorbar(shown, ax=cloud, shrink=0.6, pad=0.1)
     cloud.set_xlabel(f"{data['inputs'][0]} (V)", fontsize=8)
     cloud.set_ylabel(f"{data['inputs'][1]} (V)", fontsize=8)

@@ -60,6 +60,9 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     table = capsys.readouterr().out
     assert "XOR" in table and "NOR" in table
 
+    assert main(["runs", "--gate", "xor", *data]) == 0  # any case, like --gates
+    listing = capsys.readouterr().out.splitlines()
+    assert [line[:8] for line in listing[1:]] == [rows[0]["run_uid"][:8]]
     assert main(["runs", *data]) == 0
     listing = capsys.readouterr().out.splitlines()
     for row in rows:  # each run with its final accuracy and margin
@@ -98,6 +101,7 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     assert main([*args, "--json", str(out), *data]) == 1
     (first,) = json.loads(out.read_text())["results"]
     assert first["accuracy"] < 1.0
+    assert f"1 of 1 not solved: XOR ({first['run_uid'][:8]})" in capsys.readouterr().err
     # evaluate's exit 1 points at the way on.
     assert main(["evaluate", first["run_uid"], *data]) == 1
     assert f"train --from {first['run_uid'][:8]}" in capsys.readouterr().err
@@ -197,12 +201,15 @@ def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server
     narrow.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
         "max_v: 0.3", "max_v: 0.2"))  # fmt: skip
     out = tmp_path / "results.json"
+    listing = ["runs", "--plan", "train", "--limit", "1000", "--tiled-uri", tiled_server.uri]
+    assert main(listing) == 0
+    runs_before = capsys.readouterr().out
     assert main(["train", "--gates", "OR", "--setup", str(narrow), "--json", str(out), *data]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()  # one line, no traceback
     assert "+0.300 V on input dnpu_e3, outside its limits [-0.700, +0.200] V" in error
     assert "--input-range" in error and not out.exists()
-    assert main(["runs", "--tiled-uri", tiled_server.uri]) == 0
-    assert "OR" not in capsys.readouterr().out  # refused before the run opened
+    assert main(listing) == 0
+    assert capsys.readouterr().out == runs_before  # refused before the run opened
 
     args = ["train", "--gates", "OR", "--setup", str(narrow), "--input-range=-0.6,0.2"]
     assert main([*args, "--json", str(out), *data]) == 0
@@ -240,6 +247,54 @@ def test_cli_trains_for_a_margin(tmp_path, capsys, tiled_server):
         assert message in capsys.readouterr().err
 
 
+def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server):
+    import signal
+    import threading
+    import time
+
+    # XNOR on device 2 never reaches 20 nA: the run would take all 480 iterations.
+    command = [sys.executable, "-m", "dnpu_bluesky.cli", "train", "--gates", "XNOR",
+               "--seed", "2", "--margin", "20", "--tiled-uri", tiled_server.uri]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), b"")))
+    reader.start()
+    deadline = time.monotonic() + 120
+    while b"XNOR hge" not in b"".join(err) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the progress bar shows that training runs
+    process.send_signal(signal.SIGINT)  # once, as an operator would
+    assert process.wait(timeout=60) == 130
+    reader.join()
+    last = b"".join(err).decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("dnpu-bluesky train: interrupted; run ") and "aborted and stored" in last
+    run = load_run(tiled_server.client, last.split("run ")[1].split()[0])
+    assert run.metadata["stop"]["exit_status"] == "abort"
+    assert 0 < run["train"]["train_iteration"].read().size < 100
+    assert "Traceback" not in b"".join(err).decode()
+
+
+def test_cli_reports_an_unreachable_storage_or_driver_in_one_line(capsys, tiled_server):
+    assert main(["runs", "--tiled-uri", "http://127.0.0.1:9?api_key=secret"]) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        error == "dnpu-bluesky runs: cannot reach Tiled at http://127.0.0.1:9: connection refused"
+    )
+
+    import nidaqmx.system
+    from nidaqmx.errors import DaqNotFoundError, DaqNotSupportedError
+
+    try:
+        version = nidaqmx.system.System.local().driver_version
+    except (DaqNotFoundError, DaqNotSupportedError):
+        pass
+    else:
+        pytest.skip(f"NI-DAQmx {version} is installed: a test must not drive real hardware")
+    setup = str(REPO / "profiles" / "setups" / "cdaq-example.yaml")
+    assert main(["train", "--setup", setup, "--quiet", "--tiled-uri", tiled_server.uri]) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert "NI-DAQmx driver not found" in error
+
+
 def test_cli_check_profile(tmp_path, capsys):
     good = REPO / "profiles" / "setups" / "sim.yaml"
     assert main(["check-profile", str(good)]) == 0
@@ -251,6 +306,15 @@ def test_cli_check_profile(tmp_path, capsys):
 
 
 def test_cli_bad_arguments_exit_nonzero(capsys):
+    # Refused before any storage is opened (none is configured here) or device is built.
+    for args, message in (
+        (["--gates="], "unknown gate(s) ''"),
+        (["--gates", "XOR", "--batch-size", "4"], "--batch-size is for the sphere task"),
+        (["--task", "sphere", "--gates", "XOR"], "--gates is for the boolean task"),
+        (["--device", "dnpu2"], "--device chooses the device of a --from run"),
+    ):
+        assert main(["train", *args, "--tiled-uri", "http://127.0.0.1:9"]) == 2
+        assert message in capsys.readouterr().err
     assert main(["train", "--model", "no-such-file.pt", "--quiet"]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:

@@ -228,3 +228,68 @@ def test_patience_ends_an_attempt_only_without_improvement(RE, dnpu):
               target_margin_na=1e6, seed=1, lr=1e-9)
     ).plan_result  # fmt: skip
     assert patience_plus_first <= stuck.iterations < 40
+
+
+def _pause_after(RE, documents, stream: str, count: int, *, defer: bool) -> None:
+    """Request a pause (as Ctrl-C does: deferred the first time, at once the second) once
+    ``count`` events of ``stream`` were emitted. From a thread: a callback runs on the
+    RunEngine's own loop and cannot wait for the request there."""
+    import threading
+
+    def watch(name, doc):
+        if name != "event":
+            return
+        streams = {d["uid"]: d["name"] for n, d in documents if n == "descriptor"}
+        seen = sum(1 for n, d in documents if n == "event" and streams[d["descriptor"]] == stream)
+        if streams[doc["descriptor"]] == stream and seen == count:
+            threading.Thread(target=RE.request_pause, kwargs={"defer": defer}).start()
+
+    RE.subscribe(watch)
+
+
+def _event_counts(documents) -> dict[str, int]:
+    streams = {d["uid"]: d["name"] for n, d in documents if n == "descriptor"}
+    counts: dict[str, int] = {}
+    for name, doc in documents:
+        if name == "event":
+            counts[streams[doc["descriptor"]]] = counts.get(streams[doc["descriptor"]], 0) + 1
+    return counts
+
+
+def test_a_paused_training_resumes_where_it_stopped(RE, documents):
+    from bluesky.utils import RunEngineInterrupted
+
+    plain = build_dnpu()
+    expected = RE(train(plain, BooleanGate("XNOR"), seed=2)).plan_result
+    plain.backend.close()
+    expected_counts = _event_counts(documents)
+    documents.clear()
+
+    # An immediate pause between a step's raw waveform and its gradient record: resuming
+    # must neither measure that step again nor store anything twice.
+    dnpu = build_dnpu()
+    _pause_after(RE, documents, "hge_raw", 5, defer=False)
+    with pytest.raises(RunEngineInterrupted):
+        RE(train(dnpu, BooleanGate("XNOR"), seed=2))
+    assert RE.state == "paused"
+    assert np.all(dnpu.backend.dc_volts == 0)
+    resumed = RE.resume().plan_result
+    dnpu.backend.close()
+    assert resumed.iterations == expected.iterations > 5
+    assert resumed.controls == pytest.approx(expected.controls)
+    assert _event_counts(documents) == expected_counts
+
+
+def test_the_first_ctrl_c_pauses_training_between_steps(RE, documents, dnpu):
+    from bluesky.utils import RunEngineInterrupted
+
+    _pause_after(RE, documents, "hge_raw", 3, defer=True)
+    with pytest.raises(RunEngineInterrupted):
+        RE(train(dnpu, BooleanGate("XNOR"), seed=2))
+    assert RE.state == "paused"
+    # Paused at the next step's checkpoint: the step that was measuring finished first.
+    assert _event_counts(documents)["train"] == _event_counts(documents)["hge_raw"] == 3
+    RE.abort("stopped by the operator")
+    (stop,) = [doc for name, doc in documents if name == "stop"]
+    assert stop["exit_status"] == "abort"
+    assert np.all(dnpu.backend.dc_volts == 0)

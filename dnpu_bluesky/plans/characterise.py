@@ -29,10 +29,10 @@ def iv_sweep(
     if electrode not in dnpu.electrodes:
         raise ValueError(f"{electrode.name} is not an electrode of {dnpu.name}")
     low, high = electrode.limits
-    for value in (start, stop):
+    for end, value in (("start", start), ("stop", stop)):
         if not low <= value <= high:
             raise ValueError(
-                f"{electrode.name}: sweep end {value:+.3f} V is outside the limits "
+                f"{electrode.name}: sweep {end} {value:+.3f} V is outside the limits "
                 f"[{low:+.3f}, {high:+.3f}] V"
             )
     if int(num) < 2:

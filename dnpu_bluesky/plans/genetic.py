@@ -122,6 +122,7 @@ def _evolve(
     for generation in range(1, generations + 1):
         losses, scores = [], []
         for genome in genomes:
+            yield from bps.checkpoint()  # a Ctrl-C pauses here, between two genomes
             yield from _move_controls(trainer.dnpu, genome)
             outputs = yield from trainer.evaluate_outputs()
             losses.append(task.loss(outputs)[0])

@@ -112,6 +112,7 @@ def hge_gradient(
     def inner() -> Plan:
         result: Demodulated | None = None
         for _ in range(int(repeats)):
+            yield from bps.checkpoint()  # a Ctrl-C pauses here, between two measurements
             result = yield from measure_gradient(dnpu, lockin, record)
         return result.gradient
 
@@ -164,6 +165,7 @@ def calibrate_phase(
     def inner() -> Plan:
         results = []
         for point in points:
+            yield from bps.checkpoint()
             yield from _move_controls(dnpu, point)
             result = yield from measure_gradient(dnpu, lockin, record)
             results.append(result.lockin)

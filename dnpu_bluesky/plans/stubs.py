@@ -107,6 +107,11 @@ def within_run(
 
     Unlike ``bpp.run_wrapper`` (which returns the run uid), this returns what ``body``
     returned, so plans can hand their result to the caller.
+
+    The run is not rewindable: a pause (Ctrl-C) resumes where it stopped instead of replaying
+    the messages since the last checkpoint. The plans keep state in Python (optimizer,
+    lock-in results, records), so a replay would store a measurement twice and let its repeat
+    steer the training. Every stream starts and ends at 0 V, so going on is safe.
     """
     returned: list[Any] = []
 
@@ -114,6 +119,7 @@ def within_run(
         returned.append((yield from body))
 
     plan = bpp.stage_wrapper(bpp.run_wrapper(capture(), md=md), stage)
+    plan = bpp.rewindable_wrapper(plan, False)
     if subs:
         plan = bpp.subs_wrapper(plan, subs)
     yield from plan

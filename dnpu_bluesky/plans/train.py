@@ -486,7 +486,9 @@ def _check_devices(dnpus: list[DNPU], task: Task) -> None:
         if task.n_inputs != device.indices("input").size:
             raise ValueError(
                 f"task {task.name!r} has {task.n_inputs} inputs but {device.name} has "
-                f"{device.indices('input').size} input electrodes"
+                f"{device.indices('input').size} input electrodes: use a device with "
+                f"{task.n_inputs} electrodes of role 'input' (virtual: build_dnpu("
+                f"default_sim_profile(inputs=...)))"
             )
         _check_input_levels(device, task)
 
@@ -538,6 +540,8 @@ def _descend(
         opt.reset()
         best_in_attempt, stalled = np.inf, 0
         for _ in range(max_iterations):
+            # Where a Ctrl-C (a deferred pause) takes effect: between steps, not within one.
+            yield from bps.checkpoint()
             indices = minibatch(trainer.rng) if uses_batches else None
             yield from trainer.present(indices)
             yield from _move_controls(trainer.dnpu, point)
