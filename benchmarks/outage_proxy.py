@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class OutageProxy:
-    """A loopback TCP forwarder that can be switched off (an outage) and on again."""
+    """A loopback TCP forwarder that can be switched off (an outage) and on again.
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    ``delay_s`` makes it wait that long before serving each connection it accepted: a server
+    that accepts at once but is slow to answer. ``connections`` counts the accepted ones.
+    """
+
+    def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
         self._target = target
+        self._delay_s = delay_s
+        self.connections = 0
         self.port = free_port()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -43,16 +50,24 @@ class OutageProxy:
                 continue
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self._target)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        time.sleep(self._delay_s)
+        if self._listener is None:  # switched off meanwhile: an outage refuses it too
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(self._target)
+        except OSError:
+            client.close()
+            return
+        client.settimeout(None)
+        with self._lock:
+            self._sockets += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

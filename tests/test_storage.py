@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime
@@ -23,6 +22,7 @@ import yaml
 from ophyd.sim import SynAxis, SynGauss, SynSignal
 from tiled.client import from_uri
 
+from benchmarks.outage_proxy import OutageProxy
 from dnpu_bluesky.storage import (
     StorageConfig,
     StorageError,
@@ -433,54 +433,11 @@ def test_a_wrong_api_key_is_a_storage_error_without_the_key(tiled_server):
         open_storage(StorageConfig(uri=base, writer="direct"))
 
 
-class _SlowRelay:
-    """A TCP relay to ``target`` that waits ``delay_s`` before serving each connection: a
-    server that accepts connections at once but is slow to answer."""
-
-    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
-        self.target, self.delay_s = target, delay_s
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        time.sleep(self.delay_s)
-        upstream = socket.create_connection(self.target)
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_a_server_slow_to_answer_still_opens(tiled_server):
     parts = urlsplit(tiled_server.uri)
     key = parse_qs(parts.query)["api_key"][0]
-    relay = _SlowRelay((parts.hostname, parts.port), delay_s=1.0)
+    relay = OutageProxy((parts.hostname, parts.port), delay_s=1.0)
+    relay.start()
     try:
         config = StorageConfig(
             uri=f"http://127.0.0.1:{relay.port}",
@@ -492,7 +449,7 @@ def test_a_server_slow_to_answer_still_opens(tiled_server):
             assert slow.client.specs[0].name == "CatalogOfBlueskyRuns"
         assert relay.connections >= 1
     finally:
-        relay.close()
+        relay.stop()
 
 
 @pytest.mark.parametrize("case", ["below_a_file", "a_file", "proc"])
