@@ -558,7 +558,10 @@ def _parser() -> argparse.ArgumentParser:
 
     def training_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
-            "--seed", type=int, help="device and training seed (default: DNPU_SEED, else 0)"
+            "--seed",
+            type=int,
+            help="device seed, and training seed of the first gate (the k-th trains with "
+            "SEED+k; default: DNPU_SEED, else 0)",
         )
         sub.add_argument(
             "--setup",
