@@ -124,6 +124,23 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path):
         for device in ("dnpu", "dnpu_b"):
             assert len(pair[f"train_{device}"]["train_loss"].read()) == 3
 
+        # A deferred pause (the queue server's default) takes effect at the next training
+        # step; the run is then stopped, with the electrodes parked, and stored.
+        RM.item_add(BPlan("train_gate", "dnpu", "XNOR", seed=2, target_margin_na=20.0))
+        RM.queue_start()
+        RM.wait_for_condition(lambda status: status["manager_state"] == "executing_queue")
+        time.sleep(2.0)  # a few steps into the training
+        RM.re_pause(option="deferred")
+        RM.wait_for_idle_or_paused(timeout=60)
+        assert RM.status()["manager_state"] == "paused", _tail(log_path)
+        RM.re_stop()
+        RM.wait_for_idle(timeout=60)
+        stopped = RM.history_get()["items"][-1]
+        assert stopped["result"]["exit_status"] == "stopped", stopped["result"]
+        (stopped_uid,) = stopped["result"]["run_uids"]
+        run = _stored_run(_printed_uri(log_path), stopped_uid)
+        assert 0 < len(run["train"]["train_loss"].read()) < 480  # stopped, not finished
+
         RM.environment_close()
         RM.wait_for_idle(timeout=60)
         assert not RM.status()["worker_environment_exists"]
