@@ -486,7 +486,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from .storage import find_runs, open_storage
 
     with open_storage(_storage_config(args)) as storage:
-        runs = find_runs(storage.client, plan_name=args.plan, gate=args.gate, limit=args.limit)
+        runs = find_runs(
+            storage.client, plan_name=args.plan, gate=args.gate, task=args.task, limit=args.limit
+        )
         print(
             f"{'uid':<10}{'time':<21}{'plan':<20}{'gate/task':<11}{'status':<9}"
             f"{'accuracy':>8}{'margin nA':>11}"
@@ -638,6 +640,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--plan", help="only runs of this plan_name")
     runs.add_argument("--gate", help="only runs of this gate")
+    runs.add_argument("--task", help="only runs of this task, e.g. sphere")
     runs.add_argument("--limit", type=int, default=20, help="at most this many (newest first)")
     storage_options(runs)
     runs.set_defaults(handler=_cmd_runs)

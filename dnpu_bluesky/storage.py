@@ -344,6 +344,7 @@ def find_runs(
     *,
     plan_name: str | None = None,
     gate: str | None = None,
+    task: str | None = None,
     tag: str | None = None,
     since: datetime | str | float | None = None,
     until: datetime | str | float | None = None,
@@ -356,6 +357,8 @@ def find_runs(
         client: The runs container, e.g. ``storage.client``.
         plan_name: Bluesky's ``plan_name`` (e.g. ``"train"``, ``"hge_gradient"``).
         gate: The start document's ``gate`` key (e.g. ``"XOR"``; any case).
+        task: The name of the run's task (the start document's ``task["name"]``), e.g.
+            ``"sphere"`` or ``"boolean:XOR"``.
         tag: One entry of the start document's ``tags`` list.
         since: Runs started at or after this time: a datetime (naive means local time), an
             ISO 8601 string (``"2025-03-01"``, ``"2025-03-01T14:00"``) or epoch seconds.
@@ -368,7 +371,7 @@ def find_runs(
     """
     _wait_for_writes(client)
     results = client
-    for query in _queries(plan_name, gate, tag, since, until, scan_id):
+    for query in _queries(plan_name, gate, task, tag, since, until, scan_id):
         results = results.search(query)
     values = results.sort(("start.time", -1)).values()
     # Iterated page by page: ``head(limit)`` asks for one page of ``limit`` runs, and a Tiled
@@ -1397,6 +1400,7 @@ def _runs_container(root: Container, path: str) -> CatalogOfBlueskyRuns:
 def _queries(
     plan_name: str | None,
     gate: str | None,
+    task: str | None,
     tag: str | None,
     since: datetime | str | float | None,
     until: datetime | str | float | None,
@@ -1407,6 +1411,8 @@ def _queries(
         queries.append(Eq("start.plan_name", plan_name))
     if gate is not None:
         queries.append(Eq("start.gate", gate.upper()))  # stored upper-case, as BooleanGate has it
+    if task is not None:
+        queries.append(Eq("start.task.name", task))
     if tag is not None:
         queries.append(Contains("start.tags", tag))
     if since is not None:

@@ -60,9 +60,10 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     table = capsys.readouterr().out
     assert "XOR" in table and "NOR" in table
 
-    assert main(["runs", "--gate", "xor", *data]) == 0  # any case, like --gates
-    listing = capsys.readouterr().out.splitlines()
-    assert [line[:8] for line in listing[1:]] == [rows[0]["run_uid"][:8]]
+    for query in (["--gate", "xor"], ["--task", "boolean:XOR"]):  # a gate in any case
+        assert main(["runs", *query, *data]) == 0
+        listing = capsys.readouterr().out.splitlines()
+        assert [line[:8] for line in listing[1:]] == [rows[0]["run_uid"][:8]]
     assert main(["runs", *data]) == 0
     listing = capsys.readouterr().out.splitlines()
     for row in rows:  # each run with its final accuracy and margin

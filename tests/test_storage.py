@@ -138,6 +138,8 @@ def test_find_runs_filters_and_orders_newest_first(stored_RE, storage, documents
 
     scan_id = client[second].metadata["start"]["scan_id"]
     assert uids(scan_id=scan_id) == [second]
+    sphere = _uid(stored_RE(bp.count([det]), task={"name": "sphere", "n_points": 120}))
+    assert uids(task="sphere") == [sphere]
 
     with pytest.raises(ValueError, match="ISO 8601"):
         find_runs(client, since="last tuesday")
