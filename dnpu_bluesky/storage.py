@@ -499,7 +499,8 @@ class BackgroundWriter:
     ``process=False`` runs it on a thread) reads the spool files in order and feeds each
     run to its own ``TiledWriter`` (events batched by ``batch_size``). The spool *is* the
     queue: memory stays bounded (one batch per stream plus one document) and the caller
-    never waits for Tiled, even during a long outage.
+    never waits for Tiled, even during a long outage. The worker starts with the first
+    document or leftover spool file, so a writer that is never given one starts none.
 
     When a write fails (Tiled down, refusing writes, network error) the error is logged at
     ERROR, appended to :attr:`errors`, warned once (:class:`StorageWarning`) on the caller's
@@ -549,25 +550,39 @@ class BackgroundWriter:
         self._closed = False
         self._alive = True
         self._ready = threading.Event()
-        args = (connect, batch_size, (retry_interval_s, retry_max_interval_s))
-        if process and os.name == "posix":
-            self._worker: Any = _start_worker_process()
-            self._conn = self._worker.conn
-            self._conn.send(args)
-        else:
-            from multiprocessing import Pipe
-
-            self._conn, child = Pipe()
-            self._worker = threading.Thread(
-                target=_worker_main, args=(child, *args), name="dnpu-tiled-writer", daemon=True
-            )
-            self._worker.start()
-        self._receiver = threading.Thread(
-            target=self._receive, name="dnpu-tiled-writer-receiver", daemon=True
-        )
-        self._receiver.start()
+        self._worker_args = (connect, batch_size, (retry_interval_s, retry_max_interval_s))
+        self._in_process = process and os.name == "posix"
+        self._start_lock = threading.Lock()
+        self._worker: Any = None
         if replay:
             self.adopt_leftovers()
+
+    def _start_worker(self) -> None:
+        """Start the worker and its receiver on the first message: a storage that only
+        reads (listing runs, drawing figures) never pays the worker's start-up."""
+        with self._start_lock:
+            if self._worker is not None:
+                return
+            if self._in_process:
+                worker: Any = _start_worker_process()
+                self._conn = worker.conn
+                self._conn.send(self._worker_args)
+            else:
+                from multiprocessing import Pipe
+
+                self._conn, child = Pipe()
+                worker = threading.Thread(
+                    target=_worker_main,
+                    args=(child, *self._worker_args),
+                    name="dnpu-tiled-writer",
+                    daemon=True,
+                )
+                worker.start()
+            self._receiver = threading.Thread(
+                target=self._receive, name="dnpu-tiled-writer-receiver", daemon=True
+            )
+            self._receiver.start()
+            self._worker = worker
 
     # -- caller side -----------------------------------------------------------------------
 
@@ -611,6 +626,7 @@ class BackgroundWriter:
             self._send(("written", uid, written))
 
     def _send(self, message: tuple) -> None:
+        self._start_worker()
         with self._send_lock:
             try:
                 self._conn.send(message)
@@ -689,7 +705,9 @@ class BackgroundWriter:
             self._cond.notify_all()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait until the worker has started (a process needs a second or two to import)."""
+        """Start the worker if it has not started yet, and wait until it runs (a process
+        needs a second or two to import)."""
+        self._start_worker()
         return self._ready.wait(timeout)
 
     def _drop(self, uid: str, *, corrupt: bool) -> None:
@@ -759,19 +777,20 @@ class BackgroundWriter:
         except StorageError as err:
             logger.error("%s", err)
         finally:
-            self._send(("quit",))
-            if isinstance(self._worker, threading.Thread):
-                self._worker.join(timeout=10.0)
-                stopped = not self._worker.is_alive()
-            else:
-                try:
-                    self._worker.wait(timeout=10.0)
-                except subprocess.TimeoutExpired:
-                    self._worker.kill()
-                    self._worker.wait(timeout=5.0)
-                stopped = True
-            self._receiver.join(timeout=5.0)
-            _close_quietly(self._conn)
+            stopped = True
+            if self._worker is not None:  # else nothing was ever written: nothing to stop
+                self._send(("quit",))
+                if isinstance(self._worker, threading.Thread):
+                    self._worker.join(timeout=10.0)
+                    stopped = not self._worker.is_alive()
+                else:
+                    try:
+                        self._worker.wait(timeout=10.0)
+                    except subprocess.TimeoutExpired:
+                        self._worker.kill()
+                        self._worker.wait(timeout=5.0)
+                self._receiver.join(timeout=5.0)
+                _close_quietly(self._conn)
             if stopped:
                 for run in list(self._runs.values()):
                     _close_quietly(run.file)

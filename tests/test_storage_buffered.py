@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from dnpu_bluesky.storage import (
     _encode,
     _runs_container,
     _Writer,
+    find_runs,
     load_run,
     open_storage,
     replay_spool,
@@ -104,6 +106,34 @@ def test_background_writer_is_the_default_and_reads_back_identically(
     assert run.metadata["start"]["uid"] == start["uid"]
     assert run.metadata["stop"]["exit_status"] == "success"
     assert run.metadata["stop"]["num_events"] == {"primary": 7}
+
+
+def _writer_processes() -> int:
+    """This process's children that are background writers' workers (Linux /proc)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        count += ppid == os.getpid() and b"_worker_process" in cmdline
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_storage_that_only_reads_starts_no_writer_process(tiled_server, RE, hw):
+    _, det, _ = hw
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as reader:
+        find_runs(reader.client)  # listing runs, as `dnpu-bluesky runs` does
+        assert _writer_processes() == 0
+        RE.subscribe(reader.writer)
+        RE(bp.count([det]))  # the first document starts the worker
+        assert _writer_processes() == 1
+        reader.flush(timeout=60)
+        assert len(find_runs(reader.client)) == 1
+    assert _writer_processes() == 0
 
 
 def test_reading_through_client_waits_for_pending_writes(stored_RE, storage, hw):
