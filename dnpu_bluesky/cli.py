@@ -177,11 +177,12 @@ def train_and_store(
         for k, profile in enumerate(profiles)
     ]
     devices = dnpus if several else dnpus[0]
-    options: dict[str, Any] = {}
+    stopping: dict[str, Any] = {}  # for every method
+    if getattr(args, "margin", None) is not None:
+        stopping.update(target_margin_na=args.margin)
+    options = dict(stopping)  # for the gradient methods
     if args.max_iterations is not None:
         options.update(max_iterations=args.max_iterations)
-    if getattr(args, "margin", None) is not None:
-        options.update(target_margin_na=args.margin)
     if source is not None:
         options.update(initial_controls=source["controls"], md={"source_run": source["uid"]})
     rows, runs = [], []
@@ -194,8 +195,7 @@ def train_and_store(
         for index, task in enumerate(tasks):
             seed = args.seed + index if source is None else source["training_seed"] + 1
             if method == "ga":
-                margin = {k: v for k, v in options.items() if k == "target_margin_na"}
-                plan = train_genetic(devices, task, seed=seed, **margin)
+                plan = train_genetic(devices, task, seed=seed, **stopping)
             else:
                 plan = train(devices, task, method=method, seed=seed, **options)
             started = time.perf_counter()
@@ -376,7 +376,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         finally:
             dnpu.backend.close()
         (uid,) = outcome.run_start_uids
-        now = trained_setting(load_run(storage.client, uid))
+        measured = load_run(storage.client, uid)
+        now = trained_setting(measured)
         held_out = then["test_accuracy"] is not None
         test = f"{'test':>7}" if held_out else ""
         print(f"{'':<5}{'run':<10}{'accuracy':>9}{test}{'margin nA':>11}{'threshold nA':>14}")
@@ -387,7 +388,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{setting['margin_na']:>11.2f}{setting['threshold_na']:>14.2f}"
             )
         if args.figures:
-            _print_figures(_write_figures([load_run(storage.client, uid)], Path(args.figures)))
+            _print_figures(_write_figures([measured], Path(args.figures)))
     if now["solved"] or task.name == "sphere":
         return 0
     device = ""
@@ -696,9 +697,8 @@ def _quiet_run_aborted_log() -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from ._errors import HardwareUnavailableError, StorageError
     from .config import ProfileError
-    from .devices.ni_daqmx import HardwareUnavailableError
-    from .storage import StorageError
 
     try:
         if hasattr(args, "seed"):

@@ -58,6 +58,8 @@ from tiled.client.container import Container
 from tiled.queries import Comparison, Contains, Eq
 from tiled.structures.core import Spec
 
+from ._errors import StorageError
+
 try:
     import fcntl
 except ImportError:  # Windows: spool files are not locked
@@ -432,14 +434,6 @@ class _Writer:
             }
             self._tiled_writer("stop", stop)
         self._open_runs.clear()
-
-
-class StorageError(RuntimeError):
-    """Tiled cannot be opened, or documents could not be written to it in time.
-
-    Raised by :func:`open_storage` when the server cannot be reached or started, and by
-    ``flush`` when documents are not in Tiled yet (they stay in the spool and are retried).
-    """
 
 
 class StorageWarning(UserWarning):

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import HardwareUnavailableError
 from ..backend import Acquisition
 from ..config import SetupProfile
 from ..safety import ZERO_TOLERANCE_V, UnsafeWaveformError, check_waveform
@@ -51,10 +52,6 @@ _TERMINAL_CONFIG = {
     "diff": "DIFF",
     "pseudo_diff": "PSEUDO_DIFF",
 }
-
-
-class HardwareUnavailableError(RuntimeError):
-    """The NI-DAQmx driver is not installed or not supported on this platform."""
 
 
 def _import_nidaqmx() -> ModuleType:

@@ -1,0 +1,16 @@
+"""Errors the command line reports in one line, in a module light enough to import before
+knowing which command runs (``storage`` and ``devices`` take seconds to import). Use them
+from :mod:`dnpu_bluesky.storage` and :mod:`dnpu_bluesky.devices.ni_daqmx`."""
+
+
+class StorageError(RuntimeError):
+    """Tiled cannot be opened, or documents could not be written to it in time.
+
+    Raised by :func:`~dnpu_bluesky.storage.open_storage` when the server cannot be reached or
+    started, and by ``flush`` when documents are not in Tiled yet (they stay in the spool and
+    are retried).
+    """
+
+
+class HardwareUnavailableError(RuntimeError):
+    """The NI-DAQmx driver is not installed or not supported on this platform."""
