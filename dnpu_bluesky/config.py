@@ -383,9 +383,9 @@ def check_dnpu_profile(profile: SetupProfile, source: str | None = None) -> None
     """Check that a DNPU can be built from ``profile``: every rule, then :func:`dnpu_problems`.
 
     The rules are checked again because a profile made with ``model_copy(update=...)`` or
-    ``model_construct`` skipped them; :func:`load_profile` and
-    :func:`~dnpu_bluesky.devices.build_dnpu` both call this, so both refuse a profile with the
-    same lines.
+    ``model_construct`` skipped them. :func:`~dnpu_bluesky.devices.build_dnpu` calls this;
+    :func:`load_profile`, whose profile was just validated, asks :func:`dnpu_problems` alone,
+    so both refuse a profile with the same lines.
 
     Args:
         profile: The profile.
@@ -487,7 +487,9 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
         detail = " ".join(str(exc).split())
         raise ProfileError(source, [f"not valid YAML: {detail}"]) from None
     profile = _validate(data, source)
-    check_dnpu_profile(profile, source)
+    problems = dnpu_problems(profile)
+    if problems:
+        raise ProfileError(source, problems)
     if profile.sim is not None and profile.sim.surrogate is not None:
         surrogate = Path(profile.sim.surrogate).expanduser()
         if not surrogate.is_absolute():
