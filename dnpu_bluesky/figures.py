@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .results import _last_evaluation
 from .results import devices_of as _devices
 from .results import stream_of as _stream
 
@@ -45,13 +46,13 @@ def evaluation_trace(run: Any, device: str | None = None) -> dict[str, np.ndarra
     starts = raw[f"{name}_window_start"].read()[-1].astype(int)
     cases = raw[f"{name}_segment_case"].read()[-1].astype(int)
     current = np.concatenate([output[s : s + length] for s in starts])
-    evaluation = _stream(run, "evaluation", name)
+    evaluation = _last_evaluation(run, name, ("targets", "threshold_na"))
     return {
         "time_s": np.arange(current.size) / rate,
         "current_na": current,
         "case": np.repeat(cases, length),
-        "targets": evaluation["evaluation_targets"].read()[-1],
-        "threshold_na": float(evaluation["evaluation_threshold_na"].read()[-1]),
+        "targets": evaluation["targets"],
+        "threshold_na": float(evaluation["threshold_na"]),
     }
 
 
@@ -88,9 +89,8 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
             lw=0.8,
         )
     axes.axhline(trace["threshold_na"], color="0.4", ls="--", lw=0.8)
-    evaluation = _stream(run, "evaluation", device)
-    accuracy = float(evaluation["evaluation_accuracy"].read()[-1])
-    margin = float(evaluation["evaluation_margin_na"].read()[-1])
+    scores = _last_evaluation(run, device, ("accuracy", "margin_na"))
+    accuracy, margin = float(scores["accuracy"]), float(scores["margin_na"])
     axes.set_title(f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA", fontsize=9)
     axes.set_xlabel("time (s, ramps removed)")
     axes.set_ylabel("I (nA)")
@@ -158,16 +158,17 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
         raw = _stream(run, f"eval{suffix}_raw", name)
         config = raw.metadata["configuration"][name]["data"]
         points = np.asarray(config[f"{name}_input_cases"], dtype=float)
-        evaluation = _stream(run, f"evaluation{suffix}", name)
+        keys = ("outputs", "targets", "accuracy", "threshold_na")
+        evaluation = _last_evaluation(run, name, keys, f"evaluation{suffix}")
         result[split] = {
             "points_v": points,
             "distance_v": np.linalg.norm(points - result["center_v"], axis=1),
-            "current_na": np.asarray(evaluation["evaluation_outputs"].read()[-1], dtype=float),
-            "targets": np.asarray(evaluation["evaluation_targets"].read()[-1]).astype(int),
-            "accuracy": float(evaluation["evaluation_accuracy"].read()[-1]),
+            "current_na": np.asarray(evaluation["outputs"], dtype=float),
+            "targets": np.asarray(evaluation["targets"]).astype(int),
+            "accuracy": float(evaluation["accuracy"]),
         }
         if split == "train":  # the test split is classified at this same threshold
-            result["threshold_na"] = float(evaluation["evaluation_threshold_na"].read()[-1])
+            result["threshold_na"] = float(evaluation["threshold_na"])
             result["inputs"] = [
                 key.removeprefix(f"{name}_").removesuffix("_role")
                 for key, role in config.items()

@@ -37,8 +37,8 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
     last = _last_evaluation(run, name, keys)
     test_accuracy = None
     if _stream_name(run, "evaluation_test", name) in run:
-        test = stream_of(run, "evaluation_test", name)
-        test_accuracy = float(test["evaluation_accuracy"].read()[-1])
+        test = _last_evaluation(run, name, ("accuracy",), "evaluation_test")
+        test_accuracy = float(test["accuracy"])
     return {
         "controls": [float(v) for v in last["controls"]],
         "threshold_na": float(last["threshold_na"]),
@@ -68,9 +68,11 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
     return scores
 
 
-def _last_evaluation(run: Any, device: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The last event's values of ``evaluation_<key>`` in the device's evaluation stream, in
-    one read."""
+def _last_evaluation(
+    run: Any, device: str, keys: tuple[str, ...], stream: str = "evaluation"
+) -> dict[str, Any]:
+    """The last event's values of ``evaluation_<key>`` in the device's ``stream`` (the
+    training cases' ``evaluation`` or the held-out ``evaluation_test``), in one read."""
     fields = [f"evaluation_{key}" for key in keys]
-    table = stream_of(run, "evaluation", device).read(variables=fields)
+    table = stream_of(run, stream, device).read(variables=fields)
     return {key: table[field].values[-1] for key, field in zip(keys, fields, strict=True)}

@@ -241,7 +241,7 @@ class _Trainer:
         if final is None:
             _, final = yield from self.evaluate(point, attempt, threshold_na=threshold_na)
         test_accuracy = None
-        if hasattr(self.task, "minibatch"):  # tasks with held-out data
+        if _has_held_out_data(self.task):
             _, test = yield from self.evaluate(point, attempt, "test", final.threshold_na)
             test_accuracy = float(test.accuracy)
         return TrainResult(
@@ -493,10 +493,15 @@ def _check_devices(dnpus: list[DNPU], task: Task) -> None:
         _check_input_levels(device, task)
 
 
+def _has_held_out_data(task: Task) -> bool:
+    """Tasks with a test split (the sphere) also draw training minibatches."""
+    return hasattr(task, "minibatch")
+
+
 def _check_input_levels(device: DNPU, task: Task) -> None:
     """Every voltage the task puts on an input electrode lies within that electrode's limits
     (said in the task's terms here, rather than as a waveform sample later)."""
-    splits = ("train", "test") if hasattr(task, "minibatch") else ("train",)
+    splits = ("train", "test") if _has_held_out_data(task) else ("train",)
     cases = np.concatenate([task.input_voltages(split) for split in splits])
     for column, index in enumerate(device.indices("input")):
         low, high = device.limits[index]
