@@ -671,15 +671,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# What the RunEngine logs on every abort: a traceback of the abort itself and a tracing
+# complaint; the CLI says in one line that the run was aborted.
+_ABORT_NOISE = ("Run aborted", "No open traces left to close!")
+
+
 class _BlueskyToStderr(logging.Handler):
     """Bluesky's warnings and errors to whatever ``sys.stderr`` is now, as Python's last-resort
-    handler would print them, except the RunEngine's "Run aborted" traceback."""
+    handler would print them, except what the RunEngine logs on every abort (``_ABORT_NOISE``)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Run aborted"
+        return record.getMessage() not in _ABORT_NOISE
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -10,7 +10,7 @@ import asyncio
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -68,15 +68,9 @@ def documents() -> list[Document]:
 
 
 @pytest.fixture
-def RE(documents: list[Document]) -> Iterator[RunEngine]:
-    """A real RunEngine (``call_returns_result=True``) on its own event loop.
-
-    Every emitted document (pages included) is validated against event-model's JSON schema;
-    the test fails at teardown if any was invalid, listing them. The documents are collected
-    in the ``documents`` fixture, also reachable as ``RE.collected_docs``.
-    """
-    from bluesky import RunEngine
-    from bluesky.run_engine import TransitionError
+def collect_valid(documents: list[Document]) -> Iterator[Callable[[str, dict[str, Any]], None]]:
+    """A callback that appends every ``(name, doc)`` to ``documents`` and validates it against
+    event-model's JSON schema; the test fails at teardown if any was invalid, listing them."""
     from event_model import DocumentNames, schema_validators
     from jsonschema.exceptions import ValidationError
 
@@ -94,9 +88,24 @@ def RE(documents: list[Document]) -> Iterator[RunEngine]:
         except ValidationError as err:
             invalid.append(f"{name} {doc.get('uid', '')}: {err.message}")
 
+    yield collect_and_validate
+    if invalid:
+        pytest.fail("Invalid Bluesky documents:\n" + "\n".join(invalid), pytrace=False)
+
+
+@pytest.fixture
+def RE(documents: list[Document], collect_valid) -> Iterator[RunEngine]:
+    """A real RunEngine (``call_returns_result=True``) on its own event loop.
+
+    Every emitted document (pages included) goes through ``collect_valid``: collected in the
+    ``documents`` fixture (also ``RE.collected_docs``) and schema-validated.
+    """
+    from bluesky import RunEngine
+    from bluesky.run_engine import TransitionError
+
     loop = asyncio.new_event_loop()
     engine = RunEngine({}, loop=loop, call_returns_result=True)
-    engine.subscribe(collect_and_validate)
+    engine.subscribe(collect_valid)
     engine.collected_docs = documents
     try:
         yield engine
@@ -109,8 +118,6 @@ def RE(documents: list[Document]) -> Iterator[RunEngine]:
         loop.call_soon_threadsafe(loop.stop)
         engine._th.join()
         loop.close()
-    if invalid:
-        pytest.fail("Invalid Bluesky documents:\n" + "\n".join(invalid), pytrace=False)
 
 
 @pytest.fixture

@@ -280,6 +280,44 @@ def test_a_paused_training_resumes_where_it_stopped(RE, documents):
     assert _event_counts(documents) == expected_counts
 
 
+def test_a_ctrl_c_delivered_to_another_thread_still_pauses_training(collect_valid, documents, dnpu):
+    """The kernel may hand a process's Ctrl-C to any of its threads, but Python runs the
+    handler in the main thread only: while a plan runs, that thread must not sleep until the
+    plan ends (measured: about one Ctrl-C in six at `dnpu-bluesky train` was lost so)."""
+    import signal
+    import threading
+
+    from bluesky.utils import RunEngineInterrupted
+
+    from dnpu_bluesky.session import make_run_engine
+
+    RE = make_run_engine(interactive=False, returns_result=True)
+    RE.subscribe(collect_valid)
+    sent: list[int] = []
+
+    def ctrl_c_to_a_thread(name, doc):
+        if name == "event" and not sent and _event_counts(documents).get("train", 0) == 3:
+            sent.append(len(documents))
+            to_itself = threading.Thread(
+                target=lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+            )
+            to_itself.start()
+
+    RE.subscribe(ctrl_c_to_a_thread)
+    try:
+        with pytest.raises(RunEngineInterrupted):  # no margin is reachable: 480 iterations
+            RE(train(dnpu, BooleanGate("XNOR"), seed=2, target_margin_na=1e6, max_attempts=1))
+        assert RE.state == "paused"
+        assert sent and 3 <= _event_counts(documents)["train"] < 50
+        RE.abort("stopped by the operator")
+    finally:
+        if RE.state != "idle":
+            RE.halt()
+    (stop,) = [doc for name, doc in documents if name == "stop"]
+    assert stop["exit_status"] == "abort"
+    assert np.all(dnpu.backend.dc_volts == 0)
+
+
 def test_the_first_ctrl_c_pauses_training_between_steps(RE, documents, dnpu):
     from bluesky.utils import RunEngineInterrupted
 
