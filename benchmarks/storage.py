@@ -30,6 +30,10 @@ Figures:
   hits both alike; the quartiles of the per-round differences are reported too.
 * ``docs_lost_after_outage``: events emitted minus events found in Tiled after the outage
   run was flushed, plus 1 if its stop document is missing (target 0).
+* ``reopen_s_median`` and ``reopen_speedup``: seconds to start the embedded server on an
+  existing catalog as ``storage`` does it (without tiled's ``catalog init`` command when the
+  catalog is stamped current), and how many times longer SimpleTiledServer alone takes,
+  alternating starts in fresh interpreters.
 * ``peak_rss_mb``: peak resident memory of the benchmark process (RunEngine, writer,
   clients; not the server or worker processes), ``ru_maxrss``.
 """
@@ -41,6 +45,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -242,6 +247,41 @@ def _merge(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+_REOPEN_SCRIPT = """
+import sys, time
+from pathlib import Path
+from tiled.server import SimpleTiledServer
+from dnpu_bluesky.storage import _no_catalog_init_if_current
+directory = Path(sys.argv[1])
+started = time.perf_counter()
+if sys.argv[2] == "skip_init":
+    with _no_catalog_init_if_current(directory):
+        server = SimpleTiledServer(directory)
+else:
+    server = SimpleTiledServer(directory)
+print(time.perf_counter() - started)
+server.close()
+"""
+
+
+def _reopen_times(directory: Path, rounds: int) -> dict[str, Any]:
+    """Seconds to start the embedded server on an existing catalog, as ``storage`` does it
+    (skipping tiled's init command when the catalog is current) and as SimpleTiledServer
+    alone does it; each start in a fresh interpreter, the two ways alternating (ABBA)."""
+    times: dict[str, list[float]] = {"skip_init": [], "tiled_init": []}
+    for k in range(2 * rounds):
+        way = ("skip_init", "tiled_init")[(k + k // 2) % 2]
+        done = subprocess.run(
+            [sys.executable, "-c", _REOPEN_SCRIPT, str(directory), way],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        times[way].append(float(done.stdout.strip().splitlines()[-1]))
+    summary: dict[str, Any] = {f"{way}_s": [round(t, 2) for t in ts] for way, ts in times.items()}
+    for way, ts in times.items():
+        summary[f"{way}_s_median"] = round(float(np.median(ts)), 2)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 steps instead of 200")
@@ -283,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if case["proxy"] is not None:
                     case["proxy"].stop()
             shared.close()
+        reopen = _reopen_times(workdir / "tiled_shared", rounds=2 if args.quick else 4)
 
     by_case = {row["case"]: row for row in rows}
     reference = by_case["none"]["step_ms_mean"]
@@ -309,6 +350,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         if "flush_error" in row:
             print(f"  flush error: {row['flush_error']}")
+    print(
+        f"reopening the embedded server's catalog: {reopen['skip_init_s_median']:.2f} s, "
+        f"{reopen['tiled_init_s_median']:.2f} s with tiled's init command (medians of "
+        f"{len(reopen['skip_init_s'])} alternating starts)"
+    )
     result = {
         "overhead_fraction": round(by_case["background"]["overhead_fraction"], 4),
         "docs_lost_after_outage": by_case["outage"]["docs_lost"],
@@ -320,6 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             round(float(q) / (1e3 * WINDOW_S), 4) for q in np.percentile(differences, [25, 50, 75])
         ],
         "outage_errors_reported": by_case["outage"]["errors"],
+        "reopen_s_median": reopen["skip_init_s_median"],
+        "reopen_speedup": round(reopen["tiled_init_s_median"] / reopen["skip_init_s_median"], 2),
         "n_steps": n_steps,
         "targets": TARGETS,
     }

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import itertools
 import logging
@@ -38,7 +39,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -905,8 +906,10 @@ def _server_process() -> None:
     from tiled.server import SimpleTiledServer
 
     api_key = sys.stdin.readline().strip() or None
+    directory = Path(sys.argv[1])
     try:
-        server = SimpleTiledServer(Path(sys.argv[1]), api_key=api_key)
+        with _no_catalog_init_if_current(directory):
+            server = SimpleTiledServer(directory, api_key=api_key)
     except Exception as err:
         # One line for the parent's StorageError, no traceback on the session's terminal.
         print("error:", " ".join(f"{type(err).__name__}: {err}".split()), flush=True)
@@ -916,6 +919,42 @@ def _server_process() -> None:
         sys.stdin.read()  # until the parent closes the pipe or ends
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def _no_catalog_init_if_current(directory: Path) -> Iterator[None]:
+    """Skip ``tiled catalog init --if-not-exists`` when it would find nothing to do.
+
+    SimpleTiledServer runs that command on every start, in a new Python process that imports
+    tiled: about 3 s, half of opening the embedded storage. When the catalog is stamped with
+    the schema revision this tiled requires, the command only checks that and returns.
+    """
+    import sqlite3
+
+    import tiled.catalog
+    from tiled.catalog.core import REQUIRED_REVISION
+
+    try:
+        catalog = sqlite3.connect(f"{(directory / 'catalog.db').as_uri()}?mode=ro", uri=True)
+        try:
+            stamps = catalog.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            catalog.close()
+    except sqlite3.Error:  # no catalog yet, or one left half-made: let tiled initialise it
+        stamps = []
+    if stamps != [(REQUIRED_REVISION,)]:
+        yield
+        return
+    from_uri = tiled.catalog.from_uri
+
+    def open_existing(*args: Any, **kwargs: Any) -> Any:
+        return from_uri(*args, **{**kwargs, "init_if_not_exists": False})
+
+    tiled.catalog.from_uri = open_existing
+    try:
+        yield
+    finally:
+        tiled.catalog.from_uri = from_uri
 
 
 def _become_background_process() -> None:

@@ -482,3 +482,47 @@ def test_an_embedded_server_that_fails_says_why_not_timeout(tmp_path):
     )
     assert str(directory / "data") in message
     assert "within" not in message and "EmbeddedKey123" not in message
+
+
+def test_a_half_made_catalog_is_initialised_and_a_current_one_reopened(tmp_path, RE):
+    import sqlite3
+
+    from tiled.catalog.core import REQUIRED_REVISION
+
+    directory = tmp_path / "tiled"
+    directory.mkdir()
+    (directory / "catalog.db").touch()  # as a first start interrupted before tiled's init
+    with open_storage(StorageConfig(directory=directory)) as first:
+        token = RE.subscribe(first.writer)
+        (uid,) = RE(bp.count([SynSignal(name="det", func=lambda: 1.5)], num=2)).run_start_uids
+        RE.unsubscribe(token)
+    stamp = sqlite3.connect(directory / "catalog.db").execute("SELECT * FROM alembic_version")
+    assert stamp.fetchall() == [(REQUIRED_REVISION,)]
+    # Stamped with the revision this tiled requires: reopened without tiled's init command.
+    with open_storage(StorageConfig(directory=directory)) as reopened:
+        np.testing.assert_array_equal(
+            load_run(reopened.client, uid)["primary"]["det"].read(), [1.5, 1.5]
+        )
+
+
+@pytest.mark.parametrize("stamp", ["current", "older", None])
+def test_tiled_initialises_the_catalog_unless_it_is_current(tmp_path, stamp):
+    import sqlite3
+
+    import tiled.catalog
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION
+
+    from dnpu_bluesky.storage import _no_catalog_init_if_current
+
+    catalog = sqlite3.connect(tmp_path / "catalog.db")
+    if stamp is not None:
+        catalog.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        revision = REQUIRED_REVISION if stamp == "current" else ALL_REVISIONS[1]
+        catalog.execute("INSERT INTO alembic_version VALUES (?)", (revision,))
+        catalog.commit()
+    catalog.close()
+    tiled_from_uri = tiled.catalog.from_uri
+    with _no_catalog_init_if_current(tmp_path):
+        skipped = tiled.catalog.from_uri is not tiled_from_uri
+    assert skipped == (stamp == "current")
+    assert tiled.catalog.from_uri is tiled_from_uri
