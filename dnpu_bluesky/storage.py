@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -52,14 +52,14 @@ import httpx
 import msgpack
 import numpy as np
 import platformdirs
-from bluesky_tiled_plugins import BlueskyRun, CatalogOfBlueskyRuns, TiledWriter
-from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRunV3
-from tiled.client import from_uri
-from tiled.client.container import Container
 from tiled.queries import Comparison, Contains, Eq
 from tiled.structures.core import Spec
 
 from ._errors import StorageError
+
+if TYPE_CHECKING:  # imported where used: bluesky_tiled_plugins alone takes ~2 s to import
+    from bluesky_tiled_plugins import BlueskyRun, CatalogOfBlueskyRuns, TiledWriter
+    from tiled.client.container import Container
 
 try:
     import fcntl
@@ -858,6 +858,11 @@ class _ServerProcess:
         )
         self._process.stdin.write((api_key or "") + "\n")
         self._process.stdin.flush()
+        # The session reads and writes through these as soon as the server answers; importing
+        # them (about 2 s) while the server starts, on the other core, saves that wait.
+        import bluesky_tiled_plugins  # noqa: F401
+        import tiled.client  # noqa: F401
+
         # The child's first line: its URI, or "error: ..." when the server failed to start.
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(
@@ -919,6 +924,11 @@ def _server_process() -> None:
         sys.stdin.read()  # until the parent closes the pipe or ends
     finally:
         server.close()
+    # All is on disk now: the server closed its storage, the catalog commits every write,
+    # and the logs are flushed here. Tearing down this interpreter's modules would cost about
+    # another second of CPU, which the session would spend waiting for this process to end.
+    logging.shutdown()
+    os._exit(0)
 
 
 @contextlib.contextmanager
@@ -1164,6 +1174,8 @@ class _SpoolWorker:
 
 def _connect_runs(uri: str, api_key: str | None, container: str) -> CatalogOfBlueskyRuns:
     """A fresh client of a runs container (the background writer's ``connect``)."""
+    from tiled.client import from_uri
+
     return _runs_container(from_uri(uri, api_key=api_key), container)
 
 
@@ -1286,6 +1298,8 @@ def _complete_length(path: Path) -> int:
 def _tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
     # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
     # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
+    from bluesky_tiled_plugins import TiledWriter
+
     return TiledWriter(client, batch_size=batch_size, max_array_size=0)
 
 
@@ -1327,6 +1341,9 @@ def _as_v3(run: Any) -> Any:
     # process-wide dispatch table (the copy it makes is shallow), after which every client
     # returns v2 runs, whose streams have no per-field nodes. Rebuild SQL-backed runs as v3
     # without touching that table, so our callers always get the v3 layout.
+    from bluesky_tiled_plugins import BlueskyRun
+    from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRunV3
+
     if not isinstance(run, BlueskyRun) or isinstance(run, BlueskyRunV3):
         return run
     for spec in run.item["attributes"]["specs"]:
@@ -1418,6 +1435,8 @@ def _check_reachable(uri: str, api_key: str | None) -> None:
 
 def _connect(uri: str, api_key: str | None) -> Container:
     """``from_uri`` with its failures as StorageErrors that show no API key."""
+    from tiled.client import from_uri
+
     try:
         return from_uri(uri, api_key=api_key)
     except httpx.HTTPStatusError as err:
