@@ -185,8 +185,18 @@ class Storage:
         if config.uri is None:
             directory = Path(config.directory or _default_directory()).expanduser()
             config = replace(config, directory=directory)
-            self._server = _ServerProcess(directory, api_key=config.api_key)
-            self.uri = self._server.uri
+            self.uri = _running_server(directory)  # another session's, on this directory
+            if self.uri is None:
+                try:
+                    self._server = _ServerProcess(directory, api_key=config.api_key)
+                    self.uri = self._server.uri
+                except _ServerBusy:  # another session started it at the same moment
+                    self.uri = _running_server(directory)
+                    if self.uri is None:
+                        raise StorageError(
+                            f"the embedded Tiled server of {directory} was started and stopped "
+                            "by another process meanwhile; try again"
+                        ) from None
             api_key = None  # already in the embedded server's URI
         else:
             self.uri = config.uri
@@ -633,6 +643,8 @@ class BackgroundWriter:
         if name == "start":
             uid = doc["uid"]
             path = self.spool_directory / f"{uid}.spool"
+            # Another storage on this spool directory removes it on closing when it is empty.
+            self.spool_directory.mkdir(parents=True, exist_ok=True)
             file = open(path, "ab")  # closed when the run is in Tiled
             _lock(file)
             run = self._runs[uid] = _RunSpool(uid, path, file, leftover=False)
@@ -836,6 +848,43 @@ class _WorkerRun:
         self.reader: Any = None
 
 
+# Held (flock) by the embedded server's process for its lifetime; holds its URI with the API
+# key, readable by the user only. A second storage on the same directory uses that server:
+# two servers on one directory would fight over its DuckDB file.
+_SERVER_LOCK = "server.lock"
+
+
+def _running_server(directory: Path, timeout_s: float = 120.0) -> str | None:
+    """The URI of the embedded server that another process runs on ``directory``, or None."""
+    path = directory / _SERVER_LOCK
+    if fcntl is None or not path.is_file():
+        return None
+    deadline = time.monotonic() + timeout_s
+    with open(path, "rb") as file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: that server is running (or starting)
+        else:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+            return None
+        while True:  # a server that is starting writes its URI once it answers
+            file.seek(0)
+            uri = file.read().decode().strip()
+            if uri.startswith("http"):
+                return uri
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"another process holds the embedded Tiled server of {directory} but "
+                    f"gave no address within {timeout_s:g} s"
+                )
+            time.sleep(0.1)
+
+
+class _ServerBusy(Exception):
+    """Another process started the embedded server of this directory first."""
+
+
 class _ServerProcess:
     """The embedded Tiled server (``SimpleTiledServer``) in a process of its own.
 
@@ -876,6 +925,9 @@ class _ServerProcess:
         if line is not None and line.startswith("http"):
             self.uri = line
             return
+        if line == "busy":
+            self._process.wait()
+            raise _ServerBusy(directory)
         self.close()
         where = f"the embedded Tiled server in {directory}"
         if line is None:
@@ -912,6 +964,10 @@ def _server_process() -> None:
 
     api_key = sys.stdin.readline().strip() or None
     directory = Path(sys.argv[1])
+    lock = _take_server_lock(directory)
+    if lock is None:
+        print("busy", flush=True)  # another process's server: the parent uses that one
+        raise SystemExit(0)
     try:
         with _no_catalog_init_if_current(directory):
             server = SimpleTiledServer(directory, api_key=api_key)
@@ -920,15 +976,39 @@ def _server_process() -> None:
         print("error:", " ".join(f"{type(err).__name__}: {err}".split()), flush=True)
         raise SystemExit(1) from None
     try:
+        os.write(lock, server.uri.encode())
         print(server.uri, flush=True)
         sys.stdin.read()  # until the parent closes the pipe or ends
     finally:
+        os.ftruncate(lock, 0)
         server.close()
     # All is on disk now: the server closed its storage, the catalog commits every write,
     # and the logs are flushed here. Tearing down this interpreter's modules would cost about
     # another second of CPU, which the session would spend waiting for this process to end.
     logging.shutdown()
     os._exit(0)
+
+
+def _take_server_lock(directory: Path, wait_s: float = 2.0) -> int | None:
+    """Lock ``directory``'s server file for this process (an empty file descriptor to write
+    the URI to), or None if another process's server holds it. Waits ``wait_s`` for a lock
+    that is only being probed by :func:`_running_server`."""
+    fd = os.open(directory / _SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    if fcntl is None:
+        return fd
+    os.fchmod(fd, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+        else:
+            os.ftruncate(fd, 0)
+            return fd
 
 
 @contextlib.contextmanager

@@ -526,3 +526,28 @@ def test_tiled_initialises_the_catalog_unless_it_is_current(tmp_path, stamp):
         skipped = tiled.catalog.from_uri is not tiled_from_uri
     assert skipped == (stamp == "current")
     assert tiled.catalog.from_uri is tiled_from_uri
+
+
+def test_a_second_storage_on_a_directory_uses_the_server_already_running_there(tmp_path, RE):
+    """As `dnpu-bluesky runs` from a shell while an IPython session holds the directory: two
+    servers on one directory would fight over its DuckDB file (HTTP 500 on reads)."""
+    directory = tmp_path / "tiled"
+    det = SynSignal(name="det", func=lambda: 1.5)
+    with open_storage(StorageConfig(directory=directory)) as session:
+        token = RE.subscribe(session.writer)
+        (first,) = RE(bp.count([det], num=2)).run_start_uids
+        session.writer.flush(30)
+        with open_storage(StorageConfig(directory=directory)) as shell:
+            assert shell.uri == session.uri
+            assert [run.start["uid"] for run in find_runs(shell.client)] == [first]
+        # Closing the shell's storage removed the spool directory they share (it was empty):
+        # the session's next run must still be spooled and stored.
+        assert not session.writer.spool_directory.exists()
+        (second,) = RE(bp.count([det], num=2)).run_start_uids
+        assert load_run(session.client, second)["primary"]["det"].read().tolist() == [1.5, 1.5]
+        RE.unsubscribe(token)
+    lock = directory / "server.lock"
+    assert lock.read_text() == "" and lock.stat().st_mode & 0o777 == 0o600  # no key left
+    with open_storage(StorageConfig(directory=directory)) as later:  # a server of its own
+        assert later.uri != session.uri
+        assert {run.start["uid"] for run in find_runs(later.client)} == {first, second}
