@@ -559,8 +559,13 @@ class BackgroundWriter:
         self._in_process = process and os.name == "posix"
         self._start_lock = threading.Lock()
         self._worker: Any = None
-        if replay:
-            self.adopt_leftovers()
+        if replay and (uids := self.adopt_leftovers()):
+            logger.warning(
+                "Storage: writing %d run(s) that an earlier session left in %s to Tiled: %s",
+                len(uids),
+                self.spool_directory,
+                ", ".join(uid[:8] for uid in uids),
+            )
 
     def _start_worker(self) -> None:
         """Start the worker and its receiver on the first message: a storage that only
@@ -709,7 +714,28 @@ class BackgroundWriter:
                 self._drop(message[1], corrupt=kind == "corrupt")
         with self._cond:
             self._alive = False
+            died = self._worker_death() if not self._closed else None
+            if died:
+                self.errors.append(died)
+                self._warn_pending = True
+                self.failing = True
             self._cond.notify_all()
+        if died:
+            logger.error("Storage: %s", died)
+
+    def _worker_death(self) -> str:
+        """What to tell the user when the worker ended without being told to quit."""
+        status = ""
+        if isinstance(self._worker, subprocess.Popen):
+            try:
+                status = f" (exit status {self._worker.wait(timeout=1.0)})"
+            except subprocess.TimeoutExpired:
+                pass
+        return (
+            f"the writer's worker stopped unexpectedly{status}: documents are still spooled in "
+            f"{self.spool_directory}, and written to Tiled the next time a storage is opened "
+            "on it"
+        )
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Start the worker if it has not started yet, and wait until it runs (a process
@@ -754,13 +780,18 @@ class BackgroundWriter:
                 if not pending:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if not self._alive or (remaining is not None and remaining <= 0):
+                if not self._alive:
+                    self._warn_once()
+                    raise StorageError(
+                        f"{len(pending)} run(s) not completely in Tiled: "
+                        + (self.errors[-1] if self.errors else "the writer's worker has stopped")
+                    )
+                if remaining is not None and remaining <= 0:
                     self._warn_once()
                     last = self.errors[-1] if self.errors else "no error reported"
-                    state = "" if self._alive else "the writer's worker has stopped; "
                     raise StorageError(
                         f"{len(pending)} run(s) not completely in Tiled after {timeout} s "
-                        f"({state}last error: {last}); their documents stay spooled in "
+                        f"(last error: {last}); their documents stay spooled in "
                         f"{self.spool_directory} for replay"
                     )
                 self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))

@@ -355,7 +355,7 @@ def test_crash_before_flush_is_recovered_from_the_spool(tiled_server, tmp_path):
         assert "spool" in runs[unfinished].metadata["stop"]["reason"]
 
 
-def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp_path):
+def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp_path, caplog):
     _, det, _ = hw
     container = f"leftover_{uuid.uuid4().hex}"
     spool = tmp_path / "spool"
@@ -375,6 +375,9 @@ def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp
 
     config = StorageConfig(uri=tiled_server.uri, container=container, spool_directory=spool)
     with open_storage(config) as storage:
+        (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert f"writing 1 run(s) that an earlier session left in {spool}" in said
+        assert said.endswith(run.start_doc["uid"][:8])
         RE.subscribe(storage.writer)
         (live,) = RE(bp.count([det], num=2)).run_start_uids  # a new run alongside
         stored = load_run(storage.client, run.start_doc["uid"])
@@ -437,3 +440,37 @@ def test_direct_and_thread_writers_are_available(tiled_server, RE, hw, kind):
         storage.flush(timeout=60)  # a no-op for the direct writer
     with pytest.raises(ValueError, match="writer"):
         StorageConfig(writer="async")
+
+
+def test_a_writer_worker_that_dies_is_reported_at_once_and_its_runs_written_later(
+    tiled_server, RE, hw, tmp_path
+):
+    _, det, _ = hw
+    spool = tmp_path / "spool"
+    config = StorageConfig(
+        uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}", spool_directory=spool
+    )
+    storage = open_storage(config)
+    try:
+        RE.subscribe(storage.writer)
+        RE(bp.count([det]))
+        storage.flush(timeout=60)
+        storage.writer._worker.kill()  # as the OOM killer or a stray `kill` would
+        deadline = time.monotonic() + 10
+        while not storage.errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert storage.errors == [
+            f"the writer's worker stopped unexpectedly (exit status -9): documents are still "
+            f"spooled in {spool}, and written to Tiled the next time a storage is opened on it"
+        ]
+        with pytest.warns(StorageWarning, match="stopped unexpectedly"):
+            (late,) = RE(bp.count([det], num=2)).run_start_uids
+        with pytest.raises(StorageError) as caught:
+            storage.flush(timeout=60)
+        assert str(caught.value) == f"1 run(s) not completely in Tiled: {storage.errors[-1]}"
+    finally:
+        storage.close()
+    with open_storage(config) as again:
+        replayed = load_run(again.client, late)
+        assert replayed["primary"]["det"].read().shape == (2,)
+        assert replayed.metadata["stop"]["exit_status"] == "success"
