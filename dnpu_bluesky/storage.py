@@ -1557,7 +1557,10 @@ def _connect(uri: str, api_key: str | None) -> Container:
     except RuntimeError as err:
         if "requires API key" not in str(err):
             raise
-        message = f"Tiled at {uri} requires an API key (StorageConfig.api_key; DNPU_TILED_API_KEY for the CLI and the IPython profile)"
+        message = (
+            f"Tiled at {uri} requires an API key (StorageConfig.api_key; DNPU_TILED_API_KEY "
+            "for the CLI and the IPython profile)"
+        )
     raise StorageError(_redact(message, api_key)) from None
 
 

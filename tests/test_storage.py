@@ -431,7 +431,7 @@ def test_a_wrong_api_key_is_a_storage_error_without_the_key(tiled_server):
         assert message.startswith(f"Tiled at {base}")
         assert "WrongKey123" not in message and real_key not in message
         assert "api_key" not in message
-    with pytest.raises(StorageError, match="requires an API key .*DNPU_TILED_API_KEY"):
+    with pytest.raises(StorageError, match=r"requires an API key .*DNPU_TILED_API_KEY"):
         open_storage(StorageConfig(uri=base, writer="direct"))
 
 
