@@ -120,6 +120,20 @@ def test_validate_gradients_against_fd_and_truth(stored_RE, storage, dnpu):
     assert run["fd_raw"]["dnpu_current"].read().shape == (3 * 2 * 5,)
 
 
+def test_validate_gradients_stores_its_summary_in_the_run(stored_RE, storage, dnpu):
+    result = stored_RE(validate_gradients(dnpu, n_points=2, compare_sequential=False))
+    # Read back as docs/hardware.md shows.
+    summary = load_run(storage.client, result.run_start_uids[0])["validation_summary"].read()
+    stored = {key: summary[f"{dnpu.name}_validation_{key}"].item() for key in result.plan_result}
+    assert stored == pytest.approx(result.plan_result)
+    assert set(stored) == {
+        "cosine_hge_fd_median",
+        "r2_hge_vs_fd",
+        "cosine_hge_true_median",
+        "r2_hge_vs_true",
+    }
+
+
 def test_calibrate_phase_recovers_the_amplifier_lag(RE, dnpu):
     calibration = RE(calibrate_phase(dnpu, n_points=4)).plan_result
     bandwidth = dnpu.backend.electronics.bandwidth_hz
@@ -147,3 +161,19 @@ def test_iv_sweep_and_noise_spectrum(stored_RE, storage, dnpu):
     )
     expected_psd = electronics.noise_psd(frequency[band]) * response
     assert np.median(psd[band] / expected_psd) == pytest.approx(1.0, rel=0.3)
+
+
+def test_the_best_effort_table_survives_a_sweep_after_runs_without_a_primary_stream(
+    RE, dnpu, monkeypatch
+):
+    """The IPython profile's table: after calibrate_phase (no primary stream) it raised on
+    the next iv_sweep's primary stream (KeyError 'dnpu_e2_setpoint', suppressed by bluesky)."""
+    from bluesky.callbacks.best_effort import BestEffortCallback
+
+    monkeypatch.setenv("BLUESKY_DEBUG_CALLBACKS", "1")  # a callback's error fails the plan
+    table = BestEffortCallback()
+    table.disable_plots()
+    RE.subscribe(table)
+    RE(calibrate_phase(dnpu))
+    outcome = RE(iv_sweep(dnpu, dnpu.e2, -0.5, 0.5, 3))
+    assert outcome.exit_status == "success"

@@ -113,6 +113,11 @@ def within_run(
     lock-in results, records), so a replay would store a measurement twice and let its repeat
     steer the training. Every stream starts and ends at 0 V, so going on is safe.
     """
+    # A run without a dimensions hint leaves bluesky's BestEffortCallback in a state in which
+    # the next run's primary stream raises in it (bluesky 1.15: the flag is never reset).
+    hints = dict(md.get("hints", {}))
+    hints.setdefault("dimensions", [(["time"], "primary")])
+    md = {**md, "hints": hints}
     returned: list[Any] = []
 
     def capture() -> Plan:
