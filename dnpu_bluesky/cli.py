@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -12,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from ._bluesky_log import quiet_run_aborted_log
 
 DEFAULT_OUTPUT = Path("demo-output")
 METHODS = ("hge", "fd", "spsa", "ga")
@@ -161,9 +162,9 @@ def train_and_store(
     """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
 
     ``source`` (from :func:`_past_result`) continues a past run: its final controls are the
-    first start, and the new run records the old one as ``source_run``. Its random restarts
-    draw from the past run's training seed plus one, so that they do not repeat the past
-    run's own starts.
+    first start, it trains for the past run's target margin, and the new run records the old
+    one as ``source_run``. Its random restarts draw from the past run's training seed plus
+    one, so that they do not repeat the past run's own starts.
     """
     from .callbacks import TrainingProgress
     from .devices import build_dnpu
@@ -178,8 +179,9 @@ def train_and_store(
     ]
     devices = dnpus if several else dnpus[0]
     stopping: dict[str, Any] = {}  # for every method
-    if getattr(args, "margin", None) is not None:
-        stopping.update(target_margin_na=args.margin)
+    margin = getattr(args, "margin", None) if source is None else source["target_margin_na"]
+    if margin is not None:
+        stopping.update(target_margin_na=margin)
     options = dict(stopping)  # for the gradient methods
     if args.max_iterations is not None:
         options.update(max_iterations=args.max_iterations)
@@ -268,10 +270,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _check_continuation(args)
         with open_storage(_storage_config(args)) as storage:
             source = _past_result(storage, args, args.source)
+            args.margin = _continued_margin(args, source)
+            target = "" if args.margin is None else f", for its {args.margin:g} nA margin"
             print(
                 f"Continuing run {source['uid'][:8]} ({_label(source['task'])}, accuracy "
                 f"{source['accuracy']:.0%}, margin {source['margin_na']:.2f} nA) from its "
-                f"final controls; restarts draw from seed {source['training_seed'] + 1}."
+                f"final controls{target}; restarts draw from seed {source['training_seed'] + 1}."
             )
             rows, figures = train_and_store(
                 args, [source["task"]], args.method, storage, _profiles(args), source
@@ -298,6 +302,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if missed else 0
+
+
+def _continued_margin(args: argparse.Namespace, source: dict[str, Any]) -> float | None:
+    """The margin ``train --from`` trains for and counts in its exit status: the past run's.
+
+    None when the past run trained for the default margin without asking for one (its loss
+    not centred on a margin): then, as for ``train`` without ``--margin``, the exit status
+    counts accuracy only. A ``--margin`` other than the past run's is refused: its task's
+    loss is centred on its own margin.
+    """
+    target = source["target_margin_na"]
+    if source["task"].name == "sphere":
+        if args.margin is not None:
+            raise UsageError("--margin is for gates; the sphere task trains for accuracy")
+        return None
+    asked = "offset_na" in source["task"].loss_params or target != _DEFAULT_TARGET_MARGIN_NA
+    if args.margin is not None and args.margin != target:
+        own = f"{target:g} nA" if asked else f"{target:g} nA, the default"
+        raise UsageError(
+            f"--from keeps run {source['uid'][:8]}'s own margin ({own}); drop --margin"
+        )
+    return target if asked or args.margin is not None else None
 
 
 def _train_tasks(args: argparse.Namespace) -> list[Any]:
@@ -347,6 +373,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 #: Plans whose runs end with an unperturbed evaluation of a task at their controls.
 _RESULT_PLANS = ("train", "train_genetic", "evaluate_controls")
+#: ``target_margin_na`` of ``train`` and ``train_genetic`` when none is asked for (the stop
+#: target of ``--margin``'s help; tests check it against the plans' signatures).
+_DEFAULT_TARGET_MARGIN_NA = 2.0
+#: ``offset_na`` of the corrsig loss when no ``--margin`` is asked for.
+_DEFAULT_LOSS_OFFSET_NA = 5.0
+#: ``train``'s ``max_iterations`` and ``max_attempts``, and ``train_genetic``'s generations.
+_DEFAULT_MAX_ITERATIONS = 120
+_DEFAULT_MAX_ATTEMPTS = 4
+_DEFAULT_GENERATIONS = 100
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -357,6 +392,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .storage import load_run, open_storage
 
     args.setup = [args.setup] if args.setup else None
+    setup = args.setup or os.environ.get("DNPU_SETUP")
+    if args.seed_given and setup:
+        where = "--setup" if args.setup else "DNPU_SETUP"
+        raise UsageError(
+            f"--seed picks a virtual DNPU, but {where} gives the device ({setup}); give one of them"
+        )
     with open_storage(_storage_config(args)) as storage:
         then = _past_result(storage, args, args.uid)
         task = then["task"]
@@ -412,10 +453,9 @@ def _past_result(storage: Any, args: argparse.Namespace, uid: str) -> dict[str, 
     names a device (``--setup``, ``--seed``, ``DNPU_SETUP``), it will measure on the run's own
     virtual DNPU."""
     from .results import trained_setting
-    from .storage import load_run
     from .tasks import task_from_description
 
-    source = load_run(storage.client, uid)
+    source = _load_past_run(storage, uid)
     start = source.metadata["start"]
     if start["plan_name"] not in _RESULT_PLANS:
         raise UsageError(f"run {start['uid'][:8]} is not a training run")
@@ -431,9 +471,43 @@ def _past_result(storage: Any, args: argparse.Namespace, uid: str) -> dict[str, 
     setting["backend"] = backend[args.device or devices[0]] if len(devices) > 1 else backend
     setting["uid"] = start["uid"]
     setting["training_seed"] = int(start.get("seed", 0))
+    setting["target_margin_na"] = _target_margin(start, setting["task"])
     if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
         args.seed = _recorded_virtual_seed(setting["backend"], start["uid"])
     return setting
+
+
+def _load_past_run(storage: Any, uid: str) -> Any:
+    """``load_run``, with a missing run reported with the storage it was looked for in."""
+    from .storage import load_run
+
+    try:
+        return load_run(storage.client, uid)
+    except KeyError:
+        raise UsageError(
+            f"no run with uid {uid!r} in {_where(storage)} (container {storage.config.container!r})"
+        ) from None
+
+
+def _where(storage: Any) -> str:
+    """The data directory, or the Tiled server's URI without its query (an API key)."""
+    from urllib.parse import urlsplit
+
+    if storage.config.uri is None:
+        return f"the data directory {storage.config.directory}"
+    parts = urlsplit(storage.config.uri)
+    host = parts.netloc.rpartition("@")[2]  # no user:password either
+    return "Tiled at " + parts._replace(netloc=host, query="", fragment="").geturl()
+
+
+def _target_margin(start: dict[str, Any], task: Any) -> float:
+    """The margin (nA) a run trained for; an ``evaluate_controls`` run has none of its own,
+    its task's loss is centred on the one its controls were trained for (if one was asked)."""
+    plan_args = start.get("plan_args", {})
+    if "target_margin_na" in plan_args:
+        return float(plan_args["target_margin_na"])
+    offset = getattr(task, "loss_params", {}).get("offset_na")
+    return _DEFAULT_TARGET_MARGIN_NA if offset is None else float(offset)
 
 
 def _note_if_other_device(dnpu: Any, source: dict[str, Any]) -> None:
@@ -459,7 +533,6 @@ def _check_continuation(args: argparse.Namespace) -> None:
             ("--gates", args.gates),
             ("--batch-size", args.batch_size),
             ("--input-range", args.input_range),
-            ("--margin", args.margin),
         )
         if value is not None
     ]
@@ -483,15 +556,15 @@ def _recorded_virtual_seed(backend: dict[str, Any], uid: str) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from .results import final_scores
-    from .storage import find_runs, open_storage
+    from .results import devices_of, final_scores, trained_setting
+    from .storage import open_storage
 
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
     with open_storage(_storage_config(args)) as storage:
-        runs = find_runs(
-            storage.client, plan_name=args.plan, gate=args.gate, task=args.task, limit=args.limit
-        )
+        runs = _find_runs(storage.client, args)
         print(
-            f"{'uid':<10}{'time':<21}{'plan':<20}{'gate/task':<11}{'status':<9}"
+            f"{'uid':<10}{'time':<21}{'plan':<20}{'method':<9}{'gate/task':<11}{'status':<9}"
             f"{'accuracy':>8}{'margin nA':>11}"
         )
         for run in runs:
@@ -504,20 +577,51 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             if scores:  # several devices: the worst of them, and how many there were
                 accuracy = min(a for a, _ in scores.values())
                 margin = min(m for _, m in scores.values())
-                several = f"  ({len(scores)} devices)" if len(scores) > 1 else ""
-                result = f"{accuracy:>8.0%}{margin:>11.2f}{several}"
+                result = f"{accuracy:>8.0%}{margin:>11.2f}"
+                if label == "sphere":  # held-out points: the accuracy that tells
+                    tests = [trained_setting(run, d)["test_accuracy"] for d in devices_of(run)]
+                    if None not in tests:
+                        result += f"  test {min(tests):.0%}"
+                if len(scores) > 1:
+                    result += f"  ({len(scores)} devices)"
+            method = start.get("method", "") if start["plan_name"] != "evaluate_controls" else ""
             print(
-                f"{start['uid'][:8]:<10}{when:<21}{start['plan_name']:<20}{label:<11}"
+                f"{start['uid'][:8]:<10}{when:<21}{start['plan_name']:<20}{method:<9}{label:<11}"
                 f"{stop.get('exit_status', 'open'):<9}{result}"
             )
     return 0
 
 
+def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
+    """``runs``' search; ``--task boolean`` (as ``train --task`` names it) is every gate."""
+    from .storage import find_runs
+    from .tasks import GATES
+
+    task = args.task
+    kind, _, gate = (task or "").partition(":")
+    if kind.lower() == "boolean" and gate:  # stored as BooleanGate.name has it
+        task = f"boolean:{gate.upper()}"
+    elif kind.lower() == "boolean" and args.gate is None:
+        # Each gate's task has its own name: the newest runs of each, merged, newest first.
+        found = [
+            run
+            for name in GATES
+            for run in find_runs(
+                client, plan_name=args.plan, task=f"boolean:{name}", limit=args.limit
+            )
+        ]
+        found.sort(key=lambda run: run.metadata["start"]["time"], reverse=True)
+        return found[: args.limit]
+    elif kind.lower() == "boolean":  # a gate's runs are boolean runs
+        task = None
+    return find_runs(client, plan_name=args.plan, gate=args.gate, task=task, limit=args.limit)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .storage import load_run, open_storage
+    from .storage import open_storage
 
     with open_storage(_storage_config(args)) as storage:
-        runs = [load_run(storage.client, uid) for uid in args.uids]
+        runs = [_load_past_run(storage, uid) for uid in args.uids]
         for run in runs:
             if run.metadata["start"]["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
@@ -563,8 +667,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--seed",
             type=int,
-            help="device seed, and training seed of the first gate (the k-th trains with "
-            "SEED+k; default: DNPU_SEED, else 0)",
+            help="training seed of the first gate (the k-th trains with SEED+k), and the "
+            "virtual DNPU's seed; with --setup (or DNPU_SETUP) the device is the setup's and "
+            "SEED seeds the training only; with --from it only picks the virtual DNPU, by "
+            "default the run's own (default: DNPU_SEED, else 0)",
         )
         sub.add_argument(
             "--setup",
@@ -579,12 +685,25 @@ def _parser() -> argparse.ArgumentParser:
             help="train this many virtual DNPUs side by side (seeds SEED, SEED+1, ...)",
         )
         sub.add_argument("--model", help="brains-py surrogate file to simulate instead")
-        sub.add_argument("--max-iterations", type=int, help="iterations per attempt")
+        sub.add_argument(
+            "--max-iterations",
+            type=int,
+            metavar="N",
+            help=f"gradient methods: iterations per attempt; an unsolved attempt restarts "
+            f"from random controls, up to {_DEFAULT_MAX_ATTEMPTS} attempts, so up to "
+            f"{_DEFAULT_MAX_ATTEMPTS}*N iterations in all (default: "
+            f"{_DEFAULT_MAX_ITERATIONS} per attempt); the GA (--method ga) runs "
+            f"{_DEFAULT_GENERATIONS} generations and ignores it",
+        )
         sub.add_argument(
             "--margin",
             type=float,
             metavar="NA",
-            help="gates: the separation (nA) between the classes to train for (default: 2)",
+            help="gates: the separation (nA) between the classes to train for: training "
+            "stops once it is reached, the corrsig loss's sigmoid is centred on it, and the "
+            "exit status counts it (default: no margin asked; training stops at "
+            f"{_DEFAULT_TARGET_MARGIN_NA:g} nA with the sigmoid centred at "
+            f"{_DEFAULT_LOSS_OFFSET_NA:g} nA, and the exit status counts accuracy only)",
         )
         sub.add_argument(
             "--input-range",
@@ -609,7 +728,7 @@ def _parser() -> argparse.ArgumentParser:
         "--from",
         dest="source",
         metavar="UID",
-        help="continue a past run: its task, starting from its final controls",
+        help="continue a past run: its task and its margin, starting from its final controls",
     )
     train.add_argument("--device", help="with --from: which device of a run that trained several")
     train.add_argument("--json", help="write the results as JSON to this file")
@@ -622,7 +741,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("uid", help="the training run (uid or unique prefix)")
     evaluate.add_argument("--device", help="which device of a run that trained several")
     evaluate.add_argument(
-        "--seed", type=int, help="virtual device seed (default: the one the run used)"
+        "--seed",
+        type=int,
+        help="measure on the virtual DNPU of this seed (default: the one the run used); "
+        "not with --setup or DNPU_SETUP, which give the device",
     )
     evaluate.add_argument("--setup", help="setup profile YAML of the device to measure")
     evaluate.add_argument("--model", help="brains-py surrogate file to simulate instead")
@@ -637,12 +759,18 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help="list past runs from Tiled, with the final accuracy and margin of training runs",
+        help="list past runs from Tiled, with the method, final accuracy and margin of "
+        "training runs (and a sphere run's test accuracy)",
     )
     runs.add_argument("--plan", help="only runs of this plan_name")
     runs.add_argument("--gate", help="only runs of this gate")
-    runs.add_argument("--task", help="only runs of this task, e.g. sphere")
-    runs.add_argument("--limit", type=int, default=20, help="at most this many (newest first)")
+    runs.add_argument(
+        "--task",
+        help="only runs of this task: boolean (every gate), boolean:XOR (one gate), sphere",
+    )
+    runs.add_argument(
+        "--limit", type=int, default=20, help="at most this many, newest first (default: 20)"
+    )
     storage_options(runs)
     runs.set_defaults(handler=_cmd_runs)
 
@@ -663,42 +791,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dnpu-bluesky`` console script."""
     args = _parser().parse_args(argv)
-    _quiet_run_aborted_log()
+    quiet_run_aborted_log()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:  # outside the RunEngine (starting, stopping): no run is open
         print(f"dnpu-bluesky {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-# What the RunEngine logs on every abort: a traceback of the abort itself and a tracing
-# complaint; the CLI says in one line that the run was aborted.
-_ABORT_NOISE = ("Run aborted", "No open traces left to close!")
-
-
-class _BlueskyToStderr(logging.Handler):
-    """Bluesky's warnings and errors to whatever ``sys.stderr`` is now, as Python's last-resort
-    handler would print them, except what the RunEngine logs on every abort (``_ABORT_NOISE``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() not in _ABORT_NOISE
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-        except Exception:
-            self.handleError(record)
-
-
-def _quiet_run_aborted_log() -> None:
-    """Keep bluesky's warnings and errors (e.g. a device that failed to unstage) but not the
-    "Run aborted" traceback: that exception is reported in one line, which it would bury."""
-    bluesky_log = logging.getLogger("bluesky")
-    if not any(isinstance(handler, _BlueskyToStderr) for handler in bluesky_log.handlers):
-        bluesky_log.addHandler(_BlueskyToStderr())
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from bluesky import RunEngine
 from bluesky.utils import DefaultDuringTask
 
+from ._bluesky_log import quiet_run_aborted_log
 from .config import SetupProfile, default_sim_profile, load_profile
 from .storage import Storage, StorageConfig
 
@@ -49,7 +50,9 @@ def make_run_engine(
     Args:
         storage: Where documents go; None for no storage (tests, dry runs).
         interactive: Add a best-effort table, progress bars for long moves and for
-            training runs, and a live loss plot when matplotlib has an interactive backend.
+            training runs, a live loss plot when matplotlib has an interactive backend, and
+            a printout of each gradient validation's summary; a failed plan then shows its
+            traceback once (bluesky's logged "Run aborted" copy is left out).
         returns_result: ``RE(plan)`` returns a ``RunEngineResult`` (with the plan's return
             value) instead of the run uids.
     """
@@ -66,8 +69,26 @@ def make_run_engine(
         table.disable_plots()
         engine.subscribe(table)
         engine.subscribe(TrainingProgress(plot=_interactive_matplotlib()))
+        engine.subscribe(_PrintValidationSummary())
         engine.waiting_hook = ProgressBarManager()
+        quiet_run_aborted_log()
     return engine
+
+
+class _PrintValidationSummary:
+    """Print the one event of a ``validation_summary`` stream: the best-effort table shows
+    the "primary" stream only, and this is a gradient validation's verdict."""
+
+    def __init__(self) -> None:
+        self._descriptors: set[str] = set()
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "descriptor" and doc.get("name") == "validation_summary":
+            self._descriptors.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in self._descriptors:
+            print("Validation summary:")
+            for key, value in doc["data"].items():
+                print(f"  {key} = {value:.4f}")
 
 
 class _WakefulDuringTask(DefaultDuringTask):

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -129,3 +133,25 @@ def stored_RE(storage: Storage, RE: RunEngine) -> RunEngine:
     """
     RE.subscribe(storage.writer)
     return RE
+
+
+@pytest.fixture
+def run_profile(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run IPython with the repository's profile: ``run(*args, input=None)``.
+
+    The startup files are copied into ``tmp_path`` so that IPython's history and logs are
+    written there and not into the repository; the embedded storage is ``tmp_path / "tiled"``.
+    """
+    profile = tmp_path / "profile_dnpu"
+    startup = Path(__file__).resolve().parents[1] / "profiles" / "profile_dnpu" / "startup"
+    shutil.copytree(startup, profile / "startup")
+    ipython = Path(sys.executable).with_name("ipython")
+    env = {**os.environ, "DNPU_DATA_DIR": str(tmp_path / "tiled"), "IPYTHONDIR": str(tmp_path)}
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        command = [str(ipython), f"--profile-dir={profile}", "--no-banner", *args]
+        return subprocess.run(
+            command, input=input, capture_output=True, text=True, timeout=180, env=env
+        )
+
+    return run

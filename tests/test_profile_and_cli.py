@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -16,26 +16,14 @@ from dnpu_bluesky.cli import main
 from dnpu_bluesky.storage import load_run
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "profiles" / "profile_dnpu"
 
 
-def test_profile_startup_files_run_a_plan_into_tiled(tmp_path):
-    # A copy, so IPython's history and logs are written there and not into the repository.
-    profile = tmp_path / "profile_dnpu"
-    shutil.copytree(PROFILE / "startup", profile / "startup")
-    ipython = Path(sys.executable).with_name("ipython")
+def test_profile_startup_files_run_a_plan_into_tiled(run_profile):
     code = (
         "(uid,) = RE(hge_gradient(dnpu)); run = load_run(runs, uid); "
         "print('STREAMS', sorted(run), run['hge']['dnpu_hge_gradient'].read().shape)"
     )
-    env = {**os.environ, "DNPU_DATA_DIR": str(tmp_path / "tiled"), "IPYTHONDIR": str(tmp_path)}
-    completed = subprocess.run(
-        [str(ipython), f"--profile-dir={profile}", "--no-banner", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+    completed = run_profile("-c", code)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "STREAMS ['hge', 'hge_raw'] (1, 1, 5)" in completed.stdout
 
@@ -60,15 +48,27 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     table = capsys.readouterr().out
     assert "XOR" in table and "NOR" in table
 
-    for query in (["--gate", "xor"], ["--task", "boolean:XOR"]):  # a gate in any case
+    for query in (  # a gate in any case
+        ["--gate", "xor"],
+        ["--task", "boolean:XOR"],
+        ["--task", "boolean:xor"],
+        ["--task", "boolean", "--gate", "xor"],
+    ):
         assert main(["runs", *query, *data]) == 0
         listing = capsys.readouterr().out.splitlines()
         assert [line[:8] for line in listing[1:]] == [rows[0]["run_uid"][:8]]
     assert main(["runs", *data]) == 0
     listing = capsys.readouterr().out.splitlines()
-    for row in rows:  # each run with its final accuracy and margin
+    assert listing[0].split()[:5] == ["uid", "time", "plan", "method", "gate/task"]
+    for row in rows:  # each run with its method, final accuracy and margin
         (line,) = [line for line in listing if line.startswith(row["run_uid"][:8])]
-        assert line.split()[4:] == [row["gate"], "success", "100%", f"{row['margin_nA']:.2f}"]
+        assert line.split()[3:] == [
+            "train", "hge", row["gate"], "success", "100%", f"{row['margin_nA']:.2f}"
+        ]  # fmt: skip
+    # --task boolean, as train --task names it: the runs of every gate, newest first.
+    assert main(["runs", "--task", "boolean", "--limit", "2", *data]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line[:8] for line in listing[1:]] == [row["run_uid"][:8] for row in rows[::-1]]
 
     figures = tmp_path / "figures"
     assert main(["report", rows[0]["run_uid"], "--out", str(figures), *data]) == 0
@@ -90,8 +90,14 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     assert main(["train", "--gates", "XAND", *data]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "unknown gate" in error[0]
-    assert main(["evaluate", "0000000000", *data]) == 2
-    assert "No run with uid" in capsys.readouterr().err
+    # A missing run: where it was looked for, without the API key in the server's URI.
+    where = "Tiled at " + urlsplit(tiled_server.uri)._replace(query="").geturl()
+    for command in ("evaluate", "report"):
+        assert main([command, "0000000000", *data]) == 2
+        (error,) = capsys.readouterr().err.strip().splitlines()
+        assert error == (
+            f"dnpu-bluesky {command}: no run with uid '0000000000' in {where} (container 'runs')"
+        )
 
 
 def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tiled_server):
@@ -137,6 +143,55 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     assert "--device chooses the device of a --from run" in capsys.readouterr().err
 
 
+def test_cli_continuation_trains_for_the_past_runs_margin(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri, "--quiet"]
+    out = tmp_path / "results.json"
+    # XNOR on device 0 is classified right early, but reaches no 30 nA separation.
+    args = ["train", "--gates", "XNOR", "--margin", "30", "--max-iterations", "5"]
+    assert main([*args, "--json", str(out), *data]) == 1
+    (first,) = json.loads(out.read_text())["results"]
+    uid = first["run_uid"][:8]
+    capsys.readouterr()
+
+    continued = ["train", "--from", uid, "--max-iterations", "5", "--json", str(out), *data]
+    assert main(continued) == 1  # counted against the past run's 30 nA, as with --margin 30
+    captured = capsys.readouterr()
+    assert "from its final controls, for its 30 nA margin;" in captured.out
+    (second,) = json.loads(out.read_text())["results"]
+    assert f"not solved with a 30 nA margin: XNOR ({second['run_uid'][:8]})" in captured.err
+    start = load_run(tiled_server.client, second["run_uid"]).metadata["start"]
+    assert start["plan_args"]["target_margin_na"] == 30.0
+    assert start["task"]["loss_params"] == {"offset_na": 30.0}
+    # Classified right, yet trained on for all its iterations: not stopped at 2 nA.
+    assert second["accuracy"] == 1.0 and second["margin_nA"] < 30.0
+    assert second["iterations"] == 4 * 5
+
+    # Naming the run's own margin again is no conflict; another one is.
+    assert main(["train", "--from", uid, "--margin", "30", "--max-iterations", "1", *data]) == 1
+    assert "for its 30 nA margin" in capsys.readouterr().out
+    assert main(["train", "--from", uid, "--margin", "10", *data]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        error == f"dnpu-bluesky train: --from keeps run {uid}'s own margin (30 nA); drop --margin"
+    )
+
+
+def test_cli_runs_shows_a_sphere_runs_test_accuracy(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri]
+    out = tmp_path / "results.json"
+    args = ["train", "--task", "sphere", "--max-iterations", "1", "--json", str(out), "--quiet"]
+    assert main([*args, *data]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    capsys.readouterr()
+    assert main(["runs", "--task", "sphere", "--limit", "1", *data]) == 0
+    (line,) = capsys.readouterr().out.splitlines()[1:]
+    assert line.startswith(row["run_uid"][:8])
+    assert line.split()[3:5] == ["train", "hge"]
+    assert line.endswith(f"  test {row['test_accuracy']:.0%}")
+    assert main(["runs", "--task", "boolean", "--limit", "1000", *data]) == 0
+    assert row["run_uid"][:8] not in capsys.readouterr().out
+
+
 def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server):
     data = ["--tiled-uri", tiled_server.uri]
     out = tmp_path / "results.json"
@@ -152,7 +207,7 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     assert main(["runs", "--gate", "AND", *data]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(uid[:8])]
     worst = min(row["margin_nA"] for row in rows)
-    assert line.split()[6:] == ["100%", f"{worst:.2f}", "(2", "devices)"]
+    assert line.split()[7:] == ["100%", f"{worst:.2f}", "(2", "devices)"]
     # Re-measuring a side-by-side run names the device; dnpu2 was the virtual DNPU of seed 1.
     assert main(["evaluate", uid, *data]) == 2
     assert "choose one with --device" in capsys.readouterr().err
@@ -238,6 +293,11 @@ def test_cli_trains_for_a_margin(tmp_path, capsys, tiled_server):
         start = load_run(tiled_server.client, row["run_uid"]).metadata["start"]
         assert start["plan_args"]["target_margin_na"] == 10.0
         assert start["task"]["loss_params"] == {"offset_na": 10.0}
+        capsys.readouterr()
+        assert main(["runs", "--gate", "AND", "--limit", "1", "--tiled-uri", tiled_server.uri]) == 0
+        (line,) = capsys.readouterr().out.splitlines()[1:]
+        plan = "train_genetic" if method == "ga" else "train"
+        assert line.startswith(row["run_uid"][:8]) and line.split()[3:6] == [plan, method, "AND"]
 
     for extra, message in (
         (["--margin", "0"], "--margin must be positive"),
@@ -319,9 +379,74 @@ def test_cli_bad_arguments_exit_nonzero(capsys):
     ):
         assert main(["train", *args, "--tiled-uri", "http://127.0.0.1:9"]) == 2
         assert message in capsys.readouterr().err
+    nowhere = ["--tiled-uri", "http://127.0.0.1:9"]
+    for limit in ("0", "-1"):
+        assert main(["runs", "--limit", limit, *nowhere]) == 2
+        (error,) = capsys.readouterr().err.strip().splitlines()
+        assert error == f"dnpu-bluesky runs: --limit must be at least 1, got {limit}"
+    # evaluate measures on the setup's device: a --seed would have no effect.
+    setup = str(REPO / "profiles" / "setups" / "sim.yaml")
+    assert main(["evaluate", "abcdef12", "--seed", "1", "--setup", setup, *nowhere]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert "--seed picks a virtual DNPU, but --setup gives the device" in error
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DNPU_SETUP", setup)
+        assert main(["evaluate", "abcdef12", "--seed", "1", *nowhere]) == 2
+        assert f"but DNPU_SETUP gives the device ({setup})" in capsys.readouterr().err
     assert main(["train", "--model", "no-such-file.pt", "--quiet"]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["train", "--method", "newton"])
     assert exited.value.code == 2
     assert "invalid choice: 'newton'" in capsys.readouterr().err
+
+
+def test_cli_a_missing_run_names_the_data_directory(tmp_path):
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNPU_")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "dnpu_bluesky.cli", "report", "d3216930", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert completed.stderr.strip() == (
+        f"dnpu-bluesky report: no run with uid 'd3216930' in the data directory {data} "
+        "(container 'runs')"
+    )
+
+
+def test_cli_help_states_the_defaults(capsys):
+    import inspect
+
+    from dnpu_bluesky.plans import train, train_genetic
+    from dnpu_bluesky.tasks.losses import corrsig_loss
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    def help_of(*command):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    text = help_of("train")
+    attempts, iterations = default(train, "max_attempts"), default(train, "max_iterations")
+    assert (
+        "iterations per attempt; an unsolved attempt restarts from random controls, up to "
+        f"{attempts} attempts, so up to {attempts}*N iterations in all (default: {iterations} "
+        "per attempt)" in text
+    )
+    assert f"runs {default(train_genetic, 'generations')} generations and ignores it" in text
+    # Without --margin the loss keeps its own centre: not the same as --margin 2.
+    target, offset = default(train, "target_margin_na"), default(corrsig_loss, "offset_na")
+    assert default(train_genetic, "target_margin_na") == target
+    assert (
+        f"(default: no margin asked; training stops at {target:g} nA with the sigmoid centred "
+        f"at {offset:g} nA, and the exit status counts accuracy only)" in text
+    )
+    assert "with --setup (or DNPU_SETUP) the device is the setup's and SEED seeds the " in text
+    assert "not with --setup or DNPU_SETUP" in help_of("evaluate", "x")
+    assert "at most this many, newest first (default: 20)" in help_of("runs")
