@@ -16,8 +16,11 @@ from .results import stream_of as _stream
 
 
 def _label(run: Any, device: str) -> str:
+    """Task, method and short uid (and device, for side-by-side runs): ``XOR hge 7fb2f05f``."""
     start = run.metadata["start"]
     label = start.get("gate") or start.get("task", {}).get("name", start["plan_name"])
+    method = start.get("method")
+    label = " ".join(part for part in (label, method, start["uid"][:8]) if part)
     return f"{label} ({device})" if len(_devices(run)) > 1 else label
 
 
@@ -60,6 +63,8 @@ def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
     """Loss per iteration (``train`` stream) or best loss per generation (genetic runs).
 
     ``device`` picks one of the devices of a run that trained several (default: the first).
+    Besides ``iteration``, ``loss`` and ``device_s``, ``attempt`` numbers the random start
+    each step belongs to (all 0 for genetic runs, which do not restart).
     """
     name = device or _devices(run)[0]
     if run.metadata["start"]["plan_name"] != "train_genetic":
@@ -68,12 +73,15 @@ def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
             "iteration": stream["train_iteration"].read(),
             "loss": stream["train_loss"].read(),
             "device_s": stream["train_device_seconds"].read(),
+            "attempt": stream["train_attempt"].read(),
         }
     stream = _stream(run, "generation", name)
+    generations = stream["generation_generation"].read()
     return {
-        "iteration": stream["generation_generation"].read(),
+        "iteration": generations,
         "loss": stream["generation_best_loss"].read(),
         "device_s": stream["generation_device_seconds"].read(),
+        "attempt": np.zeros_like(generations),
     }
 
 
@@ -113,12 +121,20 @@ def gates_figure(runs: Sequence[Any]) -> Figure:
 
 
 def loss_figure(runs: Sequence[Any]) -> Figure:
-    """Loss against device seconds for each run (and each device of a run)."""
+    """Loss against device seconds for each run (and each device of a run); a dotted line in
+    the run's colour marks where an attempt was abandoned for a new random start."""
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
+    restarted = False
     for run, device in _panels(runs):
         curve = loss_curve(run, device)
-        axes.plot(curve["device_s"], curve["loss"], label=_label(run, device), lw=1)
+        (line,) = axes.plot(curve["device_s"], curve["loss"], label=_label(run, device), lw=1)
+        # A new random start makes the loss jump; the line says it is not a fault.
+        for index in np.flatnonzero(np.diff(curve["attempt"])) + 1:
+            axes.axvline(curve["device_s"][index], color=line.get_color(), ls=":", lw=0.8)
+            restarted = True
+    if restarted:
+        axes.plot([], [], color="0.4", ls=":", lw=0.8, label="new random start")
     axes.set_xlabel("device time (s)")
     axes.set_ylabel("loss")
     axes.set_yscale("symlog", linthresh=0.1)

@@ -31,8 +31,19 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         ``margin_na`` and ``solved`` of that evaluation; ``test_accuracy`` for tasks with
         held-out data (else None); and the run's ``task`` description (the start document's
         ``task``), e.g. to rebuild it with :func:`dnpu_bluesky.tasks.task_from_description`.
+
+    Raises:
+        KeyError: The run did not measure ``device``, or has no unperturbed evaluation (not
+            a training run); the message lists the devices or streams it has.
     """
-    name = device or devices_of(run)[0]
+    name = _checked_device(run, device)
+    if _stream_name(run, "evaluation", name) not in run:
+        start = run.metadata["start"]
+        raise KeyError(
+            f"run {start['uid'][:8]} ({start.get('plan_name', 'unknown plan')}) has no "
+            f"unperturbed evaluation of {name}: not a training run, or stopped before its "
+            f"final evaluation; its streams: {', '.join(sorted(run)) or 'none'}"
+        )
     keys = ("controls", "threshold_na", "accuracy", "margin_na", "solved")
     last = _last_evaluation(run, name, keys)
     test_accuracy = None
@@ -48,6 +59,17 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         "test_accuracy": test_accuracy,
         "task": run.metadata["start"]["task"],
     }
+
+
+def _checked_device(run: Any, device: str | None) -> str:
+    """``device``, or the run's first device; refused if the run did not measure it."""
+    devices = devices_of(run)
+    if device is None:
+        return devices[0]
+    if device not in devices:
+        uid = run.metadata["start"]["uid"][:8]
+        raise KeyError(f"run {uid} has no device {device!r}; its devices: {', '.join(devices)}")
+    return device
 
 
 def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:

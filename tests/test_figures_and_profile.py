@@ -1,0 +1,71 @@
+"""Figures and results read back from Tiled, and what the IPython profile prints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dnpu_bluesky.devices import build_dnpu
+from dnpu_bluesky.figures import gates_figure, loss_curve, loss_figure
+from dnpu_bluesky.plans import iv_sweep, train
+from dnpu_bluesky.results import trained_setting
+from dnpu_bluesky.storage import load_run
+from dnpu_bluesky.tasks import BooleanGate
+
+
+@pytest.fixture
+def dnpu():
+    device = build_dnpu()
+    yield device
+    device.backend.close()
+
+
+def test_figures_name_method_and_run_and_mark_new_attempts(stored_RE, storage, dnpu):
+    # A learning rate that cannot improve anything: each attempt ends after `patience`.
+    outcome = stored_RE(
+        train(dnpu, BooleanGate("XOR"), method="spsa", lr=1e-9, patience=1, max_attempts=2,
+              max_iterations=12, target_margin_na=1e6, seed=1)
+    )  # fmt: skip
+    (uid,) = outcome.run_start_uids
+    run = load_run(storage.client, uid)
+    expected = f"XOR spsa {uid[:8]}"
+
+    title = gates_figure([run]).axes[0].get_title()
+    assert title.startswith(f"{expected}  acc ")
+
+    curve = loss_curve(run)
+    new_attempts = np.flatnonzero(np.diff(curve["attempt"])) + 1
+    assert new_attempts.size == outcome.plan_result.attempts - 1 == 1
+    (axes,) = loss_figure([run]).axes
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == [expected, "new random start"]
+    dotted = [line.get_xdata() for line in axes.get_lines() if line.get_linestyle() == ":"]
+    assert [x[0] for x in dotted if len(x)] == [curve["device_s"][new_attempts[0]]]
+
+
+def test_trained_setting_says_what_is_missing(stored_RE, storage, dnpu):
+    outcome = stored_RE(train(dnpu, BooleanGate("XOR"), max_iterations=1, max_attempts=1))
+    run = load_run(storage.client, outcome.run_start_uids[0])
+    with pytest.raises(KeyError, match=r"has no device 'nope'; its devices: dnpu"):
+        trained_setting(run, "nope")
+
+    (swept,) = stored_RE(iv_sweep(dnpu, dnpu.e2, -0.2, 0.2, 3)).run_start_uids
+    sweep = load_run(storage.client, swept)
+    with pytest.raises(KeyError, match=r"\(iv_sweep\) has no unperturbed evaluation .* streams: "):
+        trained_setting(sweep)
+
+
+def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summary(run_profile):
+    session = (
+        "RE(bps.mv(dnpu.e0.setpoint, 2.0))\n"
+        "import logging; logging.getLogger('bluesky.run_engine').warning('other warning')\n"
+        "RE(validate_gradients(dnpu, n_points=1, compare_sequential=False))\n"
+    )
+    completed = run_profile("--simple-prompt", "--colors=NoColor", input=session)
+    printed = completed.stdout + completed.stderr
+    assert "Run aborted\n" not in printed  # bluesky's log record, not the source line
+    assert printed.count("Traceback") == 1, printed[-3000:]
+    assert "LimitError: dnpu_e0_setpoint: +2.0000 V is outside the electrode limits" in printed
+    assert "other warning" in printed
+    # The best-effort table leaves out every stream but "primary".
+    assert "Validation summary:\n  dnpu_validation_cosine_hge_fd_median = 0." in printed
