@@ -186,7 +186,10 @@ def train_and_store(
     if args.max_iterations is not None:
         options.update(max_iterations=args.max_iterations)
     if source is not None:
-        options.update(initial_controls=source["controls"], md={"source_run": source["uid"]})
+        options.update(
+            initial_controls=source["controls"],
+            md={"source_run": source["uid"], "source_device": source["device"]},
+        )
     rows, runs = [], []
     try:
         if source is not None:
@@ -411,7 +414,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 task,
                 then["controls"],
                 threshold_na=then["threshold_na"] if args.fixed_threshold else None,
-                md={"source_run": then["uid"]},
+                md={"source_run": then["uid"], "source_device": then["device"]},
             )
             outcome = _run(engine, plan)
         finally:
@@ -470,6 +473,7 @@ def _past_result(storage: Any, args: argparse.Namespace, uid: str) -> dict[str, 
     backend = start["dnpu_backend"]
     setting["backend"] = backend[args.device or devices[0]] if len(devices) > 1 else backend
     setting["uid"] = start["uid"]
+    setting["device"] = args.device or devices[0]
     setting["training_seed"] = int(start.get("seed", 0))
     setting["target_margin_na"] = _target_margin(start, setting["task"])
     if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dnpu_bluesky.cli import main
-from dnpu_bluesky.storage import load_run
+from dnpu_bluesky.storage import find_runs, load_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,7 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     continued = load_run(tiled_server.client, second["run_uid"])
     start = continued.metadata["start"]
     assert start["source_run"] == first["run_uid"]
+    assert start["source_device"] == past.metadata["start"]["detectors"][0]
     assert start["plan_args"]["initial_controls"] == pytest.approx(list(ended))
     # Its random restarts must not replay the past run's own starts.
     assert start["seed"] == past.metadata["start"]["seed"] + 1 == second["seed"]
@@ -216,6 +217,8 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     assert main(["evaluate", uid, "--device", "dnpu2", "--seed", "1", *data]) == 0
     then, now = capsys.readouterr().out.strip().splitlines()[-2:]
     assert then.split()[2] == now.split()[2] == "100%"
+    (check,) = find_runs(tiled_server.client, plan_name="evaluate_controls", limit=1)
+    assert (check.start["source_run"], check.start["source_device"]) == (uid, "dnpu2")
 
     assert main(["train", "--devices", "0", "--quiet", *data]) == 2
     assert "--devices must be at least 1" in capsys.readouterr().err
