@@ -629,8 +629,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for run in runs:
             if run.metadata["start"]["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
-        _print_figures(_write_figures(runs, Path(args.out)))
+        _print_figures(_write_figures(runs, Path(args.out or _report_folder(runs))))
     return 0
+
+
+def _report_folder(runs: Sequence[Any]) -> Path:
+    """``reports/<uid>[-<uid>...]``: one folder per set of runs, so that a report never
+    overwrites the demo's figures or another run's."""
+    uids = [run.metadata["start"]["uid"][:8] for run in runs]
+    more = f"-and-{len(uids) - 3}-more" if len(uids) > 3 else ""
+    return Path("reports") / ("-".join(uids[:3]) + more)
 
 
 def _cmd_check_profile(args: argparse.Namespace) -> int:
@@ -781,7 +789,8 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="redraw training runs' figures from Tiled")
     report.add_argument("uids", nargs="+", help="run uids (or unique prefixes)")
     report.add_argument(
-        "--out", default=str(DEFAULT_OUTPUT), help=f"figure directory (default: {DEFAULT_OUTPUT})"
+        "--out",
+        help="figure directory (default: reports/UID, with the short uid of each run drawn)",
     )
     storage_options(report)
     report.set_defaults(handler=_cmd_report)

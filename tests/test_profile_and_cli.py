@@ -28,7 +28,7 @@ def test_profile_startup_files_run_a_plan_into_tiled(run_profile):
     assert "STREAMS ['hge', 'hge_raw'] (1, 1, 5)" in completed.stdout
 
 
-def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
+def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server, monkeypatch):
     # The session's server, as a remote one: two embedded Tiled servers in one process share
     # the server's global settings, so the CLI must not start its own here.
     data = ["--tiled-uri", tiled_server.uri]
@@ -75,6 +75,15 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server):
     drawn = sorted(p.name for p in figures.iterdir())
     assert drawn == ["gates_loss.png", "gates_outputs.png"]
     assert all((figures / name).stat().st_size > 10_000 for name in drawn)
+    capsys.readouterr()
+    # By default a folder of its own per set of runs, never the demo's folder.
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", *(row["run_uid"][:8] for row in rows), *data]) == 0
+    folder = "reports/" + "-".join(row["run_uid"][:8] for row in rows)
+    assert capsys.readouterr().out.strip() == (
+        f"figures: {folder}/gates_outputs.png, {folder}/gates_loss.png"
+    )
+    assert not (tmp_path / "demo-output").exists()
 
     # Measure the trained XOR again at its controls: a new run, pointing back at the first.
     assert main(["evaluate", rows[0]["run_uid"][:8], "--fixed-threshold", *data]) == 0
