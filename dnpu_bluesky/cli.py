@@ -601,23 +601,12 @@ def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
     from .storage import find_runs
     from .tasks import GATES
 
-    task = args.task
-    kind, _, gate = (task or "").partition(":")
+    task: str | list[str] | None = args.task
+    kind, _, gate = (args.task or "").partition(":")
     if kind.lower() == "boolean" and gate:  # stored as BooleanGate.name has it
         task = f"boolean:{gate.upper()}"
-    elif kind.lower() == "boolean" and args.gate is None:
-        # Each gate's task has its own name: the newest runs of each, merged, newest first.
-        found = [
-            run
-            for name in GATES
-            for run in find_runs(
-                client, plan_name=args.plan, task=f"boolean:{name}", limit=args.limit
-            )
-        ]
-        found.sort(key=lambda run: run.metadata["start"]["time"], reverse=True)
-        return found[: args.limit]
-    elif kind.lower() == "boolean":  # a gate's runs are boolean runs
-        task = None
+    elif kind.lower() == "boolean":  # each gate's task has its own name
+        task = None if args.gate is not None else [f"boolean:{name}" for name in GATES]
     return find_runs(client, plan_name=args.plan, gate=args.gate, task=task, limit=args.limit)
 
 

@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +52,7 @@ import httpx
 import msgpack
 import numpy as np
 import platformdirs
-from tiled.queries import Comparison, Contains, Eq
+from tiled.queries import Comparison, Contains, Eq, In
 from tiled.structures.core import Spec
 
 from ._errors import StorageError
@@ -357,7 +357,7 @@ def find_runs(
     *,
     plan_name: str | None = None,
     gate: str | None = None,
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
     tag: str | None = None,
     since: datetime | str | float | None = None,
     until: datetime | str | float | None = None,
@@ -371,7 +371,7 @@ def find_runs(
         plan_name: Bluesky's ``plan_name`` (e.g. ``"train"``, ``"hge_gradient"``).
         gate: The start document's ``gate`` key (e.g. ``"XOR"``; any case).
         task: The name of the run's task (the start document's ``task["name"]``), e.g.
-            ``"sphere"`` or ``"boolean:XOR"``.
+            ``"sphere"`` or ``"boolean:XOR"``; or several names, for runs of any of them.
         tag: One entry of the start document's ``tags`` list.
         since: Runs started at or after this time: a datetime (naive means local time), an
             ISO 8601 string (``"2025-03-01"``, ``"2025-03-01T14:00"``) or epoch seconds.
@@ -1585,7 +1585,7 @@ def _runs_container(root: Container, path: str) -> CatalogOfBlueskyRuns:
 def _queries(
     plan_name: str | None,
     gate: str | None,
-    task: str | None,
+    task: str | Sequence[str] | None,
     tag: str | None,
     since: datetime | str | float | None,
     until: datetime | str | float | None,
@@ -1596,8 +1596,10 @@ def _queries(
         queries.append(Eq("start.plan_name", plan_name))
     if gate is not None:
         queries.append(Eq("start.gate", gate.upper()))  # stored upper-case, as BooleanGate has it
-    if task is not None:
+    if isinstance(task, str):
         queries.append(Eq("start.task.name", task))
+    elif task is not None:
+        queries.append(In("start.task.name", list(task)))
     if tag is not None:
         queries.append(Contains("start.tags", tag))
     if since is not None:

@@ -140,6 +140,9 @@ def test_find_runs_filters_and_orders_newest_first(stored_RE, storage, documents
     assert uids(scan_id=scan_id) == [second]
     sphere = _uid(stored_RE(bp.count([det]), task={"name": "sphere", "n_points": 120}))
     assert uids(task="sphere") == [sphere]
+    xor = _uid(stored_RE(bp.count([det]), task={"name": "boolean:XOR"}))
+    assert uids(task=["boolean:AND", "boolean:XOR"]) == [xor]  # any of several tasks
+    assert uids(task=("sphere", "boolean:XOR")) == [xor, sphere]
 
     with pytest.raises(ValueError, match="ISO 8601"):
         find_runs(client, since="last tuesday")
