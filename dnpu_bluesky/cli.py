@@ -560,7 +560,7 @@ def _recorded_virtual_seed(backend: dict[str, Any], uid: str) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from .results import devices_of, final_scores, trained_setting
+    from .results import final_scores, held_out_accuracy
     from .storage import open_storage
 
     if args.limit < 1:
@@ -583,7 +583,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 margin = min(m for _, m in scores.values())
                 result = f"{accuracy:>8.0%}{margin:>11.2f}"
                 if label == "sphere":  # held-out points: the accuracy that tells
-                    tests = [trained_setting(run, d)["test_accuracy"] for d in devices_of(run)]
+                    tests = [held_out_accuracy(run, device) for device in scores]
                     if None not in tests:
                         result += f"  test {min(tests):.0%}"
                 if len(scores) > 1:

@@ -46,19 +46,23 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         )
     keys = ("controls", "threshold_na", "accuracy", "margin_na", "solved")
     last = _last_evaluation(run, name, keys)
-    test_accuracy = None
-    if _stream_name(run, "evaluation_test", name) in run:
-        test = _last_evaluation(run, name, ("accuracy",), "evaluation_test")
-        test_accuracy = float(test["accuracy"])
     return {
         "controls": [float(v) for v in last["controls"]],
         "threshold_na": float(last["threshold_na"]),
         "accuracy": float(last["accuracy"]),
         "margin_na": float(last["margin_na"]),
         "solved": bool(last["solved"]),
-        "test_accuracy": test_accuracy,
+        "test_accuracy": held_out_accuracy(run, name),
         "task": run.metadata["start"]["task"],
     }
+
+
+def held_out_accuracy(run: Any, device: str) -> float | None:
+    """Accuracy on the held-out points of ``device``'s last ``evaluation_test`` (one small
+    read), or None for a task without held-out data."""
+    if _stream_name(run, "evaluation_test", device) not in run:
+        return None
+    return float(_last_evaluation(run, device, ("accuracy",), "evaluation_test")["accuracy"])
 
 
 def _checked_device(run: Any, device: str | None) -> str:
