@@ -59,6 +59,15 @@ def _storage_config(args: argparse.Namespace):
     return config
 
 
+def _open_storage(args: argparse.Namespace):
+    """The storage of ``args``, announced on stderr: starting it takes seconds."""
+    from .storage import open_storage
+
+    config = _storage_config(args)
+    print(f"Opening the run store in {_where(config)}", file=sys.stderr, flush=True)
+    return open_storage(config)
+
+
 def _profiles(args: argparse.Namespace) -> list[Any]:
     """One setup profile per device: each ``--setup``, or ``--devices`` virtual DNPUs."""
     from .config import default_sim_profile, load_profile
@@ -178,6 +187,7 @@ def train_and_store(
         for k, profile in enumerate(profiles)
     ]
     devices = dnpus if several else dnpus[0]
+    profile_of = {dnpu.name: profile for dnpu, profile in zip(dnpus, profiles, strict=True)}
     stopping: dict[str, Any] = {}  # for every method
     margin = getattr(args, "margin", None) if source is None else source["target_margin_na"]
     if margin is not None:
@@ -221,6 +231,7 @@ def train_and_store(
                     "wall_s": wall,
                     "run_uid": uid,
                     "device": result.device,
+                    "device_seed": _virtual_device_seed(profile_of[result.device]),
                 }
                 if result.test_accuracy is not None:
                     row["test_accuracy"] = result.test_accuracy
@@ -231,6 +242,13 @@ def train_and_store(
         for dnpu in dnpus:
             dnpu.backend.close()
     return rows, figures
+
+
+def _virtual_device_seed(profile: Any) -> int | None:
+    """The seed of the built-in virtual DNPU a profile simulates; None for other devices."""
+    if profile.backend != "sim" or profile.sim.surrogate is not None:
+        return None
+    return profile.sim.seed
 
 
 def _write_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
@@ -267,11 +285,10 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .storage import open_storage
 
     if args.source:
         _check_continuation(args)
-        with open_storage(_storage_config(args)) as storage:
+        with _open_storage(args) as storage:
             source = _past_result(storage, args, args.source)
             args.margin = _continued_margin(args, source)
             target = "" if args.margin is None else f", for its {args.margin:g} nA margin"
@@ -287,7 +304,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # Every argument is checked before the storage (seconds to start) is opened.
         tasks = _train_tasks(args)
         profiles = _profiles(args)
-        with open_storage(_storage_config(args)) as storage:
+        with _open_storage(args) as storage:
             rows, figures = train_and_store(args, tasks, args.method, storage, profiles)
     print_table(rows)
     _print_figures(figures)
@@ -349,7 +366,6 @@ def _train_tasks(args: argparse.Namespace) -> list[Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .storage import open_storage
     from .tasks import GATES
 
     args.figures = args.figures or str(DEFAULT_OUTPUT)
@@ -364,7 +380,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_margin(args)
     tasks = _gate_tasks(GATES, args)
     profiles = _profiles(args)
-    with open_storage(_storage_config(args)) as storage:
+    with _open_storage(args) as storage:
         rows, figures = train_and_store(args, tasks, "hge", storage, profiles)
     print_table(rows)
     _print_figures(figures)
@@ -392,7 +408,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .plans import evaluate_controls
     from .results import trained_setting
     from .session import make_run_engine
-    from .storage import load_run, open_storage
+    from .storage import load_run
 
     args.setup = [args.setup] if args.setup else None
     setup = args.setup or os.environ.get("DNPU_SETUP")
@@ -401,7 +417,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--seed picks a virtual DNPU, but {where} gives the device ({setup}); give one of them"
         )
-    with open_storage(_storage_config(args)) as storage:
+    with _open_storage(args) as storage:
         then = _past_result(storage, args, args.uid)
         task = then["task"]
         (profile,) = _profiles(args)
@@ -489,17 +505,20 @@ def _load_past_run(storage: Any, uid: str) -> Any:
         return load_run(storage.client, uid)
     except KeyError:
         raise UsageError(
-            f"no run with uid {uid!r} in {_where(storage)} (container {storage.config.container!r})"
+            f"no run with uid {uid!r} in {_where(storage.config)} "
+            f"(container {storage.config.container!r})"
         ) from None
 
 
-def _where(storage: Any) -> str:
+def _where(config: Any) -> str:
     """The data directory, or the Tiled server's URI without its query (an API key)."""
     from urllib.parse import urlsplit
 
-    if storage.config.uri is None:
-        return f"the data directory {storage.config.directory}"
-    parts = urlsplit(storage.config.uri)
+    from .storage import _default_directory
+
+    if config.uri is None:
+        return f"the data directory {config.directory or _default_directory()}"
+    parts = urlsplit(config.uri)
     host = parts.netloc.rpartition("@")[2]  # no user:password either
     return "Tiled at " + parts._replace(netloc=host, query="", fragment="").geturl()
 
@@ -561,11 +580,10 @@ def _recorded_virtual_seed(backend: dict[str, Any], uid: str) -> int:
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .results import final_scores, held_out_accuracy
-    from .storage import open_storage
 
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    with open_storage(_storage_config(args)) as storage:
+    with _open_storage(args) as storage:
         runs = _find_runs(storage.client, args)
         print(
             f"{'uid':<10}{'time':<21}{'plan':<20}{'method':<9}{'gate/task':<11}{'status':<9}"
@@ -611,9 +629,8 @@ def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .storage import open_storage
 
-    with open_storage(_storage_config(args)) as storage:
+    with _open_storage(args) as storage:
         runs = [_load_past_run(storage, uid) for uid in args.uids]
         for run in runs:
             if run.metadata["start"]["plan_name"] not in _RESULT_PLANS:
@@ -820,6 +837,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 2
     except (StorageError, HardwareUnavailableError) as exc:  # the setting, not the arguments
         print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Only a plan can fail a status, so bluesky is imported by then (not for check-profile).
+        failed_status = getattr(sys.modules.get("bluesky.utils"), "FailedStatus", ())
+        if not isinstance(exc, failed_status):
+            raise
+        cause = exc.__cause__ or exc  # the instrument failed mid-run: its cause, not the stack
+        print(
+            f"dnpu-bluesky {args.command}: the device failed during the run, which was stored "
+            "with exit status 'fail' (unstaging parks every electrode at 0 V; a failure to do "
+            f"so is logged above): {type(cause).__name__}: {cause}",
+            file=sys.stderr,
+        )
         return 1
 
 

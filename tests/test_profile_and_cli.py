@@ -103,10 +103,11 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server, monkey
     where = "Tiled at " + urlsplit(tiled_server.uri)._replace(query="").geturl()
     for command in ("evaluate", "report"):
         assert main([command, "0000000000", *data]) == 2
-        (error,) = capsys.readouterr().err.strip().splitlines()
-        assert error == (
-            f"dnpu-bluesky {command}: no run with uid '0000000000' in {where} (container 'runs')"
-        )
+        # The storage takes seconds to open, so it is announced first.
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"Opening the run store in {where}",
+            f"dnpu-bluesky {command}: no run with uid '0000000000' in {where} (container 'runs')",
+        ]
 
 
 def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tiled_server):
@@ -180,7 +181,7 @@ def test_cli_continuation_trains_for_the_past_runs_margin(tmp_path, capsys, tile
     assert main(["train", "--from", uid, "--margin", "30", "--max-iterations", "1", *data]) == 1
     assert "for its 30 nA margin" in capsys.readouterr().out
     assert main(["train", "--from", uid, "--margin", "10", *data]) == 2
-    (error,) = capsys.readouterr().err.strip().splitlines()
+    error = _one_error(capsys.readouterr().err)
     assert (
         error == f"dnpu-bluesky train: --from keeps run {uid}'s own margin (30 nA); drop --margin"
     )
@@ -209,6 +210,7 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     assert main([*args, *data]) == 0
     rows = json.loads(out.read_text())["results"]
     assert [row["device"] for row in rows] == ["dnpu1", "dnpu2"]
+    assert [row["device_seed"] for row in rows] == [0, 1]  # --seed 0, then one seed each
     assert len({row["run_uid"] for row in rows}) == 1  # one run, both devices
     uid = rows[0]["run_uid"]
     assert all(row["accuracy"] == 1.0 for row in rows)
@@ -273,7 +275,7 @@ def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server
     assert main(listing) == 0
     runs_before = capsys.readouterr().out
     assert main(["train", "--gates", "OR", "--setup", str(narrow), "--json", str(out), *data]) == 2
-    (error,) = capsys.readouterr().err.strip().splitlines()  # one line, no traceback
+    error = _one_error(capsys.readouterr().err)  # one line, no traceback
     assert "+0.300 V on input dnpu_e3, outside its limits [-0.700, +0.200] V" in error
     assert "--input-range" in error and not out.exists()
     assert main(listing) == 0
@@ -349,9 +351,31 @@ def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server):
     assert not any("No open traces" in line for line in lines)  # bluesky's noise on abort
 
 
+def test_cli_reports_a_device_failure_mid_run_by_its_cause(capsys, monkeypatch, tiled_server):
+    from dnpu_bluesky.sim import SimulatedDAQ
+
+    real_play = SimulatedDAQ.play_and_record
+    calls = []
+
+    def failing_on_the_third_stream(self, ao_volts, sample_rate):
+        calls.append(len(ao_volts))
+        if len(calls) == 3:
+            raise RuntimeError("AI buffer overflow (injected)")
+        return real_play(self, ao_volts, sample_rate)
+
+    monkeypatch.setattr(SimulatedDAQ, "play_and_record", failing_on_the_third_stream)
+    argv = ["train", "--gates", "XNOR", "--quiet", "--tiled-uri", tiled_server.uri]
+    assert main(argv) == 1
+    error = _one_error(capsys.readouterr().err)
+    assert error.startswith("dnpu-bluesky train: the device failed during the run")
+    assert error.endswith("RuntimeError: AI buffer overflow (injected)")
+    (run,) = find_runs(tiled_server.client, plan_name="train", gate="XNOR", limit=1)
+    assert run.metadata["stop"]["exit_status"] == "fail"
+
+
 def test_cli_reports_an_unreachable_storage_or_driver_in_one_line(capsys, tiled_server):
     assert main(["runs", "--tiled-uri", "http://127.0.0.1:9?api_key=secret"]) == 1
-    (error,) = capsys.readouterr().err.strip().splitlines()
+    error = _one_error(capsys.readouterr().err)
     assert (
         error == "dnpu-bluesky runs: cannot reach Tiled at http://127.0.0.1:9: connection refused"
     )
@@ -367,7 +391,7 @@ def test_cli_reports_an_unreachable_storage_or_driver_in_one_line(capsys, tiled_
         pytest.skip(f"NI-DAQmx {version} is installed: a test must not drive real hardware")
     setup = str(REPO / "profiles" / "setups" / "cdaq-example.yaml")
     assert main(["train", "--setup", setup, "--quiet", "--tiled-uri", tiled_server.uri]) == 1
-    (error,) = capsys.readouterr().err.strip().splitlines()
+    error = _one_error(capsys.readouterr().err)
     assert "NI-DAQmx driver not found" in error
 
 
@@ -394,12 +418,12 @@ def test_cli_bad_arguments_exit_nonzero(capsys):
     nowhere = ["--tiled-uri", "http://127.0.0.1:9"]
     for limit in ("0", "-1"):
         assert main(["runs", "--limit", limit, *nowhere]) == 2
-        (error,) = capsys.readouterr().err.strip().splitlines()
+        error = _one_error(capsys.readouterr().err)
         assert error == f"dnpu-bluesky runs: --limit must be at least 1, got {limit}"
     # evaluate measures on the setup's device: a --seed would have no effect.
     setup = str(REPO / "profiles" / "setups" / "sim.yaml")
     assert main(["evaluate", "abcdef12", "--seed", "1", "--setup", setup, *nowhere]) == 2
-    (error,) = capsys.readouterr().err.strip().splitlines()
+    error = _one_error(capsys.readouterr().err)
     assert "--seed picks a virtual DNPU, but --setup gives the device" in error
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DNPU_SETUP", setup)
@@ -424,10 +448,11 @@ def test_cli_a_missing_run_names_the_data_directory(tmp_path):
         env=env,
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
-    assert completed.stderr.strip() == (
+    assert completed.stderr.strip().splitlines() == [
+        f"Opening the run store in the data directory {data}",
         f"dnpu-bluesky report: no run with uid 'd3216930' in the data directory {data} "
-        "(container 'runs')"
-    )
+        "(container 'runs')",
+    ]
 
 
 def test_cli_help_states_the_defaults(capsys):
@@ -462,3 +487,9 @@ def test_cli_help_states_the_defaults(capsys):
     assert "with --setup (or DNPU_SETUP) the device is the setup's and SEED seeds the " in text
     assert "not with --setup or DNPU_SETUP" in help_of("evaluate", "x")
     assert "at most this many, newest first (default: 20)" in help_of("runs")
+
+
+def _one_error(err: str) -> str:
+    """The one error line on stderr, after the announcement that the storage is opening."""
+    (line,) = [x for x in err.strip().splitlines() if not x.startswith("Opening the run store ")]
+    return line
