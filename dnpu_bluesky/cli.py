@@ -81,6 +81,7 @@ def _profiles(args: argparse.Namespace) -> list[Any]:
         if count > 1:
             raise UsageError("--devices is for virtual DNPUs; give one --setup per device instead")
         profiles = [load_profile(path) for path in args.setup]
+        _check_no_shared_channels(args.setup, profiles)
     else:
         inputs = SPHERE_INPUTS if getattr(args, "task", "boolean") == "sphere" else (3, 4)
         profiles = [default_sim_profile(seed=args.seed + k, inputs=inputs) for k in range(count)]
@@ -97,6 +98,23 @@ def _profiles(args: argparse.Namespace) -> list[Any]:
             for profile in profiles
         ]
     return profiles
+
+
+def _check_no_shared_channels(paths: Sequence[str], profiles: Sequence[Any]) -> None:
+    """Refuse setups side by side that name the same DAQ channel: one channel cannot drive
+    (or read) two devices, and DAQmx would only say so once the run is open."""
+    owner: dict[str, int] = {}
+    for index, profile in enumerate(profiles):
+        if profile.backend != "nidaqmx":
+            continue  # every virtual DNPU has a simulated DAQ of its own
+        channels = [electrode.channel for electrode in profile.electrodes]
+        for channel in [*channels, profile.output.channel]:
+            first = owner.setdefault(channel.lower(), index)  # DAQmx names ignore case
+            if first != index:
+                raise UsageError(
+                    f"--setup {paths[index]} uses DAQ channel {channel}, as does --setup "
+                    f"{paths[first]}: each device side by side needs channels of its own"
+                )
 
 
 def _seed_from_env() -> int:

@@ -405,7 +405,7 @@ def test_cli_check_profile(tmp_path, capsys):
     assert "max_v" in capsys.readouterr().err
 
 
-def test_cli_bad_arguments_exit_nonzero(capsys):
+def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
     # Refused before any storage is opened (none is configured here) or device is built.
     for args, message in (
         (["--gates="], "unknown gate(s) ''"),
@@ -416,6 +416,19 @@ def test_cli_bad_arguments_exit_nonzero(capsys):
         assert main(["train", *args, "--tiled-uri", "http://127.0.0.1:9"]) == 2
         assert message in capsys.readouterr().err
     nowhere = ["--tiled-uri", "http://127.0.0.1:9"]
+    # Two setups side by side on one DAQ channel (DAQmx names ignore case): refused before
+    # any storage or device, not by DAQmx once the run is open.
+    rig = REPO / "profiles" / "setups" / "cdaq-example.yaml"
+    other = tmp_path / "rig2.yaml"
+    other.write_text(
+        rig.read_text()
+        .replace("cDAQ1Mod1/ao", "cDAQ2Mod1/ao")
+        .replace("cDAQ1Mod3/ai0", "CDAQ1MOD3/AI0")
+    )
+    for second, channel in ((rig, "cDAQ1Mod1/ao0"), (other, "CDAQ1MOD3/AI0")):
+        assert main(["train", "--setup", str(rig), "--setup", str(second), *nowhere]) == 2
+        error = _one_error(capsys.readouterr().err)
+        assert f"--setup {second} uses DAQ channel {channel}, as does --setup {rig}" in error
     for limit in ("0", "-1"):
         assert main(["runs", "--limit", limit, *nowhere]) == 2
         error = _one_error(capsys.readouterr().err)
