@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,17 @@ Document = tuple[str, dict[str, Any]]
 def pytest_configure(config: pytest.Config) -> None:
     """Keep the tests' default data and spool directories out of the user's data directory."""
     os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dnpu-bluesky-tests-")
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="dnpu-bluesky-tests-state-")
+
+
+@pytest.fixture
+def ni_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The NI-DAQmx backend's output state files in the test's directory; the SIGTERM
+    handler (which building that backend replaces) restored after the test."""
+    monkeypatch.setenv("DNPU_STATE_DIR", str(tmp_path / "state"))
+    handler = signal.getsignal(signal.SIGTERM)
+    yield tmp_path / "state"
+    signal.signal(signal.SIGTERM, handler)
 
 
 @pytest.fixture(scope="session")

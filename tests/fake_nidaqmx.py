@@ -11,7 +11,8 @@ backend cannot use anything the API test does not check.
 The rig (``fake.rig``) is the test's side: it keeps every task created, every call made, the
 voltage each AO channel holds and the history of all samples generated, computes the AI
 response of a simulated device, and injects failures (missing driver, a DaqError on a call,
-a generation that stalls part-way).
+a generation that stalls part-way, a sample clock the driver coerces) or runs an action (such
+as raising a signal) at a given call.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def _api(real_path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             rig: Rig = self._rig
             rig.calls.append(Call(real_path, args, kwargs))
+            action = rig.actions.pop(real_path, None)
+            if action is not None:
+                action()
             error = rig.errors.pop(real_path, None)
             if error is not None:
                 raise error
@@ -100,6 +104,10 @@ class Rig:
         self.calls: list[Call] = []
         #: Real path -> exception raised (once) at the next call of that path.
         self.errors: dict[str, BaseException] = {}
+        #: Real path -> function run (once) at the next call of that path, before any error.
+        self.actions: dict[str, Callable[[], Any]] = {}
+        #: The sample clock rate the driver makes for a requested rate (here: exactly it).
+        self.coerce_rate: Callable[[float], float] = float
         #: If set, an AO generation has produced only this many samples until waited or stopped.
         self.ao_stalls_at: int | None = None
         self.levels: dict[str, float] = {}
@@ -234,8 +242,16 @@ class _FakeTiming:
             raise NotImplementedError("the fake only does finite generation and acquisition")
         if not (math.isfinite(rate) and rate > 0) or samps_per_chan < 2:
             raise _daq_error("Invalid sample clock settings", DAQmxErrors.INVALID_ATTRIBUTE_VALUE)
-        self._task._record.rate = float(rate)
+        self._task._record.rate = float(self._rig.coerce_rate(rate))
         self._task._record.samps_per_chan = int(samps_per_chan)
+
+    @property
+    @_api("nidaqmx.task.Timing.samp_clk_rate")
+    def samp_clk_rate(self) -> float:
+        rate = self._task._record.rate
+        if rate is None:
+            raise _daq_error("Sample clock rate not set", DAQmxErrors.UNKNOWN)
+        return rate
 
 
 class _FakeStartTrigger:
@@ -390,6 +406,16 @@ class _FakeTask:
         record = self._check_usable(None)
         if record.kind == "ao" and self._running:
             record.generated = len(record.written)
+
+    @_api("nidaqmx.task.Task.control")
+    def control(self, action: Any) -> None:
+        if not isinstance(action, nidaqmx.constants.TaskMode):
+            raise TypeError(f"action must be a TaskMode, got {action!r}")
+        if action is not nidaqmx.constants.TaskMode.TASK_VERIFY:
+            raise NotImplementedError("the fake only verifies tasks")
+        record = self._check_usable(None)
+        if record.kind is None or record.rate is None:
+            raise _daq_error("Task has no channels or no sample clock", DAQmxErrors.UNKNOWN)
 
     @_api("nidaqmx.task.Task.stop")
     def stop(self) -> None:

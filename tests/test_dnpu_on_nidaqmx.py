@@ -24,6 +24,10 @@ from dnpu_bluesky.tasks import BooleanGate
 EXAMPLE = Path(__file__).resolve().parents[1] / "profiles" / "setups" / "cdaq-example.yaml"
 
 
+# Output state files in the test's directory, the SIGTERM handler restored after.
+pytestmark = pytest.mark.usefixtures("ni_state_dir")
+
+
 @pytest.fixture
 def rig_and_dnpu():
     profile = load_profile(EXAMPLE)
@@ -74,3 +78,13 @@ def test_training_aborted_midway_leaves_only_safe_samples(RE, rig_and_dnpu, docu
     RE.abort(reason="operator abort")
     assert [doc for name, doc in documents if name == "stop"][-1]["exit_status"] == "abort"
     _assert_everything_generated_was_safe(rig, profile)
+
+
+def test_sample_rate_changed_after_building_is_refused(rig_and_dnpu):
+    rig, dnpu, _, profile = rig_and_dnpu
+    n_tasks = len(rig.tasks)
+    dnpu.sample_rate.put(profile.sample_rate / 5)  # would alias below the amplifier bandwidth
+    status = dnpu.trigger()
+    with pytest.raises(ValueError, match="differs from the setup profile's"):
+        status.wait(30)
+    assert len(rig.tasks) == n_tasks

@@ -29,6 +29,10 @@ from dnpu_bluesky.devices.ni_daqmx import HardwareUnavailableError, NIDAQmxBacke
 EXAMPLE = Path(__file__).resolve().parents[1] / "profiles" / "setups" / "cdaq-example.yaml"
 
 
+# Output state files in the test's directory, the SIGTERM handler restored after.
+pytestmark = pytest.mark.usefixtures("ni_state_dir")
+
+
 def _resolve(path: str) -> Any:
     """The object at a dotted path into the installed package (attributes read statically)."""
     parts = path.split(".")
@@ -65,7 +69,7 @@ def _parameters(function: Any) -> list[inspect.Parameter]:
 
 
 def _run_backend_scenario(fake: FakeNidaqmx) -> None:
-    """Everything the backend does: acquire, hold, fail mid-read and recover, close."""
+    """Everything the backend does: verify, acquire, hold, fail on each side and recover."""
     profile = load_profile(EXAMPLE)
     daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
     n = 400
@@ -79,6 +83,11 @@ def _run_backend_scenario(fake: FakeNidaqmx) -> None:
         "overflow", DAQmxErrors.SAMPLES_NO_LONGER_AVAILABLE.value, 0
     )
     with pytest.raises(nidaqmx.errors.DaqReadError):
+        daq.play_and_record(stream, profile.sample_rate)
+    fake.rig.errors["nidaqmx.task.Task.wait_until_done"] = nidaqmx.errors.DaqError(
+        "AO underflow", DAQmxErrors.UNKNOWN.value
+    )
+    with pytest.raises(nidaqmx.errors.DaqError):
         daq.play_and_record(stream, profile.sample_rate)
     daq.close()
 

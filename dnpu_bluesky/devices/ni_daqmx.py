@@ -7,13 +7,19 @@ electrode channels at the stream's sample rate and an AI task reading the amplif
 are averaged in blocks of ``readout_oversampling``, one block per AO sample.
 
 Safety is enforced here, whatever the caller does: every stream is checked against the
-profile's limits and slew rate before any task exists (refused whole, never clipped); static
-voltages are reached by linear ramps within the slew limit; an error during an acquisition
-ramps the electrodes to 0 V from where the generation stopped before the error propagates; and
-``close()`` and an interpreter-exit hook park every electrode at 0 V.
+profile's limits, sample rate and slew rate before any task exists (refused whole, never
+clipped); static voltages are reached by linear ramps within the slew limit; an input-side
+error lets the finite stream run out to its final 0 V, and an output-side error ramps the
+electrodes to 0 V from where the generation stopped, before the error propagates; ``close()``,
+an interpreter-exit hook, a multiprocessing finalizer (children end with ``os._exit``) and
+SIGTERM (turned into ``SystemExit`` when the backend is created in the main thread) park every
+electrode at 0 V, and Ctrl-C is held back while a park ramp runs.
 
-The backend assumes the electrodes rest at 0 V when it is created (NI analog outputs power up
-at 0 V and every earlier session parks them there).
+The analog outputs cannot be read back, so the last commanded levels are kept in a state file
+per set of AO channels, in the ``nidaqmx`` folder of ``$DNPU_STATE_DIR`` (default:
+``platformdirs.user_state_path("dnpu-bluesky")``), present only while the electrodes hold a
+non-zero level or a generation runs. A new backend ramps held levels found there to 0 V
+(with a warning) and refuses to start if a generation was running when its owner died.
 """
 
 from __future__ import annotations
@@ -22,20 +28,26 @@ import atexit
 import contextlib
 import functools
 import importlib
+import json
 import logging
 import math
+import multiprocessing.util
+import os
+import re
+import signal
 import threading
 import time
-import weakref
 from collections.abc import Iterator
-from types import ModuleType
+from pathlib import Path
+from types import FrameType, ModuleType
 from typing import Any
 
 import numpy as np
+import platformdirs
 
 from .._errors import HardwareUnavailableError
 from ..backend import Acquisition
-from ..config import SetupProfile
+from ..config import ElectrodeConfig, SetupProfile
 from ..safety import ZERO_TOLERANCE_V, UnsafeWaveformError, check_waveform
 
 __all__ = ["HardwareUnavailableError", "NIDAQmxBackend"]
@@ -44,6 +56,16 @@ _log = logging.getLogger(__name__)
 
 #: Seconds added to a stream's duration before a read or wait gives up.
 _TIMEOUT_MARGIN_S = 10.0
+#: Relative difference allowed between the requested and the driver's sample clock rate.
+_RATE_TOLERANCE = 1e-6
+#: AI samples at or beyond this fraction of the AI range are taken as clipped by the ADC.
+_AI_SATURATION = 0.99
+#: Environment variable naming the directory of the output state files.
+_STATE_DIR_ENV = "DNPU_STATE_DIR"
+# Before other multiprocessing finalizers (priority 0 and up to 10 in the standard library).
+_EXIT_PRIORITY = 100
+#: SIGTERM handler that was in place before ours, called first by ours.
+_previous_sigterm: Any = None
 
 _TERMINAL_CONFIG = {
     "default": "DEFAULT",
@@ -61,14 +83,69 @@ def _import_nidaqmx() -> ModuleType:
     return module
 
 
-def _park_at_exit(backend_ref: weakref.ref[NIDAQmxBackend]) -> None:
-    backend = backend_ref()
-    if backend is None:
+def _park_at_exit(backend: NIDAQmxBackend, pid: int) -> None:
+    # A forked child inherits the hooks but not the right to drive the parent's outputs.
+    if os.getpid() != pid:
         return
     try:
         backend.close()
     except Exception:
         _log.exception("could not park the electrodes at 0 V at interpreter exit")
+
+
+def _sigterm_exits(signum: int, frame: FrameType | None) -> None:
+    if callable(_previous_sigterm):
+        _previous_sigterm(signum, frame)
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit``, so that ``finally`` blocks and atexit hooks park."""
+    global _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    # SIG_IGN is a choice to keep running; None is a handler installed outside Python.
+    if current is _sigterm_exits or current is None or current == signal.SIG_IGN:
+        return
+    _previous_sigterm = current
+    signal.signal(signal.SIGTERM, _sigterm_exits)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends, then deliver them.
+
+    Only the main thread receives signals, and only there can handlers be replaced.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None and handler != signal.SIG_IGN:
+            previous[signum] = handler
+            signal.signal(signum, lambda number, _frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+def _state_file(channels: list[str]) -> Path:
+    """The state file of one set of AO channels, named after the devices and lines."""
+    lines: dict[str, list[str]] = {}
+    for channel in channels:
+        device, _, line = channel.strip("/").partition("/")
+        lines.setdefault(device, []).append(line)
+    name = "_".join(f"{device}-{'-'.join(sorted(ls))}" for device, ls in sorted(lines.items()))
+    directory = os.environ.get(_STATE_DIR_ENV) or platformdirs.user_state_path("dnpu-bluesky")
+    return Path(directory) / "nidaqmx" / (re.sub(r"[^A-Za-z0-9._-]", "-", name) + ".json")
 
 
 class NIDAQmxBackend:
@@ -79,9 +156,15 @@ class NIDAQmxBackend:
         nidaqmx_module: The ``nidaqmx`` module to use; a test double can be injected here.
             Default: the installed ``nidaqmx`` package.
 
+    Building it lets the driver verify both tasks (channels, clocks, trigger terminal) and
+    ramps to 0 V any level an earlier session left held (see the module docstring).
+
     Raises:
-        ValueError: if the profile is not an NI-DAQmx profile.
-        HardwareUnavailableError: if the NI-DAQmx driver is missing.
+        ValueError: if the profile is not an NI-DAQmx profile, or the device cannot make its
+            sample rate exactly.
+        HardwareUnavailableError: if the NI-DAQmx driver is missing, refuses a channel or
+            the trigger terminal (one line naming it), or an earlier session ended while
+            generating, so the output voltages are unknown.
     """
 
     name = "nidaqmx"
@@ -96,13 +179,23 @@ class NIDAQmxBackend:
         self._daq = nidaqmx_module if nidaqmx_module is not None else _import_nidaqmx()
         self._limits = profile.limits_v
         self._names = list(profile.electrode_names)
-        # What the electrodes hold now, as far as the backend knows.
+        self._channels = [e.channel for e in profile.electrodes]
+        # What the electrodes hold now, as far as the backend knows (after a generation
+        # stopped at an unknown sample: a guess, and the state file still says "running").
         self._levels = np.zeros(self.n_channels)
         self._closed = False
         self._lock = threading.RLock()
+        self._state_path = _state_file(self._channels)
         self._driver_version = self._probe_driver()
-        self._exit_hook = functools.partial(_park_at_exit, weakref.ref(self))
+        _exit_on_sigterm()
+        self._verify_setup()
+        self._recover_outputs()
+        # Held strongly: a backend dropped without close() may still hold a voltage.
+        self._exit_hook = functools.partial(_park_at_exit, self, os.getpid())
         atexit.register(self._exit_hook)
+        self._finalizer = multiprocessing.util.Finalize(
+            None, self._exit_hook, exitpriority=_EXIT_PRIORITY
+        )
 
     # -- public API ---------------------------------------------------------------------
 
@@ -119,7 +212,8 @@ class NIDAQmxBackend:
             (measured time the instrument was busy, at least the stream's duration).
 
         Raises:
-            ValueError: for a stream of the wrong shape or a non-positive rate.
+            ValueError: for a stream of the wrong shape, a rate other than the profile's, or
+                a rate the driver cannot make exactly (nothing was generated).
             UnsafeWaveformError: if the stream breaks a safety rule (no task was created).
             HardwareUnavailableError: if the driver is missing.
             nidaqmx.errors.DaqError: from the driver, after the electrodes were parked.
@@ -132,6 +226,12 @@ class NIDAQmxBackend:
         rate = float(sample_rate)
         if not math.isfinite(rate) or rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
+        if not math.isclose(rate, self.profile.sample_rate, rel_tol=_RATE_TOLERANCE):
+            # The profile's rate is the one checked against aliasing and the tone plan.
+            raise ValueError(
+                f"sample_rate {rate:g} S/s differs from the setup profile's "
+                f"{self.profile.sample_rate:g} S/s; change it in the profile"
+            )
         check_waveform(
             volts,
             rate,
@@ -191,63 +291,85 @@ class NIDAQmxBackend:
         }
 
     def close(self) -> None:
-        """Ramp every electrode to 0 V and release the backend; safe to call twice."""
-        with self._lock:
+        """Ramp every electrode to 0 V and release the backend; safe to call twice.
+
+        The backend stays open (and its exit hooks armed) if the ramp fails.
+        """
+        with self._lock, _signals_deferred():
             if self._closed:
                 return
-            try:
-                self._move_to(np.zeros(self.n_channels))
-            finally:
-                self._closed = True
-                atexit.unregister(self._exit_hook)
+            self._move_to(np.zeros(self.n_channels))
+            self._closed = True
+            atexit.unregister(self._exit_hook)
+            self._finalizer.cancel()
 
     # -- acquisition --------------------------------------------------------------------
 
     def _stream(self, volts: np.ndarray, rate: float) -> np.ndarray:
-        constants = self._daq.constants
         output = self.profile.output
         oversampling = self.profile.readout_oversampling
         n_samples = len(volts)
         n_ai = n_samples * oversampling
         timeout = n_samples / rate + _TIMEOUT_MARGIN_S
+        before = self._levels
         with contextlib.ExitStack() as stack:
             ao = stack.enter_context(self._new_task())
             ai = stack.enter_context(self._new_task())
             self._add_electrodes(ao)
-            ao.timing.cfg_samp_clk_timing(
-                rate, sample_mode=constants.AcquisitionType.FINITE, samps_per_chan=n_samples
-            )
-            ai.ai_channels.add_ai_voltage_chan(
-                output.channel,
-                name_to_assign_to_channel="output",
-                terminal_config=getattr(
-                    constants.TerminalConfiguration, _TERMINAL_CONFIG[output.terminal_config]
-                ),
-                min_val=-output.ai_range_v,
-                max_val=output.ai_range_v,
-            )
-            ai.timing.cfg_samp_clk_timing(
-                rate * oversampling,
-                sample_mode=constants.AcquisitionType.FINITE,
-                samps_per_chan=n_ai,
-            )
+            self._set_clock(ao, rate, n_samples)
+            self._add_output(ai)
             ai.triggers.start_trigger.cfg_dig_edge_start_trig(
                 self.profile.trigger.start_trigger_source
             )
+            self._set_clock(ai, rate * oversampling, n_ai)
             ao.write(self._channel_major(volts), auto_start=False, timeout=timeout)
             ai.start()  # armed: acquires from the AO start trigger on
+            self._write_state(running=True)
+            ran_out = False
             try:
                 ao.start()
-                raw = ai.read(number_of_samples_per_channel=n_ai, timeout=timeout)
+                try:
+                    raw = ai.read(number_of_samples_per_channel=n_ai, timeout=timeout)
+                except Exception as exc:
+                    # An input-side failure: stopping the output part-way would leave it
+                    # away from 0 V, where the finite stream itself ends.
+                    ran_out = self._run_out(ao, timeout, exc)
+                    raise
                 ao.wait_until_done(timeout=timeout)
             except BaseException:
-                self._levels = self._levels_after_abort(ao, volts, before=self._levels)
+                if not ran_out:
+                    self._abort(ao, volts, before)
                 raise
-        self._levels = np.zeros(self.n_channels)  # every stream ends at 0 V
+        self._held(np.zeros(self.n_channels))  # every stream ends at 0 V
         samples = np.asarray(raw, dtype=float)
         if samples.shape != (n_ai,):
             raise RuntimeError(f"AI returned {samples.shape} samples, expected ({n_ai},)")
+        clipped = int(np.count_nonzero(np.abs(samples) >= _AI_SATURATION * output.ai_range_v))
+        if clipped:
+            _log.warning(
+                "%s: %d of %d AI samples at the +-%g V range limit: the amplifier output was "
+                "clipped and the current reads too small there (full scale %.4g nA)",
+                output.channel,
+                clipped,
+                n_ai,
+                output.ai_range_v,
+                output.ai_range_v / self.profile.amplifier.gain_v_per_a * 1e9,
+            )
         return samples.reshape(n_samples, oversampling).mean(axis=1)
+
+    def _run_out(self, ao: Any, timeout: float, exc: BaseException) -> bool:
+        """Let a finite generation run to its end after an input-side error.
+
+        Returns:
+            ``True`` if it did (the electrodes are at 0 V), ``False`` if the wait failed.
+        """
+        try:
+            ao.wait_until_done(timeout=timeout)
+        except BaseException as wait_exc:
+            exc.add_note(f"the generation did not run to its end either: {wait_exc!r}")
+            return False
+        self._held(np.zeros(self.n_channels))
+        return True
 
     def _move_to(self, target: np.ndarray) -> float:
         """Ramp linearly from the present levels to ``target``; returns the ramp's seconds."""
@@ -266,54 +388,177 @@ class NIDAQmxBackend:
         with contextlib.ExitStack() as stack:
             ao = stack.enter_context(self._new_task())
             self._add_electrodes(ao)
-            ao.timing.cfg_samp_clk_timing(
-                rate,
-                sample_mode=self._daq.constants.AcquisitionType.FINITE,
-                samps_per_chan=n_steps,
-            )
+            self._set_clock(ao, rate, n_steps)
             ao.write(self._channel_major(ramp), auto_start=False, timeout=timeout)
+            self._write_state(running=True)
             try:
                 ao.start()
                 ao.wait_until_done(timeout=timeout)
             except BaseException:
-                self._levels = self._levels_after_abort(ao, ramp, before=start)
+                self._abort(ao, ramp, start)
                 raise
-        self._levels = target.copy()
+        self._held(target.copy())
         return n_steps / rate
 
-    def _levels_after_abort(self, ao: Any, samples: np.ndarray, before: np.ndarray) -> np.ndarray:
+    def _abort(self, ao: Any, samples: np.ndarray, before: np.ndarray) -> None:
         """Stop a failed generation and work out which sample the electrodes were left at."""
-        try:
-            ao.stop()
-            generated = int(ao.out_stream.total_samp_per_chan_generated)
-        except Exception:
-            # Unknown position: assume the middle of the span the electrodes could be in,
-            # which halves the worst-case jump of the parking ramp's first sample.
-            span = np.vstack([before, samples])
-            _log.warning("cannot tell where the generation stopped; parking from mid-span")
-            return (span.min(axis=0) + span.max(axis=0)) / 2
-        if generated <= 0:
-            return before.copy()
-        return samples[min(generated, len(samples)) - 1].copy()
+        with _signals_deferred():
+            try:
+                ao.stop()
+                generated = int(ao.out_stream.total_samp_per_chan_generated)
+            except BaseException as exc:
+                # Unknown position (a second Ctrl-C included), never taken as 0 V: assume the
+                # middle of the span the electrodes could be in, which halves the worst-case
+                # jump of the parking ramp's first sample.
+                span = np.vstack([before, samples])
+                _log.warning(
+                    "cannot tell where the generation stopped (%r); parking from mid-span", exc
+                )
+                self._levels = (span.min(axis=0) + span.max(axis=0)) / 2
+            else:
+                last = min(generated, len(samples)) - 1
+                self._held(before.copy() if last < 0 else samples[last])
 
     def _park_after_error(self, exc: BaseException) -> None:
         try:
-            self._move_to(np.zeros(self.n_channels))
+            with _signals_deferred():
+                self._move_to(np.zeros(self.n_channels))
         except Exception as park_exc:
             _log.exception("could not park the electrodes at 0 V after an error")
             exc.add_note(f"parking the electrodes at 0 V failed too: {park_exc!r}")
 
+    # -- output state across sessions ---------------------------------------------------
+
+    def _held(self, levels: np.ndarray) -> None:
+        """Record that the electrodes hold ``levels``; only non-zero levels are kept on disk."""
+        self._levels = np.array(levels, dtype=float)
+        if np.all(np.abs(self._levels) <= ZERO_TOLERANCE_V):
+            try:
+                self._state_path.unlink(missing_ok=True)
+            except OSError:
+                _log.warning("could not remove %s", self._state_path, exc_info=True)
+        else:
+            self._write_state(running=False)
+
+    def _write_state(self, *, running: bool) -> None:
+        record: dict[str, Any] = {"channels": self._channels, "pid": os.getpid()}
+        if running:
+            record["running"] = True
+        else:
+            record["levels_v"] = self._levels.tolist()
+        path = self._state_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".tmp")
+            partial.write_text(json.dumps(record))
+            os.replace(partial, path)
+        except OSError:
+            _log.warning("could not record the output state in %s", path, exc_info=True)
+
+    def _recover_outputs(self) -> None:
+        """Ramp to 0 V from the levels an earlier session left, or refuse if they are unknown."""
+        path = self._state_path
+        if not path.exists():
+            return
+        outputs = f"{self._channels[0]}..{self._channels[-1]}"
+        try:
+            record = json.loads(path.read_text())
+            levels = np.array(record.get("levels_v", ()), dtype=float)
+            running = bool(record.get("running"))
+        except (OSError, ValueError, TypeError, AttributeError):
+            running, levels = True, np.zeros(0)
+        ok = levels.shape == (self.n_channels,) and np.all(
+            (levels >= self._limits[:, 0]) & (levels <= self._limits[:, 1])
+        )
+        if running or not ok:
+            raise HardwareUnavailableError(
+                f"{outputs}: the last session ended while generating (or left an unreadable "
+                f"record), so the voltages on the pins are unknown; check them (NI MAX test "
+                f"panel or a multimeter), bring them to 0 V, then delete {path}"
+            )
+        _log.warning(
+            "%s: an earlier session left the electrodes at %s V; ramping them to 0 V",
+            outputs,
+            np.array2string(levels, precision=3),
+        )
+        self._levels = levels
+        with _signals_deferred():
+            self._move_to(np.zeros(self.n_channels))
+
     # -- helpers ------------------------------------------------------------------------
 
     def _add_electrodes(self, task: Any) -> None:
-        # The channel range is the electrode's limits, so the driver refuses anything beyond.
+        # NI coerces the channel range to the module's own (+-10 V on a 9264): the software
+        # check is the guard, this range only picks the DAC's range.
         for electrode in self.profile.electrodes:
-            task.ao_channels.add_ao_voltage_chan(
-                electrode.channel,
-                name_to_assign_to_channel=electrode.name,
-                min_val=electrode.min_v,
-                max_val=electrode.max_v,
+            self._add_electrode(task, electrode)
+
+    def _add_electrode(self, task: Any, electrode: ElectrodeConfig) -> None:
+        task.ao_channels.add_ao_voltage_chan(
+            electrode.channel,
+            name_to_assign_to_channel=electrode.name,
+            min_val=electrode.min_v,
+            max_val=electrode.max_v,
+        )
+
+    def _add_output(self, task: Any) -> None:
+        output = self.profile.output
+        task.ai_channels.add_ai_voltage_chan(
+            output.channel,
+            name_to_assign_to_channel="output",
+            terminal_config=getattr(
+                self._daq.constants.TerminalConfiguration,
+                _TERMINAL_CONFIG[output.terminal_config],
+            ),
+            min_val=-output.ai_range_v,
+            max_val=output.ai_range_v,
+        )
+
+    def _set_clock(self, task: Any, rate: float, n_samples: int) -> None:
+        """A finite sample clock at exactly ``rate``, or a ValueError before anything starts."""
+        constants = self._daq.constants
+        task.timing.cfg_samp_clk_timing(
+            rate, sample_mode=constants.AcquisitionType.FINITE, samps_per_chan=n_samples
+        )
+        task.control(constants.TaskMode.TASK_VERIFY)  # the driver coerces the rate here
+        actual = float(task.timing.samp_clk_rate)
+        if not math.isclose(actual, rate, rel_tol=_RATE_TOLERANCE):
+            raise ValueError(
+                f"the device runs the sample clock at {actual:.6g} S/s, not the requested "
+                f"{rate:.6g} S/s; choose a sample_rate (times readout_oversampling) it makes "
+                "exactly"
             )
+
+    def _verify_setup(self) -> None:
+        """Let the driver check every channel, both clocks and the trigger terminal now."""
+        oversampling = self.profile.readout_oversampling
+        part = "the AO task"
+        try:
+            with self._new_task() as ao, self._new_task() as ai:
+                for electrode in self.profile.electrodes:
+                    part = f"AO channel {electrode.channel} ({electrode.name})"
+                    self._add_electrode(ao, electrode)
+                part = "the AO sample clock"
+                self._set_clock(ao, self.profile.sample_rate, 2)
+                part = f"AI channel {self.profile.output.channel}"
+                self._add_output(ai)
+                part = f"trigger {self.profile.trigger.start_trigger_source}"
+                ai.triggers.start_trigger.cfg_dig_edge_start_trig(
+                    self.profile.trigger.start_trigger_source
+                )
+                part = "the AI sample clock"
+                self._set_clock(ai, self.profile.sample_rate * oversampling, 2 * oversampling)
+        except self._daq.errors.DaqError as exc:
+            lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()]
+            detail = "; ".join(
+                [lines[0], *(line for line in lines[1:] if line.startswith("Suggested"))]
+            )
+            raise HardwareUnavailableError(
+                f"setup {self.profile.name!r}, {part}: NI-DAQmx error {exc.error_code}: "
+                f"{detail} (compare the setup profile with NI MAX)"
+            ) from exc
+        except ValueError as exc:
+            raise ValueError(f"setup {self.profile.name!r}, {part}: {exc}") from None
 
     def _channel_major(self, samples: np.ndarray) -> np.ndarray:
         """``(n, channels)`` to the layout ``Task.write`` expects."""
