@@ -13,4 +13,9 @@ class StorageError(RuntimeError):
 
 
 class HardwareUnavailableError(RuntimeError):
-    """The NI-DAQmx driver is not installed or not supported on this platform."""
+    """The hardware cannot be used as the setup describes it.
+
+    The NI-DAQmx driver is not installed or not supported on this platform; the driver
+    refuses a channel, clock or trigger terminal of the setup profile; or an earlier session
+    ended while generating, so the voltages on the outputs are unknown.
+    """
