@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._bluesky_log import quiet_run_aborted_log
+from ._console_log import set_up_console_log
 
 DEFAULT_OUTPUT = Path("demo-output")
 METHODS = ("hge", "fd", "spsa", "ga")
@@ -218,7 +218,7 @@ def train_and_store(
             initial_controls=source["controls"],
             md={"source_run": source["uid"], "source_device": source["device"]},
         )
-    rows, runs = [], []
+    rows, uids = [], []
     try:
         if source is not None:
             _note_if_other_device(dnpus[0], source)
@@ -254,8 +254,12 @@ def train_and_store(
                 if result.test_accuracy is not None:
                     row["test_accuracy"] = result.test_accuracy
                 rows.append(row)
-            runs.append(load_run(storage.client, uid))
-        figures = _write_figures(runs, Path(args.figures)) if args.figures else []
+            uids.append(uid)
+        figures = []
+        if args.figures:  # read back once all are trained: each read waits for the writer
+            print(f"Drawing the figures from Tiled into {args.figures}", file=sys.stderr)
+            runs = [load_run(storage.client, uid) for uid in uids]
+            figures = _write_figures(runs, Path(args.figures))
     finally:
         for dnpu in dnpus:
             dnpu.backend.close()
@@ -828,7 +832,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dnpu-bluesky`` console script."""
     args = _parser().parse_args(argv)
-    quiet_run_aborted_log()
+    set_up_console_log()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:  # outside the RunEngine (starting, stopping): no run is open

@@ -15,11 +15,12 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from bluesky import RunEngine
-from bluesky.utils import DefaultDuringTask
+from bluesky.utils import DefaultDuringTask, ProgressBarBase, default_progress_bar
 
-from ._bluesky_log import quiet_run_aborted_log
+from ._console_log import set_up_console_log
 from .config import SetupProfile, default_sim_profile, load_profile
 from .storage import Storage, StorageConfig
 
@@ -67,12 +68,37 @@ def make_run_engine(
 
         table = BestEffortCallback()
         table.disable_plots()
-        engine.subscribe(table)
+        engine.subscribe(_ExceptTraining(table))
         engine.subscribe(TrainingProgress(plot=_interactive_matplotlib()))
         engine.subscribe(_PrintValidationSummary())
-        engine.waiting_hook = ProgressBarManager()
-        quiet_run_aborted_log()
+        engine.waiting_hook = ProgressBarManager(_progress_bar_of_other_devices)
+        set_up_console_log()
     return engine
+
+
+class _ExceptTraining:
+    """A callback that sees every run but training runs, whose progress bar says more than
+    the best-effort table (whose "New stream" lines would break the bar)."""
+
+    def __init__(self, callback: Any) -> None:
+        self._callback = callback
+        self._skipping = False
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "start":
+            self._skipping = doc.get("plan_name") in ("train", "train_genetic")
+        if not self._skipping:
+            self._callback(name, doc)
+
+
+def _progress_bar_of_other_devices(statuses: Any) -> ProgressBarBase:
+    """bluesky's progress bar for what the RunEngine waits on, leaving out DNPU acquisitions:
+    they cannot report progress (bluesky would print "No progress bar available" for each)
+    and a training run has its own bar."""
+    from .devices import DNPU
+
+    others = [s for s in statuses if not isinstance(getattr(s, "device", None), DNPU)]
+    return default_progress_bar(others) if others else ProgressBarBase()
 
 
 class _PrintValidationSummary:

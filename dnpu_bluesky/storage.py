@@ -79,6 +79,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: A flush still waiting after this many seconds says so (INFO; the CLI and IPython show it).
+_NOTE_WAITS_AFTER_S = 1.0
 
 _CATALOG_SPEC = "CatalogOfBlueskyRuns"
 _CATALOG_SPEC_VERSION = "3.0"  # the SQL-backed layout TiledWriter writes and v3 clients read
@@ -766,7 +768,9 @@ class BackgroundWriter:
         Raises:
             StorageError: Not done within ``timeout`` seconds, or the worker has stopped.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        noted = 0  # runs pending when the wait was last reported
         self._announce_pending()
         with self._cond:
             targets = {uid: run.written for uid, run in self._runs.items()}
@@ -779,6 +783,10 @@ class BackgroundWriter:
                 ]
                 if not pending:
                     break
+                note = _wait_note(noted, len(pending), time.monotonic() - started)
+                if note:
+                    noted = len(pending)
+                    logger.info("%s", note)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if not self._alive:
                     self._warn_once()
@@ -883,6 +891,17 @@ class _WorkerRun:
 # key, readable by the user only. A second storage on the same directory uses that server:
 # two servers on one directory would fight over its DuckDB file.
 _SERVER_LOCK = "server.lock"
+
+
+def _wait_note(noted: int, pending: int, waited_s: float) -> str | None:
+    """What a flush says while waiting: that it waits, once it has for a while, then a count
+    down of the runs left, so that a long wait is not taken for a hang. ``noted``: the runs
+    pending when it last said something (0: nothing said yet)."""
+    if not noted:
+        if waited_s > _NOTE_WAITS_AFTER_S:
+            return f"Waiting for {pending} run(s) to reach Tiled..."
+        return None
+    return f"... {pending} left" if pending < noted else None
 
 
 def _running_server(directory: Path, timeout_s: float = 120.0) -> str | None:

@@ -60,6 +60,7 @@ def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summar
         "RE(bps.mv(dnpu.e0.setpoint, 2.0))\n"
         "import logging; logging.getLogger('bluesky.run_engine').warning('other warning')\n"
         "RE(validate_gradients(dnpu, n_points=1, compare_sequential=False))\n"
+        "RE(train(dnpu, BooleanGate('AND'), method='fd', max_iterations=2, max_attempts=1))\n"
     )
     completed = run_profile("--simple-prompt", "--colors=NoColor", input=session)
     printed = completed.stdout + completed.stderr
@@ -69,3 +70,21 @@ def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summar
     assert "other warning" in printed
     # The best-effort table leaves out every stream but "primary".
     assert "Validation summary:\n  dnpu_validation_cosine_hge_fd_median = 0." in printed
+    # A training run has its progress bar instead of the table, whose lines would break it.
+    assert "New stream: 'validation_summary'" in printed
+    assert "AND fd" in printed and "New stream: 'train'" not in printed
+
+
+def test_interactive_waits_show_no_bar_for_dnpu_acquisitions(dnpu):
+    from bluesky.utils import TerminalProgressBar
+    from ophyd.sim import SynAxis
+    from ophyd.status import DeviceStatus
+
+    from dnpu_bluesky.session import _progress_bar_of_other_devices
+
+    # A DNPU status cannot report progress: bluesky would print "No progress bar available".
+    assert not isinstance(_progress_bar_of_other_devices([DeviceStatus(dnpu)]), TerminalProgressBar)
+    motor = SynAxis(name="motor")
+    bar = _progress_bar_of_other_devices([DeviceStatus(dnpu), motor.set(1.0)])
+    assert isinstance(bar, TerminalProgressBar)
+    bar.clear()

@@ -38,6 +38,7 @@ from dnpu_bluesky.storage import (
     _decode,
     _encode,
     _runs_container,
+    _wait_note,
     _Writer,
     find_runs,
     load_run,
@@ -255,7 +256,7 @@ def test_unreachable_tiled_is_reported_then_replayed_when_back(
     desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
     waveforms = [_waveform(k) for k in range(8)]
     try:
-        with caplog.at_level(logging.ERROR, logger="dnpu_bluesky.storage"):
+        with caplog.at_level(logging.INFO, logger="dnpu_bluesky.storage"):
             started = time.perf_counter()
             writer("start", run.start_doc)
             writer("descriptor", desc.descriptor_doc)
@@ -269,8 +270,11 @@ def test_unreachable_tiled_is_reported_then_replayed_when_back(
 
             with pytest.warns(StorageWarning) as warned:
                 with pytest.raises(StorageError, match="not completely in Tiled"):
-                    writer.flush(timeout=1.0)
+                    writer.flush(timeout=1.5)
             assert len(warned) == 1
+            # A wait of over a second says so, once (a hang would say nothing).
+            notes = [r.getMessage() for r in caplog.records if "reach Tiled" in r.getMessage()]
+            assert notes == ["Waiting for 1 run(s) to reach Tiled..."]
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # warned once only
                 with pytest.raises(StorageError):
@@ -319,6 +323,13 @@ for plan_name, n_events, stop in (("finished", 4, True), ("unfinished", 5, False
 print(json.dumps(uids), flush=True)
 os._exit(3)  # crash: no flush, no close, no exit hooks
 """
+
+
+def test_a_long_flush_says_it_waits_then_counts_down():
+    assert _wait_note(0, 3, 0.5) is None  # short waits pass silently
+    assert _wait_note(0, 3, 1.2) == "Waiting for 3 run(s) to reach Tiled..."
+    assert _wait_note(3, 3, 5.0) is None  # nothing new to say
+    assert _wait_note(3, 2, 5.0) == "... 2 left"
 
 
 def test_crash_before_flush_is_recovered_from_the_spool(tiled_server, tmp_path):

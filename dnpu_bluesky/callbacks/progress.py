@@ -78,6 +78,10 @@ class TrainingProgress(DocumentRouter):
 
     def stop(self, doc: dict) -> None:
         if self._bar is not None:
+            if doc.get("exit_status") == "success" and self._bar.n:
+                # Done early (solved): a full bar, not "7/480" read as an aborted run.
+                self._bar.total = self._bar.n
+                self._bar.refresh()
             self._bar.close()
             self._bar = None
         self._line = None

@@ -1,0 +1,37 @@
+"""The log as the CLI and the IPython profile show it (light: no bluesky import)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# What the RunEngine logs on every abort: a traceback of the abort itself and a tracing
+# complaint. The CLI says in one line that the run was aborted; IPython shows the traceback.
+_ABORT_NOISE = ("Run aborted", "No open traces left to close!")
+
+
+class _ToStderr(logging.Handler):
+    """Records to whatever ``sys.stderr`` is now, as Python's last-resort handler prints them
+    (the message alone), except what the RunEngine logs on every abort (``_ABORT_NOISE``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in _ABORT_NOISE
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def set_up_console_log() -> None:
+    """Show bluesky's warnings and errors (e.g. a device that failed to unstage) but not the
+    "Run aborted" traceback, which would repeat or bury the error reported to the user; and
+    show this package's notes as well as its warnings (e.g. that storage is waiting for the
+    writer), so that a long wait is not taken for a hang."""
+    for name, level in (("bluesky", logging.WARNING), ("dnpu_bluesky", logging.INFO)):
+        log = logging.getLogger(name)
+        if not any(isinstance(handler, _ToStderr) for handler in log.handlers):
+            log.addHandler(_ToStderr(level))
+        if name == "dnpu_bluesky" and log.getEffectiveLevel() > level:
+            log.setLevel(level)
