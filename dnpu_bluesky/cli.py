@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -178,15 +179,36 @@ def _gates(text: str) -> list[str]:
     return gates
 
 
+@contextlib.contextmanager
+def _built(profiles: Sequence[Any]) -> Iterator[list[tuple[Any, Any]]]:
+    """``(dnpu, profile)`` for each profile, built before the storage opens so that a missing
+    driver or a wrong channel is reported at once, not after seconds of starting storage;
+    their backends are closed (every electrode parked at 0 V) at the end."""
+    from .devices import build_dnpu
+
+    several = len(profiles) > 1
+    built: list[tuple[Any, Any]] = []
+    try:
+        for k, profile in enumerate(profiles):
+            dnpu = build_dnpu(profile, name=f"dnpu{k + 1}" if several else "dnpu")
+            built.append((dnpu, profile))
+        yield built
+    finally:
+        for dnpu, _ in built:
+            dnpu.backend.close()
+
+
 def train_and_store(
     args: argparse.Namespace,
     tasks: Sequence[Any],
     method: str,
     storage: Any,
-    profiles: Sequence[Any],
+    devices: Sequence[tuple[Any, Any]],
     source: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
+
+    ``devices``: the ``(dnpu, profile)`` pairs of :func:`_built`, trained side by side.
 
     ``source`` (from :func:`_past_result`) continues a past run: its final controls are the
     first start, it trains for the past run's target margin, and the new run records the old
@@ -194,18 +216,14 @@ def train_and_store(
     one, so that they do not repeat the past run's own starts.
     """
     from .callbacks import TrainingProgress
-    from .devices import build_dnpu
     from .plans import train, train_genetic
     from .session import make_run_engine
     from .storage import load_run
 
-    several = len(profiles) > 1
-    dnpus = [
-        build_dnpu(profile, name=f"dnpu{k + 1}" if several else "dnpu")
-        for k, profile in enumerate(profiles)
-    ]
-    devices = dnpus if several else dnpus[0]
-    profile_of = {dnpu.name: profile for dnpu, profile in zip(dnpus, profiles, strict=True)}
+    several = len(devices) > 1
+    dnpus = [dnpu for dnpu, _ in devices]
+    profile_of = {dnpu.name: profile for dnpu, profile in devices}
+    trained = dnpus if several else dnpus[0]
     stopping: dict[str, Any] = {}  # for every method
     margin = getattr(args, "margin", None) if source is None else source["target_margin_na"]
     if margin is not None:
@@ -228,9 +246,9 @@ def train_and_store(
         for index, task in enumerate(tasks):
             seed = args.seed + index if source is None else source["training_seed"] + 1
             if method == "ga":
-                plan = train_genetic(devices, task, seed=seed, **stopping)
+                plan = train_genetic(trained, task, seed=seed, **stopping)
             else:
-                plan = train(devices, task, method=method, seed=seed, **options)
+                plan = train(trained, task, method=method, seed=seed, **options)
             started = time.perf_counter()
             outcome = _run(engine, plan)
             wall = time.perf_counter() - started
@@ -260,7 +278,7 @@ def train_and_store(
             print(f"Drawing the figures from Tiled into {args.figures}", file=sys.stderr)
             runs = [load_run(storage.client, uid) for uid in uids]
             figures = _write_figures(runs, Path(args.figures))
-    finally:
+    finally:  # parked now, not after the storage has flushed
         for dnpu in dnpus:
             dnpu.backend.close()
     return rows, figures
@@ -310,7 +328,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.source:
         _check_continuation(args)
-        with _open_storage(args) as storage:
+        with _open_storage(args) as storage:  # the past run picks the virtual device
             source = _past_result(storage, args, args.source)
             args.margin = _continued_margin(args, source)
             target = "" if args.margin is None else f", for its {args.margin:g} nA margin"
@@ -319,15 +337,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{source['accuracy']:.0%}, margin {source['margin_na']:.2f} nA) from its "
                 f"final controls{target}; restarts draw from seed {source['training_seed'] + 1}."
             )
-            rows, figures = train_and_store(
-                args, [source["task"]], args.method, storage, _profiles(args), source
-            )
+            with _built(_profiles(args)) as devices:
+                rows, figures = train_and_store(
+                    args, [source["task"]], args.method, storage, devices, source
+                )
     else:
         # Every argument is checked before the storage (seconds to start) is opened.
         tasks = _train_tasks(args)
-        profiles = _profiles(args)
-        with _open_storage(args) as storage:
-            rows, figures = train_and_store(args, tasks, args.method, storage, profiles)
+        with _built(_profiles(args)) as devices, _open_storage(args) as storage:
+            rows, figures = train_and_store(args, tasks, args.method, storage, devices)
     print_table(rows)
     _print_figures(figures)
     if args.json:
@@ -401,9 +419,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"Training all Boolean gates on {where} with HGE.")
     _check_margin(args)
     tasks = _gate_tasks(GATES, args)
-    profiles = _profiles(args)
-    with _open_storage(args) as storage:
-        rows, figures = train_and_store(args, tasks, "hge", storage, profiles)
+    with _built(_profiles(args)) as devices, _open_storage(args) as storage:
+        rows, figures = train_and_store(args, tasks, "hge", storage, devices)
     print_table(rows)
     _print_figures(figures)
     solved = sum(_solved(row, args) for row in rows)

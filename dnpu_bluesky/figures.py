@@ -128,7 +128,10 @@ def loss_figure(runs: Sequence[Any]) -> Figure:
     restarted = False
     for run, device in _panels(runs):
         curve = loss_curve(run, device)
-        (line,) = axes.plot(curve["device_s"], curve["loss"], label=_label(run, device), lw=1)
+        # Markers: a run solved at its first step has one point and no line to draw.
+        (line,) = axes.plot(
+            curve["device_s"], curve["loss"], label=_label(run, device), lw=1, marker=".", ms=4
+        )
         # A new random start makes the loss jump; the line says it is not a fault.
         for index in np.flatnonzero(np.diff(curve["attempt"])) + 1:
             axes.axvline(curve["device_s"][index], color=line.get_color(), ls=":", lw=0.8)

@@ -46,6 +46,9 @@ def test_figures_name_method_and_run_and_mark_new_attempts(stored_RE, storage, d
 def test_trained_setting_says_what_is_missing(stored_RE, storage, dnpu):
     outcome = stored_RE(train(dnpu, BooleanGate("XOR"), max_iterations=1, max_attempts=1))
     run = load_run(storage.client, outcome.run_start_uids[0])
+    # One step is one point, no line: visible on the loss figure only as a marker.
+    (curve,) = [ln for ln in loss_figure([run]).axes[0].get_lines() if len(ln.get_xdata())]
+    assert len(curve.get_xdata()) == 1 and curve.get_marker() not in (None, "", "None")
     with pytest.raises(KeyError, match=r"has no device 'nope'; its devices: dnpu"):
         trained_setting(run, "nope")
 
