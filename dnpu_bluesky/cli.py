@@ -720,14 +720,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", help="embedded Tiled storage directory")
         sub.add_argument("--tiled-uri", help="remote Tiled server (API key: DNPU_TILED_API_KEY)")
 
-    def training_options(sub: argparse.ArgumentParser) -> None:
+    def training_options(sub: argparse.ArgumentParser, demo: bool = False) -> None:
+        continued = "; with --from it only picks the virtual DNPU, by default the run's own"
+        continued = "" if demo else continued
         sub.add_argument(
             "--seed",
             type=int,
             help="training seed of the first gate (the k-th trains with SEED+k), and the "
             "virtual DNPU's seed; with --setup (or DNPU_SETUP) the device is the setup's and "
-            "SEED seeds the training only; with --from it only picks the virtual DNPU, by "
-            "default the run's own (default: DNPU_SEED, else 0)",
+            f"SEED seeds the training only{continued} (default: DNPU_SEED, else 0)",
         )
         sub.add_argument(
             "--setup",
@@ -746,11 +747,16 @@ def _parser() -> argparse.ArgumentParser:
             "--max-iterations",
             type=int,
             metavar="N",
-            help=f"gradient methods: iterations per attempt; an unsolved attempt restarts "
-            f"from random controls, up to {_DEFAULT_MAX_ATTEMPTS} attempts, so up to "
-            f"{_DEFAULT_MAX_ATTEMPTS}*N iterations in all (default: "
-            f"{_DEFAULT_MAX_ITERATIONS} per attempt); the GA (--method ga) runs "
-            f"{_DEFAULT_GENERATIONS} generations and ignores it",
+            help=f"{'' if demo else 'gradient methods: '}iterations per attempt; an "
+            f"unsolved attempt restarts from random controls, up to {_DEFAULT_MAX_ATTEMPTS} "
+            f"attempts, so up to {_DEFAULT_MAX_ATTEMPTS}*N iterations in all (default: "
+            f"{_DEFAULT_MAX_ITERATIONS} per attempt)"
+            + (
+                ""
+                if demo
+                else f"; the GA (--method ga) runs {_DEFAULT_GENERATIONS} "
+                "generations and ignores it"
+            ),
         )
         sub.add_argument(
             "--margin",
@@ -768,19 +774,31 @@ def _parser() -> argparse.ArgumentParser:
             help="input voltages: a gate's logical 0 and 1, the sphere's cube; write "
             "--input-range=-0.5,0.3 (default: -0.7,0.3)",
         )
-        sub.add_argument("--figures", help="write figures to this directory")
+        default = f" (default: {DEFAULT_OUTPUT})" if demo else ""
+        sub.add_argument("--figures", help=f"write figures to this directory{default}")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         storage_options(sub)
 
     demo = commands.add_parser("demo", help="train all six gates on the virtual DNPU with HGE")
-    training_options(demo)
+    training_options(demo, demo=True)
     demo.set_defaults(handler=_cmd_demo)
 
     train = commands.add_parser("train", help="train gates or sphere classification")
     train.add_argument("--task", choices=("boolean", "sphere"), help="default: boolean")
     train.add_argument("--gates", help="comma-separated, e.g. XOR,AND (default: XOR)")
-    train.add_argument("--method", choices=METHODS, default="hge")
-    train.add_argument("--batch-size", type=int, default=None, help="sphere: cases per step")
+    train.add_argument(
+        "--method",
+        choices=METHODS,
+        default="hge",
+        help="hge: homodyne gradient extraction; fd: finite differences; spsa: simultaneous "
+        "perturbation; ga: genetic algorithm (default: hge)",
+    )
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sphere: training cases per step (default: the whole training split)",
+    )
     train.add_argument(
         "--from",
         dest="source",
@@ -841,7 +859,7 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_cmd_report)
 
     check = commands.add_parser("check-profile", help="validate a setup profile (no hardware)")
-    check.add_argument("file")
+    check.add_argument("file", help="the setup profile (YAML) to check")
     check.set_defaults(handler=_cmd_check_profile)
     return parser
 
