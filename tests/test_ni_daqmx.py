@@ -536,12 +536,12 @@ def test_sigterm_parks_the_electrodes_before_the_process_ends(ni_state_dir: Path
 def test_sigterm_handler_chains_to_a_previous_one(profile: SetupProfile, fake: FakeNidaqmx) -> None:
     seen: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    _open(profile, fake)
+    _open(profile, fake).close()
     with pytest.raises(SystemExit):
         signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
     assert seen == [signal.SIGTERM]
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process that chose to ignore it
-    _open(profile, fake)
+    _open(profile, fake).close()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 
 
@@ -650,19 +650,36 @@ def test_ctrl_c_during_the_park_ramp_waits_for_its_end(
 # -- 0 V at start: the levels an earlier session left --------------------------------------
 
 
+def _killed_holding_a_voltage(report: str) -> None:
+    profile = load_profile(EXAMPLE)
+    fake = FakeNidaqmx()
+    NIDAQmxBackend(profile, nidaqmx_module=fake).set_dc(HELD)
+    generated = [(rate, names, samples.tolist()) for rate, names, samples in fake.rig.history]
+    Path(report).write_text(json.dumps(generated))
+    os._exit(9)  # killed: no exit hook, no finalizer parks; the kernel drops its lock
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
 def test_held_levels_are_ramped_down_by_the_next_session(
     profile: SetupProfile,
     fake: FakeNidaqmx,
     ni_state_dir: Path,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    daq = _open(profile, fake)
-    daq.set_dc(HELD)
+    report = tmp_path / "levels.json"
+    session = multiprocessing.get_context("fork").Process(
+        target=_killed_holding_a_voltage, args=(str(report),)
+    )
+    session.start()
+    session.join(60)
+    assert session.exitcode == 9
     (state,) = ni_state_dir.rglob("*.json")
     assert state.name == "cDAQ1Mod1-ao0-ao1-ao2-ao3-ao4-ao5-ao6.json"
-    del daq  # the session dies (SIGKILL, power loss of the PC) without parking
-    gc.collect()
     channels = _channels(profile)
+    for rate, names, samples in json.loads(report.read_text()):  # the dead session's pins
+        fake.rig.history.append((rate, tuple(names), np.array(samples)))
+        fake.rig.levels.update(zip(names, samples[-1], strict=True))
     np.testing.assert_array_equal(fake.rig.level(channels), HELD)
     with caplog.at_level(logging.WARNING, logger="dnpu_bluesky.devices.ni_daqmx"):
         later = NIDAQmxBackend(profile, nidaqmx_module=fake)
@@ -673,6 +690,23 @@ def test_held_levels_are_ramped_down_by_the_next_session(
     later.play_and_record(_dc_stream(profile), profile.sample_rate)
     assert not state.exists()  # present only while a level is held or a stream runs
     later.close()
+
+
+def test_a_second_backend_on_the_same_outputs_is_refused_while_the_first_is_open(
+    profile: SetupProfile, fake: FakeNidaqmx
+) -> None:
+    first = _open(profile, fake)
+    first.set_dc(HELD)
+    # It would start from 0 V while the first holds HELD, and the first would then ramp
+    # from HELD while the pins were elsewhere: refused, naming who holds them.
+    with pytest.raises(
+        HardwareUnavailableError,
+        match=f"in use by another backend .process {os.getpid()}, this one",
+    ):
+        NIDAQmxBackend(profile, nidaqmx_module=fake)
+    np.testing.assert_array_equal(fake.rig.level(_channels(profile)), HELD)
+    first.close()
+    NIDAQmxBackend(profile, nidaqmx_module=fake).close()  # released with the first's close
 
 
 def test_a_session_that_died_mid_stream_is_refused_at_start(

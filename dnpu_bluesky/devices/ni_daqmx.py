@@ -45,6 +45,11 @@ from typing import Any
 import numpy as np
 import platformdirs
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock between sessions (see docs/hardware.md)
+    fcntl = None  # type: ignore[assignment]
+
 from .._errors import HardwareUnavailableError
 from ..backend import Acquisition
 from ..config import ElectrodeConfig, SetupProfile
@@ -187,9 +192,14 @@ class NIDAQmxBackend:
         self._lock = threading.RLock()
         self._state_path = _state_file(self._channels)
         self._driver_version = self._probe_driver()
-        _exit_on_sigterm()
-        self._verify_setup()
-        self._recover_outputs()
+        self._lock_fd = self._take_outputs()
+        try:
+            _exit_on_sigterm()
+            self._verify_setup()
+            self._recover_outputs()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         # Held strongly: a backend dropped without close() may still hold a voltage.
         self._exit_hook = functools.partial(_park_at_exit, self, os.getpid())
         atexit.register(self._exit_hook)
@@ -302,6 +312,7 @@ class NIDAQmxBackend:
             self._closed = True
             atexit.unregister(self._exit_hook)
             self._finalizer.cancel()
+            os.close(self._lock_fd)  # releases the outputs to the next session
 
     # -- acquisition --------------------------------------------------------------------
 
@@ -454,6 +465,29 @@ class NIDAQmxBackend:
             os.replace(partial, path)
         except OSError:
             _log.warning("could not record the output state in %s", path, exc_info=True)
+
+    def _take_outputs(self) -> int:
+        """Lock this set of AO channels for the backend's life (released when it closes or its
+        process ends), or refuse: a second session would start from levels the first holds,
+        and the first would then ramp from levels that are no longer on the pins."""
+        path = self._state_path.with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise HardwareUnavailableError(
+                f"{self._channels[0]}..{self._channels[-1]} are in use by another backend "
+                f"(process {holder}{', this one' if holder == str(os.getpid()) else ''}); "
+                "close it first (dnpu.backend.close(), or end that session)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
 
     def _recover_outputs(self) -> None:
         """Ramp to 0 V from the levels an earlier session left, or refuse if they are unknown."""
