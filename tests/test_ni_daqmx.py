@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,13 @@ def _open(profile: SetupProfile, fake: FakeNidaqmx) -> NIDAQmxBackend:
 
 def _channels(profile: SetupProfile) -> list[str]:
     return [e.channel for e in profile.electrodes]
+
+
+def _assert_parked_within_slew(fake: FakeNidaqmx, profile: SetupProfile) -> None:
+    """Every electrode at 0 V, and nothing ever generated faster than the slew limit."""
+    channels = _channels(profile)
+    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
+    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
 
 
 def _stream(
@@ -290,9 +297,7 @@ def test_input_error_lets_the_stream_run_out_to_zero(
     assert STOP not in {c.path for c in fake.rig.calls}
     ((_, _, played),) = fake.rig.history  # the whole stream, ending at 0 V; no parking ramp
     np.testing.assert_array_equal(played, stream)
-    channels = _channels(profile)
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
     assert not fake.rig.open_tasks
 
 
@@ -350,8 +355,7 @@ def test_set_dc_ramps_within_the_slew_limit(
     assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
     assert len(ramp) == int(np.ceil(1.2 * profile.sample_rate / profile.max_slew_v_per_s))
     backend.set_dc(np.zeros(7))
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
     assert not fake.rig.open_tasks
 
 
@@ -395,9 +399,7 @@ def test_close_parks_at_zero_and_is_idempotent(profile: SetupProfile, fake: Fake
     daq = _open(profile, fake)
     daq.set_dc(np.array([0.2, -0.3, 0.1, 0.0, 0.0, 0.4, -1.0]))
     daq.close()
-    channels = _channels(profile)
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
     n_tasks = len(fake.rig.tasks)
     daq.close()
     daq.set_dc(np.zeros(7))  # already there: a closed backend accepts the no-op park
@@ -420,8 +422,7 @@ def test_atexit_hook_parks_the_electrodes(
     exit_hook = hooks[0]
     exit_hook()  # what the interpreter runs at exit
     channels = _channels(profile)
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
     assert hooks == []  # closing unregistered it
     # A backend dropped without close() is still parked: the hook keeps it.
     other = NIDAQmxBackend(profile, nidaqmx_module=fake)
@@ -545,6 +546,15 @@ def test_sigterm_handler_chains_to_a_previous_one(profile: SetupProfile, fake: F
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 
 
+def _forked_exit_code(target: Callable[[str], None], report: Path) -> int | None:
+    """Run ``target(report)`` in a forked child (as multiprocessing starts the queue server's
+    worker) and return its exit code."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=(str(report),))
+    child.start()
+    child.join(60)
+    return child.exitcode
+
+
 def _child_holding_a_voltage(report: str) -> None:
     profile = load_profile(EXAMPLE)
     fake = FakeNidaqmx()
@@ -562,12 +572,7 @@ def _child_holding_a_voltage(report: str) -> None:
 def test_multiprocessing_child_parks_at_exit(tmp_path: Path) -> None:
     # A child (the queue server's RE worker, say) ends with os._exit: no atexit hooks.
     report = tmp_path / "levels.json"
-    child = multiprocessing.get_context("fork").Process(
-        target=_child_holding_a_voltage, args=(str(report),)
-    )
-    child.start()
-    child.join(60)
-    assert child.exitcode == 0
+    assert _forked_exit_code(_child_holding_a_voltage, report) == 0
     assert json.loads(report.read_text()) == [0.0] * 7
 
 
@@ -610,9 +615,7 @@ def test_ctrl_c_while_stopping_a_failed_stream_parks_from_where_it_stopped(
     fake.rig.actions[STOP] = lambda: signal.raise_signal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         backend.play_and_record(stream, profile.sample_rate)
-    channels = _channels(profile)
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
 
 
 def test_interrupted_close_stays_open_and_the_next_close_parks(
@@ -627,8 +630,7 @@ def test_interrupted_close_stays_open_and_the_next_close_parks(
     channels = _channels(profile)
     assert np.all(fake.rig.level(channels) != 0)
     backend.close()  # what the exit hook, still registered, does
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
 
 
 def test_ctrl_c_during_the_park_ramp_waits_for_its_end(
@@ -639,9 +641,7 @@ def test_ctrl_c_during_the_park_ramp_waits_for_its_end(
     fake.rig.actions[WAIT] = lambda: signal.raise_signal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         backend.close()
-    channels = _channels(profile)
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
     n_tasks = len(fake.rig.tasks)
     backend.close()  # closed once parked, even though the interrupt came after
     assert len(fake.rig.tasks) == n_tasks
@@ -668,12 +668,7 @@ def test_held_levels_are_ramped_down_by_the_next_session(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     report = tmp_path / "levels.json"
-    session = multiprocessing.get_context("fork").Process(
-        target=_killed_holding_a_voltage, args=(str(report),)
-    )
-    session.start()
-    session.join(60)
-    assert session.exitcode == 9
+    assert _forked_exit_code(_killed_holding_a_voltage, report) == 9
     (state,) = ni_state_dir.rglob("*.json")
     assert state.name == "cDAQ1Mod1-ao0-ao1-ao2-ao3-ao4-ao5-ao6.json"
     channels = _channels(profile)
@@ -684,8 +679,7 @@ def test_held_levels_are_ramped_down_by_the_next_session(
     with caplog.at_level(logging.WARNING, logger="dnpu_bluesky.devices.ni_daqmx"):
         later = NIDAQmxBackend(profile, nidaqmx_module=fake)
     assert "ramping them to 0 V" in caplog.text
-    np.testing.assert_array_equal(fake.rig.level(channels), np.zeros(7))
-    assert fake.rig.max_slew(channels) <= profile.max_slew_v_per_s * (1 + 1e-9)
+    _assert_parked_within_slew(fake, profile)
     assert not state.exists()
     later.play_and_record(_dc_stream(profile), profile.sample_rate)
     assert not state.exists()  # present only while a level is held or a stream runs
