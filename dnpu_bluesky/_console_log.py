@@ -10,11 +10,18 @@ import sys
 _ABORT_NOISE = ("Run aborted", "No open traces left to close!")
 
 
+#: ``extra`` of an INFO record meant for the console, e.g. that storage waits for its writer.
+CONSOLE_NOTE = {"console_note": True}
+
+
 class _ToStderr(logging.Handler):
     """Records to whatever ``sys.stderr`` is now, as Python's last-resort handler prints them
-    (the message alone), except what the RunEngine logs on every abort (``_ABORT_NOISE``)."""
+    (the message alone): warnings and errors, and notes (INFO with ``CONSOLE_NOTE``); not what
+    the RunEngine logs on every abort (``_ABORT_NOISE``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and not getattr(record, "console_note", False):
+            return False  # e.g. every retry of a failing write, logged once at ERROR
         return record.getMessage() not in _ABORT_NOISE
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -27,8 +34,8 @@ class _ToStderr(logging.Handler):
 def set_up_console_log() -> None:
     """Show bluesky's warnings and errors (e.g. a device that failed to unstage) but not the
     "Run aborted" traceback, which would repeat or bury the error reported to the user; and
-    show this package's notes as well as its warnings (e.g. that storage is waiting for the
-    writer), so that a long wait is not taken for a hang."""
+    show this package's notes (``CONSOLE_NOTE``) as well as its warnings, e.g. that storage is
+    waiting for its writer, so that a long wait is not taken for a hang."""
     for name, level in (("bluesky", logging.WARNING), ("dnpu_bluesky", logging.INFO)):
         log = logging.getLogger(name)
         if not any(isinstance(handler, _ToStderr) for handler in log.handlers):

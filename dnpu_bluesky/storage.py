@@ -55,6 +55,7 @@ import platformdirs
 from tiled.queries import Comparison, Contains, Eq, In
 from tiled.structures.core import Spec
 
+from ._console_log import CONSOLE_NOTE
 from ._errors import StorageError
 
 if TYPE_CHECKING:  # imported where used: bluesky_tiled_plugins alone takes ~2 s to import
@@ -786,7 +787,7 @@ class BackgroundWriter:
                 note = _wait_note(noted, len(pending), time.monotonic() - started)
                 if note:
                     noted = len(pending)
-                    logger.info("%s", note)
+                    logger.info("%s", note, extra=CONSOLE_NOTE)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if not self._alive:
                     self._warn_once()

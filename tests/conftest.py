@@ -7,6 +7,7 @@ neither (``hge``, ``tasks``) collect fast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -38,9 +39,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def ni_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The NI-DAQmx backend's output state files in the test's directory; the SIGTERM
     handler (which building that backend replaces) restored after the test."""
+    from dnpu_bluesky.devices import ni_daqmx
+
     monkeypatch.setenv("DNPU_STATE_DIR", str(tmp_path / "state"))
     handler = signal.getsignal(signal.SIGTERM)
     yield tmp_path / "state"
+    for backend in list(ni_daqmx._open_backends):  # left open by the test: parked here
+        with contextlib.suppress(Exception):
+            backend.close()
     signal.signal(signal.SIGTERM, handler)
 
 

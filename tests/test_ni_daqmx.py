@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from nidaqmx.error_codes import DAQmxErrors
 
 from dnpu_bluesky.backend import DAQBackend
 from dnpu_bluesky.config import SetupProfile, default_sim_profile, load_profile
+from dnpu_bluesky.devices import ni_daqmx
 from dnpu_bluesky.devices.ni_daqmx import HardwareUnavailableError, NIDAQmxBackend
 from dnpu_bluesky.safety import UnsafeWaveformError
 
@@ -501,24 +503,20 @@ def test_plan_style_failure_midway_leaves_every_written_sample_safe(
 HELD = np.array([0.5, -1.0, 0.3, 0.2, -0.6, 0.4, -0.9])
 
 _SIGTERM_SCRIPT = """
-import atexit, os, signal, time
+import os, signal, sys, time
 import numpy as np
 from fake_nidaqmx import FakeNidaqmx
 from dnpu_bluesky.config import load_profile
 from dnpu_bluesky.devices.ni_daqmx import NIDAQmxBackend
 profile = load_profile({example!r})
-fake = FakeNidaqmx()
-channels = [e.channel for e in profile.electrodes]
-# Registered before the backend's hook, so it runs after it and sees the final levels.
-atexit.register(lambda: print("levels at exit", fake.rig.level(channels).tolist(), flush=True))
-daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
+daq = NIDAQmxBackend(profile, nidaqmx_module=FakeNidaqmx())
 daq.set_dc(np.array({held!r}))
-os.kill(os.getpid(), signal.SIGTERM)
+print("holding", flush=True)
 time.sleep(30)
 """
 
 
-def test_sigterm_parks_the_electrodes_before_the_process_ends(ni_state_dir: Path) -> None:
+def test_sigterm_parks_the_electrodes_then_ends_the_process(ni_state_dir: Path) -> None:
     script = _SIGTERM_SCRIPT.format(example=str(EXAMPLE), held=HELD.tolist())
     tests = Path(__file__).resolve().parent
     env = {
@@ -526,24 +524,28 @@ def test_sigterm_parks_the_electrodes_before_the_process_ends(ni_state_dir: Path
         "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]),
         "DNPU_STATE_DIR": str(ni_state_dir),
     }
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    session = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
     )
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
-    assert "levels at exit [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]" in done.stdout
-    assert list(ni_state_dir.rglob("*.json")) == []
+    assert session.stdout.readline() == "holding\n"
+    (state,) = ni_state_dir.rglob("*.json")  # the held levels, on disk
+    session.send_signal(signal.SIGTERM)  # `kill PID`
+    assert session.wait(120) == -signal.SIGTERM  # ended as SIGTERM ends a process
+    assert not state.exists()  # removed only once a ramp brought every electrode to 0 V
 
 
-def test_sigterm_handler_chains_to_a_previous_one(profile: SetupProfile, fake: FakeNidaqmx) -> None:
-    seen: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+def test_sigterm_handler_only_where_none_was_set_and_only_while_open(
+    profile: SetupProfile, fake: FakeNidaqmx
+) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    daq = _open(profile, fake)
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+    daq.close()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the last one closed
+    own = lambda signum, frame: None  # noqa: E731  a process's own handler decides
+    signal.signal(signal.SIGTERM, own)
     _open(profile, fake).close()
-    with pytest.raises(SystemExit):
-        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
-    assert seen == [signal.SIGTERM]
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process that chose to ignore it
-    _open(profile, fake).close()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is own
 
 
 def _forked_exit_code(target: Callable[[str], None], report: Path) -> int | None:
@@ -660,27 +662,29 @@ def _killed_holding_a_voltage(report: str) -> None:
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
-def test_held_levels_are_ramped_down_by_the_next_session(
+def test_levels_a_killed_session_held_are_refused_by_the_next(
     profile: SetupProfile,
     fake: FakeNidaqmx,
     ni_state_dir: Path,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     report = tmp_path / "levels.json"
     assert _forked_exit_code(_killed_holding_a_voltage, report) == 9
     (state,) = ni_state_dir.rglob("*.json")
-    assert state.name == "cDAQ1Mod1-ao0-ao1-ao2-ao3-ao4-ao5-ao6.json"
+    assert state.name == "cdaq1mod1.json"
     channels = _channels(profile)
     for rate, names, samples in json.loads(report.read_text()):  # the dead session's pins
         fake.rig.history.append((rate, tuple(names), np.array(samples)))
         fake.rig.levels.update(zip(names, samples[-1], strict=True))
     np.testing.assert_array_equal(fake.rig.level(channels), HELD)
-    with caplog.at_level(logging.WARNING, logger="dnpu_bluesky.devices.ni_daqmx"):
-        later = NIDAQmxBackend(profile, nidaqmx_module=fake)
-    assert "ramping them to 0 V" in caplog.text
-    _assert_parked_within_slew(fake, profile)
-    assert not state.exists()
+    n_tasks = len(fake.rig.tasks)
+    # The pins may hold HELD, or 0 V after a reset: a ramp from the wrong one would be a step.
+    with pytest.raises(HardwareUnavailableError, match=r"held cDAQ1Mod1/ao0 \+0\.500 V") as e:
+        NIDAQmxBackend(profile, nidaqmx_module=fake)
+    assert str(state) in str(e.value) and "\n" not in str(e.value)
+    assert all(t.generated == 0 for t in fake.rig.tasks[n_tasks:])  # nothing generated
+    state.unlink()  # what the message asks for, once the outputs were brought to 0 V
+    later = NIDAQmxBackend(profile, nidaqmx_module=fake)
     later.play_and_record(_dc_stream(profile), profile.sample_rate)
     assert not state.exists()  # present only while a level is held or a stream runs
     later.close()
@@ -695,12 +699,66 @@ def test_a_second_backend_on_the_same_outputs_is_refused_while_the_first_is_open
     # from HELD while the pins were elsewhere: refused, naming who holds them.
     with pytest.raises(
         HardwareUnavailableError,
-        match=f"in use by another backend .process {os.getpid()}, this one",
+        match="in use by another backend of this process",
     ):
         NIDAQmxBackend(profile, nidaqmx_module=fake)
     np.testing.assert_array_equal(fake.rig.level(_channels(profile)), HELD)
     first.close()
     NIDAQmxBackend(profile, nidaqmx_module=fake).close()  # released with the first's close
+
+
+def test_outputs_named_in_another_case_are_the_same_outputs(
+    profile: SetupProfile, fake: FakeNidaqmx
+) -> None:
+    first = _open(profile, fake)
+    electrodes = [e.model_copy(update={"channel": e.channel.lower()}) for e in profile.electrodes]
+    lower_case = profile.model_copy(update={"electrodes": tuple(electrodes[:4])})
+    with pytest.raises(HardwareUnavailableError, match=r"cdaq1mod1 \(AO\): in use"):
+        NIDAQmxBackend(lower_case, nidaqmx_module=fake)
+    first.close()
+
+
+def test_without_flock_one_process_still_keeps_one_backend_per_device(
+    profile: SetupProfile, fake: FakeNidaqmx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ni_daqmx, "fcntl", None)  # Windows
+    first = _open(profile, fake)
+    with pytest.raises(HardwareUnavailableError, match="another backend of this process"):
+        NIDAQmxBackend(profile, nidaqmx_module=fake)
+    first.close()
+    NIDAQmxBackend(profile, nidaqmx_module=fake).close()
+
+
+def _sleep(report: str) -> None:
+    time.sleep(3)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_forked_child_does_not_keep_the_outputs_locked(
+    profile: SetupProfile, fake: FakeNidaqmx
+) -> None:
+    first = _open(profile, fake)
+    child = multiprocessing.get_context("fork").Process(target=_sleep, args=("",))
+    child.start()  # inherits the lock file's descriptor, not the lock
+    try:
+        first.close()
+        NIDAQmxBackend(profile, nidaqmx_module=fake).close()
+    finally:
+        child.join(30)
+
+
+def test_ctrl_c_while_a_failed_read_waits_for_the_stream_stays_a_ctrl_c(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    stream = _dc_stream(profile)
+    fake.rig.ao_stalls_at = len(stream) // 2
+    fake.rig.errors[READ] = nidaqmx.errors.DaqReadError(
+        "Onboard device memory overflow", DAQmxErrors.SAMPLES_NO_LONGER_AVAILABLE.value, 12
+    )
+    fake.rig.errors[WAIT] = KeyboardInterrupt()  # while waiting for the stream to run out
+    with pytest.raises(KeyboardInterrupt):  # not a device failure with a note
+        backend.play_and_record(stream, profile.sample_rate)
+    _assert_parked_within_slew(fake, profile)
 
 
 def test_a_session_that_died_mid_stream_is_refused_at_start(
@@ -714,10 +772,10 @@ def test_a_session_that_died_mid_stream_is_refused_at_start(
     )
     daq.play_and_record(_dc_stream(profile), profile.sample_rate)
     daq.close()
-    state = ni_state_dir / "nidaqmx" / "cDAQ1Mod1-ao0-ao1-ao2-ao3-ao4-ao5-ao6.json"
+    state = ni_state_dir / "nidaqmx" / "cdaq1mod1.json"
     state.write_text(on_disk[0])
     n_tasks = len(fake.rig.tasks)
-    with pytest.raises(HardwareUnavailableError, match="voltages on the pins are unknown") as e:
+    with pytest.raises(HardwareUnavailableError, match="a generation was running") as e:
         NIDAQmxBackend(profile, nidaqmx_module=fake)
     assert str(state) in str(e.value) and "\n" not in str(e.value)
     assert all(t.generated == 0 for t in fake.rig.tasks[n_tasks:])

@@ -332,6 +332,20 @@ def test_a_long_flush_says_it_waits_then_counts_down():
     assert _wait_note(3, 2, 5.0) == "... 2 left"
 
 
+def test_the_console_shows_notes_and_warnings_not_every_info(capsys):
+    from dnpu_bluesky._console_log import CONSOLE_NOTE, set_up_console_log
+
+    set_up_console_log()  # as the CLI and the interactive RunEngine do
+    log = logging.getLogger("dnpu_bluesky.storage")
+    log.info("Storage: retrying (not for the console)")
+    log.info("Waiting for 1 run(s) to reach Tiled...", extra=CONSOLE_NOTE)
+    log.warning("Tiled writes are failing")
+    assert capsys.readouterr().err.splitlines() == [
+        "Waiting for 1 run(s) to reach Tiled...",
+        "Tiled writes are failing",
+    ]
+
+
 def test_crash_before_flush_is_recovered_from_the_spool(tiled_server, tmp_path):
     container = f"crash_{uuid.uuid4().hex}"
     spool = tmp_path / "crashed_spool"

@@ -12,14 +12,16 @@ clipped); static voltages are reached by linear ramps within the slew limit; an 
 error lets the finite stream run out to its final 0 V, and an output-side error ramps the
 electrodes to 0 V from where the generation stopped, before the error propagates; ``close()``,
 an interpreter-exit hook, a multiprocessing finalizer (children end with ``os._exit``) and
-SIGTERM (turned into ``SystemExit`` when the backend is created in the main thread) park every
-electrode at 0 V, and Ctrl-C is held back while a park ramp runs.
+SIGTERM (when its handler is the default) park every electrode at 0 V, and Ctrl-C is held back
+while a park ramp runs.
 
-The analog outputs cannot be read back, so the last commanded levels are kept in a state file
-per set of AO channels, in the ``nidaqmx`` folder of ``$DNPU_STATE_DIR`` (default:
-``platformdirs.user_state_path("dnpu-bluesky")``), present only while the electrodes hold a
-non-zero level or a generation runs. A new backend ramps held levels found there to 0 V
-(with a warning) and refuses to start if a generation was running when its owner died.
+One backend at a time drives an AO device: each backend locks the devices of its channels
+(``lockf`` on a file per device) until it closes or its process ends. The analog outputs
+cannot be read back, so while its electrodes hold a non-zero level or a generation runs, the
+backend keeps a state file per device next to the lock, in the ``nidaqmx`` folder of
+``$DNPU_STATE_DIR`` (default: ``platformdirs.user_state_path("dnpu-bluesky")``). A new backend
+that finds one refuses to start: the pins may still hold those levels, or be at 0 V after a
+reset, and a ramp from the wrong level would be a step.
 """
 
 from __future__ import annotations
@@ -67,10 +69,13 @@ _RATE_TOLERANCE = 1e-6
 _AI_SATURATION = 0.99
 #: Environment variable naming the directory of the output state files.
 _STATE_DIR_ENV = "DNPU_STATE_DIR"
-# Before other multiprocessing finalizers (priority 0 and up to 10 in the standard library).
+#: Before other multiprocessing finalizers (priority 0 and up to 10 in the standard library).
 _EXIT_PRIORITY = 100
-#: SIGTERM handler that was in place before ours, called first by ours.
-_previous_sigterm: Any = None
+#: The open backends of this process, which SIGTERM parks.
+_open_backends: set[NIDAQmxBackend] = set()
+#: Lock files of the AO devices this process's backends hold (``lockf`` locks do not exclude
+#: the process that holds them, so a second backend here is refused by this set).
+_locked_devices: set[Path] = set()
 
 _TERMINAL_CONFIG = {
     "default": "DEFAULT",
@@ -98,23 +103,45 @@ def _park_at_exit(backend: NIDAQmxBackend, pid: int) -> None:
         _log.exception("could not park the electrodes at 0 V at interpreter exit")
 
 
-def _sigterm_exits(signum: int, frame: FrameType | None) -> None:
-    if callable(_previous_sigterm):
-        _previous_sigterm(signum, frame)
-    raise SystemExit(128 + signum)
+def _park_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM: park every open backend, then end as SIGTERM's default would."""
+    if any(backend._lock._is_owned() for backend in _open_backends):
+        # This thread is inside a backend call: unwinding it parks (``except BaseException``).
+        raise SystemExit(128 + signum)
+    for backend in list(_open_backends):
+        try:
+            backend.close()
+        except Exception:
+            _log.exception("could not park the electrodes at 0 V on SIGTERM")
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
-def _exit_on_sigterm() -> None:
-    """Make SIGTERM raise ``SystemExit``, so that ``finally`` blocks and atexit hooks park."""
-    global _previous_sigterm
-    if threading.current_thread() is not threading.main_thread():
+def _park_on_sigterm_from_now() -> None:
+    """Park on SIGTERM, unless the process has a SIGTERM handler of its own (which then
+    decides; the exit hooks still park on a normal exit) or this is not the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _park_on_sigterm)
+
+
+def _default_sigterm_when_none_open() -> None:
+    if _open_backends or threading.current_thread() is not threading.main_thread():
         return
-    current = signal.getsignal(signal.SIGTERM)
-    # SIG_IGN is a choice to keep running; None is a handler installed outside Python.
-    if current is _sigterm_exits or current is None or current == signal.SIG_IGN:
-        return
-    _previous_sigterm = current
-    signal.signal(signal.SIGTERM, _sigterm_exits)
+    if signal.getsignal(signal.SIGTERM) is _park_on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _forget_backends_in_child() -> None:
+    # A forked child drives none of its parent's outputs and holds none of its locks.
+    _open_backends.clear()
+    _locked_devices.clear()
+    with contextlib.suppress(ValueError):  # forked from a thread other than the main one
+        if signal.getsignal(signal.SIGTERM) is _park_on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_forget_backends_in_child)
 
 
 @contextlib.contextmanager
@@ -142,15 +169,19 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def _state_file(channels: list[str]) -> Path:
-    """The state file of one set of AO channels, named after the devices and lines."""
-    lines: dict[str, list[str]] = {}
-    for channel in channels:
-        device, _, line = channel.strip("/").partition("/")
-        lines.setdefault(device, []).append(line)
-    name = "_".join(f"{device}-{'-'.join(sorted(ls))}" for device, ls in sorted(lines.items()))
+def _device_of(channel: str) -> str:
+    """The DAQmx device of a physical channel, as DAQmx compares names (ignoring case)."""
+    return channel.strip("/").partition("/")[0].lower()
+
+
+def _state_directory() -> Path:
     directory = os.environ.get(_STATE_DIR_ENV) or platformdirs.user_state_path("dnpu-bluesky")
-    return Path(directory) / "nidaqmx" / (re.sub(r"[^A-Za-z0-9._-]", "-", name) + ".json")
+    return Path(directory) / "nidaqmx"
+
+
+def _device_file(device: str, suffix: str) -> Path:
+    """The lock (``.lock``) or state (``.json``) file of one AO device."""
+    return _state_directory() / (re.sub(r"[^a-z0-9._-]", "-", device) + suffix)
 
 
 class NIDAQmxBackend:
@@ -190,15 +221,15 @@ class NIDAQmxBackend:
         self._levels = np.zeros(self.n_channels)
         self._closed = False
         self._lock = threading.RLock()
-        self._state_path = _state_file(self._channels)
+        self._devices = sorted({_device_of(channel) for channel in self._channels})
         self._driver_version = self._probe_driver()
-        self._lock_fd = self._take_outputs()
+        self._lock_fds: dict[Path, int] = {}
         try:
-            _exit_on_sigterm()
+            self._take_outputs()
+            self._check_no_state_left()
             self._verify_setup()
-            self._recover_outputs()
         except BaseException:
-            os.close(self._lock_fd)
+            self._release_outputs()
             raise
         # Held strongly: a backend dropped without close() may still hold a voltage.
         self._exit_hook = functools.partial(_park_at_exit, self, os.getpid())
@@ -206,6 +237,8 @@ class NIDAQmxBackend:
         self._finalizer = multiprocessing.util.Finalize(
             None, self._exit_hook, exitpriority=_EXIT_PRIORITY
         )
+        _open_backends.add(self)
+        _park_on_sigterm_from_now()
 
     # -- public API ---------------------------------------------------------------------
 
@@ -312,7 +345,9 @@ class NIDAQmxBackend:
             self._closed = True
             atexit.unregister(self._exit_hook)
             self._finalizer.cancel()
-            os.close(self._lock_fd)  # releases the outputs to the next session
+            self._release_outputs()  # to the next session
+            _open_backends.discard(self)
+        _default_sigterm_when_none_open()  # after the block, which restores the handler
 
     # -- acquisition --------------------------------------------------------------------
 
@@ -376,7 +411,7 @@ class NIDAQmxBackend:
         """
         try:
             ao.wait_until_done(timeout=timeout)
-        except BaseException as wait_exc:
+        except Exception as wait_exc:  # a Ctrl-C here propagates: the caller stops and parks
             exc.add_note(f"the generation did not run to its end either: {wait_exc!r}")
             return False
         self._held(np.zeros(self.n_channels))
@@ -444,80 +479,99 @@ class NIDAQmxBackend:
         """Record that the electrodes hold ``levels``; only non-zero levels are kept on disk."""
         self._levels = np.array(levels, dtype=float)
         if np.all(np.abs(self._levels) <= ZERO_TOLERANCE_V):
-            try:
-                self._state_path.unlink(missing_ok=True)
-            except OSError:
-                _log.warning("could not remove %s", self._state_path, exc_info=True)
+            for device in self._devices:
+                path = _device_file(device, ".json")
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    _log.warning("could not remove %s", path, exc_info=True)
         else:
             self._write_state(running=False)
 
     def _write_state(self, *, running: bool) -> None:
-        record: dict[str, Any] = {"channels": self._channels, "pid": os.getpid()}
-        if running:
-            record["running"] = True
-        else:
-            record["levels_v"] = self._levels.tolist()
-        path = self._state_path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".tmp")
-            partial.write_text(json.dumps(record))
-            os.replace(partial, path)
-        except OSError:
-            _log.warning("could not record the output state in %s", path, exc_info=True)
+        for device in self._devices:
+            record: dict[str, Any] = {"pid": os.getpid(), "profile": self.profile.name}
+            if running:
+                record["running"] = True
+            else:
+                record["levels_v"] = {
+                    channel: float(level)
+                    for channel, level in zip(self._channels, self._levels, strict=True)
+                    if _device_of(channel) == device
+                }
+            path = _device_file(device, ".json")
+            try:
+                partial = path.with_suffix(".tmp")
+                partial.write_text(json.dumps(record))
+                os.replace(partial, path)
+            except OSError:
+                _log.warning("could not record the output state in %s", path, exc_info=True)
 
-    def _take_outputs(self) -> int:
-        """Lock this set of AO channels for the backend's life (released when it closes or its
-        process ends), or refuse: a second session would start from levels the first holds,
-        and the first would then ramp from levels that are no longer on the pins."""
-        path = self._state_path.with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:
-            return fd
+    def _take_outputs(self) -> None:
+        """Lock the AO devices of this backend until it closes or its process ends.
+
+        A second backend on the same outputs would start from 0 V while this one holds a
+        level, and this one would then ramp from a level no longer on the pins.
+        """
+        outputs = f"{', '.join(self._devices)} (AO)"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+            _state_directory().mkdir(parents=True, exist_ok=True)
+            for device in self._devices:
+                path = _device_file(device, ".lock")
+                if path in _locked_devices:
+                    raise HardwareUnavailableError(
+                        f"{outputs}: in use by another backend of this process; close it "
+                        "first (dnpu.backend.close())"
+                    )
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    if fcntl is not None:
+                        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise HardwareUnavailableError(
+                        f"{outputs}: in use by process {holder}; close that session first"
+                    ) from None
+                self._lock_fds[path] = fd
+                _locked_devices.add(path)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as err:  # e.g. a state directory that cannot be written
             raise HardwareUnavailableError(
-                f"{self._channels[0]}..{self._channels[-1]} are in use by another backend "
-                f"(process {holder}{', this one' if holder == str(os.getpid()) else ''}); "
-                "close it first (dnpu.backend.close(), or end that session)"
+                f"{outputs}: cannot lock the outputs in {_state_directory()}: {err}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        return fd
 
-    def _recover_outputs(self) -> None:
-        """Ramp to 0 V from the levels an earlier session left, or refuse if they are unknown."""
-        path = self._state_path
-        if not path.exists():
+    def _release_outputs(self) -> None:
+        for path, fd in self._lock_fds.items():
+            # Closing the descriptor drops this process's lock on the file (lockf).
+            os.close(fd)
+            _locked_devices.discard(path)
+        self._lock_fds.clear()
+
+    def _check_no_state_left(self) -> None:
+        """Refuse to start where an earlier session may have left a voltage on the pins."""
+        left = [path for d in self._devices if (path := _device_file(d, ".json")).exists()]
+        if not left:
             return
-        outputs = f"{self._channels[0]}..{self._channels[-1]}"
-        try:
-            record = json.loads(path.read_text())
-            levels = np.array(record.get("levels_v", ()), dtype=float)
-            running = bool(record.get("running"))
-        except (OSError, ValueError, TypeError, AttributeError):
-            running, levels = True, np.zeros(0)
-        ok = levels.shape == (self.n_channels,) and np.all(
-            (levels >= self._limits[:, 0]) & (levels <= self._limits[:, 1])
+        records = []
+        for path in left:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                record = {}
+            levels = record.get("levels_v") if isinstance(record, dict) else None
+            if isinstance(levels, dict) and levels:
+                held = ", ".join(f"{name} {float(v):+.3f} V" for name, v in levels.items())
+                records.append(f"held {held}")
+            else:
+                records.append("a generation was running (levels unknown)")
+        files = " ".join(str(path) for path in left)
+        raise HardwareUnavailableError(
+            f"an earlier session ended without parking the outputs ({'; '.join(records)}): "
+            "they may still hold that, or be at 0 V after a reset or power cycle. Check them "
+            f"(NI MAX test panel or a multimeter), bring them to 0 V, then delete {files}"
         )
-        if running or not ok:
-            raise HardwareUnavailableError(
-                f"{outputs}: the last session ended while generating (or left an unreadable "
-                f"record), so the voltages on the pins are unknown; check them (NI MAX test "
-                f"panel or a multimeter), bring them to 0 V, then delete {path}"
-            )
-        _log.warning(
-            "%s: an earlier session left the electrodes at %s V; ramping them to 0 V",
-            outputs,
-            np.array2string(levels, precision=3),
-        )
-        self._levels = levels
-        with _signals_deferred():
-            self._move_to(np.zeros(self.n_channels))
 
     # -- helpers ------------------------------------------------------------------------
 
