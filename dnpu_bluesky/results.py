@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -100,5 +102,22 @@ def _last_evaluation(
     """The last event's values of ``evaluation_<key>`` in the device's ``stream`` (the
     training cases' ``evaluation`` or the held-out ``evaluation_test``), in one read."""
     fields = [f"evaluation_{key}" for key in keys]
-    table = stream_of(run, stream, device).read(variables=fields)
+    with _no_progress_bar(run):
+        table = stream_of(run, stream, device).read(variables=fields)
     return {key: table[field].values[-1] for key, field in zip(keys, fields, strict=True)}
+
+
+@contextlib.contextmanager
+def _no_progress_bar(node: Any) -> Iterator[None]:
+    """Without tiled's "Fetching data..." bar, which an interactive session shows for reads
+    of several chunks: for a few scalars it is noise."""
+    context = getattr(node, "context", None)
+    shown = getattr(context, "show_progress", None)
+    if shown is None:
+        yield
+        return
+    context.show_progress = False
+    try:
+        yield
+    finally:
+        context.show_progress = shown

@@ -64,6 +64,8 @@ def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summar
         "import logging; logging.getLogger('bluesky.run_engine').warning('other warning')\n"
         "RE(validate_gradients(dnpu, n_points=1, compare_sequential=False))\n"
         "RE(train(dnpu, BooleanGate('AND'), method='fd', max_iterations=2, max_attempts=1))\n"
+        "(uid,) = RE(train(dnpu, BooleanGate('AND')))\n"
+        "print('accuracy', trained_setting(load_run(runs, uid))['accuracy'])\n"
     )
     completed = run_profile("--simple-prompt", "--colors=NoColor", input=session)
     printed = completed.stdout + completed.stderr
@@ -76,6 +78,8 @@ def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summar
     # A training run has its progress bar instead of the table, whose lines would break it.
     assert "New stream: 'validation_summary'" in printed
     assert "AND fd" in printed and "New stream: 'train'" not in printed
+    # Reading a few scalars back shows no tiled "Fetching data..." bar.
+    assert "accuracy 1.0" in printed and "Fetching data" not in printed
 
 
 def test_interactive_waits_show_no_bar_for_dnpu_acquisitions(dnpu):
