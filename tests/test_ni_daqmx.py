@@ -516,7 +516,9 @@ time.sleep(30)
 """
 
 
-def test_sigterm_parks_the_electrodes_then_ends_the_process(ni_state_dir: Path) -> None:
+def test_sigterm_parks_the_electrodes_then_ends_the_process(
+    ni_state_dir: Path, profile: SetupProfile, fake: FakeNidaqmx
+) -> None:
     script = _SIGTERM_SCRIPT.format(example=str(EXAMPLE), held=HELD.tolist())
     tests = Path(__file__).resolve().parent
     env = {
@@ -529,6 +531,9 @@ def test_sigterm_parks_the_electrodes_then_ends_the_process(ni_state_dir: Path) 
     )
     assert session.stdout.readline() == "holding\n"
     (state,) = ni_state_dir.rglob("*.json")  # the held levels, on disk
+    # Another session on the same outputs meanwhile is refused, naming the holder.
+    with pytest.raises(HardwareUnavailableError, match=f"in use by process {session.pid};"):
+        NIDAQmxBackend(profile, nidaqmx_module=fake)
     session.send_signal(signal.SIGTERM)  # `kill PID`
     assert session.wait(120) == -signal.SIGTERM  # ended as SIGTERM ends a process
     assert not state.exists()  # removed only once a ramp brought every electrode to 0 V

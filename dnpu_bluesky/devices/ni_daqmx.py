@@ -141,7 +141,8 @@ def _forget_backends_in_child() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-os.register_at_fork(after_in_child=_forget_backends_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_backends_in_child)
 
 
 @contextlib.contextmanager
@@ -527,16 +528,19 @@ class NIDAQmxBackend:
                 try:
                     if fcntl is not None:
                         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
+                except (BlockingIOError, PermissionError):  # held: EAGAIN or EACCES
                     holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                     os.close(fd)
                     raise HardwareUnavailableError(
                         f"{outputs}: in use by process {holder}; close that session first"
                     ) from None
+                except OSError:
+                    os.close(fd)
+                    raise
                 self._lock_fds[path] = fd
                 _locked_devices.add(path)
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode(), 0)
+                os.write(fd, str(os.getpid()).encode())  # at offset 0: the file was just opened
         except OSError as err:  # e.g. a state directory that cannot be written
             raise HardwareUnavailableError(
                 f"{outputs}: cannot lock the outputs in {_state_directory()}: {err}"
