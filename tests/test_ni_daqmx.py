@@ -509,26 +509,36 @@ from fake_nidaqmx import FakeNidaqmx
 from dnpu_bluesky.config import load_profile
 from dnpu_bluesky.devices.ni_daqmx import NIDAQmxBackend
 profile = load_profile({example!r})
-daq = NIDAQmxBackend(profile, nidaqmx_module=FakeNidaqmx())
+fake = FakeNidaqmx()
+daq = NIDAQmxBackend(profile, nidaqmx_module=fake)
+if {during_a_ramp!r}:  # SIGTERM while the main thread ramps, inside a backend call
+    fake.rig.actions["nidaqmx.task.Task.wait_until_done"] = lambda: os.kill(os.getpid(), 15)
 daq.set_dc(np.array({held!r}))
 print("holding", flush=True)
 time.sleep(30)
 """
 
 
-def test_sigterm_parks_the_electrodes_then_ends_the_process(
-    ni_state_dir: Path, profile: SetupProfile, fake: FakeNidaqmx
-) -> None:
-    script = _SIGTERM_SCRIPT.format(example=str(EXAMPLE), held=HELD.tolist())
+def _session_holding(state_dir: Path, *, sigterm_during_the_ramp: bool) -> subprocess.Popen:
+    """A Python process that ramps to HELD on a fake NI rig, says "holding", then waits."""
+    script = _SIGTERM_SCRIPT.format(
+        example=str(EXAMPLE), held=HELD.tolist(), during_a_ramp=sigterm_during_the_ramp
+    )
     tests = Path(__file__).resolve().parent
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]),
-        "DNPU_STATE_DIR": str(ni_state_dir),
+        "DNPU_STATE_DIR": str(state_dir),
     }
-    session = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
     )
+
+
+def test_sigterm_parks_the_electrodes_then_ends_the_process(
+    ni_state_dir: Path, profile: SetupProfile, fake: FakeNidaqmx
+) -> None:
+    session = _session_holding(ni_state_dir, sigterm_during_the_ramp=False)
     assert session.stdout.readline() == "holding\n"
     (state,) = ni_state_dir.rglob("*.json")  # the held levels, on disk
     # Another session on the same outputs meanwhile is refused, naming the holder.
@@ -537,6 +547,18 @@ def test_sigterm_parks_the_electrodes_then_ends_the_process(
     session.send_signal(signal.SIGTERM)  # `kill PID`
     assert session.wait(120) == -signal.SIGTERM  # ended as SIGTERM ends a process
     assert not state.exists()  # removed only once a ramp brought every electrode to 0 V
+
+
+def test_sigterm_during_a_ramp_ends_the_process_once_the_ramp_is_done(
+    ni_state_dir: Path,
+) -> None:
+    # Not an exception inside the ramp (IPython would catch a SystemExit and go on holding):
+    # the ramp ends, then the signal parks and ends the process.
+    session = _session_holding(ni_state_dir, sigterm_during_the_ramp=True)
+    out, _ = session.communicate(timeout=120)
+    assert session.returncode == -signal.SIGTERM
+    assert "holding" not in out
+    assert list(ni_state_dir.rglob("*.json")) == []  # parked: nothing left held
 
 
 def test_sigterm_handler_only_where_none_was_set_and_only_while_open(
@@ -764,6 +786,68 @@ def test_ctrl_c_while_a_failed_read_waits_for_the_stream_stays_a_ctrl_c(
     with pytest.raises(KeyboardInterrupt):  # not a device failure with a note
         backend.play_and_record(stream, profile.sample_rate)
     _assert_parked_within_slew(fake, profile)
+
+
+def test_ctrl_c_just_after_a_ramp_ends_keeps_the_levels_it_reached(
+    backend: NIDAQmxBackend,
+    fake: FakeNidaqmx,
+    profile: SetupProfile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ramp ran to its end; the interrupt comes before it is recorded as held.
+    record = backend._held
+
+    def interrupted_once(levels: np.ndarray) -> None:
+        monkeypatch.setattr(backend, "_held", record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "_held", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        backend.set_dc(HELD)
+    np.testing.assert_array_equal(fake.rig.level(_channels(profile)), HELD)
+    backend.play_and_record(_dc_stream(profile), profile.sample_rate)  # ramps from HELD
+    backend.close()
+    _assert_parked_within_slew(fake, profile)
+
+
+def test_a_stream_is_copied_before_it_is_checked(
+    backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
+) -> None:
+    stream = _dc_stream(profile)
+    played = stream.copy()
+    # The caller's buffer refilled after the call began (another thread): not what plays.
+    fake.rig.actions[ADD_AO] = lambda: stream.fill(0.3)
+    backend.play_and_record(stream, profile.sample_rate)
+    np.testing.assert_array_equal(
+        fake.rig.generated_samples(_channels(profile))[-len(played) :], played
+    )
+    _assert_parked_within_slew(fake, profile)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_forked_child_cannot_drive_or_park_its_parents_outputs(
+    backend: NIDAQmxBackend,
+    fake: FakeNidaqmx,
+    profile: SetupProfile,
+    tmp_path: Path,
+    ni_state_dir: Path,
+) -> None:
+    backend.set_dc(HELD)
+    report = tmp_path / "child.json"
+
+    def child(path: str) -> None:
+        backend.close()  # a no-op in the child
+        try:
+            backend.set_dc(np.zeros(7))
+        except RuntimeError as err:
+            Path(path).write_text(
+                json.dumps([str(err), fake.rig.level(_channels(profile)).tolist()])
+            )
+
+    assert _forked_exit_code(child, report) == 0
+    message, levels = json.loads(report.read_text())
+    assert "belongs to process" in message and levels == HELD.tolist()
+    assert len(list(ni_state_dir.rglob("*.json"))) == 1  # nor removed the parent's record
 
 
 def test_a_session_that_died_mid_stream_is_refused_at_start(

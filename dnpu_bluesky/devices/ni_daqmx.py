@@ -73,6 +73,8 @@ _STATE_DIR_ENV = "DNPU_STATE_DIR"
 _EXIT_PRIORITY = 100
 #: The open backends of this process, which SIGTERM parks.
 _open_backends: set[NIDAQmxBackend] = set()
+#: A SIGTERM arrived while the main thread was inside a backend call.
+_sigterm_pending = False
 #: Lock files of the AO devices this process's backends hold (``lockf`` locks do not exclude
 #: the process that holds them, so a second backend here is refused by this set).
 _locked_devices: set[Path] = set()
@@ -105,9 +107,13 @@ def _park_at_exit(backend: NIDAQmxBackend, pid: int) -> None:
 
 def _park_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """SIGTERM: park every open backend, then end as SIGTERM's default would."""
-    if any(backend._lock._is_owned() for backend in _open_backends):
-        # This thread is inside a backend call: unwinding it parks (``except BaseException``).
-        raise SystemExit(128 + signum)
+    global _sigterm_pending
+    if any(backend._lock._is_owned() for backend in list(_open_backends)):
+        # This thread is inside a backend call (a stream, a ramp): parking now would
+        # interleave with it. It is delivered again when the call returns (``_locked``).
+        _sigterm_pending = True
+        return
+    _sigterm_pending = False
     for backend in list(_open_backends):
         try:
             backend.close()
@@ -180,9 +186,9 @@ def _state_directory() -> Path:
     return Path(directory) / "nidaqmx"
 
 
-def _device_file(device: str, suffix: str) -> Path:
+def _device_file(directory: Path, device: str, suffix: str) -> Path:
     """The lock (``.lock``) or state (``.json``) file of one AO device."""
-    return _state_directory() / (re.sub(r"[^a-z0-9._-]", "-", device) + suffix)
+    return directory / (re.sub(r"[^a-z0-9._-]", "-", device) + suffix)
 
 
 class NIDAQmxBackend:
@@ -193,15 +199,16 @@ class NIDAQmxBackend:
         nidaqmx_module: The ``nidaqmx`` module to use; a test double can be injected here.
             Default: the installed ``nidaqmx`` package.
 
-    Building it lets the driver verify both tasks (channels, clocks, trigger terminal) and
-    ramps to 0 V any level an earlier session left held (see the module docstring).
+    Building it locks the AO devices and lets the driver verify both tasks (channels,
+    clocks, trigger terminal) without generating anything (see the module docstring).
 
     Raises:
         ValueError: if the profile is not an NI-DAQmx profile, or the device cannot make its
             sample rate exactly.
-        HardwareUnavailableError: if the NI-DAQmx driver is missing, refuses a channel or
-            the trigger terminal (one line naming it), or an earlier session ended while
-            generating, so the output voltages are unknown.
+        HardwareUnavailableError: if the NI-DAQmx driver is missing or refuses a channel or
+            the trigger terminal (one line naming it), another backend holds the AO devices,
+            or an earlier session ended without parking them (its state file names the
+            levels, which may or may not still be on the pins).
     """
 
     name = "nidaqmx"
@@ -221,8 +228,11 @@ class NIDAQmxBackend:
         # stopped at an unknown sample: a guess, and the state file still says "running").
         self._levels = np.zeros(self.n_channels)
         self._closed = False
+        self._pid = os.getpid()  # a forked child must not drive its parent's outputs
         self._lock = threading.RLock()
         self._devices = sorted({_device_of(channel) for channel in self._channels})
+        # Fixed for the backend's life, and one spelling per directory for the lock registry.
+        self._state_dir = _state_directory().resolve()
         self._driver_version = self._probe_driver()
         self._lock_fds: dict[Path, int] = {}
         try:
@@ -262,7 +272,7 @@ class NIDAQmxBackend:
             HardwareUnavailableError: if the driver is missing.
             nidaqmx.errors.DaqError: from the driver, after the electrodes were parked.
         """
-        volts = np.asarray(ao_volts, dtype=float)
+        volts = np.array(ao_volts, dtype=float)  # a copy: the caller's array may change later
         if volts.ndim != 2 or volts.shape[1] != self.n_channels:
             raise ValueError(
                 f"stream must have shape (n_samples, {self.n_channels}), got {volts.shape}"
@@ -283,7 +293,7 @@ class NIDAQmxBackend:
             max_slew_v_per_s=self.profile.max_slew_v_per_s,
             channel_names=self._names,
         )
-        with self._lock:
+        with self._locked():
             self._check_open()
             started = time.perf_counter()
             try:
@@ -307,7 +317,7 @@ class NIDAQmxBackend:
             UnsafeWaveformError: for a value outside an electrode's limits (nothing written).
             RuntimeError: after ``close()``, unless the electrodes already hold ``volts``.
         """
-        target = np.asarray(volts, dtype=float)
+        target = np.array(volts, dtype=float)  # a copy: the caller's array may change later
         if target.shape != (self.n_channels,):
             raise ValueError(f"need {self.n_channels} voltages, got shape {target.shape}")
         for i, value in enumerate(target):
@@ -317,7 +327,7 @@ class NIDAQmxBackend:
                     f"{self._names[i]}: {value:+.4f} V is outside the limits "
                     f"[{low:+.3f}, {high:+.3f}] V; nothing was written"
                 )
-        with self._lock:
+        with self._locked():
             if self._closed and np.allclose(target, self._levels, rtol=0, atol=ZERO_TOLERANCE_V):
                 return
             self._check_open()
@@ -339,6 +349,8 @@ class NIDAQmxBackend:
 
         The backend stays open (and its exit hooks armed) if the ramp fails.
         """
+        if os.getpid() != self._pid:
+            return  # a forked child's copy: the parent drives (and parks) these outputs
         with self._lock, _signals_deferred():
             if self._closed:
                 return
@@ -349,6 +361,14 @@ class NIDAQmxBackend:
             self._release_outputs()  # to the next session
             _open_backends.discard(self)
         _default_sigterm_when_none_open()  # after the block, which restores the handler
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The backend's lock, and a SIGTERM held off during the call delivered after it."""
+        with self._lock:
+            yield
+        if _sigterm_pending and not self._lock._is_owned():
+            signal.raise_signal(signal.SIGTERM)
 
     # -- acquisition --------------------------------------------------------------------
 
@@ -383,6 +403,7 @@ class NIDAQmxBackend:
                     ran_out = self._run_out(ao, timeout, exc)
                     raise
                 ao.wait_until_done(timeout=timeout)
+                self._levels = np.zeros(self.n_channels)  # now, before anything can interrupt
             except BaseException:
                 if not ran_out:
                     self._abort(ao, volts, before)
@@ -441,10 +462,11 @@ class NIDAQmxBackend:
             try:
                 ao.start()
                 ao.wait_until_done(timeout=timeout)
+                self._levels = ramp[-1].copy()  # now, before anything can interrupt
             except BaseException:
                 self._abort(ao, ramp, start)
                 raise
-        self._held(target.copy())
+        self._held(ramp[-1])
         return n_steps / rate
 
     def _abort(self, ao: Any, samples: np.ndarray, before: np.ndarray) -> None:
@@ -481,7 +503,7 @@ class NIDAQmxBackend:
         self._levels = np.array(levels, dtype=float)
         if np.all(np.abs(self._levels) <= ZERO_TOLERANCE_V):
             for device in self._devices:
-                path = _device_file(device, ".json")
+                path = _device_file(self._state_dir, device, ".json")
                 try:
                     path.unlink(missing_ok=True)
                 except OSError:
@@ -500,13 +522,17 @@ class NIDAQmxBackend:
                     for channel, level in zip(self._channels, self._levels, strict=True)
                     if _device_of(channel) == device
                 }
-            path = _device_file(device, ".json")
+            path = _device_file(self._state_dir, device, ".json")
             try:
                 partial = path.with_suffix(".tmp")
                 partial.write_text(json.dumps(record))
                 os.replace(partial, path)
-            except OSError:
-                _log.warning("could not record the output state in %s", path, exc_info=True)
+            except OSError as err:
+                if running:  # before the generation starts: better none than one unrecorded
+                    raise HardwareUnavailableError(
+                        f"cannot record the output state in {path} before generating: {err}"
+                    ) from None
+                _log.error("could not record the held levels in %s: %s", path, err)
 
     def _take_outputs(self) -> None:
         """Lock the AO devices of this backend until it closes or its process ends.
@@ -516,9 +542,9 @@ class NIDAQmxBackend:
         """
         outputs = f"{', '.join(self._devices)} (AO)"
         try:
-            _state_directory().mkdir(parents=True, exist_ok=True)
+            self._state_dir.mkdir(parents=True, exist_ok=True)
             for device in self._devices:
-                path = _device_file(device, ".lock")
+                path = _device_file(self._state_dir, device, ".lock")
                 if path in _locked_devices:
                     raise HardwareUnavailableError(
                         f"{outputs}: in use by another backend of this process; close it "
@@ -529,10 +555,13 @@ class NIDAQmxBackend:
                     if fcntl is not None:
                         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except (BlockingIOError, PermissionError):  # held: EAGAIN or EACCES
-                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                    os.close(fd)
+                    try:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                    finally:
+                        os.close(fd)
                     raise HardwareUnavailableError(
-                        f"{outputs}: in use by process {holder}; close that session first"
+                        f"{outputs}: in use by process {holder or 'unknown'}; close that "
+                        "session first"
                     ) from None
                 except OSError:
                     os.close(fd)
@@ -543,7 +572,7 @@ class NIDAQmxBackend:
                 os.write(fd, str(os.getpid()).encode())  # at offset 0: the file was just opened
         except OSError as err:  # e.g. a state directory that cannot be written
             raise HardwareUnavailableError(
-                f"{outputs}: cannot lock the outputs in {_state_directory()}: {err}"
+                f"{outputs}: cannot lock the outputs in {self._state_dir}: {err}"
             ) from None
 
     def _release_outputs(self) -> None:
@@ -555,7 +584,11 @@ class NIDAQmxBackend:
 
     def _check_no_state_left(self) -> None:
         """Refuse to start where an earlier session may have left a voltage on the pins."""
-        left = [path for d in self._devices if (path := _device_file(d, ".json")).exists()]
+        left = [
+            path
+            for device in self._devices
+            if (path := _device_file(self._state_dir, device, ".json")).exists()
+        ]
         if not left:
             return
         records = []
@@ -679,5 +712,10 @@ class NIDAQmxBackend:
         return f"{version.major_version}.{version.minor_version}.{version.update_version}"
 
     def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"NI-DAQmx backend for {self.profile.name!r} belongs to process {self._pid}; "
+                "a forked child must build its own"
+            )
         if self._closed:
             raise RuntimeError(f"NI-DAQmx backend for {self.profile.name!r} is closed")
