@@ -40,6 +40,7 @@ pytestmark = pytest.mark.usefixtures("ni_state_dir")
 READ = "nidaqmx.task.Task.read"
 WAIT = "nidaqmx.task.Task.wait_until_done"
 STOP = "nidaqmx.task.Task.stop"
+START = "nidaqmx.task.Task.start"
 GENERATED = "nidaqmx.task.OutStream.total_samp_per_chan_generated"
 ADD_AO = "nidaqmx.task.collections.AOChannelCollection.add_ao_voltage_chan"
 
@@ -848,6 +849,27 @@ def test_a_forked_child_cannot_drive_or_park_its_parents_outputs(
     message, levels = json.loads(report.read_text())
     assert "belongs to process" in message and levels == HELD.tolist()
     assert len(list(ni_state_dir.rglob("*.json"))) == 1  # nor removed the parent's record
+
+
+def test_the_running_record_is_on_disk_before_the_output_starts(
+    backend: NIDAQmxBackend,
+    fake: FakeNidaqmx,
+    profile: SetupProfile,
+    ni_state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    synced: set[int] = set()  # inodes of the files flushed to disk
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.add(os.fstat(fd).st_ino), real_fsync(fd)))
+    state = ni_state_dir / "nidaqmx" / "cdaq1mod1.json"
+    on_disk_at_ao_start: list[bool] = []
+
+    def at_ao_start() -> None:  # the AI task starts first (armed), then the AO task
+        on_disk_at_ao_start.append(state.exists() and state.stat().st_ino in synced)
+
+    fake.rig.actions[START] = lambda: fake.rig.actions.__setitem__(START, at_ao_start)
+    backend.play_and_record(_dc_stream(profile), profile.sample_rate)
+    assert on_disk_at_ao_start == [True]
 
 
 def test_a_session_that_died_mid_stream_is_refused_at_start(

@@ -525,7 +525,10 @@ class NIDAQmxBackend:
             path = _device_file(self._state_dir, device, ".json")
             try:
                 partial = path.with_suffix(".tmp")
-                partial.write_text(json.dumps(record))
+                with open(partial, "w") as file:
+                    file.write(json.dumps(record))
+                    file.flush()
+                    os.fsync(file.fileno())  # on disk before the generation starts
                 os.replace(partial, path)
             except OSError as err:
                 if running:  # before the generation starts: better none than one unrecorded
