@@ -872,6 +872,18 @@ def test_the_running_record_is_on_disk_before_the_output_starts(
     assert on_disk_at_ao_start == [True]
 
 
+def test_a_shared_state_directory_keeps_the_lock_usable_by_the_group(
+    profile: SetupProfile, fake: FakeNidaqmx, ni_state_dir: Path
+) -> None:
+    previous = os.umask(0o002)  # as hardware.md asks of every account sharing the DAQ
+    try:
+        NIDAQmxBackend(profile, nidaqmx_module=fake).close()
+    finally:
+        os.umask(previous)
+    (lock,) = ni_state_dir.rglob("*.lock")
+    assert lock.stat().st_mode & 0o777 == 0o664
+
+
 def test_a_session_that_died_mid_stream_is_refused_at_start(
     profile: SetupProfile, fake: FakeNidaqmx, ni_state_dir: Path
 ) -> None:

@@ -553,7 +553,7 @@ class NIDAQmxBackend:
                         f"{outputs}: in use by another backend of this process; close it "
                         "first (dnpu.backend.close())"
                     )
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who may lock
                 try:
                     if fcntl is not None:
                         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
