@@ -16,6 +16,7 @@ class HardwareUnavailableError(RuntimeError):
     """The hardware cannot be used as the setup describes it.
 
     The NI-DAQmx driver is not installed or not supported on this platform; the driver
-    refuses a channel, clock or trigger terminal of the setup profile; or an earlier session
-    ended while generating, so the voltages on the outputs are unknown.
+    refuses a channel, clock or trigger terminal of the setup profile; another backend holds
+    the AO devices; or an earlier session ended without parking them, so the voltages on the
+    outputs are unknown.
     """

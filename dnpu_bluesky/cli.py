@@ -443,7 +443,6 @@ _DEFAULT_GENERATIONS = 100
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .devices import build_dnpu
     from .plans import evaluate_controls
     from .results import trained_setting
     from .session import make_run_engine
@@ -459,9 +458,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with _open_storage(args) as storage:
         then = _past_result(storage, args, args.uid)
         task = then["task"]
-        (profile,) = _profiles(args)
-        dnpu = build_dnpu(profile)
-        try:
+        with _built(_profiles(args)) as ((dnpu, _),):
             _note_if_other_device(dnpu, then)
             engine = make_run_engine(storage, interactive=False, returns_result=True)
             plan = evaluate_controls(
@@ -472,8 +469,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 md={"source_run": then["uid"], "source_device": then["device"]},
             )
             outcome = _run(engine, plan)
-        finally:
-            dnpu.backend.close()
         (uid,) = outcome.run_start_uids
         measured = load_run(storage.client, uid)
         now = trained_setting(measured)

@@ -39,7 +39,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -95,10 +95,8 @@ def _import_nidaqmx() -> ModuleType:
     return module
 
 
-def _park_at_exit(backend: NIDAQmxBackend, pid: int) -> None:
-    # A forked child inherits the hooks but not the right to drive the parent's outputs.
-    if os.getpid() != pid:
-        return
+def _park_at_exit(backend: NIDAQmxBackend) -> None:
+    # In a forked child, which inherits the hooks, close() leaves the parent's outputs alone.
     try:
         backend.close()
     except Exception:
@@ -243,7 +241,7 @@ class NIDAQmxBackend:
             self._release_outputs()
             raise
         # Held strongly: a backend dropped without close() may still hold a voltage.
-        self._exit_hook = functools.partial(_park_at_exit, self, os.getpid())
+        self._exit_hook = functools.partial(_park_at_exit, self)
         atexit.register(self._exit_hook)
         self._finalizer = multiprocessing.util.Finalize(
             None, self._exit_hook, exitpriority=_EXIT_PRIORITY
@@ -382,13 +380,7 @@ class NIDAQmxBackend:
         with contextlib.ExitStack() as stack:
             ao = stack.enter_context(self._new_task())
             ai = stack.enter_context(self._new_task())
-            self._add_electrodes(ao)
-            self._set_clock(ao, rate, n_samples)
-            self._add_output(ai)
-            ai.triggers.start_trigger.cfg_dig_edge_start_trig(
-                self.profile.trigger.start_trigger_source
-            )
-            self._set_clock(ai, rate * oversampling, n_ai)
+            self._configure_acquisition(ao, ai, rate, n_samples)
             ao.write(self._channel_major(volts), auto_start=False, timeout=timeout)
             ai.start()  # armed: acquires from the AO start trigger on
             self._write_state(running=True)
@@ -657,36 +649,49 @@ class NIDAQmxBackend:
                 "exactly"
             )
 
+    def _configure_acquisition(
+        self,
+        ao: Any,
+        ai: Any,
+        rate: float,
+        n_samples: int,
+        step: Callable[[str], Any] | None = None,
+    ) -> None:
+        """Both tasks of one acquisition: the electrodes on AO and the output on AI, armed on
+        the AO start trigger, with finite clocks for ``n_samples`` AO samples at ``rate``.
+        ``step``, if given, is told which part comes next, so that an error can name it."""
+        step = step or (lambda part: None)
+        for electrode in self.profile.electrodes:
+            step(f"AO channel {electrode.channel} ({electrode.name})")
+            self._add_electrode(ao, electrode)
+        step("the AO sample clock")
+        self._set_clock(ao, rate, n_samples)
+        step(f"AI channel {self.profile.output.channel}")
+        self._add_output(ai)
+        source = self.profile.trigger.start_trigger_source
+        step(f"trigger {source}")
+        ai.triggers.start_trigger.cfg_dig_edge_start_trig(source)
+        step("the AI sample clock")
+        oversampling = self.profile.readout_oversampling
+        self._set_clock(ai, rate * oversampling, n_samples * oversampling)
+
     def _verify_setup(self) -> None:
         """Let the driver check every channel, both clocks and the trigger terminal now."""
-        oversampling = self.profile.readout_oversampling
-        part = "the AO task"
+        parts = ["the AO task"]
         try:
             with self._new_task() as ao, self._new_task() as ai:
-                for electrode in self.profile.electrodes:
-                    part = f"AO channel {electrode.channel} ({electrode.name})"
-                    self._add_electrode(ao, electrode)
-                part = "the AO sample clock"
-                self._set_clock(ao, self.profile.sample_rate, 2)
-                part = f"AI channel {self.profile.output.channel}"
-                self._add_output(ai)
-                part = f"trigger {self.profile.trigger.start_trigger_source}"
-                ai.triggers.start_trigger.cfg_dig_edge_start_trig(
-                    self.profile.trigger.start_trigger_source
-                )
-                part = "the AI sample clock"
-                self._set_clock(ai, self.profile.sample_rate * oversampling, 2 * oversampling)
+                self._configure_acquisition(ao, ai, self.profile.sample_rate, 2, parts.append)
         except self._daq.errors.DaqError as exc:
             lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()]
             detail = "; ".join(
                 [lines[0], *(line for line in lines[1:] if line.startswith("Suggested"))]
             )
             raise HardwareUnavailableError(
-                f"setup {self.profile.name!r}, {part}: NI-DAQmx error {exc.error_code}: "
+                f"setup {self.profile.name!r}, {parts[-1]}: NI-DAQmx error {exc.error_code}: "
                 f"{detail} (compare the setup profile with NI MAX)"
             ) from exc
         except ValueError as exc:
-            raise ValueError(f"setup {self.profile.name!r}, {part}: {exc}") from None
+            raise ValueError(f"setup {self.profile.name!r}, {parts[-1]}: {exc}") from None
 
     def _channel_major(self, samples: np.ndarray) -> np.ndarray:
         """``(n, channels)`` to the layout ``Task.write`` expects."""
