@@ -12,6 +12,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+#: Readings at or beyond this fraction of the AI range are taken as clipped by the ADC.
+CLIPPING_FRACTION = 0.99
+
+
+def at_range_limit(ai_volts: np.ndarray, ai_range_v: float) -> np.ndarray:
+    """True for each AI reading at the end of the symmetric range ``+-ai_range_v`` (clipped)."""
+    return np.abs(np.asarray(ai_volts, dtype=float)) >= CLIPPING_FRACTION * ai_range_v
+
 
 @dataclass(frozen=True)
 class Acquisition:
@@ -21,10 +29,14 @@ class Acquisition:
         ai_volts: Amplifier output voltage, shape ``(n_samples,)``, one sample per AO sample.
         device_seconds: Seconds the instrument spent (the waveform's duration plus any
             fixed per-acquisition overhead a real setup would have), independent of wall time.
+        clipped: Shape ``(n_samples,)``, True where the recording reached the end of the AI
+            range (any of the AI samples behind that value), so the current read there is
+            wrong; None if the backend cannot tell.
     """
 
     ai_volts: np.ndarray
     device_seconds: float
+    clipped: np.ndarray | None = None
 
 
 @runtime_checkable

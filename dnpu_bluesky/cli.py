@@ -155,9 +155,16 @@ def _gate_tasks(gates: Sequence[str], args: argparse.Namespace) -> list[Any]:
 
 
 def _solved(row: dict[str, Any], args: argparse.Namespace) -> bool:
-    """Every case classified right, and separated by ``--margin`` if one was asked for."""
+    """Every case classified right within the AI range, and separated by ``--margin`` if one
+    was asked for."""
     margin = getattr(args, "margin", None)
-    return row["accuracy"] == 1.0 and (margin is None or row["margin_nA"] >= margin)
+    in_range = not row["clipped_samples"]
+    return row["accuracy"] == 1.0 and in_range and (margin is None or row["margin_nA"] >= margin)
+
+
+def _missed_note(row: dict[str, Any]) -> str:
+    clipped = ", output clipped" if row["clipped_samples"] else ""
+    return f"{row['run_uid'][:8]}{clipped}"
 
 
 def _check_margin(args: argparse.Namespace) -> None:
@@ -268,6 +275,7 @@ def train_and_store(
                     "run_uid": uid,
                     "device": result.device,
                     "device_seed": _virtual_device_seed(profile_of[result.device]),
+                    "clipped_samples": result.clipped_samples,
                 }
                 if result.test_accuracy is not None:
                     row["test_accuracy"] = result.test_accuracy
@@ -358,7 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         margin = f" with a {args.margin:g} nA margin" if args.margin is not None else ""
         print(
             f"{len(missed)} of {len(rows)} not solved{margin}: "
-            + ", ".join(f"{row['gate']} ({row['run_uid'][:8]})" for row in missed),
+            + ", ".join(f"{row['gate']} ({_missed_note(row)})" for row in missed),
             file=sys.stderr,
         )
     return 1 if missed else 0
@@ -485,6 +493,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             _print_figures(_write_figures([measured], Path(args.figures)))
     if now["solved"] or task.name == "sphere":
         return 0
+    if outcome.plan_result.clipped_samples:
+        print(
+            f"{_label(task)}: the output left the AI range at these controls, so the "
+            "separation cannot be trusted; lower the amplifier gain or widen the AI range",
+            file=sys.stderr,
+        )
+        return 1
     device = ""
     if args.setup:
         device = f" --setup {args.setup[0]}"

@@ -90,3 +90,33 @@ def test_stop_parks_every_electrode_at_zero(dnpu):
     dnpu.backend.set_dc(np.full(7, 0.1))
     dnpu.stop()
     assert np.all(dnpu.backend.dc_volts == 0)
+
+
+def _measure_gate_cases(dnpu, controls) -> None:
+    for electrode, value in zip(dnpu.indices("control"), controls, strict=True):
+        dnpu.electrodes[electrode].setpoint.set(value).wait(1)
+    dnpu.trigger().wait(10)
+
+
+def test_clipped_windows_are_counted_and_logged_once_per_staging(
+    clipping_dnpu, clipping_controls, caplog
+):
+    dnpu = clipping_dnpu
+    dnpu.input_cases.put([[-0.7, -0.7], [-0.7, 0.3], [0.3, -0.7], [0.3, 0.3]])
+    dnpu.mode.put("off")
+    with caplog.at_level("WARNING", logger="dnpu_bluesky.devices.dnpu"):
+        dnpu.stage()
+        _measure_gate_cases(dnpu, [0.0] * 5)  # about -40 nA: inside the +-150 nA range
+        assert dnpu.read()["dnpu_clipped_samples"]["value"] == 0 and not caplog.records
+        _measure_gate_cases(dnpu, clipping_controls)
+        windows = int(dnpu.last_waveform.analysis_mask.sum())
+        # Every window sample clipped, the ramps and settling between them are not counted.
+        assert dnpu.read()["dnpu_clipped_samples"]["value"] == windows
+        _measure_gate_cases(dnpu, clipping_controls)
+        assert len(caplog.records) == 1
+        assert f"in {windows} of {windows} measured samples" in caplog.records[0].message
+        dnpu.unstage()
+        dnpu.stage()
+        _measure_gate_cases(dnpu, clipping_controls)
+        dnpu.unstage()
+    assert len(caplog.records) == 2

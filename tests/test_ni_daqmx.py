@@ -933,19 +933,24 @@ def test_coerced_sample_clock_is_refused_before_anything_starts(
     daq.close()
 
 
-def test_clipped_ai_samples_are_reported(
-    backend: NIDAQmxBackend,
-    fake: FakeNidaqmx,
-    profile: SetupProfile,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="dnpu_bluesky.devices.ni_daqmx"):
-        backend.play_and_record(_dc_stream(profile), profile.sample_rate)
-        assert caplog.records == []
-        fake.rig.response = lambda held, t: 30.0 + 0 * held[:, 0]  # 3 uA at 1e7 V/A
-        backend.play_and_record(_dc_stream(profile), profile.sample_rate)
-    (record,) = caplog.records
-    assert "cDAQ1Mod3/ai0" in record.message and "clipped" in record.message
+def test_clipping_is_flagged_per_ao_sample_from_the_raw_ai_samples(fake: FakeNidaqmx) -> None:
+    profile = _profile(readout_oversampling=4)
+    full_scale = profile.output.ai_range_v
+    ai_rate = profile.sample_rate * 4
+    # From AO sample 100 on, the first of each AO sample's four AI samples reaches the range:
+    # its average (a quarter of full scale) hides it, the raw samples do not.
+    fake.rig.response = lambda held, t: np.where(
+        (np.round(t * ai_rate) % 4 == 0) & (t * profile.sample_rate >= 100), 2 * full_scale, 0.0
+    )
+    daq = _open(profile, fake)
+    stream = _dc_stream(profile)
+    acquisition = daq.play_and_record(stream, profile.sample_rate)
+    expected = np.arange(len(stream)) >= 100
+    np.testing.assert_array_equal(acquisition.clipped, expected)
+    assert acquisition.ai_volts.max() <= 0.25 * full_scale + 1e-12
+    fake.rig.response = lambda held, t: 0.5 * held.sum(axis=1)
+    assert not daq.play_and_record(stream, profile.sample_rate).clipped.any()
+    daq.close()
 
 
 # -- the setup is checked when the backend is built -----------------------------------------

@@ -296,6 +296,21 @@ def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server
         assert message in capsys.readouterr().err
 
 
+def test_cli_does_not_count_a_gate_read_through_a_clipped_output(tmp_path, capsys, tiled_server):
+    tiny = tmp_path / "tiny.yaml"  # +-5 nA full scale: every control setting clips
+    tiny.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
+        "ai_range_v: 10", "ai_range_v: 0.05"))  # fmt: skip
+    out = tmp_path / "results.json"
+    args = ["train", "--gates", "AND", "--setup", str(tiny), "--json", str(out)]
+    assert main([*args, "--tiled-uri", tiled_server.uri, "--quiet"]) == 1
+    (row,) = json.loads(out.read_text())["results"]
+    # One step per attempt: each clipped at once, and there are 4 attempts.
+    assert row["clipped_samples"] > 0 and row["iterations"] == 4
+    error = capsys.readouterr().err
+    assert f"1 of 1 not solved: AND ({row['run_uid'][:8]}, output clipped)" in error
+    assert "left the AI range" in error and "attempt 4 of 4 ends there, no attempts left" in error
+
+
 def test_cli_trains_for_a_margin(tmp_path, capsys, tiled_server):
     data = ["--tiled-uri", tiled_server.uri, "--quiet"]
     out = tmp_path / "results.json"

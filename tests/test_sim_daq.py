@@ -142,3 +142,15 @@ def test_describe_is_json_and_names_everything():
 def test_mismatched_electronics_rejected():
     with pytest.raises(ValueError, match="capacitances"):
         SimulatedDAQ(electronics=Electronics(capacitance_pf=(0.1, 0.2)))
+
+
+def test_adc_clipping_is_flagged_sample_by_sample():
+    quiet = Electronics(white_psd_na2_per_hz=0.0, flicker_corner_hz=0.0)
+    plateau_v = quiet.gain_v_per_na * abs(VirtualDNPU().current(DC))
+    narrow = Electronics(white_psd_na2_per_hz=0.0, flicker_corner_hz=0.0, adc_range_v=plateau_v / 2)
+    stream, n_ramp, n_plat = _stream()
+    acq = SimulatedDAQ(electronics=narrow).play_and_record(stream, FS)
+    plateau = slice(n_ramp + 100, n_ramp + n_plat)
+    assert acq.clipped[plateau].all() and not acq.clipped[: n_ramp // 4].any()
+    np.testing.assert_allclose(np.abs(acq.ai_volts[plateau]), plateau_v / 2, rtol=1e-3)
+    assert not SimulatedDAQ(electronics=quiet).play_and_record(stream, FS).clipped.any()

@@ -335,3 +335,62 @@ def test_the_first_ctrl_c_pauses_training_between_steps(RE, documents, dnpu):
     (stop,) = [doc for name, doc in documents if name == "stop"]
     assert stop["exit_status"] == "abort"
     assert np.all(dnpu.backend.dc_volts == 0)
+
+
+def _stream_events(documents, stream: str) -> list[dict]:
+    descriptors = {doc["uid"] for name, doc in documents
+                   if name == "descriptor" and doc["name"] == stream}  # fmt: skip
+    return [doc for name, doc in documents if name == "event" and doc["descriptor"] in descriptors]
+
+
+@pytest.mark.parametrize("method", ["hge", "spsa"])
+def test_an_attempt_whose_output_clips_starts_again_elsewhere(
+    RE, clipping_dnpu, clipping_controls, documents, caplog, method
+):
+    plan = train(clipping_dnpu, BooleanGate("XOR"), method=method, max_iterations=3,
+                 initial_controls=clipping_controls, seed=1)  # fmt: skip
+    with caplog.at_level("WARNING", logger="dnpu_bluesky.plans.train"):
+        result = RE(plan).plan_result
+    steps = [event["data"] for event in _stream_events(documents, "train")]
+    # The first step clipped and ended the first attempt there; the next began elsewhere.
+    assert steps[0]["train_attempt"] == 0 and steps[0]["train_clipped_samples"] > 0
+    assert steps[1]["train_attempt"] == 1
+    assert not np.allclose(steps[1]["train_controls"], steps[0]["train_controls"], atol=0.05)
+    assert result.attempts >= 2
+    (warning,) = [r.message for r in caplog.records if "left the AI range" in r.message]
+    assert "iteration 1" in warning and "attempt 1 of 4 ends there, a new random start" in warning
+
+
+def test_a_clipped_evaluation_is_not_solved(RE, clipping_dnpu, documents):
+    # About -235, -186, -203 and -143 nA: the three low cases read -150 nA (full scale), so a
+    # threshold still separates them from case 11, but by a margin the clipping made up.
+    controls = [0.471, -0.994, -0.262, 0.242, 0.327]
+    result = RE(evaluate_controls(clipping_dnpu, BooleanGate("AND"), controls)).plan_result
+    (evaluation,) = [event["data"] for event in _stream_events(documents, "evaluation")]
+    assert result.accuracy == 1.0 and result.margin_na > 2.0
+    assert result.clipped_samples == evaluation["evaluation_clipped_samples"] > 0
+    assert not result.solved and not evaluation["evaluation_solved"]
+
+
+def test_genomes_whose_output_clips_rank_last(RE, clipping_dnpu, documents):
+    population = 12
+    # With this seed a clipped genome has the lowest loss of its generation: read through a
+    # clipped ADC, the outputs would win.
+    plan = train_genetic(clipping_dnpu, BooleanGate("XOR"), population=population, n_elite=2,
+                         generations=3, target_margin_na=1e6, seed=4)  # fmt: skip
+    RE(plan)
+    genomes = [event["data"] for event in _stream_events(documents, "eval_raw")]
+    generations = [event["data"] for event in _stream_events(documents, "generation")]
+    control_columns = clipping_dnpu.indices("control")
+    clipped_seen = 0
+    for index, generation in enumerate(generations):
+        batch = genomes[index * population : (index + 1) * population]
+        clipped = np.array([g["dnpu_clipped_samples"] > 0 for g in batch])
+        assert generation["generation_clipped_genomes"] == clipped.sum()
+        clipped_seen += clipped.sum()
+        controls = np.array([g["dnpu_segment_dc"][0][control_columns] for g in batch])
+        (best,) = np.flatnonzero(
+            np.all(np.isclose(controls, generation["generation_best_controls"]), axis=1)
+        )
+        assert not clipped[best] or clipped.all()
+    assert clipped_seen > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import weakref
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, Signal
 
-from ..backend import DAQBackend
+from ..backend import Acquisition, DAQBackend
 from ..config import (
     DEFAULT_AMPLITUDE_V,
     DEFAULT_MIN_FREQUENCY_HZ,
@@ -37,6 +38,8 @@ __all__ = [
 ]
 MODES = ("parallel", "sequential", "off")
 
+_log = logging.getLogger(__name__)
+
 # One lock per backend: DNPUs on separate backends acquire at the same time, DNPUs that share
 # one backend take turns.
 _BACKEND_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -60,6 +63,10 @@ class DNPU(Device):
 
     Several DNPUs triggered together acquire at the same time when each has its own backend;
     DNPUs sharing one backend are measured one after the other.
+
+    ``clipped_samples`` counts the samples of the measurement windows at which the recording
+    reached the end of the AI range: the currents and gradients of such a stream are wrong.
+    The first clipped stream after staging is logged as a warning.
     """
 
     e0 = Cpt(Electrode)
@@ -79,6 +86,7 @@ class DNPU(Device):
     segment_dc = Cpt(Signal, value=np.zeros((1, 7)), kind="normal")
     segment_amplitudes = Cpt(Signal, value=np.zeros((1, 7)), kind="normal")
     device_seconds = Cpt(Signal, value=0.0, kind="normal")
+    clipped_samples = Cpt(Signal, value=0, kind="normal")
 
     mode = Cpt(Signal, value="parallel", kind="config")
     sample_rate = Cpt(Signal, value=10_000.0, kind="config")
@@ -98,6 +106,7 @@ class DNPU(Device):
         self.last_waveform: Waveform | None = None
         self.total_device_seconds = 0.0
         self._lock = _backend_lock(backend)
+        self._clipping_reported = False
 
     @property
     def electrodes(self) -> list[Electrode]:
@@ -282,7 +291,7 @@ class DNPU(Device):
                     acquisition = self.backend.play_and_record(
                         waveform.voltages, waveform.sample_rate
                     )
-                self._publish(waveform, acquisition.ai_volts, acquisition.device_seconds)
+                self._publish(waveform, acquisition)
             except Exception as exc:
                 status.set_exception(exc)
             else:
@@ -291,8 +300,9 @@ class DNPU(Device):
         threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
         return status
 
-    def _publish(self, waveform: Waveform, ai_volts: np.ndarray, device_seconds: float) -> None:
-        output = self.amplifier.to_nanoamps(ai_volts)
+    def _publish(self, waveform: Waveform, acquisition: Acquisition) -> None:
+        output = self.amplifier.to_nanoamps(acquisition.ai_volts)
+        device_seconds = acquisition.device_seconds
         starts = np.array([w.start for w in waveform.windows], dtype=int)
         cases = np.array([s.case for s in waveform.segments], dtype=int)
         window_means = np.array([output[w].mean() for w in waveform.windows])
@@ -307,6 +317,29 @@ class DNPU(Device):
         self.case_currents.put(case_means)
         self.current.put(float(case_means.mean()))
         self.device_seconds.put(float(device_seconds))
+        self._report_clipping(waveform, acquisition.clipped)
+
+    def _report_clipping(self, waveform: Waveform, clipped: np.ndarray | None) -> None:
+        windows = waveform.analysis_mask
+        count = 0 if clipped is None else int(np.count_nonzero(clipped & windows))
+        self.clipped_samples.put(count)
+        if count and not self._clipping_reported:
+            self._clipping_reported = True
+            _log.warning(
+                "%s: the output reached the end of the AI range in %d of %d measured samples: "
+                "the currents and gradients there read wrong. Lower the amplifier gain, widen "
+                "the AI range or keep the controls out of this region (further clipped streams "
+                "are counted in %s, not logged)",
+                self.name,
+                count,
+                int(np.count_nonzero(windows)),
+                self.clipped_samples.name,
+            )
+
+    def stage(self) -> list[Any]:
+        """Stage for a run; the run's first clipped stream will be logged."""
+        self._clipping_reported = False
+        return super().stage()
 
     def park(self) -> None:
         """Bring every electrode to 0 V now (the backend ramps)."""

@@ -53,7 +53,7 @@ except ImportError:  # Windows: no lock between sessions (see docs/hardware.md)
     fcntl = None  # type: ignore[assignment]
 
 from .._errors import HardwareUnavailableError
-from ..backend import Acquisition
+from ..backend import Acquisition, at_range_limit
 from ..config import ElectrodeConfig, SetupProfile
 from ..safety import ZERO_TOLERANCE_V, UnsafeWaveformError, check_waveform
 
@@ -65,8 +65,6 @@ _log = logging.getLogger(__name__)
 _TIMEOUT_MARGIN_S = 10.0
 #: Relative difference allowed between the requested and the driver's sample clock rate.
 _RATE_TOLERANCE = 1e-6
-#: AI samples at or beyond this fraction of the AI range are taken as clipped by the ADC.
-_AI_SATURATION = 0.99
 #: Environment variable naming the directory of the output state files.
 _STATE_DIR_ENV = "DNPU_STATE_DIR"
 #: Before other multiprocessing finalizers (priority 0 and up to 10 in the standard library).
@@ -260,8 +258,9 @@ class NIDAQmxBackend:
             sample_rate: AO samples per second; AI runs ``readout_oversampling`` times faster.
 
         Returns:
-            The AI voltage averaged back to one value per AO sample, and the device seconds
-            (measured time the instrument was busy, at least the stream's duration).
+            The AI voltage averaged back to one value per AO sample, the device seconds
+            (measured time the instrument was busy, at least the stream's duration) and,
+            per AO sample, whether any of its AI samples reached the end of the AI range.
 
         Raises:
             ValueError: for a stream of the wrong shape, a rate other than the profile's, or
@@ -296,13 +295,13 @@ class NIDAQmxBackend:
             started = time.perf_counter()
             try:
                 ramp_seconds = self._move_to(np.zeros(self.n_channels))
-                ai_volts = self._stream(volts, rate)
+                ai_volts, clipped = self._stream(volts, rate)
             except BaseException as exc:
                 self._park_after_error(exc)
                 raise
             wall = time.perf_counter() - started
         device_seconds = max(wall, ramp_seconds + len(volts) / rate)
-        return Acquisition(ai_volts=ai_volts, device_seconds=device_seconds)
+        return Acquisition(ai_volts=ai_volts, device_seconds=device_seconds, clipped=clipped)
 
     def set_dc(self, volts: np.ndarray) -> None:
         """Ramp every electrode to a static voltage within the slew limit, then hold it.
@@ -370,8 +369,8 @@ class NIDAQmxBackend:
 
     # -- acquisition --------------------------------------------------------------------
 
-    def _stream(self, volts: np.ndarray, rate: float) -> np.ndarray:
-        output = self.profile.output
+    def _stream(self, volts: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
+        """Play and record one stream: the AI volts per AO sample and where they clipped."""
         oversampling = self.profile.readout_oversampling
         n_samples = len(volts)
         n_ai = n_samples * oversampling
@@ -404,18 +403,9 @@ class NIDAQmxBackend:
         samples = np.asarray(raw, dtype=float)
         if samples.shape != (n_ai,):
             raise RuntimeError(f"AI returned {samples.shape} samples, expected ({n_ai},)")
-        clipped = int(np.count_nonzero(np.abs(samples) >= _AI_SATURATION * output.ai_range_v))
-        if clipped:
-            _log.warning(
-                "%s: %d of %d AI samples at the +-%g V range limit: the amplifier output was "
-                "clipped and the current reads too small there (full scale %.4g nA)",
-                output.channel,
-                clipped,
-                n_ai,
-                output.ai_range_v,
-                output.ai_range_v / self.profile.amplifier.gain_v_per_a * 1e9,
-            )
-        return samples.reshape(n_samples, oversampling).mean(axis=1)
+        per_ao_sample = samples.reshape(n_samples, oversampling)
+        clipped = at_range_limit(per_ao_sample, self.profile.output.ai_range_v).any(axis=1)
+        return per_ao_sample.mean(axis=1), clipped
 
     def _run_out(self, ao: Any, timeout: float, exc: BaseException) -> bool:
         """Let a finite generation run to its end after an input-side error.

@@ -81,6 +81,7 @@ class TrainRecord(ResultRecord):
     gradient = Cpt(Signal, value=np.zeros(1), kind="normal")
     device_seconds = Cpt(Signal, value=0.0, kind="normal")
     measurements = Cpt(Signal, value=0, kind="normal")
+    clipped_samples = Cpt(Signal, value=0, kind="normal")
 
 
 class EvaluationRecord(ResultRecord):
@@ -95,6 +96,7 @@ class EvaluationRecord(ResultRecord):
     margin_na = Cpt(Signal, value=0.0, kind="hinted")
     threshold_na = Cpt(Signal, value=0.0, kind="normal")
     solved = Cpt(Signal, value=False, kind="normal")
+    clipped_samples = Cpt(Signal, value=0, kind="normal")
 
 
 class GenerationRecord(ResultRecord):
@@ -108,3 +110,4 @@ class GenerationRecord(ResultRecord):
     best_controls = Cpt(Signal, value=np.zeros(1), kind="normal")
     device_seconds = Cpt(Signal, value=0.0, kind="normal")
     measurements = Cpt(Signal, value=0, kind="normal")
+    clipped_genomes = Cpt(Signal, value=0, kind="normal")

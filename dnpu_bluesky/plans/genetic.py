@@ -61,7 +61,8 @@ def train_genetic(
 
     Defaults follow the group's earlier practice (population ~26, elitism, ~100 generations).
     The mutation width shrinks linearly to a tenth over the generations. Stops when the best
-    genome separates the classes by ``target_margin_na``.
+    genome separates the classes by ``target_margin_na``. A genome whose output left the AI
+    range (clipped) ranks below every other and cannot end the run.
 
     Streams: ``eval_raw`` (every genome's raw waveform), ``generation`` (best and median loss,
     score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
@@ -120,34 +121,44 @@ def _evolve(
     genomes = np.array([trainer.random_controls() for _ in range(population)])
     best_point, generation = genomes[0], 0
     for generation in range(1, generations + 1):
-        losses, scores = [], []
+        losses, scores, clipped = [], [], []
         for genome in genomes:
             yield from bps.checkpoint()  # a Ctrl-C pauses here, between two genomes
             yield from _move_controls(trainer.dnpu, genome)
+            clipped_before = trainer.clipped_samples
             outputs = yield from trainer.evaluate_outputs()
+            clipped.append(trainer.clipped_samples > clipped_before)
             losses.append(task.loss(outputs)[0])
             scores.append(task.evaluate(outputs))
-        losses = np.array(losses)
-        best = int(np.argmin(losses))
+        clipped, losses = np.array(clipped), np.array(losses)
+        # Outputs read through a clipped ADC are wrong: such genomes rank last.
+        ranked = np.where(clipped, np.inf, losses)
+        best = int(np.argmin(ranked))
+        in_range = losses[~clipped] if not clipped.all() else losses
         best_point = genomes[best].copy()
         record.record(
             generation=generation,
             best_loss=float(losses[best]),
-            median_loss=float(np.median(losses)),
+            median_loss=float(np.median(in_range)),
             best_accuracy=scores[best].accuracy,
             best_margin_na=scores[best].margin_na,
             best_controls=best_point,
             device_seconds=trainer.device_seconds,
             measurements=trainer.measurements,
+            clipped_genomes=int(clipped.sum()),
         )
         yield from bps.trigger_and_read([record], name=trainer.stream("generation"))
-        winners = [i for i, s in enumerate(scores) if s.solved and s.margin_na >= target_margin_na]
+        winners = [
+            i
+            for i, s in enumerate(scores)
+            if s.solved and not clipped[i] and s.margin_na >= target_margin_na
+        ]
         if winners:
             best_point = genomes[max(winners, key=lambda i: scores[i].margin_na)].copy()
             break
         shrink = 1.0 - 0.9 * generation / generations
         genomes = _next_generation(
-            genomes, losses, trainer.bounds, trainer.rng, n_elite, mutation_v * shrink
+            genomes, ranked, trainer.bounds, trainer.rng, n_elite, mutation_v * shrink
         )
     return (
         yield from trainer.finish(best_point, None, attempt=0, iterations=generation, attempts=1)

@@ -1,5 +1,6 @@
 """Gradient descent in materio: the training loop as a Bluesky plan, and its peers."""
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,10 +18,16 @@ from .stubs import Plan, new_gradient_record, record_gradient, set_input_cases, 
 
 GRADIENT_METHODS = ("hge", "fd", "spsa")
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainResult:
-    """What one training run achieved, as the benchmark and the CLI table report it."""
+    """What one training run achieved, as the benchmark and the CLI table report it.
+
+    ``solved`` is True when the final evaluation without perturbations classified every case
+    correctly and the output stayed inside the AI range (``clipped_samples`` is 0).
+    """
 
     task: str
     method: str
@@ -35,6 +42,7 @@ class TrainResult:
     controls: list[float] = field(default_factory=list)
     test_accuracy: float | None = None
     device: str = ""
+    clipped_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -85,6 +93,7 @@ class _Trainer:
         self.train_record = TrainRecord(name="train")
         self.eval_record = EvaluationRecord(name="evaluation")
         self.measurements = 0
+        self.clipped_samples = 0
         self.device_seconds_at_start = dnpu.total_device_seconds
 
     def stream(self, base: str) -> str:
@@ -95,6 +104,7 @@ class _Trainer:
         """Play the device's stream once (together with the other devices' requests)."""
         reading = yield _Measure(self.stream(stream))
         self.measurements += 1
+        self.clipped_samples += int(reading[self.dnpu.clipped_samples.name]["value"])
         return reading
 
     @property
@@ -171,6 +181,7 @@ class _Trainer:
         point: np.ndarray,
         step: _Step,
         indices: np.ndarray | None,
+        clipped: int,
     ) -> Plan:
         score = self.score(step.outputs, indices)
         self.train_record.record(
@@ -184,6 +195,7 @@ class _Trainer:
             gradient=step.gradient,
             device_seconds=self.device_seconds,
             measurements=self.measurements,
+            clipped_samples=clipped,
         )
         yield from bps.trigger_and_read([self.train_record], name=self.stream("train"))
         return score
@@ -204,12 +216,15 @@ class _Trainer:
 
         ``threshold_na`` scores the split at a threshold chosen elsewhere (held-out data is
         classified at the training split's threshold); None picks the best one for this split.
+        Returns the score and the number of clipped samples (a clipped split is not solved).
         """
         yield from _move_controls(self.dnpu, point)
         yield from self.present(None, split)
         # Splits differ in their number of cases, so each has its own streams.
         suffix = "" if split == "train" else f"_{split}"
+        clipped_before = self.clipped_samples
         outputs = yield from self.evaluate_outputs(f"eval{suffix}_raw")
+        clipped = self.clipped_samples - clipped_before
         score = self.task.evaluate(outputs, split, threshold_na=threshold_na)
         self.eval_record.record(
             attempt=attempt,
@@ -220,10 +235,11 @@ class _Trainer:
             accuracy=score.accuracy,
             margin_na=score.margin_na,
             threshold_na=score.threshold_na,
-            solved=bool(score.solved),
+            solved=bool(score.solved) and not clipped,
+            clipped_samples=clipped,
         )
         yield from bps.trigger_and_read([self.eval_record], name=self.stream(f"evaluation{suffix}"))
-        return outputs, score
+        return score, clipped
 
     def finish(
         self,
@@ -238,16 +254,17 @@ class _Trainer:
         """The run's :class:`TrainResult`: ``point`` evaluated without tones (unless ``final``
         already holds that evaluation; at ``threshold_na`` if given), then, for tasks with
         held-out data, the test split classified at the training split's threshold."""
+        clipped = 0
         if final is None:
-            _, final = yield from self.evaluate(point, attempt, threshold_na=threshold_na)
+            final, clipped = yield from self.evaluate(point, attempt, threshold_na=threshold_na)
         test_accuracy = None
         if _has_held_out_data(self.task):
-            _, test = yield from self.evaluate(point, attempt, "test", final.threshold_na)
+            test, _ = yield from self.evaluate(point, attempt, "test", final.threshold_na)
             test_accuracy = float(test.accuracy)
         return TrainResult(
             task=self.task.name,
             method=self.method,
-            solved=bool(final.solved),
+            solved=bool(final.solved) and not clipped,
             accuracy=float(final.accuracy),
             margin_na=float(final.margin_na),
             threshold_na=float(final.threshold_na),
@@ -258,6 +275,7 @@ class _Trainer:
             controls=point.tolist(),
             test_accuracy=test_accuracy,
             device=self.dnpu.name,
+            clipped_samples=clipped,
         )
 
 
@@ -550,9 +568,17 @@ def _descend(
             indices = minibatch(trainer.rng) if uses_batches else None
             yield from trainer.present(indices)
             yield from _move_controls(trainer.dnpu, point)
+            clipped_before = trainer.clipped_samples
             step = yield from trainer.step(point, indices)
+            clipped = trainer.clipped_samples - clipped_before
             iteration += 1
-            score = yield from trainer.record_step(iteration, attempt, point, step, indices)
+            score = yield from trainer.record_step(
+                iteration, attempt, point, step, indices, clipped
+            )
+            if clipped:
+                # Outputs and gradient read through a clipped ADC are wrong: start afresh.
+                _report_clipped_step(trainer, point, iteration, attempt, max_attempts)
+                break
             if best is None or step.loss < best[0]:
                 best = (step.loss, point.copy())
             first = not np.isfinite(best_in_attempt)
@@ -561,9 +587,9 @@ def _descend(
             else:
                 stalled += 1
             if not uses_batches and score.solved and score.margin_na >= target_margin_na:
-                _, checked = yield from trainer.evaluate(point, attempt)
+                checked, clipped = yield from trainer.evaluate(point, attempt)
                 yield from trainer.present(None)
-                if checked.solved and checked.margin_na >= target_margin_na:
+                if checked.solved and not clipped and checked.margin_na >= target_margin_na:
                     solved_at, final = point.copy(), checked
                     break
             if stalled >= patience:
@@ -571,12 +597,33 @@ def _descend(
             point = opt.step(point, step.gradient)
         if solved_at is not None:
             break
-    final_point = solved_at if solved_at is not None else best[1]
-    # Unsolved: `final` is None and the best point seen is evaluated without tones.
+    if solved_at is not None:
+        final_point = solved_at
+    else:
+        # Unsolved: the best point measured within range (the last one if none was) is
+        # evaluated without tones.
+        final_point = best[1] if best is not None else point
     return (
         yield from trainer.finish(
             final_point, final, attempt=attempt, iterations=iteration, attempts=attempt + 1
         )
+    )
+
+
+def _report_clipped_step(
+    trainer: _Trainer, point: np.ndarray, iteration: int, attempt: int, attempts: int
+) -> None:
+    then = "a new random start" if attempt + 1 < attempts else "no attempts left"
+    _log.warning(
+        "%s, iteration %d: the output left the AI range (%s) at controls %s; attempt %d of "
+        "%d ends there, %s",
+        trainer.dnpu.name,
+        iteration,
+        trainer.dnpu.clipped_samples.name,
+        np.array2string(point, precision=3),
+        attempt + 1,
+        attempts,
+        then,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from dnpu_bluesky.backend import Acquisition
+from dnpu_bluesky.backend import Acquisition, at_range_limit
 from dnpu_bluesky.safety import UnsafeWaveformError, check_waveform
 from dnpu_bluesky.sim.electronics import Electronics
 from dnpu_bluesky.sim.models import DeviceModel, VirtualDNPU
@@ -78,7 +78,7 @@ class SimulatedDAQ:
             sample_rate: Samples per second.
 
         Returns:
-            The recorded ADC voltages and the device seconds spent.
+            The recorded ADC voltages, the device seconds spent and where the ADC clipped.
 
         Raises:
             UnsafeWaveformError: the stream breaks a safety rule; nothing was played.
@@ -113,7 +113,8 @@ class SimulatedDAQ:
         self.dc_volts = volts[-1].copy()
         if self.realtime:
             time.sleep(max(0.0, started + seconds - time.monotonic()))
-        return Acquisition(ai_volts=recorded, device_seconds=seconds)
+        clipped = at_range_limit(recorded, self.electronics.adc_range_v)
+        return Acquisition(ai_volts=recorded, device_seconds=seconds, clipped=clipped)
 
     def set_dc(self, volts: np.ndarray) -> None:
         """Hold the electrodes at static voltages (inside the model's limits).
