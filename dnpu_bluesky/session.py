@@ -144,8 +144,13 @@ def _matplotlib_waits_itself() -> bool:
 
 
 def _interactive_matplotlib() -> bool:
-    """True when matplotlib would open windows (a GUI backend), so a live plot is useful."""
+    """True when matplotlib draws where a figure can update during a run (a GUI window, or
+    ipympl's widget in Jupyter), so a live plot is useful; False for file backends and for
+    Jupyter's inline backend, which shows a figure only once the cell has finished."""
     import matplotlib
+    from matplotlib.backends import BackendFilter, backend_registry
 
     backend = matplotlib.get_backend().lower()
-    return not any(name in backend for name in ("agg", "pdf", "svg", "ps", "cairo", "template"))
+    return "ipympl" in backend or backend in backend_registry.list_builtin(
+        BackendFilter.INTERACTIVE
+    )

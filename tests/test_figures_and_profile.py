@@ -95,3 +95,24 @@ def test_interactive_waits_show_no_bar_for_dnpu_acquisitions(dnpu):
     bar = _progress_bar_of_other_devices([DeviceStatus(dnpu), motor.set(1.0)])
     assert isinstance(bar, TerminalProgressBar)
     bar.clear()
+
+
+@pytest.mark.parametrize(
+    "backend, live",
+    [
+        ("QtAgg", True),
+        ("TkAgg", True),
+        ("MacOSX", True),
+        ("module://ipympl.backend_nbagg", True),
+        ("agg", False),
+        ("pdf", False),
+        ("module://matplotlib_inline.backend_inline", False),
+    ],
+)
+def test_the_live_loss_plot_is_drawn_where_a_figure_can_update(monkeypatch, backend, live):
+    import matplotlib
+
+    from dnpu_bluesky.session import _interactive_matplotlib
+
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: backend)
+    assert _interactive_matplotlib() is live
