@@ -20,3 +20,8 @@ class HardwareUnavailableError(RuntimeError):
     the AO devices; or an earlier session ended without parking them, so the voltages on the
     outputs are unknown.
     """
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency that the asked-for feature needs is not installed; the message
+    names the install command (e.g. torch for brains-py surrogate files)."""

@@ -92,6 +92,17 @@ def _profiles(args: argparse.Namespace) -> list[Any]:
         if any(profile.backend != "sim" for profile in profiles):
             raise UsageError("--model replaces the simulated device; it needs a sim setup")
         surrogate = str(Path(args.model).resolve())
+        if not args.setup:  # the built-in setup takes the electrode ranges of the file
+            limits = _surrogate_ranges(surrogate)
+            profiles = [
+                default_sim_profile(seed=args.seed + k, inputs=inputs, limits=limits)
+                for k in range(count)
+            ]
+            input_limits = profiles[0].limits_v[list(profiles[0].indices("input"))]
+            args.model_input_range = (
+                float(input_limits[:, 0].max()),
+                float(input_limits[:, 1].min()),
+            )
         profiles = [
             profile.model_copy(
                 update={"sim": profile.sim.model_copy(update={"surrogate": surrogate})}
@@ -99,6 +110,19 @@ def _profiles(args: argparse.Namespace) -> list[Any]:
             for profile in profiles
         ]
     return profiles
+
+
+def _surrogate_ranges(path: str) -> list[list[float]]:
+    """The electrode ranges a brains-py surrogate file was trained on, one per electrode."""
+    from .sim import load_brainspy_surrogate
+
+    model = load_brainspy_surrogate(path)
+    if model.n_electrodes != 7:
+        raise UsageError(
+            f"--model {path}: the surrogate has {model.n_electrodes} electrodes; "
+            "a DNPU here has 7 voltage electrodes"
+        )
+    return [[float(low), float(high)] for low, high in model.voltage_ranges]
 
 
 def _check_no_shared_channels(paths: Sequence[str], profiles: Sequence[Any]) -> None:
@@ -127,9 +151,12 @@ def _seed_from_env() -> int:
 
 
 def _input_range(args: argparse.Namespace) -> tuple[float, float] | None:
-    """``--input-range LOW,HIGH`` as volts, or None for the tasks' defaults."""
+    """``--input-range LOW,HIGH`` as volts; without it the range every input electrode of a
+    ``--model`` surrogate covers, else None for the tasks' defaults."""
     text = getattr(args, "input_range", None)
     if text is None:
+        if getattr(args, "model_input_range", None) is not None:
+            return args.model_input_range
         return None
     try:
         low, high = (float(value) for value in text.split(","))
@@ -351,8 +378,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 )
     else:
         # Every argument is checked before the storage (seconds to start) is opened.
+        profiles = _profiles(args)  # first: a --model file sets the default input levels
         tasks = _train_tasks(args)
-        with _built(_profiles(args)) as devices, _open_storage(args) as storage:
+        with _built(profiles) as devices, _open_storage(args) as storage:
             rows, figures = train_and_store(args, tasks, args.method, storage, devices)
     print_table(rows)
     _print_figures(figures)
@@ -426,8 +454,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         where = f"the virtual DNPU (seed {args.seed})"
     print(f"Training all Boolean gates on {where} with HGE.")
     _check_margin(args)
+    profiles = _profiles(args)  # first: a --model file sets the default input levels
     tasks = _gate_tasks(GATES, args)
-    with _built(_profiles(args)) as devices, _open_storage(args) as storage:
+    with _built(profiles) as devices, _open_storage(args) as storage:
         rows, figures = train_and_store(args, tasks, "hge", storage, devices)
     print_table(rows)
     _print_figures(figures)
@@ -752,7 +781,11 @@ def _parser() -> argparse.ArgumentParser:
             default=1,
             help="train this many virtual DNPUs side by side (seeds SEED, SEED+1, ...)",
         )
-        sub.add_argument("--model", help="brains-py surrogate file to simulate instead")
+        sub.add_argument(
+            "--model",
+            help="brains-py surrogate file to simulate instead of the virtual DNPU; its "
+            "electrode ranges and amplification are used, the inputs' levels default to them",
+        )
         sub.add_argument(
             "--max-iterations",
             type=int,
@@ -886,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from ._errors import HardwareUnavailableError, StorageError
+    from ._errors import HardwareUnavailableError, MissingDependencyError, StorageError
     from .config import ProfileError
 
     try:
@@ -902,7 +935,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"dnpu-bluesky {args.command}: {message}", file=sys.stderr)
         return 2
-    except (StorageError, HardwareUnavailableError) as exc:  # the setting, not the arguments
+    except (StorageError, HardwareUnavailableError, MissingDependencyError) as exc:
+        # the setting, not the arguments
         print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

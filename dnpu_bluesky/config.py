@@ -501,7 +501,11 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
     return profile
 
 
-def default_sim_profile(seed: int = 0, inputs: Sequence[int] = (3, 4)) -> SetupProfile:
+def default_sim_profile(
+    seed: int = 0,
+    inputs: Sequence[int] = (3, 4),
+    limits: Sequence[Sequence[float]] | None = None,
+) -> SetupProfile:
     """The built-in simulated setup: seven electrodes, inputs on e3 and e4.
 
     Controls span -1.2 .. 0.6 V and inputs the tighter -0.7 .. 0.3 V, as typical DNPU
@@ -513,20 +517,25 @@ def default_sim_profile(seed: int = 0, inputs: Sequence[int] = (3, 4)) -> SetupP
         seed: Seed of the virtual device and of its noise.
         inputs: Positions of the input electrodes (the rest are controls); three for the
             sphere task, e.g. ``(1, 2, 4)``.
+        limits: ``[min_v, max_v]`` of each of the seven electrodes instead of the ranges
+            above, e.g. a surrogate model's ``voltage_ranges``.
 
     Returns:
         The validated profile (backend ``"sim"``).
     """
+    if limits is None:
+        limits = [(-0.7, 0.3) if i in inputs else (-1.2, 0.6) for i in range(7)]
+    if len(limits) != 7:
+        raise ValueError(f"limits must give [min_v, max_v] for 7 electrodes, got {len(limits)}")
     electrodes = []
-    for i in range(7):
-        is_input = i in inputs
+    for i, (low, high) in enumerate(limits):
         electrodes.append(
             {
                 "name": f"e{i}",
                 "channel": f"sim/ao{i}",
-                "role": "input" if is_input else "control",
-                "min_v": -0.7 if is_input else -1.2,
-                "max_v": 0.3 if is_input else 0.6,
+                "role": "input" if i in inputs else "control",
+                "min_v": float(low),
+                "max_v": float(high),
             }
         )
     return _validate(

@@ -192,3 +192,74 @@ def test_surrogate_drives_the_simulated_daq():
     acq = daq.play_and_record(stream, 10_000.0)
     assert acq.ai_volts.shape == (n,)
     assert daq.describe()["model"]["kind"] == "brainspy-surrogate"
+
+
+def _save_surrogate(path, ranges):
+    torch.save({"model_state_dict": _network(seed=4).state_dict(), "info": _info(ranges=ranges)},
+               path)  # fmt: skip
+
+
+def test_cli_takes_the_electrode_ranges_and_input_levels_of_a_model(tmp_path, tiled_server):
+    from dnpu_bluesky.cli import main
+    from dnpu_bluesky.storage import load_run
+
+    # Narrower than the built-in profile's ranges, which used to be refused.
+    ranges = [[-1.0, 0.5], [-1.1, 0.4], [-0.9, 0.5], [-0.5, 0.2], [-0.6, 0.25], [-1.0, 0.5],
+              [-1.0, 0.45]]  # fmt: skip
+    path = tmp_path / "device.pt"
+    _save_surrogate(path, ranges)
+    out = tmp_path / "out.json"
+    args = ["train", "--gates", "OR", "--model", str(path), "--max-iterations", "2",
+            "--json", str(out), "--tiled-uri", tiled_server.uri, "--quiet"]  # fmt: skip
+    assert main(args) in (0, 1)  # solved or not: the run is what is checked
+    (row,) = json.loads(out.read_text())["results"]
+    run = load_run(tiled_server.client, row["run_uid"])
+    # Logical 0 and 1 at the ends of the range both inputs (e3, e4) cover.
+    task = run.metadata["start"]["task"]
+    assert (task["input_low_v"], task["input_high_v"]) == (-0.5, 0.2)
+    configuration = run["eval_raw"].metadata["configuration"]["dnpu"]["data"]
+    limits = [[configuration[f"dnpu_e{i}_min_v"], configuration[f"dnpu_e{i}_max_v"]]
+              for i in range(7)]  # fmt: skip
+    assert limits == ranges
+    assert run.metadata["start"]["dnpu_backend"]["model"]["kind"] == "brainspy-surrogate"
+
+
+def test_cli_says_in_one_line_why_a_model_file_cannot_be_used(tmp_path, capsys, monkeypatch):
+    from dnpu_bluesky.cli import main
+
+    text = tmp_path / "notes.yaml"
+    text.write_text("a: 1\nb: [1, 2]\n")
+    arrays = tmp_path / "arrays.npz"
+    np.savez(arrays, a=np.zeros(3))
+    pickled = tmp_path / "module.pt"
+    torch.save(_network(seed=8), pickled)
+    eight = tmp_path / "eight.pt"  # a model of a device with 8 voltage electrodes
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    info = _info(ranges=[[-1.2, 0.6]] * 8)
+    torch.save({"model_state_dict": {f"raw_model.{k}": v for k, v in net.state_dict().items()},
+                "info": info}, eight)  # fmt: skip
+    image = tmp_path / "plot.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
+    unreadable = "not a brains-py surrogate: torch cannot read it"
+    for path, message in [
+        (text, unreadable),
+        (arrays, unreadable),
+        (image, f"{unreadable} (not a pickle)"),
+        (pickled, "holds Python objects"),
+        (eight, "the surrogate has 8 electrodes"),
+    ]:
+        assert main(["train", "--model", str(path), "--quiet"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert message in line and str(path) in line
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert main(["train", "--model", str(pickled), "--quiet"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "pip install dnpu-bluesky[surrogate]" in line

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dnpu_bluesky._errors import MissingDependencyError
 from dnpu_bluesky.sim.models import DeviceModel, evaluate_in_blocks
 
 _BLOCK = 256
@@ -210,32 +211,46 @@ def load_brainspy_surrogate(path: str | os.PathLike, *, trusted: bool = False) -
         The surrogate; ``describe()["source"]`` names the file.
 
     Raises:
-        ImportError: torch is not installed.
-        ValueError: the file's layout is not a brains-py surrogate, naming what is missing.
+        dnpu_bluesky._errors.MissingDependencyError: (an ImportError) torch is not installed.
+        ValueError: the file is not one ``torch.save`` wrote, or its layout is not a brains-py
+            surrogate (naming what is missing).
     """
     torch = _import_torch()
     path = os.fspath(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             saved = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except pickle.UnpicklingError as exc:
+        # The restricted unpickler names the GLOBAL it refused; any other failure means the
+        # bytes are not a pickle at all.
+        if "GLOBAL" not in str(exc):
+            raise ValueError(_not_a_torch_file(path, "not a pickle")) from exc
         if not trusted:
             raise ValueError(
                 f"{path}: holds Python objects beyond tensors, containers and numpy arrays; "
                 "load it with trusted=True only if you trust its source"
             ) from exc
         saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch's reader fails in many ways on other files
+        first_line = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise ValueError(_not_a_torch_file(path, f"{type(exc).__name__}: {first_line}")) from exc
     state_dict, info = _split_saved(saved, path)
     weights, biases = _layers_from_state_dict(state_dict)
     ranges, amplification, activation = _read_info(info)
     return SurrogateModel(weights, biases, ranges, amplification, activation, source=path)
 
 
+def _not_a_torch_file(path: str, why: str) -> str:
+    return f"{path}: not a brains-py surrogate: torch cannot read it ({why})"
+
+
 def _import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "reading brains-py surrogate files needs torch: pip install dnpu-bluesky[surrogate]"
         ) from exc
     return torch
