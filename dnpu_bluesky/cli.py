@@ -327,9 +327,40 @@ def _virtual_device_seed(profile: Any) -> int | None:
 
 
 def _write_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
+    """The runs' figures drawn into ``directory``; [] if they cannot be written, said in one
+    line, so that the results printed after them are not lost (the runs are in Tiled)."""
     from .figures import save_figures
 
-    return save_figures(runs, directory)
+    try:
+        return save_figures(runs, directory)
+    except OSError as exc:
+        uids = " ".join(run.metadata["start"]["uid"][:8] for run in runs)
+        print(
+            f"could not write the figures to {directory} ({exc.strerror or exc}); the runs are "
+            f"in Tiled: dnpu-bluesky report {uids} --out DIR",
+            file=sys.stderr,
+        )
+        return []
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse, before anything is measured, a ``--json`` file or a ``--figures``/``--out``
+    folder that cannot be written (a folder is created here if missing)."""
+    json_path = getattr(args, "json", None)
+    if json_path:
+        folder = Path(json_path).parent
+        if Path(json_path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(f"--json {json_path}: cannot write a file there")
+    for option in ("figures", "out"):
+        folder = getattr(args, option, None)
+        if not folder:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--{option} {folder}: cannot create it ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--{option} {folder}: cannot write there")
 
 
 def _print_figures(paths: Sequence[Path]) -> None:
@@ -445,6 +476,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .tasks import GATES
 
     args.figures = args.figures or str(DEFAULT_OUTPUT)
+    _check_output_paths(args)
     if args.setup:
         where = "the setup" + ("s " if len(args.setup) > 1 else " ") + ", ".join(args.setup)
     elif args.devices > 1:
@@ -713,8 +745,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for run in runs:
             if run.metadata["start"]["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
-        _print_figures(_write_figures(runs, Path(args.out or _report_folder(runs))))
-    return 0
+        figures = _write_figures(runs, Path(args.out or _report_folder(runs)))
+    _print_figures(figures)
+    return 0 if figures else 1
 
 
 def _report_folder(runs: Sequence[Any]) -> Path:
@@ -927,6 +960,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.seed_given = args.seed is not None
             if args.seed is None:
                 args.seed = _seed_from_env()
+        _check_output_paths(args)
         return args.handler(args)
     except Interrupted as exc:
         print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)

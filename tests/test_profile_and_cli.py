@@ -311,6 +311,40 @@ def test_cli_does_not_count_a_gate_read_through_a_clipped_output(tmp_path, capsy
     assert "left the AI range" in error and "attempt 4 of 4 ends there, no attempts left" in error
 
 
+def test_cli_output_paths_are_checked_first_and_results_survive_a_figure_failure(
+    tmp_path, capsys, tiled_server
+):
+    data = ["--tiled-uri", tiled_server.uri, "--quiet"]
+    listing = ["runs", "--plan", "train", "--limit", "1000", *data[:2]]
+    assert main(listing) == 0
+    runs_before = capsys.readouterr().out
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    for option, path, message in [
+        ("--json", tmp_path / "missing" / "out.json", "cannot write a file there"),
+        ("--json", tmp_path, "cannot write a file there"),
+        ("--figures", a_file / "figures", "cannot create it"),
+    ]:
+        assert main(["train", "--gates", "OR", option, str(path), *data]) == 2
+        assert message in _one_error(capsys.readouterr().err)
+    assert main(listing) == 0
+    assert capsys.readouterr().out == runs_before  # refused before any run opened
+
+    # The folder is writable, but a folder sits where the figure would go: the figures fail
+    # after training, and the table and the JSON are still written.
+    figures = tmp_path / "figures"
+    (figures / "gates_outputs.png").mkdir(parents=True)
+    out = tmp_path / "out.json"
+    args = ["train", "--gates", "OR", "--figures", str(figures), "--json", str(out), *data]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    (row,) = json.loads(out.read_text())["results"]
+    assert "OR        hge" in captured.out and row["run_uid"][:8] in captured.out
+    assert f"could not write the figures to {figures}" in captured.err
+    assert f"dnpu-bluesky report {row['run_uid'][:8]} --out DIR" in captured.err
+    assert main(["report", row["run_uid"][:8], "--out", str(figures), *data[:2]]) == 1
+
+
 def test_cli_trains_for_a_margin(tmp_path, capsys, tiled_server):
     data = ["--tiled-uri", tiled_server.uri, "--quiet"]
     out = tmp_path / "results.json"
