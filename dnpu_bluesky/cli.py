@@ -960,6 +960,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.seed_given = args.seed is not None
             if args.seed is None:
                 args.seed = _seed_from_env()
+            if args.seed < 0:
+                where = "--seed" if args.seed_given else "DNPU_SEED"
+                raise UsageError(f"{where} must be 0 or more, got {args.seed}")
         _check_output_paths(args)
         return args.handler(args)
     except Interrupted as exc:

@@ -136,6 +136,27 @@ def test_train_boolean_gates_returns_one_result_per_gate(RE, dnpu):
     results = RE(train_boolean_gates(dnpu, ["AND", "OR"], max_iterations=40)).plan_result
     assert list(results) == ["AND", "OR"]
     assert all(r.solved for r in results.values())
+    one = RE(train_boolean_gates(dnpu, "OR", max_iterations=1, max_attempts=1)).plan_result
+    assert list(one) == ["OR"]
+
+
+def test_train_sphere_sets_the_task_and_draws_points_apart_from_starts(RE, documents):
+    from dnpu_bluesky.config import default_sim_profile
+    from dnpu_bluesky.plans import train_sphere
+
+    dnpu = build_dnpu(default_sim_profile(seed=0, inputs=(1, 2, 4)))
+    options = {"n_points": 16, "input_range_v": [-0.5, 0.1], "max_iterations": 1,
+               "max_attempts": 1, "lr": 0.01, "optimizer": "gd"}  # fmt: skip
+    RE(train_sphere(dnpu, data_seed=5, seed=1, **options))
+    RE(train_sphere(dnpu, data_seed=5, seed=2, **options))
+    dnpu.backend.close()
+    starts = [doc for name, doc in documents if name == "start"]
+    tasks = [start["task"] for start in starts]
+    assert tasks[0] == tasks[1]  # the same points ...
+    assert tasks[0]["n_points"] == 16 and tasks[0]["seed"] == 5
+    assert tuple(tasks[0]["input_range_v"]) == (-0.5, 0.1)
+    assert [start["plan_args"]["seed"] for start in starts] == [1, 2]  # ... other starts
+    assert starts[0]["plan_args"]["optimizer"] == "gd" and starts[0]["plan_args"]["lr"] == 0.01
 
 
 def test_bad_requests_fail_before_any_voltage(RE, dnpu):

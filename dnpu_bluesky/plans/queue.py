@@ -57,16 +57,46 @@ def train_gate(
 
 
 def train_sphere(
-    dnpu: DNPU,
+    dnpu: DNPU | list[DNPU],
     method: str = "hge",
     *,
     batch_size: int | None = None,
+    n_points: int = 120,
+    input_range_v: list[float] | None = None,
+    data_seed: int | None = None,
+    optimizer: str = "adam",
+    lr: float = 0.05,
     max_iterations: int = 120,
+    max_attempts: int = 4,
+    patience: int = 25,
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
-    """Train ``dnpu`` on the sphere classification task; see :func:`train`."""
-    task = SphereClassification(seed=seed, batch_size=batch_size)
+    """Train ``dnpu`` on the sphere classification task; see :func:`train`.
+
+    ``n_points``, ``input_range_v`` (``[low, high]`` volts of each input) and ``batch_size``
+    set the task (:class:`~dnpu_bluesky.tasks.SphereClassification`); its points and split are
+    drawn from ``data_seed``, which is ``seed`` unless given, so that the same points can be
+    trained from other random starts. ``dnpu`` may be a list of devices, trained side by side.
+    """
+    options = {} if input_range_v is None else {"input_range_v": tuple(input_range_v)}
+    task = SphereClassification(
+        n_points=n_points,
+        seed=seed if data_seed is None else data_seed,
+        batch_size=batch_size,
+        **options,
+    )
     return (
-        yield from train(dnpu, task, method=method, max_iterations=max_iterations, seed=seed, md=md)
+        yield from train(
+            dnpu,
+            task,
+            method=method,
+            optimizer=optimizer,
+            lr=lr,
+            max_iterations=max_iterations,
+            max_attempts=max_attempts,
+            patience=patience,
+            seed=seed,
+            md=md,
+        )
     )

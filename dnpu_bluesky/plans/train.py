@@ -666,7 +666,7 @@ def _measure_together(requests: dict[_Trainer, _Measure]) -> Plan:
 
 def train_boolean_gates(
     dnpu: DNPU | Sequence[DNPU],
-    gates: tuple[str, ...] | list[str] = GATES,
+    gates: str | tuple[str, ...] | list[str] = GATES,
     *,
     method: str = "hge",
     seed: int = 0,
@@ -676,10 +676,12 @@ def train_boolean_gates(
 ) -> Plan:
     """Train each Boolean gate in its own run; returns ``{gate: TrainResult}``.
 
-    Given a list of DNPUs, each run trains them side by side (see :func:`train`) and the
-    values are lists of results, one per device.
+    ``gates``: names such as ``["XOR", "AND"]``, or one name. Given a list of DNPUs, each run
+    trains them side by side (see :func:`train`) and the values are lists of results, one per
+    device.
     """
-    tasks = [BooleanGate(gate=gate, **(task_options or {})) for gate in gates]
+    names = [gates] if isinstance(gates, str) else gates
+    tasks = [BooleanGate(gate=gate, **(task_options or {})) for gate in names]
     results = {}
     for index, task in enumerate(tasks):
         results[task.gate] = yield from train(
