@@ -262,6 +262,11 @@ def train_and_store(
     margin = getattr(args, "margin", None) if source is None else source["target_margin_na"]
     if margin is not None:
         stopping.update(target_margin_na=margin)
+    accuracy = getattr(args, "target_accuracy", None)
+    if source is not None:
+        accuracy = source["target_accuracy"]
+    if accuracy is not None:
+        stopping.update(target_accuracy=accuracy)
     options = dict(stopping)  # for the gradient methods
     if args.max_iterations is not None:
         options.update(max_iterations=args.max_iterations)
@@ -464,9 +469,13 @@ def _train_tasks(args: argparse.Namespace) -> list[Any]:
     if args.task == "boolean":
         if args.batch_size is not None:
             raise UsageError("--batch-size is for the sphere task; a gate has four cases")
+        if args.target_accuracy is not None:
+            raise UsageError("--target-accuracy is for the sphere task; a gate is trained to 100%")
         return _gate_tasks(_gates("XOR" if args.gates is None else args.gates), args)
     if args.gates is not None:
         raise UsageError("--gates is for the boolean task")
+    if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
+        raise UsageError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy:g}")
     levels = _input_range(args)
     options = {} if levels is None else {"input_range_v": levels}
     return [SphereClassification(seed=args.seed, batch_size=args.batch_size, **options)]
@@ -602,6 +611,7 @@ def _past_result(storage: Any, args: argparse.Namespace, uid: str) -> dict[str, 
     setting["device"] = args.device or devices[0]
     setting["training_seed"] = int(start.get("seed", 0))
     setting["target_margin_na"] = _target_margin(start, setting["task"])
+    setting["target_accuracy"] = float(start.get("plan_args", {}).get("target_accuracy", 1.0))
     if not (args.setup or args.seed_given or os.environ.get("DNPU_SETUP")):
         args.seed = _recorded_virtual_seed(setting["backend"], start["uid"])
     return setting
@@ -666,6 +676,7 @@ def _check_continuation(args: argparse.Namespace) -> None:
             ("--gates", args.gates),
             ("--batch-size", args.batch_size),
             ("--input-range", args.input_range),
+            ("--target-accuracy", args.target_accuracy),
         )
         if value is not None
     ]
@@ -868,6 +879,15 @@ def _parser() -> argparse.ArgumentParser:
         default="hge",
         help="hge: homodyne gradient extraction; fd: finite differences; spsa: simultaneous "
         "perturbation; ga: genetic algorithm (default: hge)",
+    )
+    train.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="sphere: stop once an unperturbed evaluation of the training points is this "
+        "accurate, e.g. 0.9 (default: 1, which the sphere rarely reaches: training runs its "
+        "iterations)",
     )
     train.add_argument(
         "--batch-size",

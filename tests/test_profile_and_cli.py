@@ -203,6 +203,24 @@ def test_cli_runs_shows_a_sphere_runs_test_accuracy(tmp_path, capsys, tiled_serv
     assert row["run_uid"][:8] not in capsys.readouterr().out
 
 
+def test_cli_sphere_training_stops_at_a_target_accuracy(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri, "--quiet"]
+    for args, message in [
+        (["--gates", "XOR", "--target-accuracy", "0.9"], "a gate is trained to 100%"),
+        (["--task", "sphere", "--target-accuracy", "1.5"], "must be in (0, 1], got 1.5"),
+    ]:
+        assert main(["train", *args, *data]) == 2
+        assert message in _one_error(capsys.readouterr().err)
+    out = tmp_path / "results.json"
+    args = ["train", "--task", "sphere", "--batch-size", "16", "--target-accuracy", "0.5",
+            "--max-iterations", "20", "--json", str(out)]  # fmt: skip
+    assert main([*args, *data]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    run = load_run(tiled_server.client, row["run_uid"])
+    assert run.metadata["start"]["plan_args"]["target_accuracy"] == 0.5
+    assert row["accuracy"] >= 0.5 and row["iterations"] < 20
+
+
 def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server):
     data = ["--tiled-uri", tiled_server.uri]
     out = tmp_path / "results.json"

@@ -415,3 +415,45 @@ def test_genomes_whose_output_clips_rank_last(RE, clipping_dnpu, documents):
         )
         assert not clipped[best] or clipped.all()
     assert clipped_seen > 0
+
+
+def _sphere_device():
+    from dnpu_bluesky.config import default_sim_profile
+
+    return build_dnpu(default_sim_profile(seed=0, inputs=(1, 2, 4)))
+
+
+def test_training_stops_once_the_target_accuracy_is_reached(RE, documents):
+    dnpu = _sphere_device()
+    loop = {"max_iterations": 15, "max_attempts": 2, "seed": 1}
+    task = SphereClassification(n_points=40)
+    full = RE(train(dnpu, task, **loop)).plan_result
+    documents.clear()
+    early = RE(train(dnpu, task, target_accuracy=0.7, **loop)).plan_result
+    checks = [d["data"] for d in _stream_events(documents, "evaluation")]
+    genetic = RE(train_genetic(dnpu, task, population=6, n_elite=2, generations=5,
+                               target_accuracy=0.7, seed=1)).plan_result  # fmt: skip
+    dnpu.backend.close()
+    # 100 % is out of reach here, so the default runs every iteration of both attempts ...
+    assert full.iterations == 30 and full.accuracy < 1.0
+    # ... while 70 % ends the run at the first unperturbed evaluation that reaches it.
+    assert early.accuracy >= 0.7 and early.iterations < 15 and early.attempts == 1
+    assert checks[-1]["evaluation_accuracy"] == early.accuracy
+    assert genetic.accuracy >= 0.7 and genetic.iterations < 5
+
+
+def test_minibatch_attempts_are_compared_on_the_whole_training_split(RE, documents):
+    dnpu = _sphere_device()
+    task = SphereClassification(n_points=40, batch_size=8)
+    result = RE(train(dnpu, task, max_iterations=15, max_attempts=3, patience=5,
+                      seed=1)).plan_result  # fmt: skip
+    dnpu.backend.close()
+    evaluations = [d["data"] for d in _stream_events(documents, "evaluation")]
+    # Every attempt ends with an unperturbed evaluation of all training points ...
+    assert {e["evaluation_attempt"] for e in evaluations} == {0, 1, 2}
+    last_of_attempt = {e["evaluation_attempt"]: e for e in evaluations}
+    best = max(last_of_attempt.values(), key=lambda e: e["evaluation_accuracy"])
+    # ... and the run ends at the best of them, not measured again.
+    assert result.accuracy == best["evaluation_accuracy"]
+    np.testing.assert_allclose(result.controls, best["evaluation_controls"])
+    assert len(_stream_events(documents, "eval_raw")) == len(evaluations)

@@ -54,15 +54,17 @@ def train_genetic(
     n_elite: int = 5,
     mutation_v: float = 0.1,
     target_margin_na: float = 2.0,
+    target_accuracy: float = 1.0,
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
     """Evolve the controls: every genome is one full evaluation of the task's input cases.
 
     Defaults follow the group's earlier practice (population ~26, elitism, ~100 generations).
-    The mutation width shrinks linearly to a tenth over the generations. Stops when the best
-    genome separates the classes by ``target_margin_na``. A genome whose output left the AI
-    range (clipped) ranks below every other and cannot end the run.
+    The mutation width shrinks linearly to a tenth over the generations. Stops when a genome
+    reaches ``target_accuracy`` (at 1.0, the default: every case right and the classes
+    ``target_margin_na`` apart), as :func:`~dnpu_bluesky.plans.train` does. A genome whose
+    output left the AI range (clipped) ranks below every other and cannot end the run.
 
     Streams: ``eval_raw`` (every genome's raw waveform), ``generation`` (best and median loss,
     score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
@@ -78,6 +80,8 @@ def train_genetic(
         )
     if int(generations) < 1:
         raise ValueError(f"generations must be at least 1, got {generations}")
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]
     trainers = _make_trainers(dnpus, task, "ga", seed, {}, lambda device: 0.0)
@@ -90,6 +94,7 @@ def train_genetic(
         "n_elite": n_elite,
         "mutation_v": mutation_v,
         "target_margin_na": target_margin_na,
+        "target_accuracy": target_accuracy,
         "seed": seed,
     }
     metadata = _run_metadata(trainers, "train_genetic", plan_args, md)
@@ -100,6 +105,7 @@ def train_genetic(
         "n_elite": int(n_elite),
         "mutation_v": mutation_v,
         "target_margin_na": target_margin_na,
+        "target_accuracy": float(target_accuracy),
     }
     bodies = {trainer: _evolve(trainer, **settings) for trainer in trainers}
     results = yield from _run_side_by_side(bodies, metadata, [])
@@ -114,6 +120,7 @@ def _evolve(
     n_elite: int,
     mutation_v: float,
     target_margin_na: float,
+    target_accuracy: float,
 ) -> Plan:
     """One device's evolution; yields plan messages and measurement requests."""
     task = trainer.task
@@ -151,10 +158,13 @@ def _evolve(
         winners = [
             i
             for i, s in enumerate(scores)
-            if s.solved and not clipped[i] and s.margin_na >= target_margin_na
+            if not clipped[i]
+            and s.accuracy >= target_accuracy
+            and (target_accuracy < 1.0 or s.margin_na >= target_margin_na)
         ]
         if winners:
-            best_point = genomes[max(winners, key=lambda i: scores[i].margin_na)].copy()
+            top = max(winners, key=lambda i: (scores[i].accuracy, scores[i].margin_na))
+            best_point = genomes[top].copy()
             break
         shrink = 1.0 - 0.9 * generation / generations
         genomes = _next_generation(

@@ -69,6 +69,7 @@ def train_sphere(
     max_iterations: int = 120,
     max_attempts: int = 4,
     patience: int = 25,
+    target_accuracy: float = 1.0,
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
@@ -96,6 +97,7 @@ def train_sphere(
             max_iterations=max_iterations,
             max_attempts=max_attempts,
             patience=patience,
+            target_accuracy=target_accuracy,
             seed=seed,
             md=md,
         )

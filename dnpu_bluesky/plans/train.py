@@ -290,6 +290,7 @@ def train(
     max_attempts: int = 4,
     patience: int = 25,
     target_margin_na: float = 2.0,
+    target_accuracy: float = 1.0,
     fd_step_v: float = 0.01,
     spsa_step_v: float = 0.02,
     initial_controls: list[float] | None = None,
@@ -302,10 +303,12 @@ def train(
     the loss w.r.t. the controls (``method``: ``"hge"`` homodyne gradient extraction, one
     stream per step; ``"fd"`` central finite differences, 2 streams per control; ``"spsa"``
     simultaneous perturbation, 2 streams), takes an optimizer step clipped to the electrode
-    limits and moves the controls. When the measured outputs separate the classes by
-    ``target_margin_na``, the controls are evaluated without perturbations; training stops once
-    that evaluation is solved. An attempt that has not improved its loss for ``patience``
-    iterations is abandoned for a new random start (at most ``max_attempts``).
+    limits and moves the controls. When the measured outputs reach ``target_accuracy`` (at
+    1.0, the default: every case right and the classes ``target_margin_na`` apart), the
+    controls are evaluated without perturbations on the whole training split; training stops
+    once that evaluation reaches it too. An attempt that has not improved its loss for
+    ``patience`` iterations (with minibatches: a running mean of it) is abandoned for a new
+    random start (at most ``max_attempts``).
 
     Streams: the raw waveforms (``hge_raw``/``fd_raw``/``spsa_raw``/``eval_raw``), ``hge``
     (gradients, HGE only), ``train`` (loss, score, controls, device seconds per iteration) and
@@ -331,6 +334,8 @@ def train(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     settings = {"fd_step_v": fd_step_v, "spsa_step_v": spsa_step_v}
 
     def perturbation_margin(device: DNPU) -> float:
@@ -353,6 +358,7 @@ def train(
         "max_attempts": max_attempts,
         "patience": patience,
         "target_margin_na": target_margin_na,
+        "target_accuracy": target_accuracy,
         "seed": seed,
     }
     if start is not None:
@@ -368,6 +374,7 @@ def train(
         "max_attempts": int(max_attempts),
         "patience": patience,
         "target_margin_na": target_margin_na,
+        "target_accuracy": float(target_accuracy),
     }
     bodies = {
         trainer: _descend(trainer, opt, start, **loop)
@@ -534,6 +541,10 @@ def _check_input_levels(device: DNPU, task: Task) -> None:
             )
 
 
+#: Weight of the newest minibatch loss in the running mean that judges progress with batches.
+_BATCH_LOSS_WEIGHT = 0.25
+
+
 def _descend(
     trainer: _Trainer,
     opt: Any,
@@ -543,13 +554,26 @@ def _descend(
     max_attempts: int,
     patience: int,
     target_margin_na: float,
+    target_accuracy: float,
 ) -> Plan:
-    """One device's training loop; yields plan messages and :class:`_Measure` requests."""
+    """One device's training loop; yields plan messages and :class:`_Measure` requests.
+
+    With minibatches the loss of one step is measured on a few random cases, so steps are
+    compared by a running mean of it, and each attempt ends with an unperturbed evaluation of
+    its best point on the whole training split: the final point is the best of those.
+    """
     task = trainer.task
     minibatch = getattr(task, "minibatch", None)
     uses_batches = minibatch is not None and getattr(task, "batch_size", None) is not None
+
+    def reached(score: Any) -> bool:
+        if score.accuracy < target_accuracy:
+            return False
+        return target_accuracy < 1.0 or score.margin_na >= target_margin_na
+
     iteration = 0
     best: tuple[float, np.ndarray] | None = None
+    evaluated: tuple[np.ndarray, Any] | None = None  # batches: the best attempt, evaluated
     solved_at: np.ndarray | None = None
     final = None
     attempt = 0
@@ -562,6 +586,8 @@ def _descend(
         )
         opt.reset()
         best_in_attempt, stalled = np.inf, 0
+        attempt_best: np.ndarray | None = None
+        running = None
         for _ in range(max_iterations):
             # Where a Ctrl-C (a deferred pause) takes effect: between steps, not within one.
             yield from bps.checkpoint()
@@ -579,17 +605,22 @@ def _descend(
                 # Outputs and gradient read through a clipped ADC are wrong: start afresh.
                 _report_clipped_step(trainer, point, iteration, attempt, max_attempts)
                 break
-            if best is None or step.loss < best[0]:
-                best = (step.loss, point.copy())
+            loss = step.loss
+            if uses_batches:
+                w = _BATCH_LOSS_WEIGHT
+                running = loss if running is None else (1 - w) * running + w * loss
+                loss = running
+            if best is None or loss < best[0]:
+                best = (loss, point.copy())
             first = not np.isfinite(best_in_attempt)
-            if first or step.loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
-                best_in_attempt, stalled = step.loss, 0
+            if first or loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
+                best_in_attempt, stalled, attempt_best = loss, 0, point.copy()
             else:
                 stalled += 1
-            if not uses_batches and score.solved and score.margin_na >= target_margin_na:
+            if reached(score):
                 checked, clipped = yield from trainer.evaluate(point, attempt)
                 yield from trainer.present(None)
-                if checked.solved and not clipped and checked.margin_na >= target_margin_na:
+                if reached(checked) and not clipped:
                     solved_at, final = point.copy(), checked
                     break
             if stalled >= patience:
@@ -597,8 +628,14 @@ def _descend(
             point = opt.step(point, step.gradient)
         if solved_at is not None:
             break
+        if uses_batches and attempt_best is not None:
+            checked, clipped = yield from trainer.evaluate(attempt_best, attempt)
+            if not clipped and (evaluated is None or _better(checked, evaluated[1])):
+                evaluated = (attempt_best, checked)
     if solved_at is not None:
         final_point = solved_at
+    elif evaluated is not None:
+        final_point, final = evaluated
     else:
         # Unsolved: the best point measured within range (the last one if none was) is
         # evaluated without tones.
@@ -608,6 +645,11 @@ def _descend(
             final_point, final, attempt=attempt, iterations=iteration, attempts=attempt + 1
         )
     )
+
+
+def _better(score: Any, than: Any) -> bool:
+    """Higher accuracy, or the same accuracy with a wider margin."""
+    return (score.accuracy, score.margin_na) > (than.accuracy, than.margin_na)
 
 
 def _report_clipped_step(
