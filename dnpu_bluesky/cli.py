@@ -122,7 +122,15 @@ def _surrogate_ranges(path: str) -> list[list[float]]:
             f"--model {path}: the surrogate has {model.n_electrodes} electrodes; "
             "a DNPU here has 7 voltage electrodes"
         )
-    return [[float(low), float(high)] for low, high in model.voltage_ranges]
+    ranges = [[float(low), float(high)] for low, high in model.voltage_ranges]
+    for index, (low, high) in enumerate(ranges):
+        if not low < 0 < high:
+            raise UsageError(
+                f"--model {path}: electrode e{index} was trained on {low:g} .. {high:g} V, "
+                "which leaves out 0 V, where every stream starts and ends; give a --setup "
+                "whose limits the surrogate covers"
+            )
+    return ranges
 
 
 def _check_no_shared_channels(paths: Sequence[str], profiles: Sequence[Any]) -> None:
@@ -353,8 +361,9 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     folder that cannot be written (a folder is created here if missing)."""
     json_path = getattr(args, "json", None)
     if json_path:
-        folder = Path(json_path).parent
-        if Path(json_path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        path, folder = Path(json_path), Path(json_path).parent
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK)
+        if path.is_dir() or not folder.is_dir() or not writable:
             raise UsageError(f"--json {json_path}: cannot write a file there")
     for option in ("figures", "out"):
         folder = getattr(args, option, None)
@@ -561,15 +570,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         if args.figures:
             _print_figures(_write_figures([measured], Path(args.figures)))
-    if now["solved"] or task.name == "sphere":
-        return 0
     if outcome.plan_result.clipped_samples:
         print(
             f"{_label(task)}: the output left the AI range at these controls, so the "
-            "separation cannot be trusted; lower the amplifier gain or widen the AI range",
+            "classification cannot be trusted; lower the amplifier gain or widen the AI range",
             file=sys.stderr,
         )
         return 1
+    if now["solved"] or task.name == "sphere":
+        return 0
     device = ""
     if args.setup:
         device = f" --setup {args.setup[0]}"

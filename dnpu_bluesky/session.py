@@ -151,6 +151,7 @@ def _interactive_matplotlib() -> bool:
     from matplotlib.backends import BackendFilter, backend_registry
 
     backend = matplotlib.get_backend().lower()
-    return "ipympl" in backend or backend in backend_registry.list_builtin(
-        BackendFilter.INTERACTIVE
-    )
+    # ipympl's widget: "widget" or "ipympl" (the names %matplotlib takes) or its module name.
+    if backend in ("widget", "ipympl") or "ipympl" in backend:
+        return True
+    return backend in backend_registry.list_builtin(BackendFilter.INTERACTIVE)

@@ -104,6 +104,8 @@ def test_interactive_waits_show_no_bar_for_dnpu_acquisitions(dnpu):
         ("TkAgg", True),
         ("MacOSX", True),
         ("module://ipympl.backend_nbagg", True),
+        ("widget", True),
+        ("ipympl", True),
         ("agg", False),
         ("pdf", False),
         ("module://matplotlib_inline.backend_inline", False),

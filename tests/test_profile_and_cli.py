@@ -333,6 +333,10 @@ def test_cli_does_not_count_a_gate_read_through_a_clipped_output(tmp_path, capsy
     error = capsys.readouterr().err
     assert f"1 of 1 not solved: AND ({row['run_uid'][:8]}, output clipped)" in error
     assert "left the AI range" in error and "attempt 4 of 4 ends there, no attempts left" in error
+    # Measured again on the same setup: said, and not a pass.
+    again = ["evaluate", row["run_uid"][:8], "--setup", str(tiny), "--tiled-uri", tiled_server.uri]
+    assert main(again) == 1
+    assert "the output left the AI range at these controls" in capsys.readouterr().err
 
 
 def test_cli_output_paths_are_checked_first_and_results_survive_a_figure_failure(

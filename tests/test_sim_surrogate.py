@@ -241,7 +241,10 @@ def test_cli_says_in_one_line_why_a_model_file_cannot_be_used(tmp_path, capsys, 
     image = tmp_path / "plot.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
     unreadable = "not a brains-py surrogate: torch cannot read it"
+    positive = tmp_path / "positive.pt"  # e3 trained on 0.05 .. 0.6 V only
+    _save_surrogate(positive, [*RANGES[:3], [0.05, 0.6], *RANGES[4:]])
     for path, message in [
+        (positive, "electrode e3 was trained on 0.05 .. 0.6 V, which leaves out 0 V"),
         (text, unreadable),
         (arrays, unreadable),
         (image, f"{unreadable} (not a pickle)"),

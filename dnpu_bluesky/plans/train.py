@@ -560,7 +560,9 @@ def _descend(
 
     With minibatches the loss of one step is measured on a few random cases, so steps are
     compared by a running mean of it, and each attempt ends with an unperturbed evaluation of
-    its best point on the whole training split: the final point is the best of those.
+    its best point on the whole training split: the final point is the best point evaluated so
+    (these, and the checks of minibatches that reached the target), measured once more at the
+    end.
     """
     task = trainer.task
     minibatch = getattr(task, "minibatch", None)
@@ -623,6 +625,8 @@ def _descend(
                 if reached(checked) and not clipped:
                     solved_at, final = point.copy(), checked
                     break
+                if uses_batches and not clipped:
+                    evaluated = _better_of(evaluated, point.copy(), checked)
             if stalled >= patience:
                 break
             point = opt.step(point, step.gradient)
@@ -630,12 +634,13 @@ def _descend(
             break
         if uses_batches and attempt_best is not None:
             checked, clipped = yield from trainer.evaluate(attempt_best, attempt)
-            if not clipped and (evaluated is None or _better(checked, evaluated[1])):
-                evaluated = (attempt_best, checked)
+            if not clipped:
+                evaluated = _better_of(evaluated, attempt_best, checked)
     if solved_at is not None:
         final_point = solved_at
     elif evaluated is not None:
-        final_point, final = evaluated
+        # Measured once more, so that the run's last evaluation is of its final controls.
+        final_point = evaluated[0]
     else:
         # Unsolved: the best point measured within range (the last one if none was) is
         # evaluated without tones.
@@ -647,9 +652,14 @@ def _descend(
     )
 
 
-def _better(score: Any, than: Any) -> bool:
-    """Higher accuracy, or the same accuracy with a wider margin."""
-    return (score.accuracy, score.margin_na) > (than.accuracy, than.margin_na)
+def _better_of(
+    kept: tuple[np.ndarray, Any] | None, point: np.ndarray, score: Any
+) -> tuple[np.ndarray, Any]:
+    """``(point, score)`` if its score is higher in accuracy, or equal in accuracy with a
+    wider margin, than the ``kept`` pair's; otherwise ``kept``."""
+    if kept is None or (score.accuracy, score.margin_na) > (kept[1].accuracy, kept[1].margin_na):
+        return point, score
+    return kept
 
 
 def _report_clipped_step(
