@@ -278,6 +278,9 @@ def train_and_store(
     options = dict(stopping)  # for the gradient methods
     if args.max_iterations is not None:
         options.update(max_iterations=args.max_iterations)
+    for name in ("lr", "optimizer"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     if source is not None:
         options.update(
             initial_controls=source["controls"],
@@ -405,7 +408,10 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-
+    if args.method == "ga" and (args.lr is not None or args.optimizer is not None):
+        raise UsageError("--lr and --optimizer are for the gradient methods, not --method ga")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive (V per step), got {args.lr:g}")
     if args.source:
         _check_continuation(args)
         with _open_storage(args) as storage:  # the past run picks the virtual device
@@ -527,6 +533,9 @@ _DEFAULT_LOSS_OFFSET_NA = 5.0
 _DEFAULT_MAX_ITERATIONS = 120
 _DEFAULT_MAX_ATTEMPTS = 4
 _DEFAULT_GENERATIONS = 100
+#: ``train``'s ``lr`` and ``optimizer``.
+_DEFAULT_LR = 0.05
+_DEFAULT_OPTIMIZER = "adam"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -888,6 +897,18 @@ def _parser() -> argparse.ArgumentParser:
         default="hge",
         help="hge: homodyne gradient extraction; fd: finite differences; spsa: simultaneous "
         "perturbation; ga: genetic algorithm (default: hge)",
+    )
+    train.add_argument(
+        "--lr",
+        type=float,
+        metavar="V",
+        help="gradient methods: the optimizer's learning rate, volts per step for Adam "
+        f"(default: {_DEFAULT_LR:g})",
+    )
+    train.add_argument(
+        "--optimizer",
+        choices=("adam", "gd"),
+        help=f"gradient methods: Adam or plain gradient descent (default: {_DEFAULT_OPTIMIZER})",
     )
     train.add_argument(
         "--target-accuracy",

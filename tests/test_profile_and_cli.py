@@ -585,3 +585,39 @@ def _one_error(err: str) -> str:
     notes = ("Opening the run store ", "Waiting for ", "... ")
     (line,) = [x for x in err.strip().splitlines() if not x.startswith(notes)]
     return line
+
+
+def test_the_defaults_the_cli_states_are_the_plans_own():
+    import inspect
+
+    from dnpu_bluesky import cli
+    from dnpu_bluesky.plans import train, train_genetic
+    from dnpu_bluesky.tasks.losses import corrsig_loss
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    assert cli._DEFAULT_TARGET_MARGIN_NA == default(train, "target_margin_na")
+    assert cli._DEFAULT_TARGET_MARGIN_NA == default(train_genetic, "target_margin_na")
+    assert cli._DEFAULT_LOSS_OFFSET_NA == default(corrsig_loss, "offset_na")
+    assert cli._DEFAULT_MAX_ITERATIONS == default(train, "max_iterations")
+    assert cli._DEFAULT_MAX_ATTEMPTS == default(train, "max_attempts")
+    assert cli._DEFAULT_GENERATIONS == default(train_genetic, "generations")
+    assert cli._DEFAULT_LR == default(train, "lr")
+    assert cli._DEFAULT_OPTIMIZER == default(train, "optimizer")
+
+
+def test_cli_sets_the_learning_rate_and_optimizer(tmp_path, capsys, tiled_server):
+    data = ["--tiled-uri", tiled_server.uri, "--quiet"]
+    for args, message in [
+        (["--method", "ga", "--lr", "0.1"], "not --method ga"),
+        (["--lr", "0"], "--lr must be positive"),
+    ]:
+        assert main(["train", *args, *data]) == 2
+        assert message in _one_error(capsys.readouterr().err)
+    out = tmp_path / "out.json"
+    args = ["train", "--gates", "OR", "--lr", "0.1", "--optimizer", "gd", "--json", str(out)]
+    assert main([*args, *data]) in (0, 1)
+    (row,) = json.loads(out.read_text())["results"]
+    start = load_run(tiled_server.client, row["run_uid"]).metadata["start"]
+    assert start["plan_args"]["lr"] == 0.1 and start["plan_args"]["optimizer"] == "gd"
