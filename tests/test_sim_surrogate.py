@@ -170,7 +170,8 @@ def test_whole_module_pickle_needs_trust(tmp_path):
     np.testing.assert_allclose(model.current(volts), _torch_reference(net, volts, 3.0)[0])
 
 
-def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
+def _hide_torch(monkeypatch):
+    """Imports of torch fail from now on in this test, as without torch installed."""
     real_import = builtins.__import__
 
     def no_torch(name, *args, **kwargs):
@@ -179,6 +180,10 @@ def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
+
+
+def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
+    _hide_torch(monkeypatch)
     with pytest.raises(ImportError, match=r"pip install dnpu-bluesky\[surrogate\]"):
         load_brainspy_surrogate(tmp_path / "absent.pt")
 
@@ -255,14 +260,7 @@ def test_cli_says_in_one_line_why_a_model_file_cannot_be_used(tmp_path, capsys, 
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert message in line and str(path) in line
 
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch":
-            raise ImportError("No module named 'torch'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+    _hide_torch(monkeypatch)
     assert main(["train", "--model", str(pickled), "--quiet"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "pip install dnpu-bluesky[surrogate]" in line

@@ -12,6 +12,8 @@ class it cannot name is treated as "any value", so ``"dnpu"`` in a queue item be
 device of that name.
 """
 
+from typing import Any
+
 from ..devices.dnpu import DNPU
 from ..tasks import BooleanGate, SphereClassification
 from .stubs import Plan
@@ -39,21 +41,8 @@ def train_gate(
     Returns:
         The :class:`~dnpu_bluesky.plans.train.TrainResult` of the run (a list for a list).
     """
-    return (
-        yield from train(
-            dnpu,
-            BooleanGate(gate),
-            method=method,
-            optimizer=optimizer,
-            lr=lr,
-            max_iterations=max_iterations,
-            max_attempts=max_attempts,
-            patience=patience,
-            target_margin_na=target_margin_na,
-            seed=seed,
-            md=md,
-        )
-    )
+    settings = _training_settings(locals(), "gate")
+    return (yield from train(dnpu, BooleanGate(gate), **settings))
 
 
 def train_sphere(
@@ -80,6 +69,7 @@ def train_sphere(
     drawn from ``data_seed``, which is ``seed`` unless given, so that the same points can be
     trained from other random starts. ``dnpu`` may be a list of devices, trained side by side.
     """
+    settings = _training_settings(locals(), "batch_size", "n_points", "input_range_v", "data_seed")
     options = {} if input_range_v is None else {"input_range_v": tuple(input_range_v)}
     task = SphereClassification(
         n_points=n_points,
@@ -87,18 +77,9 @@ def train_sphere(
         batch_size=batch_size,
         **options,
     )
-    return (
-        yield from train(
-            dnpu,
-            task,
-            method=method,
-            optimizer=optimizer,
-            lr=lr,
-            max_iterations=max_iterations,
-            max_attempts=max_attempts,
-            patience=patience,
-            target_accuracy=target_accuracy,
-            seed=seed,
-            md=md,
-        )
-    )
+    return (yield from train(dnpu, task, **settings))
+
+
+def _training_settings(arguments: dict[str, Any], *task_arguments: str) -> dict[str, Any]:
+    """A wrapper's arguments that :func:`train` takes: all but the device and the task's."""
+    return {k: v for k, v in arguments.items() if k != "dnpu" and k not in task_arguments}
