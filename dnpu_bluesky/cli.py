@@ -797,6 +797,12 @@ def _cmd_check_profile(args: argparse.Namespace) -> int:
         f"{args.file}: valid setup {profile.name!r} ({profile.backend}, "
         f"{len(profile.electrodes)} electrodes, inputs {list(profile.indices('input'))})"
     )
+    full_scale_na = profile.output.ai_range_v / profile.amplifier.gain_v_per_a * 1e9
+    print(
+        f"  full scale +-{full_scale_na:.4g} nA (AI range +-{profile.output.ai_range_v:g} V at "
+        f"{profile.amplifier.gain_v_per_a:g} V/A): a larger current clips, and training "
+        "abandons an attempt whose output clips"
+    )
     if profile.backend == "nidaqmx":
         print(
             "  not checked here: the AO/AI channel names and the trigger terminal exist only "

@@ -476,7 +476,10 @@ def test_cli_reports_an_unreachable_storage_or_driver_in_one_line(capsys, tiled_
 def test_cli_check_profile(tmp_path, capsys):
     good = REPO / "profiles" / "setups" / "sim.yaml"
     assert main(["check-profile", str(good)]) == 0
-    assert "valid setup" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valid setup" in out
+    # 10 V at 1e7 V/A: the current that fills the AI range.
+    assert "full scale +-1000 nA (AI range +-10 V at 1e+07 V/A)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("max_v: 0.6", "max_v: 20.0", 1))
     assert main(["check-profile", str(bad)]) == 2
