@@ -310,10 +310,11 @@ def test_cli_check_profile_names_what_waits_for_the_hardware(
     assert out[0] == (
         f"{EXAMPLE}: valid setup 'cdaq-77K-chip3' (nidaqmx, 7 electrodes, inputs [3, 4])"
     )
-    assert "channel names and the trigger terminal" in out[1]
-    assert "checked when the NI-DAQmx backend opens them" in out[1]
+    assert out[1].startswith("  full scale +-1000 nA (AI range +-10 V at 1e+07 V/A)")
+    assert "channel names and the trigger terminal" in out[2]
+    assert "checked when the NI-DAQmx backend opens them" in out[2]
     assert main(["check-profile", str(SETUPS / "sim.yaml")]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 2  # nothing waits for hardware
     data = _sim()
     data["sim"]["surrogate"] = "device.pt"
     (tmp_path / "device.pt").write_bytes(b"weights")
