@@ -152,6 +152,6 @@ def _interactive_matplotlib() -> bool:
 
     backend = matplotlib.get_backend().lower()
     # ipympl's widget: "widget" or "ipympl" (the names %matplotlib takes) or its module name.
-    if backend in ("widget", "ipympl") or "ipympl" in backend:
+    if backend == "widget" or "ipympl" in backend:
         return True
     return backend in backend_registry.list_builtin(BackendFilter.INTERACTIVE)

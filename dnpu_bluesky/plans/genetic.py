@@ -15,6 +15,8 @@ from .train import (
     _device_names,
     _make_trainers,
     _prepare,
+    _rank,
+    _reaches_target,
     _run_metadata,
     _run_side_by_side,
     _Trainer,
@@ -158,12 +160,10 @@ def _evolve(
         winners = [
             i
             for i, s in enumerate(scores)
-            if not clipped[i]
-            and s.accuracy >= target_accuracy
-            and (target_accuracy < 1.0 or s.margin_na >= target_margin_na)
+            if not clipped[i] and _reaches_target(s, target_accuracy, target_margin_na)
         ]
         if winners:
-            top = max(winners, key=lambda i: (scores[i].accuracy, scores[i].margin_na))
+            top = max(winners, key=lambda i: _rank(scores[i]))
             best_point = genomes[top].copy()
             break
         shrink = 1.0 - 0.9 * generation / generations

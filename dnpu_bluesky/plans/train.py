@@ -569,9 +569,7 @@ def _descend(
     uses_batches = minibatch is not None and getattr(task, "batch_size", None) is not None
 
     def reached(score: Any) -> bool:
-        if score.accuracy < target_accuracy:
-            return False
-        return target_accuracy < 1.0 or score.margin_na >= target_margin_na
+        return _reaches_target(score, target_accuracy, target_margin_na)
 
     iteration = 0
     best: tuple[float, np.ndarray] | None = None
@@ -652,12 +650,23 @@ def _descend(
     )
 
 
+def _reaches_target(score: Any, target_accuracy: float, target_margin_na: float) -> bool:
+    """At least ``target_accuracy``; at 1.0 also the classes ``target_margin_na`` apart."""
+    if score.accuracy < target_accuracy:
+        return False
+    return target_accuracy < 1.0 or score.margin_na >= target_margin_na
+
+
+def _rank(score: Any) -> tuple[float, float]:
+    """Orders scores: higher accuracy first, then the wider margin."""
+    return score.accuracy, score.margin_na
+
+
 def _better_of(
     kept: tuple[np.ndarray, Any] | None, point: np.ndarray, score: Any
 ) -> tuple[np.ndarray, Any]:
-    """``(point, score)`` if its score is higher in accuracy, or equal in accuracy with a
-    wider margin, than the ``kept`` pair's; otherwise ``kept``."""
-    if kept is None or (score.accuracy, score.margin_na) > (kept[1].accuracy, kept[1].margin_na):
+    """``(point, score)`` if its score ranks above the ``kept`` pair's; otherwise ``kept``."""
+    if kept is None or _rank(score) > _rank(kept[1]):
         return point, score
     return kept
 
