@@ -499,8 +499,6 @@ def _train_tasks(args: argparse.Namespace) -> list[Any]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .tasks import GATES
 
-    args.figures = args.figures or str(DEFAULT_OUTPUT)
-    _check_output_paths(args)
     if args.setup:
         where = "the setup" + ("s " if len(args.setup) > 1 else " ") + ", ".join(args.setup)
     elif args.devices > 1:
@@ -885,8 +883,11 @@ def _parser() -> argparse.ArgumentParser:
             help="input voltages: a gate's logical 0 and 1, the sphere's cube; write "
             "--input-range=-0.5,0.3 (default: -0.7,0.3)",
         )
-        default = f" (default: {DEFAULT_OUTPUT})" if demo else ""
-        sub.add_argument("--figures", help=f"write figures to this directory{default}")
+        sub.add_argument(
+            "--figures",
+            default=str(DEFAULT_OUTPUT) if demo else None,
+            help="write figures to this directory" + (" (default: %(default)s)" if demo else ""),
+        )
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         storage_options(sub)
 
