@@ -413,6 +413,33 @@ def test_close_parks_at_zero_and_is_idempotent(profile: SetupProfile, fake: Fake
         daq.set_dc(np.full(7, 0.1))
 
 
+def test_a_full_disk_refuses_new_levels_but_never_the_park_at_zero(
+    profile: SetupProfile,
+    fake: FakeNidaqmx,
+    ni_state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    daq = _open(profile, fake)
+    daq.set_dc(np.array([0.2, -0.3, 0.1, 0.0, 0.0, 0.4, -1.0]))
+    (state,) = ni_state_dir.rglob("*.json")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    n_tasks = len(fake.rig.tasks)
+    with pytest.raises(HardwareUnavailableError, match="No space left"):
+        daq.set_dc(np.full(7, 0.1))  # away from 0 V: not without a record
+    assert all(t.generated == 0 for t in fake.rig.tasks[n_tasks:])
+    with caplog.at_level(logging.ERROR, logger=ni_daqmx.__name__):
+        daq.close()
+    _assert_parked_within_slew(fake, profile)
+    assert "No space left" in caplog.text
+    assert not state.exists()  # parked: the old record went with the levels
+    assert list(ni_state_dir.rglob("*.tmp")) == []
+
+
 def test_atexit_hook_parks_the_electrodes(
     profile: SetupProfile, fake: FakeNidaqmx, monkeypatch: pytest.MonkeyPatch
 ) -> None:

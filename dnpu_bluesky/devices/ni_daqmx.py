@@ -440,7 +440,10 @@ class NIDAQmxBackend:
             self._add_electrodes(ao)
             self._set_clock(ao, rate, n_steps)
             ao.write(self._channel_major(ramp), auto_start=False, timeout=timeout)
-            self._write_state(running=True)
+            # Parking must not depend on the disk: a state file that cannot be updated still
+            # holds the last non-zero levels, which is the safe record if the ramp fails.
+            parking = bool(np.all(np.abs(target) <= ZERO_TOLERANCE_V))
+            self._write_state(running=True, required=not parking)
             try:
                 ao.start()
                 ao.wait_until_done(timeout=timeout)
@@ -493,7 +496,11 @@ class NIDAQmxBackend:
         else:
             self._write_state(running=False)
 
-    def _write_state(self, *, running: bool) -> None:
+    def _write_state(self, *, running: bool, required: bool = True) -> None:
+        """Record on disk what the outputs hold (``running``: a generation is about to start).
+
+        A failed record before a generation raises if ``required``; otherwise it is logged.
+        """
         for device in self._devices:
             record: dict[str, Any] = {"pid": os.getpid(), "profile": self.profile.name}
             if running:
@@ -505,19 +512,21 @@ class NIDAQmxBackend:
                     if _device_of(channel) == device
                 }
             path = _device_file(self._state_dir, device, ".json")
+            partial = path.with_suffix(".tmp")
             try:
-                partial = path.with_suffix(".tmp")
                 with open(partial, "w") as file:
                     file.write(json.dumps(record))
                     file.flush()
                     os.fsync(file.fileno())  # on disk before the generation starts
                 os.replace(partial, path)
             except OSError as err:
-                if running:  # before the generation starts: better none than one unrecorded
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+                if running and required:  # better no generation than one unrecorded
                     raise HardwareUnavailableError(
                         f"cannot record the output state in {path} before generating: {err}"
                     ) from None
-                _log.error("could not record the held levels in %s: %s", path, err)
+                _log.error("could not record the output state in %s: %s", path, err)
 
     def _take_outputs(self) -> None:
         """Lock the AO devices of this backend until it closes or its process ends.
