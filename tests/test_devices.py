@@ -80,6 +80,29 @@ def test_stream_leaving_limits_through_tone_amplitude_is_refused(dnpu):
     assert dnpu.total_device_seconds == 0.0
 
 
+def test_tones_the_lock_in_cannot_resolve_are_refused_before_any_voltage(dnpu):
+    bandwidth = dnpu.amplifier.bandwidth_hz.get()
+    dnpu.e0.frequency.put(1.5 * bandwidth)  # below Nyquist, above the amplifier
+    with pytest.raises(ValueError, match=r"e0 3000 Hz is above the amplifier bandwidth 2000 Hz"):
+        dnpu.trigger()
+    dnpu.e0.frequency.put(dnpu.e1.frequency.get())
+    with pytest.raises(
+        ValueError,
+        match=r"tones 160, 160, 180, 220, 270 Hz on e0, e1, e2, e5, e6: tones 0 and 1 are both",
+    ):
+        dnpu.trigger()
+    dnpu.e0.frequency.put(2 * dnpu.e1.frequency.get())
+    with pytest.raises(ValueError, match="a harmonic of"):
+        dnpu.trigger()
+    with pytest.raises(ValueError, match="above the amplifier bandwidth"):
+        dnpu.plan_tones(band_hz=1.5 * bandwidth)
+    assert dnpu.total_device_seconds == 0.0
+    dnpu.mode.put("sequential")  # one tone at a time: a shared frequency is fine there
+    dnpu.e0.frequency.put(dnpu.e1.frequency.get())
+    dnpu.trigger().wait(10)
+    assert dnpu.total_device_seconds > 0
+
+
 def test_bad_input_cases_are_refused(dnpu):
     dnpu.input_cases.put([[0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="input_cases must have shape"):

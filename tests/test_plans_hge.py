@@ -163,6 +163,32 @@ def test_iv_sweep_and_noise_spectrum(stored_RE, storage, dnpu):
     assert np.median(psd[band] / expected_psd) == pytest.approx(1.0, rel=0.3)
 
 
+def test_characterisation_plans_leave_the_settings_as_they_were(RE, dnpu):
+    dnpu.mode.put("sequential")
+    dnpu.e2.setpoint.put(0.1)
+    window, cases = dnpu.window_s.get(), [[0.0, 0.0], [0.3, 0.3]]
+    dnpu.input_cases.put(cases)
+    RE(iv_sweep(dnpu, dnpu.e2, -0.5, 0.5, 3))
+    # 0.15 s is off the 150 Hz tone's grid: no matter, without tones.
+    RE(noise_spectrum(dnpu, duration_s=0.15, segment_s=0.05))
+    with pytest.raises(RuntimeError, match="broke"):
+        RE(iv_sweep(dnpu, dnpu.e2, -0.5, 0.5, 3), _broken_after_one_event())
+    with pytest.raises(RuntimeError, match="broke"):
+        RE(noise_spectrum(dnpu, duration_s=0.2), _broken_after_one_event())
+    assert dnpu.mode.get() == "sequential"
+    assert dnpu.e2.setpoint.get() == 0.1
+    assert dnpu.window_s.get() == window
+    assert np.asarray(dnpu.input_cases.get()).tolist() == cases
+
+
+def _broken_after_one_event():
+    def callback(name, doc):
+        if name == "event":
+            raise RuntimeError("broke")
+
+    return {"event": callback}
+
+
 def test_the_best_effort_table_survives_a_sweep_after_runs_without_a_primary_stream(
     RE, dnpu, monkeypatch
 ):

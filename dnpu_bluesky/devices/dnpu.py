@@ -21,7 +21,15 @@ from ..config import (
     N_ELECTRODES,
     slew_limited_frequency_hz,
 )
-from ..hge import FrequencyPlan, Waveform, hge_segments, plan_frequencies, synthesize_waveform
+from ..hge import (
+    FrequencyPlan,
+    Waveform,
+    check_frequencies,
+    hge_segments,
+    plan_frequencies,
+    synthesize_waveform,
+)
+from ..hge.frequencies import NYQUIST_MARGIN
 from ..safety import check_waveform
 from .amplifier import CurrentAmplifier
 from .electrode import Electrode
@@ -152,28 +160,67 @@ class DNPU(Device):
             window_s: Analysis window (default: the current ``window_s``).
             order: Highest intermodulation order kept off the tones.
             spacing_bins: Tone spacing in units of 1/T.
-            band_hz: Highest usable frequency (default: the amplifier bandwidth, at most
-                0.4 x the sample rate).
+            band_hz: Highest usable frequency (default and upper bound: the amplifier
+                bandwidth, at most 0.4 x the sample rate).
             min_frequency_hz: Lowest tone.
 
         Raises:
+            ValueError: for a band above the amplifier bandwidth or 0.4 x the sample rate.
             dnpu_bluesky.hge.FrequencyPlanError: naming the constraint that cannot be met.
         """
-        rate = float(self.sample_rate.get())
         if not amplitude_v > 0:
             raise ValueError(f"amplitude_v must be positive, got {amplitude_v}")
+        widest, widest_text = self._tone_band()
         if band_hz is None:
-            band_hz = min(float(self.amplifier.bandwidth_hz.get()), 0.4 * rate)
+            band_hz = widest
+        elif band_hz > widest:
+            raise ValueError(f"band_hz {band_hz:g} Hz is above {widest_text}")
         band_hz = min(band_hz, self._slew_limited_frequency(amplitude_v))
         return plan_frequencies(
             self.indices("control").size,
             float(window_s if window_s is not None else self.window_s.get()),
-            rate,
+            float(self.sample_rate.get()),
             band_hz=band_hz,
             order=order,
             spacing_bins=spacing_bins,
             min_frequency_hz=min_frequency_hz,
         )
+
+    def _tone_band(self) -> tuple[float, str]:
+        """The highest tone frequency this setup can demodulate reliably, and why.
+
+        Above the amplifier's bandwidth each tone's gain and phase change fast with
+        frequency, so an uncalibrated gradient there is badly off.
+        """
+        bandwidth = float(self.amplifier.bandwidth_hz.get())
+        rate = float(self.sample_rate.get())
+        if bandwidth <= NYQUIST_MARGIN * rate:
+            return bandwidth, f"the amplifier bandwidth {bandwidth:g} Hz"
+        return NYQUIST_MARGIN * rate, f"{NYQUIST_MARGIN:g} x the sample rate {rate:g} S/s"
+
+    def _check_tones(self, frequencies: np.ndarray, amplitudes: np.ndarray, mode: str) -> None:
+        """Refuse tones above the usable band, and in parallel mode two tones that the
+        lock-in cannot tell apart (the same frequency, or one a harmonic of another)."""
+        played = np.flatnonzero(amplitudes > 0)
+        band, band_text = self._tone_band()
+        above = [i for i in played if frequencies[i] > band * (1 + 1e-12)]
+        if above:
+            names = ", ".join(
+                f"{self.electrodes[i].attr_name} {frequencies[i]:g} Hz" for i in above
+            )
+            raise ValueError(f"{self.name}: tone {names} is above {band_text}")
+        if mode == "parallel":
+            try:
+                check_frequencies(
+                    frequencies[played],
+                    float(self.window_s.get()),
+                    float(self.sample_rate.get()),
+                    order=1,
+                )
+            except ValueError as exc:
+                tones = ", ".join(f"{frequencies[i]:g}" for i in played)
+                names = ", ".join(self.electrodes[i].attr_name for i in played)
+                raise ValueError(f"{self.name}: tones {tones} Hz on {names}: {exc}") from None
 
     def _slew_limited_frequency(self, amplitude_v: float) -> float:
         return slew_limited_frequency_hz(float(self.max_slew_v_per_s.get()), amplitude_v)
@@ -233,13 +280,16 @@ class DNPU(Device):
         points = self.operating_points()
         frequencies = self.frequencies()
         amplitudes = np.where(frequencies > 0, self.amplitudes(), 0.0)
-        if mode == "off":
+        if mode == "off":  # nothing is played, so the tones' settings do not matter
             amplitudes = np.zeros_like(amplitudes)
+            frequencies = np.zeros_like(frequencies)
         elif not np.any(amplitudes > 0):
             raise ValueError(
                 f"{self.name}: mode {mode!r} needs tones: no electrode has a frequency and an "
                 "amplitude (run configure_hge first, or set mode 'off')"
             )
+        else:
+            self._check_tones(frequencies, amplitudes, mode)
         segments = hge_segments(
             points, amplitudes, mode="sequential" if mode == "sequential" else "parallel"
         )

@@ -3,6 +3,7 @@
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import plans as bp
+from bluesky import preprocessors as bpp
 from scipy import signal
 
 from ..devices.dnpu import DNPU
@@ -37,18 +38,20 @@ def iv_sweep(
             )
     if int(num) < 2:
         raise ValueError(f"num must be at least 2, got {num}")
-    original = electrode.setpoint.get()
-    yield from bps.mv(dnpu.mode, "off")
-    dnpu.build_waveform()
-    metadata = _start_metadata(
-        dnpu,
-        "iv_sweep",
-        {"electrode": electrode.name, "start": start, "stop": stop, "num": num},
-        md,
-    )
-    result = yield from bp.scan([dnpu], electrode.setpoint, start, stop, int(num), md=metadata)
-    yield from bps.mv(electrode.setpoint, original, dnpu.mode, "parallel")
-    return result
+
+    def sweep() -> Plan:
+        yield from bps.mv(dnpu.mode, "off")
+        dnpu.build_waveform()
+        metadata = _start_metadata(
+            dnpu,
+            "iv_sweep",
+            {"electrode": electrode.name, "start": start, "stop": stop, "num": num},
+            md,
+        )
+        return (yield from bp.scan([dnpu], electrode.setpoint, start, stop, int(num), md=metadata))
+
+    # The mode and the setpoint as they were, however the sweep ends.
+    return (yield from bpp.reset_positions_wrapper(sweep()))
 
 
 def noise_spectrum(
@@ -67,13 +70,7 @@ def noise_spectrum(
         raise ValueError(
             f"need 0 < segment_s <= duration_s, got segment_s={segment_s}, duration_s={duration_s}"
         )
-    window = dnpu.window_s.get()
-    yield from bps.mv(dnpu.mode, "off", dnpu.window_s, float(duration_s), dnpu.input_cases, [])
-    dnpu.build_waveform()
     record = SpectrumRecord(name=f"{dnpu.name}_noise")
-    metadata = _start_metadata(
-        dnpu, "noise_spectrum", {"duration_s": duration_s, "segment_s": segment_s}, md
-    )
 
     def inner() -> Plan:
         yield from bps.trigger_and_read([dnpu])
@@ -87,8 +84,13 @@ def noise_spectrum(
         yield from bps.trigger_and_read([record], name="spectrum")
         return frequency, psd
 
-    try:
-        result = yield from within_run(inner(), md=metadata, stage=[dnpu])
-    finally:
-        yield from bps.mv(dnpu.window_s, window, dnpu.mode, "parallel")
-    return result
+    def spectrum() -> Plan:
+        yield from bps.mv(dnpu.mode, "off", dnpu.window_s, float(duration_s), dnpu.input_cases, [])
+        dnpu.build_waveform()
+        metadata = _start_metadata(
+            dnpu, "noise_spectrum", {"duration_s": duration_s, "segment_s": segment_s}, md
+        )
+        return (yield from within_run(inner(), md=metadata, stage=[dnpu]))
+
+    # The mode, window and input cases as they were, however the recording ends.
+    return (yield from bpp.reset_positions_wrapper(spectrum()))
