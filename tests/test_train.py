@@ -174,6 +174,12 @@ def test_bad_requests_fail_before_any_voltage(RE, dnpu):
         ValueError, match=r"e2_setpoint: \+5.0000 V is outside the electrode limits"
     ):
         RE(train(dnpu, BooleanGate("XOR"), initial_controls=[0.0, 0.1, 5.0, 0.0, 0.0]))
+    for name, value in (("fd_step_v", 0.0), ("spsa_step_v", -0.02), ("lr", float("inf"))):
+        with pytest.raises(ValueError, match=f"{name} must be a positive number"):
+            RE(train(dnpu, BooleanGate("XOR"), method="fd", **{name: value}))
+    for value in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="mutation_v must be a positive number"):
+            RE(train_genetic(dnpu, BooleanGate("XOR"), mutation_v=value))
     assert dnpu.total_device_seconds == 0.0
 
 

@@ -1,5 +1,7 @@
 """Bluesky plans that measure gradients by homodyne gradient extraction (HGE)."""
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,13 @@ def _device_setup(dnpu: DNPU) -> dict[str, Any]:
             "mode": dnpu.mode.get(),
         },
     }
+
+
+def _check_positive(**values: float) -> None:
+    """Refuse, before anything runs, a setting that is not a finite positive number."""
+    for name, value in values.items():
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

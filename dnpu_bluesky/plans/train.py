@@ -13,7 +13,13 @@ from ..callbacks.lockin import LockInCallback
 from ..devices.dnpu import DNPU
 from ..devices.records import EvaluationRecord, TrainRecord
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
-from .hge import _check_choice, _device_setup, _move_controls, _start_metadata
+from .hge import (
+    _check_choice,
+    _check_positive,
+    _device_setup,
+    _move_controls,
+    _start_metadata,
+)
 from .stubs import Plan, new_gradient_record, record_gradient, set_input_cases, within_run
 
 GRADIENT_METHODS = ("hge", "fd", "spsa")
@@ -332,8 +338,7 @@ def train(
     for name, value in (("max_iterations", max_iterations), ("max_attempts", max_attempts)):
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    _check_positive(lr=lr, fd_step_v=fd_step_v, spsa_step_v=spsa_step_v)
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     settings = {"fd_step_v": fd_step_v, "spsa_step_v": spsa_step_v}
