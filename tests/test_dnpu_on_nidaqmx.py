@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from bluesky.utils import RunEngineInterrupted
 from fake_nidaqmx import FakeNidaqmx
+from ophyd.utils.errors import ReadOnlyError
 
 from dnpu_bluesky.config import load_profile
 from dnpu_bluesky.devices import build_dnpu
@@ -80,11 +81,23 @@ def test_training_aborted_midway_leaves_only_safe_samples(RE, rig_and_dnpu, docu
     _assert_everything_generated_was_safe(rig, profile)
 
 
-def test_sample_rate_changed_after_building_is_refused(rig_and_dnpu):
+def test_sample_rate_and_slew_limit_cannot_change_after_building(rig_and_dnpu):
     rig, dnpu, _, profile = rig_and_dnpu
     n_tasks = len(rig.tasks)
-    dnpu.sample_rate.put(profile.sample_rate / 5)  # would alias below the amplifier bandwidth
-    status = dnpu.trigger()
+    with pytest.raises(ReadOnlyError):
+        dnpu.sample_rate.put(profile.sample_rate / 5)  # would alias below the amplifier
+    with pytest.raises(ReadOnlyError):
+        dnpu.max_slew_v_per_s.put(10 * profile.max_slew_v_per_s)
+    with pytest.raises(RuntimeError, match="limits are fixed when the device is built"):
+        dnpu.e0.configure_limits(-3.0, 3.0, "control")
+    assert dnpu.sample_rate.get() == profile.sample_rate
+    assert dnpu.max_slew_v_per_s.get() == profile.max_slew_v_per_s
+    assert dnpu.e0.limits == (profile.electrodes[0].min_v, profile.electrodes[0].max_v)
+    # The backend keeps its own check of the rate, for a stream built some other way.
+    wrong_rate = dnpu.last_waveform or dnpu.build_waveform()
     with pytest.raises(ValueError, match="differs from the setup profile's"):
-        status.wait(30)
+        dnpu.backend.play_and_record(wrong_rate.voltages, profile.sample_rate / 5)
     assert len(rig.tasks) == n_tasks
+    other_roles = profile.model_copy(update={"name": "other-roles"})
+    with pytest.raises(ValueError, match=r"built from another setup profile .*'other-roles'"):
+        build_dnpu(other_roles, backend=dnpu.backend)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, DeviceStatus, Signal
+from ophyd import Device, DeviceStatus, Signal, SignalRO
 
 from ..backend import Acquisition, DAQBackend
 from ..config import (
@@ -97,11 +97,11 @@ class DNPU(Device):
     clipped_samples = Cpt(Signal, value=0, kind="normal")
 
     mode = Cpt(Signal, value="parallel", kind="config")
-    sample_rate = Cpt(Signal, value=10_000.0, kind="config")
+    sample_rate = Cpt(SignalRO, value=10_000.0, kind="config")
     window_s = Cpt(Signal, value=DEFAULT_WINDOW_S, kind="config")
     settle_s = Cpt(Signal, value=0.01, kind="config")
     ramp_s = Cpt(Signal, value=0.005, kind="config")
-    max_slew_v_per_s = Cpt(Signal, value=100.0, kind="config")
+    max_slew_v_per_s = Cpt(SignalRO, value=100.0, kind="config")
     input_cases = Cpt(Signal, value=[], kind="config")
     phase_lag_rad = Cpt(Signal, value=[0.0] * 7, kind="config")
     phase_gain = Cpt(Signal, value=[1.0] * 7, kind="config")
@@ -115,6 +115,12 @@ class DNPU(Device):
         self.total_device_seconds = 0.0
         self._lock = _backend_lock(backend)
         self._clipping_reported = False
+
+    def configure_timing(self, sample_rate: float, max_slew_v_per_s: float) -> None:
+        """Fix the sample rate and the slew limit (called once by the factory, from the
+        setup profile): a plan rehearsed on the virtual device must not rely on others."""
+        self.sample_rate._readback = float(sample_rate)
+        self.max_slew_v_per_s._readback = float(max_slew_v_per_s)
 
     @property
     def electrodes(self) -> list[Electrode]:

@@ -68,8 +68,19 @@ class Electrode(Device):
     frequency = Cpt(Signal, value=0.0, kind="config")
     amplitude = Cpt(Signal, value=0.0, kind="config")
 
+    _limits_fixed = False
+
     def configure_limits(self, min_v: float, max_v: float, role: str, channel: str = "") -> None:
-        """Fix the electrode's limits, role and DAQ channel (called once by the factory)."""
+        """Fix the electrode's limits, role and DAQ channel (called once by the factory).
+
+        Raises:
+            RuntimeError: if they were fixed already; build a new device for other limits.
+        """
+        if self._limits_fixed:
+            raise RuntimeError(
+                f"{self.name}: the limits are fixed when the device is built (from its setup "
+                "profile); build a new device for other limits"
+            )
         if role not in ROLES:
             raise ValueError(f"{self.name}: role must be one of {ROLES}, got {role!r}")
         if not min_v <= 0.0 <= max_v:
@@ -78,6 +89,7 @@ class Electrode(Device):
         self.max_v._readback = float(max_v)
         self.role._readback = role
         self.channel._readback = channel
+        self._limits_fixed = True
 
     @property
     def limits(self) -> tuple[float, float]:
