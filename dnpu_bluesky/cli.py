@@ -289,7 +289,7 @@ def train_and_store(
     rows, uids = [], []
     try:
         if source is not None:
-            _note_if_other_device(dnpus[0], source)
+            _check_same_device(dnpus[0], source)
         engine = make_run_engine(storage, interactive=False, returns_result=True)
         if not args.quiet:
             engine.subscribe(TrainingProgress())
@@ -553,7 +553,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         then = _past_result(storage, args, args.uid)
         task = then["task"]
         with _built(_profiles(args)) as ((dnpu, _),):
-            _note_if_other_device(dnpu, then)
+            _check_same_device(dnpu, then)
             engine = make_run_engine(storage, interactive=False, returns_result=True)
             plan = evaluate_controls(
                 dnpu,
@@ -669,14 +669,36 @@ def _target_margin(start: dict[str, Any], task: Any) -> float:
     return _DEFAULT_TARGET_MARGIN_NA if offset is None else float(offset)
 
 
-def _note_if_other_device(dnpu: Any, source: dict[str, Any]) -> None:
-    """Say on stderr when the device is not the one the past run measured."""
-    model = dnpu.backend.describe().get("model", {})
-    if model.get("parameter_hash") != source["backend"].get("model", {}).get("parameter_hash"):
+def _check_same_device(dnpu: Any, source: dict[str, Any]) -> None:
+    """Refuse a past run's controls meant for other electrodes than this device's controls
+    (they are applied in order); say on stderr when the device is not the one it measured."""
+    from .results import electrode_label
+
+    ours = [
+        electrode_label(e.attr_name, e.channel.get())
+        for e in dnpu.electrodes
+        if e.role.get() == "control"
+    ]
+    if source["control_electrodes"] != ours:
+        raise UsageError(
+            f"run {source['uid'][:8]} had its controls on {', '.join(source['control_electrodes'])}"
+            f"; this device has them on {', '.join(ours)}: give the setup it was measured with"
+        )
+    if _device_identity(dnpu.backend.describe()) != _device_identity(source["backend"]):
         print(
             f"note: run {source['uid'][:8]} was measured on another device than this one",
             file=sys.stderr,
         )
+
+
+def _device_identity(backend: dict[str, Any]) -> Any:
+    """What tells devices apart in a backend's description: a simulated model's parameters,
+    or the setup's name and channels."""
+    if "model" in backend:
+        return backend["model"].get("parameter_hash")
+    profile = backend.get("profile", {})
+    channels = [electrode.get("channel") for electrode in profile.get("electrodes", [])]
+    return profile.get("name"), channels, profile.get("output", {}).get("channel")
 
 
 def _label(task: Any) -> str:

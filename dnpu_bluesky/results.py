@@ -31,8 +31,10 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
     Returns:
         ``controls`` (volts, one per control electrode), ``threshold_na``, ``accuracy``,
         ``margin_na`` and ``solved`` of that evaluation; ``test_accuracy`` for tasks with
-        held-out data (else None); and the run's ``task`` description (the start document's
-        ``task``), e.g. to rebuild it with :func:`dnpu_bluesky.tasks.task_from_description`.
+        held-out data (else None); the run's ``task`` description (the start document's
+        ``task``), e.g. to rebuild it with :func:`dnpu_bluesky.tasks.task_from_description`;
+        and ``control_electrodes``, the electrodes the controls were on, in order, each with
+        its DAQ channel if it has one (``"e0 (cDAQ1Mod1/ao0)"``).
 
     Raises:
         KeyError: The run did not measure ``device``, or has no unperturbed evaluation (not
@@ -56,7 +58,26 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         "solved": bool(last["solved"]),
         "test_accuracy": held_out_accuracy(run, name),
         "task": run.metadata["start"]["task"],
+        "control_electrodes": _control_electrodes(run, name),
     }
+
+
+def _control_electrodes(run: Any, device: str) -> list[str]:
+    """The control electrodes of ``device`` in the run, from its measured stream's
+    configuration (the roles and channels it was built with)."""
+    config = stream_of(run, "eval_raw", device).metadata["configuration"][device]["data"]
+    prefix, suffix = f"{device}_", "_role"
+    names = sorted(
+        key[len(prefix) : -len(suffix)]
+        for key, role in config.items()
+        if key.startswith(prefix) and key.endswith(suffix) and role == "control"
+    )
+    return [electrode_label(name, config.get(f"{prefix}{name}_channel", "")) for name in names]
+
+
+def electrode_label(name: str, channel: str) -> str:
+    """An electrode's name, with its DAQ channel if it has one: ``"e0 (cDAQ1Mod1/ao0)"``."""
+    return f"{name} ({channel})" if channel else name
 
 
 def held_out_accuracy(run: Any, device: str) -> float | None:

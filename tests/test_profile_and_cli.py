@@ -152,6 +152,23 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
         assert message in capsys.readouterr().err
     assert main(["train", "--device", "dnpu2", "--quiet", *data]) == 2
     assert "--device chooses the device of a --from run" in capsys.readouterr().err
+    # Controls are applied in order: a setup with them on other electrodes is refused.
+    swapped = tmp_path / "swapped.yaml"
+    setup = (REPO / "profiles" / "setups" / "sim.yaml").read_text()
+    swapped.write_text(
+        setup.replace("ao1, role: control", "ao1, role: input").replace(
+            "ao3, role: input", "ao3, role: control"
+        )
+    )
+    for command in (["train", "--from"], ["evaluate"]):
+        args = [*command, first["run_uid"], "--setup", str(swapped), *data]
+        assert main(args) == 2
+        assert _one_error(capsys.readouterr().err).endswith(
+            f"run {first['run_uid'][:8]} had its controls on e0 (sim/ao0), e1 (sim/ao1), "
+            "e2 (sim/ao2), e5 (sim/ao5), e6 (sim/ao6); this device has them on e0 (sim/ao0), "
+            "e2 (sim/ao2), e3 (sim/ao3), e5 (sim/ao5), e6 (sim/ao6): give the setup it was "
+            "measured with"
+        )
 
 
 def test_cli_continuation_trains_for_the_past_runs_margin(tmp_path, capsys, tiled_server):
