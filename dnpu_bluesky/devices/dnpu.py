@@ -411,6 +411,10 @@ class DNPU(Device):
         return result
 
     def stop(self, *, success: bool = False) -> None:
-        """Park at 0 V on stop, abort, pause or exception."""
+        """Park every electrode at 0 V.
+
+        Every stream ends at 0 V by itself, so a pause or an abort between streams already
+        leaves the device there; this covers a level held by other means (``set_dc``).
+        """
         self.park()
         super().stop(success=success)
