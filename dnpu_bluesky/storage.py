@@ -229,6 +229,7 @@ class Storage:
             else:
                 spool = Path(config.spool_directory or _default_spool(config, self.uri))
                 config = self.config = replace(config, spool_directory=spool.expanduser())
+                _check_writable(config.spool_directory, "spool")
                 self.writer = BackgroundWriter(
                     functools.partial(_connect_runs, self.uri, api_key, config.container),
                     config.spool_directory,
@@ -606,10 +607,7 @@ class BackgroundWriter:
         record = _encode(name, doc)
         with self._cond:
             run = self._route(name, doc)
-        run.file.write(record)
-        run.file.flush()
-        if self._fsync:
-            os.fsync(run.file.fileno())
+        _append_whole(run.file, record, run.written, fsync=self._fsync)
         now = time.monotonic()
         with self._cond:
             run.written += len(record)
@@ -653,8 +651,11 @@ class BackgroundWriter:
             path = self.spool_directory / f"{uid}.spool"
             # Another storage on this spool directory removes it on closing when it is empty.
             self.spool_directory.mkdir(parents=True, exist_ok=True)
-            file = open(path, "ab")  # closed when the run is in Tiled
+            # Unbuffered: a failed write must leave nothing behind to be flushed later.
+            file = open(path, "ab", buffering=0)  # closed when the run is in Tiled
             _lock(file)
+            if self._fsync:  # the new file's name too, not only its contents
+                _fsync_directory(self.spool_directory)
             run = self._runs[uid] = _RunSpool(uid, path, file, leftover=False)
             return run
         field = _ROUTE.get(name)
@@ -817,7 +818,10 @@ class BackgroundWriter:
                 return
             open_runs = [r.uid for r in self._runs.values() if not (r.stop_spooled or r.leftover)]
         for uid in open_runs:
-            self("stop", _abort_stop(uid, "storage closed before the run's stop document"))
+            try:
+                self("stop", _abort_stop(uid, "storage closed before the run's stop document"))
+            except OSError as err:  # a full disk: replay closes the run from its spool file
+                logger.error("could not spool the abort stop of run %s: %s", uid, err)
         self._closed = True
         try:
             self.flush(timeout)
@@ -850,12 +854,15 @@ class BackgroundWriter:
         """
         directory = Path(directory) if directory is not None else self.spool_directory
         adopted = []
-        for path in sorted(directory.glob("*.spool"), key=lambda p: p.stat().st_mtime):
+        for path in sorted(directory.glob("*.spool"), key=_mtime_or_zero):
             uid = path.stem
             with self._cond:
                 if uid in self._runs:
                     continue
-            file = open(path, "rb")  # closed when the run is in Tiled
+            try:  # another session removes its files as its runs reach Tiled
+                file = open(path, "rb")  # closed when the run is in Tiled
+            except FileNotFoundError:
+                continue
             try:
                 _lock(file)
             except OSError:
@@ -1487,10 +1494,44 @@ def _default_directory() -> Path:
     return platformdirs.user_data_path("dnpu-bluesky") / "tiled"
 
 
-def _check_writable(directory: Path) -> None:
+def _append_whole(file: Any, record: bytes, length: int, *, fsync: bool) -> None:
+    """Append ``record`` to a spool file of ``length`` bytes, all of it or nothing.
+
+    A part of a record left behind (a full disk) would misalign every later record of the
+    run, so the file is cut back to ``length`` before the error is raised.
+    """
+    rest = memoryview(record)
+    try:
+        while rest:
+            rest = rest[file.write(rest) :]
+        if fsync:
+            os.fsync(file.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(file.fileno(), length)
+        raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _mtime_or_zero(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed since it was listed; skipped when opened
+        return 0.0
+
+
+def _check_writable(directory: Path, what: str = "Tiled storage") -> None:
     """Create ``directory`` if missing and write a file in it, or raise a StorageError.
 
-    Done before starting the embedded server, whose own failure would be less clear.
+    Done before starting the embedded server, whose own failure would be less clear, and
+    for the spool before any run, whose start document would fail instead.
     """
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -1501,7 +1542,7 @@ def _check_writable(directory: Path) -> None:
             reason = "it is a file, not a directory"
         else:
             reason = f"[Errno {err.errno}] {err.strerror}" if err.strerror else str(err)
-        message = f"cannot write the Tiled storage directory {directory}: {reason}"
+        message = f"cannot write the {what} directory {directory}: {reason}"
         raise StorageError(message) from None
 
 

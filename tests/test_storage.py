@@ -473,6 +473,17 @@ def test_an_unwritable_directory_is_refused_before_the_server_starts(tmp_path, c
     assert str(caught.value) == f"cannot write the Tiled storage directory {directory}: {reason}"
 
 
+def test_an_unwritable_spool_directory_is_refused_when_the_storage_opens(tiled_server, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    config = StorageConfig(uri=tiled_server.uri, spool_directory=afile / "spool")
+    with pytest.raises(StorageError) as caught:
+        open_storage(config)
+    assert str(caught.value) == (
+        f"cannot write the spool directory {afile / 'spool'}: [Errno 20] Not a directory"
+    )
+
+
 def test_an_embedded_server_that_fails_says_why_not_timeout(tmp_path):
     directory = tmp_path / "tiled"
     directory.mkdir()

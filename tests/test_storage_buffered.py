@@ -446,6 +446,59 @@ def test_events_of_an_open_run_reach_tiled_without_a_flush(tiled_server, tmp_pat
         storage.writer("stop", run.compose_stop())
 
 
+class _DiskFullOnce:
+    """A spool file whose next write stores half the record, then fails as a full disk does."""
+
+    def __init__(self, file) -> None:
+        self._file, self.failed = file, False
+
+    def write(self, data) -> int:
+        if self.failed:
+            return self._file.write(data)
+        self.failed = True
+        self._file.write(bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_document_the_full_disk_refused_costs_that_document_only(tiled_server, tmp_path, fsync):
+    config = StorageConfig(
+        uri=tiled_server.uri,
+        container=f"runs_{uuid.uuid4().hex}",
+        spool_directory=tmp_path / "spool",
+        spool_fsync=fsync,
+    )
+    with open_storage(config) as storage:
+        run = compose_run(metadata={"plan_name": "full disk"})
+        key = {"source": "sim", "dtype": "array", "shape": [N_SAMPLES], "dtype_numpy": "<f8"}
+        desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
+        storage.writer("start", run.start_doc)
+        storage.writer("descriptor", desc.descriptor_doc)
+
+        def event(k: int) -> dict:
+            return desc.compose_event(data={"wf": _waveform(k)}, timestamps={"wf": k})
+
+        for k in range(3):
+            storage.writer("event", event(k))
+        spool = storage.writer._runs[run.start_doc["uid"]]
+        spool.file = _DiskFullOnce(spool.file)
+        with pytest.raises(OSError, match="No space left"):
+            storage.writer("event", event(3))
+        for k in range(4, 6):  # space again (another run's spool file went to Tiled)
+            storage.writer("event", event(k))
+        storage.writer("stop", run.compose_stop())
+        storage.flush(timeout=60)
+        assert storage.errors == []
+        stored = load_run(storage.client, run.start_doc["uid"])
+        waveforms = stored["primary"]["wf"].read()
+        np.testing.assert_array_equal(waveforms, [_waveform(k) for k in (0, 1, 2, 4, 5)])
+        assert stored.metadata["stop"]["exit_status"] == "success"
+    assert list((tmp_path / "spool").iterdir()) == []  # nothing set aside as corrupt
+
+
 def test_document_of_no_open_run_is_an_error_not_swallowed(storage):
     with pytest.raises(StorageError, match="no open run"):
         storage.writer("event", {"uid": "x", "descriptor": "unknown", "data": {}})
