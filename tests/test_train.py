@@ -467,3 +467,25 @@ def test_minibatch_attempts_are_compared_on_the_whole_training_split(stored_RE, 
     setting = trained_setting(load_run(storage.client, outcome.run_start_uids[0]))
     np.testing.assert_allclose(setting["controls"], result.controls)
     assert setting["accuracy"] == result.accuracy
+
+
+def test_stored_runs_keep_integer_arrays_and_state_their_units(stored_RE, storage, dnpu):
+    (uid,) = stored_RE(
+        train(dnpu, BooleanGate("AND"), max_iterations=2, max_attempts=1)
+    ).run_start_uids
+    run = load_run(storage.client, uid)
+    for stream, key in (
+        ("eval_raw", "dnpu_window_start"),
+        ("eval_raw", "dnpu_segment_case"),
+        ("evaluation", "evaluation_targets"),
+    ):
+        assert run[stream][key].read().dtype.kind == "i", key
+    units = {
+        key: spec.get("units")
+        for stream in ("hge_raw", "hge", "train", "evaluation")
+        for key, spec in run[stream].metadata["data_keys"].items()
+    }
+    assert units["dnpu_output"] == units["train_outputs"] == units["evaluation_margin_na"] == "nA"
+    assert units["dnpu_hge_gradient"] == "nA/V"
+    assert units["train_controls"] == units["dnpu_segment_dc"] == "V"
+    assert units["train_device_seconds"] == "s"

@@ -33,6 +33,7 @@ from ..hge.frequencies import NYQUIST_MARGIN
 from ..safety import check_waveform
 from .amplifier import CurrentAmplifier
 from .electrode import Electrode
+from .measured import Measured
 
 ELECTRODE_NAMES = tuple(f"e{i}" for i in range(N_ELECTRODES))
 # DEFAULT_AMPLITUDE_V and DEFAULT_MIN_FREQUENCY_HZ (re-exported here) live in the config, whose
@@ -86,15 +87,15 @@ class DNPU(Device):
     e6 = Cpt(Electrode)
     amplifier = Cpt(CurrentAmplifier)
 
-    output = Cpt(Signal, value=np.zeros(1), kind="normal")
-    current = Cpt(Signal, value=0.0, kind="hinted")
-    case_currents = Cpt(Signal, value=np.zeros(1), kind="normal")
-    window_start = Cpt(Signal, value=np.zeros(1, dtype=int), kind="normal")
-    segment_case = Cpt(Signal, value=np.zeros(1, dtype=int), kind="normal")
-    segment_dc = Cpt(Signal, value=np.zeros((1, 7)), kind="normal")
-    segment_amplitudes = Cpt(Signal, value=np.zeros((1, 7)), kind="normal")
-    device_seconds = Cpt(Signal, value=0.0, kind="normal")
-    clipped_samples = Cpt(Signal, value=0, kind="normal")
+    output = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
+    current = Cpt(Measured, value=0.0, kind="hinted", units="nA")
+    case_currents = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
+    window_start = Cpt(Measured, value=np.zeros(1, dtype=int), kind="normal")
+    segment_case = Cpt(Measured, value=np.zeros(1, dtype=int), kind="normal")
+    segment_dc = Cpt(Measured, value=np.zeros((1, 7)), kind="normal", units="V")
+    segment_amplitudes = Cpt(Measured, value=np.zeros((1, 7)), kind="normal", units="V")
+    device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
+    clipped_samples = Cpt(Measured, value=0, kind="normal")
 
     mode = Cpt(Signal, value="parallel", kind="config")
     sample_rate = Cpt(SignalRO, value=10_000.0, kind="config")

@@ -8,10 +8,12 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal, SignalRO
 from ophyd.utils.errors import LimitError
 
+from .measured import Measured
+
 ROLES = ("input", "control")
 
 
-class SetpointSignal(Signal):
+class SetpointSignal(Measured):
     """A DC setpoint in volts that refuses values outside its electrode's limits.
 
     Setting the signal changes the operating point of the next stream; it never drives the
@@ -60,7 +62,7 @@ class Electrode(Device):
     read-only afterwards, so a plan cannot widen them.
     """
 
-    setpoint = Cpt(SetpointSignal, value=0.0, kind="hinted")
+    setpoint = Cpt(SetpointSignal, value=0.0, kind="hinted", units="V")
     min_v = Cpt(SignalRO, value=-1.0, kind="config")
     max_v = Cpt(SignalRO, value=1.0, kind="config")
     role = Cpt(SignalRO, value="control", kind="config")

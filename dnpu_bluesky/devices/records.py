@@ -8,6 +8,8 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
+from .measured import Measured
+
 
 class ResultRecord(Device):
     """Base for derived-result devices: fill with :meth:`record`, then read in a plan."""
@@ -24,15 +26,15 @@ class ResultRecord(Device):
 class GradientRecord(ResultRecord):
     """One demodulated HGE measurement: per-segment lock-in output and per-case gradients."""
 
-    raw_seq_num = Cpt(Signal, value=0, kind="normal")
-    x = Cpt(Signal, value=np.zeros((1, 1)), kind="normal")
-    y = Cpt(Signal, value=np.zeros((1, 1)), kind="normal")
-    amplitude = Cpt(Signal, value=np.zeros((1, 1)), kind="normal")
-    phase = Cpt(Signal, value=np.zeros((1, 1)), kind="normal")
-    lockin_stderr = Cpt(Signal, value=np.zeros((1, 1)), kind="normal")
-    gradient = Cpt(Signal, value=np.zeros((1, 1)), kind="hinted")
-    gradient_stderr = Cpt(Signal, value=np.zeros((1, 1)), kind="normal")
-    case_currents = Cpt(Signal, value=np.zeros(1), kind="normal")
+    raw_seq_num = Cpt(Measured, value=0, kind="normal")
+    x = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
+    y = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
+    amplitude = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
+    phase = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="rad")
+    lockin_stderr = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
+    gradient = Cpt(Measured, value=np.zeros((1, 1)), kind="hinted", units="nA/V")
+    gradient_stderr = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA/V")
+    case_currents = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
     tone_electrodes = Cpt(Signal, value="", kind="config")
     tone_frequencies = Cpt(Signal, value=[0.0], kind="config")
     estimator = Cpt(Signal, value="projection", kind="config")
@@ -41,73 +43,73 @@ class GradientRecord(ResultRecord):
 class ValidationRecord(ResultRecord):
     """HGE against finite differences (and the model's exact Jacobian when simulated)."""
 
-    point = Cpt(Signal, value=0, kind="hinted")
-    operating_point = Cpt(Signal, value=np.zeros(7), kind="normal")
-    hge = Cpt(Signal, value=np.zeros(1), kind="normal")
-    hge_stderr = Cpt(Signal, value=np.zeros(1), kind="normal")
-    hge_sequential = Cpt(Signal, value=np.zeros(1), kind="normal")
-    finite_difference = Cpt(Signal, value=np.zeros(1), kind="normal")
-    true_gradient = Cpt(Signal, value=np.zeros(1), kind="normal")
-    cosine_hge_fd = Cpt(Signal, value=0.0, kind="hinted")
-    cosine_hge_true = Cpt(Signal, value=0.0, kind="hinted")
+    point = Cpt(Measured, value=0, kind="hinted")
+    operating_point = Cpt(Measured, value=np.zeros(7), kind="normal", units="V")
+    hge = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
+    hge_stderr = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
+    hge_sequential = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
+    finite_difference = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
+    true_gradient = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
+    cosine_hge_fd = Cpt(Measured, value=0.0, kind="hinted")
+    cosine_hge_true = Cpt(Measured, value=0.0, kind="hinted")
 
 
 class SpectrumRecord(ResultRecord):
     """A one-sided current-noise spectrum."""
 
-    frequency = Cpt(Signal, value=np.zeros(1), kind="normal")
-    psd = Cpt(Signal, value=np.zeros(1), kind="normal")
-    dc_current = Cpt(Signal, value=0.0, kind="hinted")
+    frequency = Cpt(Measured, value=np.zeros(1), kind="normal", units="Hz")
+    psd = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA^2/Hz")
+    dc_current = Cpt(Measured, value=0.0, kind="hinted", units="nA")
 
 
 class CalibrationRecord(ResultRecord):
     """The phase calibration fitted for each tone."""
 
-    tone_frequencies = Cpt(Signal, value=np.zeros(1), kind="normal")
-    lag_rad = Cpt(Signal, value=np.zeros(1), kind="normal")
-    gain = Cpt(Signal, value=np.zeros(1), kind="normal")
+    tone_frequencies = Cpt(Measured, value=np.zeros(1), kind="normal", units="Hz")
+    lag_rad = Cpt(Measured, value=np.zeros(1), kind="normal", units="rad")
+    gain = Cpt(Measured, value=np.zeros(1), kind="normal")
 
 
 class TrainRecord(ResultRecord):
     """One descent step: loss, score of the measured outputs, controls and spent device time."""
 
-    iteration = Cpt(Signal, value=0, kind="hinted")
-    attempt = Cpt(Signal, value=0, kind="normal")
-    loss = Cpt(Signal, value=0.0, kind="hinted")
-    accuracy = Cpt(Signal, value=0.0, kind="hinted")
-    margin_na = Cpt(Signal, value=0.0, kind="hinted")
-    outputs = Cpt(Signal, value=np.zeros(1), kind="normal")
-    controls = Cpt(Signal, value=np.zeros(1), kind="normal")
-    gradient = Cpt(Signal, value=np.zeros(1), kind="normal")
-    device_seconds = Cpt(Signal, value=0.0, kind="normal")
-    measurements = Cpt(Signal, value=0, kind="normal")
-    clipped_samples = Cpt(Signal, value=0, kind="normal")
+    iteration = Cpt(Measured, value=0, kind="hinted")
+    attempt = Cpt(Measured, value=0, kind="normal")
+    loss = Cpt(Measured, value=0.0, kind="hinted")
+    accuracy = Cpt(Measured, value=0.0, kind="hinted")
+    margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
+    outputs = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
+    controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    gradient = Cpt(Measured, value=np.zeros(1), kind="normal")
+    device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
+    measurements = Cpt(Measured, value=0, kind="normal")
+    clipped_samples = Cpt(Measured, value=0, kind="normal")
 
 
 class EvaluationRecord(ResultRecord):
     """The device evaluated without perturbations at a set of controls."""
 
-    attempt = Cpt(Signal, value=0, kind="normal")
+    attempt = Cpt(Measured, value=0, kind="normal")
     split = Cpt(Signal, value="train", kind="normal")
-    outputs = Cpt(Signal, value=np.zeros(1), kind="normal")
-    targets = Cpt(Signal, value=np.zeros(1), kind="normal")
-    controls = Cpt(Signal, value=np.zeros(1), kind="normal")
-    accuracy = Cpt(Signal, value=0.0, kind="hinted")
-    margin_na = Cpt(Signal, value=0.0, kind="hinted")
-    threshold_na = Cpt(Signal, value=0.0, kind="normal")
-    solved = Cpt(Signal, value=False, kind="normal")
-    clipped_samples = Cpt(Signal, value=0, kind="normal")
+    outputs = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
+    targets = Cpt(Measured, value=np.zeros(1), kind="normal")
+    controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    accuracy = Cpt(Measured, value=0.0, kind="hinted")
+    margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
+    threshold_na = Cpt(Measured, value=0.0, kind="normal", units="nA")
+    solved = Cpt(Measured, value=False, kind="normal")
+    clipped_samples = Cpt(Measured, value=0, kind="normal")
 
 
 class GenerationRecord(ResultRecord):
     """One generation of the genetic algorithm."""
 
-    generation = Cpt(Signal, value=0, kind="hinted")
-    best_loss = Cpt(Signal, value=0.0, kind="hinted")
-    median_loss = Cpt(Signal, value=0.0, kind="normal")
-    best_accuracy = Cpt(Signal, value=0.0, kind="hinted")
-    best_margin_na = Cpt(Signal, value=0.0, kind="hinted")
-    best_controls = Cpt(Signal, value=np.zeros(1), kind="normal")
-    device_seconds = Cpt(Signal, value=0.0, kind="normal")
-    measurements = Cpt(Signal, value=0, kind="normal")
-    clipped_genomes = Cpt(Signal, value=0, kind="normal")
+    generation = Cpt(Measured, value=0, kind="hinted")
+    best_loss = Cpt(Measured, value=0.0, kind="hinted")
+    median_loss = Cpt(Measured, value=0.0, kind="normal")
+    best_accuracy = Cpt(Measured, value=0.0, kind="hinted")
+    best_margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
+    best_controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
+    measurements = Cpt(Measured, value=0, kind="normal")
+    clipped_genomes = Cpt(Measured, value=0, kind="normal")
