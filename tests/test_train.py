@@ -489,3 +489,8 @@ def test_stored_runs_keep_integer_arrays_and_state_their_units(stored_RE, storag
     assert units["dnpu_hge_gradient"] == "nA/V"
     assert units["train_controls"] == units["dnpu_segment_dc"] == "V"
     assert units["train_device_seconds"] == "s"
+    # What produced it: the stack's versions (and, from a git checkout, the commit).
+    import bluesky
+
+    software = run.metadata["start"]["software"]
+    assert software["bluesky"] == bluesky.__version__ and software["python"].startswith("3.")

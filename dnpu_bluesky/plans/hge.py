@@ -9,7 +9,7 @@ from bluesky import plan_stubs as bps
 from ophyd import Component as Cpt
 from ophyd import Signal
 
-from .. import __version__
+from .. import __version__, _software_versions
 from ..callbacks.lockin import Demodulated, LockInCallback
 from ..devices.dnpu import DNPU
 from ..devices.records import CalibrationRecord, ResultRecord, ValidationRecord
@@ -38,6 +38,7 @@ def _start_metadata(
         "plan_args": plan_args,
         "detectors": [dnpu.name],
         "dnpu_bluesky_version": __version__,
+        "software": _software_versions(),
         **_device_setup(dnpu),
     }
     metadata.update(md or {})
