@@ -412,6 +412,21 @@ def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp
     assert _spooled(spool) == []
 
 
+def _open_waveform_run(storage, plan_name: str):
+    """A run started in ``storage`` with one waveform stream, and ``event(k)`` making its
+    ``k``-th event (``_waveform(k)``)."""
+    run = compose_run(metadata={"plan_name": plan_name})
+    key = {"source": "sim", "dtype": "array", "shape": [N_SAMPLES], "dtype_numpy": "<f8"}
+    desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
+    storage.writer("start", run.start_doc)
+    storage.writer("descriptor", desc.descriptor_doc)
+
+    def event(k: int) -> dict:
+        return desc.compose_event(data={"wf": _waveform(k)}, timestamps={"wf": k})
+
+    return run, event
+
+
 def test_events_of_an_open_run_reach_tiled_without_a_flush(tiled_server, tmp_path):
     # Events are announced to the worker in batches (at most every 0.2 s); the last ones of a
     # burst must still arrive while the run stays open, with no flush and no stop document.
@@ -422,15 +437,9 @@ def test_events_of_an_open_run_reach_tiled_without_a_flush(tiled_server, tmp_pat
         batch_size=1,
     )
     with open_storage(config) as storage:
-        run = compose_run(metadata={"plan_name": "open"})
-        key = {"source": "sim", "dtype": "array", "shape": [N_SAMPLES], "dtype_numpy": "<f8"}
-        desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
-        storage.writer("start", run.start_doc)
-        storage.writer("descriptor", desc.descriptor_doc)
+        run, event = _open_waveform_run(storage, "open")
         for k in range(6):
-            storage.writer(
-                "event", desc.compose_event(data={"wf": _waveform(k)}, timestamps={"wf": k})
-            )
+            storage.writer("event", event(k))
         root = from_uri(tiled_server.uri)[config.container]  # no read-your-writes wait
         deadline = time.monotonic() + 60
         seen = 0
@@ -472,15 +481,7 @@ def test_a_document_the_full_disk_refused_costs_that_document_only(tiled_server,
         spool_fsync=fsync,
     )
     with open_storage(config) as storage:
-        run = compose_run(metadata={"plan_name": "full disk"})
-        key = {"source": "sim", "dtype": "array", "shape": [N_SAMPLES], "dtype_numpy": "<f8"}
-        desc = run.compose_descriptor(name="primary", data_keys={"wf": key})
-        storage.writer("start", run.start_doc)
-        storage.writer("descriptor", desc.descriptor_doc)
-
-        def event(k: int) -> dict:
-            return desc.compose_event(data={"wf": _waveform(k)}, timestamps={"wf": k})
-
+        run, event = _open_waveform_run(storage, "full disk")
         for k in range(3):
             storage.writer("event", event(k))
         spool = storage.writer._runs[run.start_doc["uid"]]
