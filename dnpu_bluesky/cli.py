@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -202,10 +203,20 @@ def _missed_note(row: dict[str, Any]) -> str:
     return f"{row['run_uid'][:8]}{clipped}"
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options any command has, before anything starts."""
+    iterations = getattr(args, "max_iterations", None)
+    if iterations is not None and iterations < 1:
+        raise UsageError(f"--max-iterations must be at least 1, got {iterations}")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be positive (V per step), got {lr:g}")
+
+
 def _check_margin(args: argparse.Namespace) -> None:
     if args.margin is None:
         return
-    if not args.margin > 0:
+    if not (math.isfinite(args.margin) and args.margin > 0):
         raise UsageError(f"--margin must be positive (nA), got {args.margin:g}")
     if getattr(args, "task", "boolean") == "sphere":
         raise UsageError("--margin is for gates; the sphere task trains for accuracy")
@@ -247,8 +258,11 @@ def train_and_store(
     storage: Any,
     devices: Sequence[tuple[Any, Any]],
     source: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
+) -> list[dict[str, Any]]:
+    """Train each task in its own run, stored in Tiled; returns the result rows.
+
+    On Ctrl-C the rows of the runs already finished are reported (table, ``--json``) before
+    the interruption is passed on.
 
     ``devices``: the ``(dnpu, profile)`` pairs of :func:`_built`, trained side by side.
 
@@ -260,7 +274,6 @@ def train_and_store(
     from .callbacks import TrainingProgress
     from .plans import train, train_genetic
     from .session import make_run_engine
-    from .storage import load_run
 
     several = len(devices) > 1
     dnpus = [dnpu for dnpu, _ in devices]
@@ -286,7 +299,7 @@ def train_and_store(
             initial_controls=source["controls"],
             md={"source_run": source["uid"], "source_device": source["device"]},
         )
-    rows, uids = [], []
+    rows: list[dict[str, Any]] = []
     try:
         if source is not None:
             _check_same_device(dnpus[0], source)
@@ -300,7 +313,12 @@ def train_and_store(
             else:
                 plan = train(trained, task, method=method, seed=seed, **options)
             started = time.perf_counter()
-            outcome = _run(engine, plan)
+            try:
+                outcome = _run(engine, plan)
+            except Interrupted:
+                if rows:
+                    _report(args, rows)
+                raise
             wall = time.perf_counter() - started
             results = outcome.plan_result if several else [outcome.plan_result]
             (uid,) = outcome.run_start_uids
@@ -323,16 +341,31 @@ def train_and_store(
                 if result.test_accuracy is not None:
                     row["test_accuracy"] = result.test_accuracy
                 rows.append(row)
-            uids.append(uid)
-        figures = []
-        if args.figures:  # read back once all are trained: each read waits for the writer
-            print(f"Drawing the figures from Tiled into {args.figures}", file=sys.stderr)
-            runs = [load_run(storage.client, uid) for uid in uids]
-            figures = _write_figures(runs, Path(args.figures))
     finally:  # parked now, not after the storage has flushed
         for dnpu in dnpus:
             dnpu.backend.close()
-    return rows, figures
+    return rows
+
+
+def _report(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> None:
+    """The results table, and the ``--json`` file."""
+    print_table(rows)
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps({"results": list(rows)}, indent=2))
+        print(f"results: {args.json}")
+    sys.stdout.flush()  # before the seconds the figures take
+
+
+def _draw_figures(args: argparse.Namespace, storage: Any, rows: Sequence[dict[str, Any]]):
+    """The ``--figures`` of the runs of ``rows``, read back from Tiled (each read waits for
+    the writer); [] without ``--figures``."""
+    from .storage import load_run
+
+    if not args.figures:
+        return []
+    uids = list(dict.fromkeys(row["run_uid"] for row in rows))
+    print(f"Drawing the figures from Tiled into {args.figures}", file=sys.stderr)
+    return _write_figures([load_run(storage.client, uid) for uid in uids], Path(args.figures))
 
 
 def _virtual_device_seed(profile: Any) -> int | None:
@@ -348,7 +381,10 @@ def _write_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
     from .figures import save_figures
 
     try:
-        return save_figures(runs, directory)
+        drawn = save_figures(runs, directory)
+        if not drawn:
+            print("nothing to draw: no training step and no evaluation stored", file=sys.stderr)
+        return drawn
     except OSError as exc:
         uids = " ".join(run.metadata["start"]["uid"][:8] for run in runs)
         print(
@@ -363,6 +399,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     """Refuse, before anything is measured, a ``--json`` file or a ``--figures``/``--out``
     folder that cannot be written (a folder is created here if missing)."""
     json_path = getattr(args, "json", None)
+    if json_path == "":
+        raise UsageError("--json needs a file name")
     if json_path:
         path, folder = Path(json_path), Path(json_path).parent
         writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK)
@@ -410,8 +448,6 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.method == "ga" and (args.lr is not None or args.optimizer is not None):
         raise UsageError("--lr and --optimizer are for the gradient methods, not --method ga")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be positive (V per step), got {args.lr:g}")
     if args.source:
         _check_continuation(args)
         with _open_storage(args) as storage:  # the past run picks the virtual device
@@ -424,22 +460,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"final controls{target}; restarts draw from seed {source['training_seed'] + 1}."
             )
             with _built(_profiles(args)) as devices:
-                rows, figures = train_and_store(
+                rows = train_and_store(
                     args, [source["task"]], args.method, storage, devices, source
                 )
+            _report(args, rows)
+            figures = _draw_figures(args, storage, rows)
     else:
         # Every argument is checked before the storage (seconds to start) is opened.
         profiles = _profiles(args)  # first: a --model file sets the default input levels
         tasks = _train_tasks(args)
         with _built(profiles) as devices, _open_storage(args) as storage:
-            rows, figures = train_and_store(args, tasks, args.method, storage, devices)
-    print_table(rows)
+            rows = train_and_store(args, tasks, args.method, storage, devices)
+            _report(args, rows)
+            figures = _draw_figures(args, storage, rows)
     _print_figures(figures)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
-        print(f"results: {args.json}")
     if args.task == "sphere":  # no pass mark: the accuracies above are the result
         return 0
+    return _gates_status(args, rows)
+
+
+def _gates_status(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> int:
+    """Exit status 1, naming them, if any gate was not solved (at ``--margin``, if given)."""
     missed = [row for row in rows if not _solved(row, args)]
     if missed:
         margin = f" with a {args.margin:g} nA margin" if args.margin is not None else ""
@@ -511,13 +552,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     profiles = _profiles(args)  # first: a --model file sets the default input levels
     tasks = _gate_tasks(GATES, args)
     with _built(profiles) as devices, _open_storage(args) as storage:
-        rows, figures = train_and_store(args, tasks, "hge", storage, devices)
-    print_table(rows)
+        rows = train_and_store(args, tasks, "hge", storage, devices)
+        _report(args, rows)
+        figures = _draw_figures(args, storage, rows)
     _print_figures(figures)
     solved = sum(_solved(row, args) for row in rows)
     what = "gate trainings" if len(rows) > len(GATES) else "gates"
     print(f"{solved}/{len(rows)} {what} solved; every run is in Tiled (dnpu-bluesky runs).")
-    return 0
+    return _gates_status(args, rows)
 
 
 #: Plans whose runs end with an unperturbed evaluation of a task at their controls.
@@ -788,12 +830,21 @@ def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .figures import _measured
 
     with _open_storage(args) as storage:
         runs = [_load_past_run(storage, uid) for uid in args.uids]
         for run in runs:
-            if run.metadata["start"]["plan_name"] not in _RESULT_PLANS:
-                raise UsageError(f"run {run.metadata['start']['uid'][:8]} is not a training run")
+            start = run.metadata["start"]
+            if start["plan_name"] not in _RESULT_PLANS:
+                raise UsageError(f"run {start['uid'][:8]} is not a training run")
+            if not _measured(run, "eval_raw"):
+                status = (run.metadata.get("stop") or {}).get("exit_status", "not stopped")
+                print(
+                    f"note: run {start['uid'][:8]} ({status}) has no unperturbed evaluation; "
+                    "its loss curve only",
+                    file=sys.stderr,
+                )
         figures = _write_figures(runs, Path(args.out or _report_folder(runs)))
     _print_figures(figures)
     return 0 if figures else 1
@@ -1026,7 +1077,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt:  # outside the RunEngine (starting, stopping): no run is open
-        print(f"dnpu-bluesky {args.command}: interrupted", file=sys.stderr)
+        print(
+            f"dnpu-bluesky {args.command}: interrupted; documents not yet in Tiled stay in "
+            "the spool and are written the next time the run store opens",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -1042,6 +1097,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.seed < 0:
                 where = "--seed" if args.seed_given else "DNPU_SEED"
                 raise UsageError(f"{where} must be 0 or more, got {args.seed}")
+        _check_numbers(args)
         _check_output_paths(args)
         return args.handler(args)
     except Interrupted as exc:

@@ -123,7 +123,7 @@ def gates_figure(runs: Sequence[Any]) -> Figure:
 def loss_figure(runs: Sequence[Any]) -> Figure:
     """Loss against device seconds for each run (and each device of a run); a dotted line in
     the run's colour marks where an attempt was abandoned for a new random start."""
-    figure = Figure(figsize=(6, 4))
+    figure = Figure(figsize=(8.5, 4))
     axes = figure.subplots()
     restarted = False
     for run, device in _panels(runs):
@@ -141,7 +141,8 @@ def loss_figure(runs: Sequence[Any]) -> Figure:
     axes.set_xlabel("device time (s)")
     axes.set_ylabel("loss")
     axes.set_yscale("symlog", linthresh=0.1)
-    axes.legend(fontsize=8)
+    # Beside the axes: inside, it hides the curves of side-by-side runs.
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figure.tight_layout()
     return figure
 
@@ -234,7 +235,7 @@ def _draw_sphere(radial: Axes, cloud: Axes, run: Any, device: str) -> None:
         edgecolors=np.where(test["targets"][:, None] == 1, "tab:red", "none").ravel(),
     )
     cloud.set_title("test points, colour: I (nA); red edge: inside", fontsize=9)
-    cloud.figure.colorbar(shown, ax=cloud, shrink=0.6, pad=0.1)
+    cloud.figure.colorbar(shown, ax=cloud, shrink=0.6, pad=0.15, label="I (nA)")
     cloud.set_xlabel(f"{data['inputs'][0]} (V)", fontsize=8)
     cloud.set_ylabel(f"{data['inputs'][1]} (V)", fontsize=8)
     cloud.set_zlabel(f"{data['inputs'][2]} (V)", fontsize=8)
@@ -260,7 +261,8 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
 
     Gate runs give ``gates_outputs.png`` (output traces) and ``gates_loss.png``; sphere runs
     give ``sphere_outputs.png`` (:func:`sphere_figure`) and ``sphere_loss.png``. Runs of
-    ``evaluate_controls`` have no loss curve.
+    ``evaluate_controls`` have no loss curve, and runs stopped before their final evaluation
+    (aborted, failed) no outputs: [] if no run has anything to draw.
     """
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -271,9 +273,10 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
     for stem, group, outputs_figure in groups:
         if not group:
             continue
-        trained = [r for r in group if r.metadata["start"]["plan_name"] != "evaluate_controls"]
+        evaluated = [r for r in group if _measured(r, "eval_raw")]
+        trained = [r for r in group if _measured(r, _steps_stream(r))]
         for suffix, make, drawn in (
-            ("outputs", outputs_figure, group),
+            ("outputs", outputs_figure, evaluated),
             ("loss", loss_figure, trained),
         ):
             if drawn:
@@ -281,3 +284,21 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
                 make(drawn).savefig(path, dpi=120)
                 paths.append(path)
     return paths
+
+
+def _steps_stream(run: Any) -> str:
+    """The stream of a run's training steps; evaluate_controls runs have none."""
+    plan = run.metadata["start"]["plan_name"]
+    return {"train": "train", "train_genetic": "generation"}.get(plan, "")
+
+
+def _measured(run: Any, base: str) -> bool:
+    """Whether each device of the run has the stream ``base`` (an aborted run may not)."""
+    if not base:
+        return False
+    try:
+        for device in _devices(run):
+            _stream(run, base, device)
+    except KeyError:
+        return False
+    return True

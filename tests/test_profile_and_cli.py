@@ -410,20 +410,25 @@ def test_cli_trains_for_a_margin(tmp_path, capsys, tiled_server):
     for extra, message in (
         (["--margin", "0"], "--margin must be positive"),
         (["--task", "sphere", "--margin", "5"], "--margin is for gates"),
-        (["--max-iterations", "0"], "max_iterations must be at least 1"),
+        (["--max-iterations", "0"], "--max-iterations must be at least 1, got 0"),
+        (["--lr", "inf"], "--lr must be positive (V per step), got inf"),
+        (["--json", ""], "--json needs a file name"),
     ):
         assert main(["train", *extra, *data]) == 2
         assert message in capsys.readouterr().err
 
 
-def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server):
+def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server, tmp_path, capsys):
     import signal
     import threading
     import time
 
-    # XNOR on device 2 never reaches 20 nA: the run would take all 480 iterations.
-    command = [sys.executable, "-m", "dnpu_bluesky.cli", "train", "--gates", "XNOR",
-               "--seed", "2", "--margin", "20", "--tiled-uri", tiled_server.uri]  # fmt: skip
+    # XNOR on device 2 never reaches 20 nA: the run would take all 480 iterations. OR, first,
+    # is done in about a second, and its result is reported despite the Ctrl-C.
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "dnpu_bluesky.cli", "train", "--gates", "OR,XNOR",
+               "--seed", "2", "--margin", "20", "--json", str(out),
+               "--tiled-uri", tiled_server.uri]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list[bytes] = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), b"")))
@@ -443,6 +448,18 @@ def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server):
     assert 0 < run["train"]["train_iteration"].read().size < 100
     assert "Traceback" not in b"".join(err).decode()
     assert not any("No open traces" in line for line in lines)  # bluesky's noise on abort
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["gate"] == "OR" and row["margin_nA"] >= 20
+    table = process.stdout.read().decode().splitlines()
+    header = next(k for k, line in enumerate(table) if line.startswith("gate/task"))
+    assert table[header + 2].split()[:2] == ["OR", "hge"]
+    assert table[header + 2].endswith(row["run_uid"][:8])
+    # The aborted run has no final evaluation: its report is the loss curve, and says why.
+    aborted = run.metadata["start"]["uid"][:8]
+    report = ["report", aborted, "--out", str(tmp_path / "report")]
+    assert main([*report, "--tiled-uri", tiled_server.uri]) == 0
+    assert [p.name for p in (tmp_path / "report").iterdir()] == ["gates_loss.png"]
+    assert f"note: run {aborted} (abort) has no unperturbed evaluation" in capsys.readouterr().err
 
 
 def test_cli_reports_a_device_failure_mid_run_by_its_cause(capsys, monkeypatch, tiled_server):
@@ -641,3 +658,13 @@ def test_cli_sets_the_learning_rate_and_optimizer(tmp_path, capsys, tiled_server
     (row,) = json.loads(out.read_text())["results"]
     start = load_run(tiled_server.client, row["run_uid"]).metadata["start"]
     assert start["plan_args"]["lr"] == 0.1 and start["plan_args"]["optimizer"] == "gd"
+
+
+def test_demo_exits_1_naming_the_gates_it_did_not_solve(tmp_path, capsys, tiled_server):
+    figures = tmp_path / "figures"
+    args = ["demo", "--max-iterations", "1", "--margin", "30", "--quiet"]
+    assert main([*args, "--figures", str(figures), "--tiled-uri", tiled_server.uri]) == 1
+    captured = capsys.readouterr()
+    assert "0/6 gates solved" in captured.out
+    assert "6 of 6 not solved with a 30 nA margin: AND (" in captured.err
+    assert sorted(p.name for p in figures.iterdir()) == ["gates_loss.png", "gates_outputs.png"]
