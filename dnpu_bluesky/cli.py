@@ -222,13 +222,13 @@ def _check_margin(args: argparse.Namespace) -> None:
         raise UsageError("--margin is for gates; the sphere task trains for accuracy")
 
 
-def _gates(text: str) -> list[str]:
+def _gates(text: str, option: str = "--gates") -> list[str]:
     from .tasks import GATES
 
     gates = [g.strip().upper() for g in text.split(",") if g.strip()]
     unknown = [g for g in gates if g not in GATES]
     if unknown or not gates:
-        raise UsageError(f"--gates: unknown gate(s) {unknown or text!r}; choose from {GATES}")
+        raise UsageError(f"{option}: unknown gate(s) {unknown or text!r}; choose from {GATES}")
     return gates
 
 
@@ -635,8 +635,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device = f" --seed {args.seed}"
     if args.device:
         device = f" --device {args.device}{device}"
+    lost = "no longer separates" if then["solved"] else "does not separate (nor did it then)"
     print(
-        f"{_label(task)} no longer separates; train again from these controls with "
+        f"{_label(task)} {lost}; train again from these controls with "
         f"`dnpu-bluesky train --from {then['uid'][:8]}{device}`",
         file=sys.stderr,
     )
@@ -786,6 +787,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     with _open_storage(args) as storage:
         runs = _find_runs(storage.client, args)
+        more = len(runs) > args.limit
+        runs = runs[: args.limit]
+        if not runs:
+            print("no runs match", file=sys.stderr)
+            return 0
         print(
             f"{'uid':<10}{'time':<21}{'plan':<20}{'method':<9}{'gate/task':<11}{'status':<9}"
             f"{'accuracy':>8}{'margin nA':>11}"
@@ -808,10 +814,15 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 if len(scores) > 1:
                     result += f"  ({len(scores)} devices)"
             method = start.get("method", "") if start["plan_name"] != "evaluate_controls" else ""
+            status = stop.get("exit_status", "open")
+            if start["plan_name"] in _RESULT_PLANS and status == "success" and not scores:
+                status = "stopped"  # RE.stop() (a queue's "re stop") ends a run as a success
             print(
                 f"{start['uid'][:8]:<10}{when:<21}{start['plan_name']:<20}{method:<9}{label:<11}"
-                f"{stop.get('exit_status', 'open'):<9}{result}"
+                f"{status:<9}{result}"
             )
+        if more:
+            print(f"(the newest {args.limit}; --limit N for more)", file=sys.stderr)
     return 0
 
 
@@ -822,11 +833,15 @@ def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
 
     task: str | list[str] | None = args.task
     kind, _, gate = (args.task or "").partition(":")
+    if args.gate is not None:
+        _gates(args.gate, "--gate")
     if kind.lower() == "boolean" and gate:  # stored as BooleanGate.name has it
-        task = f"boolean:{gate.upper()}"
+        (gate,) = _gates(gate, "--task boolean:GATE")
+        task = f"boolean:{gate}"
     elif kind.lower() == "boolean":  # each gate's task has its own name
         task = None if args.gate is not None else [f"boolean:{name}" for name in GATES]
-    return find_runs(client, plan_name=args.plan, gate=args.gate, task=task, limit=args.limit)
+    # One more than shown, to tell whether the list was cut.
+    return find_runs(client, plan_name=args.plan, gate=args.gate, task=task, limit=args.limit + 1)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

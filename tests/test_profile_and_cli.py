@@ -67,8 +67,22 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server, monkey
         ]  # fmt: skip
     # --task boolean, as train --task names it: the runs of every gate, newest first.
     assert main(["runs", "--task", "boolean", "--limit", "2", *data]) == 0
-    listing = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    listing = captured.out.splitlines()
     assert [line[:8] for line in listing[1:]] == [row["run_uid"][:8] for row in rows[::-1]]
+    assert main(["runs", "--task", "boolean", "--limit", "1", *data]) == 0
+    captured = capsys.readouterr()
+    assert [line[:8] for line in captured.out.splitlines()[1:]] == [rows[-1]["run_uid"][:8]]
+    assert "(the newest 1; --limit N for more)" in captured.err
+    assert main(["runs", "--plan", "no_such_plan", *data]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no runs match" in captured.err
+    for query, message in (
+        (["--gate", "XNAND"], "--gate: unknown gate(s) ['XNAND']"),
+        (["--task", "boolean:FOO"], "--task boolean:GATE: unknown gate(s) ['FOO']"),
+    ):
+        assert main(["runs", *query, *data]) == 2
+        assert message in capsys.readouterr().err
 
     figures = tmp_path / "figures"
     assert main(["report", rows[0]["run_uid"], "--out", str(figures), *data]) == 0
@@ -121,7 +135,9 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     assert f"1 of 1 not solved: XOR ({first['run_uid'][:8]})" in capsys.readouterr().err
     # evaluate's exit 1 points at the way on.
     assert main(["evaluate", first["run_uid"], *data]) == 1
-    assert f"train --from {first['run_uid'][:8]}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"train --from {first['run_uid'][:8]}" in err
+    assert "XOR does not separate (nor did it then)" in err  # it never did
 
     assert (
         main(["train", "--from", first["run_uid"][:8], "--quiet", "--json", str(out), *data]) == 0

@@ -41,7 +41,7 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path):
+def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys):
     pytest.importorskip("bluesky_queueserver_api")
     from bluesky_queueserver_api import BPlan
     from bluesky_queueserver_api.zmq import REManagerAPI
@@ -140,6 +140,19 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path):
         (stopped_uid,) = stopped["result"]["run_uids"]
         run = _stored_run(_printed_uri(log_path), stopped_uid)
         assert 0 < len(run["train"]["train_loss"].read()) < 480  # stopped, not finished
+        # bluesky ends a stopped run as a success; the listing says what happened.
+        from dnpu_bluesky.cli import main
+
+        capsys.readouterr()
+        listed = ["runs", "--gate", "XNOR", "--limit", "1"]
+        assert main([*listed, "--tiled-uri", _printed_uri(log_path)]) == 0
+        (line,) = capsys.readouterr().out.splitlines()[1:]
+        assert line.startswith(stopped_uid[:8]) and line.split()[3:] == [
+            "train",
+            "hge",
+            "XNOR",
+            "stopped",
+        ]
 
         RM.environment_close()
         RM.wait_for_idle(timeout=60)
