@@ -1,6 +1,7 @@
 """dnpu_bluesky: gradient descent in materio by homodyne gradient extraction, on Bluesky."""
 
 import functools
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -15,10 +16,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 _STACK = ("bluesky", "ophyd", "event-model", "tiled", "bluesky-tiled-plugins", "numpy", "scipy")
 
 
-@functools.cache
 def _software_versions() -> dict[str, str]:
     """What produced a run, for its start document: Python, the stack's package versions and,
     when the package runs from a git checkout, its commit (``-dirty`` with local changes)."""
+    return dict(_found_versions())
+
+
+@functools.cache
+def _found_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in _STACK:
         try:
@@ -43,6 +48,7 @@ def _git_commit() -> str | None:
             text=True,
             timeout=5,
             check=True,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # never in the way of the user's git
         )
     except (OSError, subprocess.SubprocessError):
         return None

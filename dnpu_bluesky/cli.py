@@ -833,15 +833,22 @@ def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
 
     task: str | list[str] | None = args.task
     kind, _, gate = (args.task or "").partition(":")
-    if args.gate is not None:
-        _gates(args.gate, "--gate")
+    named = args.gate
+    if named is not None:
+        named = _one_gate(named, "--gate")
     if kind.lower() == "boolean" and gate:  # stored as BooleanGate.name has it
-        (gate,) = _gates(gate, "--task boolean:GATE")
-        task = f"boolean:{gate}"
+        task = f"boolean:{_one_gate(gate, '--task boolean:GATE')}"
     elif kind.lower() == "boolean":  # each gate's task has its own name
-        task = None if args.gate is not None else [f"boolean:{name}" for name in GATES]
+        task = None if named is not None else [f"boolean:{name}" for name in GATES]
     # One more than shown, to tell whether the list was cut.
-    return find_runs(client, plan_name=args.plan, gate=args.gate, task=task, limit=args.limit + 1)
+    return find_runs(client, plan_name=args.plan, gate=named, task=task, limit=args.limit + 1)
+
+
+def _one_gate(text: str, option: str) -> str:
+    gates = _gates(text, option)
+    if len(gates) != 1:
+        raise UsageError(f"{option}: one gate, got {', '.join(gates)}")
+    return gates[0]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -853,7 +860,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             start = run.metadata["start"]
             if start["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {start['uid'][:8]} is not a training run")
-            if not _measured(run, "eval_raw"):
+            if not _measured(run, "evaluation"):
                 status = (run.metadata.get("stop") or {}).get("exit_status", "not stopped")
                 print(
                     f"note: run {start['uid'][:8]} ({status}) has no unperturbed evaluation; "
@@ -1120,6 +1127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 130
     except (UsageError, ProfileError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if not str(message):  # a bare KeyError() of a library: say at least what it was
+            message = f"{type(exc).__name__} {exc!r}"
         print(f"dnpu-bluesky {args.command}: {message}", file=sys.stderr)
         return 2
     except (StorageError, HardwareUnavailableError, MissingDependencyError) as exc:

@@ -273,7 +273,8 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
     for stem, group, outputs_figure in groups:
         if not group:
             continue
-        evaluated = [r for r in group if _measured(r, "eval_raw")]
+        # A genetic run measures every genome in eval_raw; "evaluation" is the final one.
+        evaluated = [r for r in group if _measured(r, "evaluation")]
         trained = [r for r in group if _measured(r, _steps_stream(r))]
         for suffix, make, drawn in (
             ("outputs", outputs_figure, evaluated),

@@ -551,6 +551,7 @@ class BackgroundWriter:
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._runs: dict[str, _RunSpool] = {}
+        self._unspooled: set[str] = set()  # runs whose start document could not be spooled
         self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run start uid
         self.errors: list[str] = []
         self.failing = False
@@ -607,7 +608,14 @@ class BackgroundWriter:
         record = _encode(name, doc)
         with self._cond:
             run = self._route(name, doc)
-        _append_whole(run.file, record, run.written, fsync=self._fsync)
+        if run is None:
+            return  # a document of a run whose start could not be spooled
+        try:
+            _append_whole(run.file, record, run.written, fsync=self._fsync)
+        except BaseException:
+            if name == "start":  # no run to speak of: forget it, and what comes after it
+                self._forget(run)
+            raise
         now = time.monotonic()
         with self._cond:
             run.written += len(record)
@@ -645,7 +653,15 @@ class BackgroundWriter:
                 if self._alive:
                     raise
 
-    def _route(self, name: str, doc: dict[str, Any]) -> _RunSpool:
+    def _forget(self, run: _RunSpool) -> None:
+        with self._cond:
+            self._runs.pop(run.uid, None)
+            self._unspooled.add(run.uid)
+        _close_quietly(run.file)
+        with contextlib.suppress(OSError):
+            run.path.unlink(missing_ok=True)
+
+    def _route(self, name: str, doc: dict[str, Any]) -> _RunSpool | None:
         if name == "start":
             uid = doc["uid"]
             path = self.spool_directory / f"{uid}.spool"
@@ -654,13 +670,16 @@ class BackgroundWriter:
             # Unbuffered: a failed write must leave nothing behind to be flushed later.
             file = open(path, "ab", buffering=0)  # closed when the run is in Tiled
             _lock(file)
-            if self._fsync:  # the new file's name too, not only its contents
+            if self._fsync and os.name == "posix":  # the new file's name, not only its data
                 _fsync_directory(self.spool_directory)
             run = self._runs[uid] = _RunSpool(uid, path, file, leftover=False)
             return run
         field = _ROUTE.get(name)
         ref = doc.get(field) if field else None
         uid = ref if field == "run_start" else self._run_of.get(ref or "")
+        if uid in self._unspooled:
+            logger.debug("not spooled: the %s document of run %s, whose start failed", name, uid)
+            return None
         run = self._runs.get(uid or "")
         if run is None or run.stop_spooled or run.leftover:
             raise StorageError(
@@ -1513,11 +1532,14 @@ def _append_whole(file: Any, record: bytes, length: int, *, fsync: bool) -> None
 
 
 def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as err:  # some filesystems cannot sync a directory: the files still are
+        logger.warning("could not sync the spool directory %s: %s", directory, err)
 
 
 def _mtime_or_zero(path: Path) -> float:

@@ -98,6 +98,6 @@ def test_sample_rate_and_slew_limit_cannot_change_after_building(rig_and_dnpu):
     with pytest.raises(ValueError, match="differs from the setup profile's"):
         dnpu.backend.play_and_record(wrong_rate.voltages, profile.sample_rate / 5)
     assert len(rig.tasks) == n_tasks
-    other_roles = profile.model_copy(update={"name": "other-roles"})
-    with pytest.raises(ValueError, match=r"built from another setup profile .*'other-roles'"):
-        build_dnpu(other_roles, backend=dnpu.backend)
+    renamed = profile.model_copy(update={"name": "other-setup"})
+    with pytest.raises(ValueError, match=r"built from another setup profile .*'other-setup'"):
+        build_dnpu(renamed, backend=dnpu.backend)

@@ -58,6 +58,25 @@ def test_trained_setting_says_what_is_missing(stored_RE, storage, dnpu):
         trained_setting(sweep)
 
 
+def test_an_interrupted_genetic_run_is_drawn_as_its_loss_curve(stored_RE, storage, dnpu, tmp_path):
+    from dnpu_bluesky.figures import save_figures
+    from dnpu_bluesky.plans import train_genetic
+
+    def stop_after_the_first_generation(name, doc):
+        if name == "event" and doc["seq_num"] == 1 and "generation_best_loss" in doc["data"]:
+            raise RuntimeError("interrupted")
+
+    plan = train_genetic(dnpu, BooleanGate("XNOR"), population=6, n_elite=2, generations=5)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        stored_RE(plan, {"event": stop_after_the_first_generation})
+    (run,) = [
+        r for r in storage.client.values() if r.metadata["start"]["plan_name"] == "train_genetic"
+    ]
+    assert "eval_raw" in run and "evaluation" not in run  # genomes measured, none final
+    paths = save_figures([run], tmp_path)
+    assert [path.name for path in paths] == ["gates_loss.png"]
+
+
 def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summary(run_profile):
     session = (
         "RE(bps.mv(dnpu.e0.setpoint, 2.0))\n"

@@ -80,6 +80,8 @@ def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server, monkey
     for query, message in (
         (["--gate", "XNAND"], "--gate: unknown gate(s) ['XNAND']"),
         (["--task", "boolean:FOO"], "--task boolean:GATE: unknown gate(s) ['FOO']"),
+        (["--task", "boolean:AND,OR"], "--task boolean:GATE: one gate, got AND, OR"),
+        (["--gate", "and,or"], "--gate: one gate, got AND, OR"),
     ):
         assert main(["runs", *query, *data]) == 2
         assert message in capsys.readouterr().err

@@ -497,7 +497,29 @@ def test_a_document_the_full_disk_refused_costs_that_document_only(tiled_server,
         waveforms = stored["primary"]["wf"].read()
         np.testing.assert_array_equal(waveforms, [_waveform(k) for k in (0, 1, 2, 4, 5)])
         assert stored.metadata["stop"]["exit_status"] == "success"
-    assert list((tmp_path / "spool").iterdir()) == []  # nothing set aside as corrupt
+
+        # A start document the disk refuses leaves no run behind for flush to wait on.
+        import dnpu_bluesky.storage as storage_module
+
+        real_append = storage_module._append_whole
+
+        def full_once(file, record, length, *, fsync):
+            storage_module._append_whole = real_append
+            return real_append(_DiskFullOnce(file), record, length, fsync=fsync)
+
+        storage_module._append_whole = full_once
+        try:
+            refused = compose_run(metadata={"plan_name": "full disk at start"})
+            with pytest.raises(OSError, match="No space left"):
+                storage.writer("start", refused.start_doc)
+        finally:
+            storage_module._append_whole = real_append
+        storage.writer("stop", refused.compose_stop())  # what the RunEngine sends next
+        started = time.monotonic()
+        storage.flush(timeout=30)
+        assert time.monotonic() - started < 5
+        assert storage.errors == []
+    assert list((tmp_path / "spool").iterdir()) == []  # nothing set aside, nothing left
 
 
 def test_document_of_no_open_run_is_an_error_not_swallowed(storage):

@@ -1,5 +1,6 @@
 """The genetic algorithm peer: the group's earlier standard, measured on the same devices."""
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ from bluesky import plan_stubs as bps
 from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
 from ..tasks import Task
-from .hge import _check_positive, _move_controls
+from .hge import _move_controls
 from .stubs import Plan
 from .train import (
     _device_names,
@@ -82,7 +83,8 @@ def train_genetic(
         )
     if int(generations) < 1:
         raise ValueError(f"generations must be at least 1, got {generations}")
-    _check_positive(mutation_v=mutation_v)
+    if not (isinstance(mutation_v, int | float) and math.isfinite(mutation_v) and mutation_v >= 0):
+        raise ValueError(f"mutation_v must be a finite number >= 0 (V), got {mutation_v!r}")
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     several_given = not isinstance(dnpu, DNPU)
