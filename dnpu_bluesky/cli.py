@@ -258,11 +258,12 @@ def train_and_store(
     storage: Any,
     devices: Sequence[tuple[Any, Any]],
     source: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Train each task in its own run, stored in Tiled; returns the result rows.
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Train each task in its own run, stored in Tiled; returns result rows and figure paths.
 
-    On Ctrl-C the rows of the runs already finished are reported (table, ``--json``) before
-    the interruption is passed on.
+    The rows are reported (table, ``--json``) as soon as training ends, before the figures,
+    which wait for the runs to reach Tiled; on Ctrl-C, those of the runs already finished,
+    before the interruption is passed on.
 
     ``devices``: the ``(dnpu, profile)`` pairs of :func:`_built`, trained side by side.
 
@@ -344,7 +345,8 @@ def train_and_store(
     finally:  # parked now, not after the storage has flushed
         for dnpu in dnpus:
             dnpu.backend.close()
-    return rows
+    _report(args, rows)
+    return rows, _draw_figures(args, storage, rows)
 
 
 def _report(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> None:
@@ -460,19 +462,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"final controls{target}; restarts draw from seed {source['training_seed'] + 1}."
             )
             with _built(_profiles(args)) as devices:
-                rows = train_and_store(
+                rows, figures = train_and_store(
                     args, [source["task"]], args.method, storage, devices, source
                 )
-            _report(args, rows)
-            figures = _draw_figures(args, storage, rows)
     else:
         # Every argument is checked before the storage (seconds to start) is opened.
         profiles = _profiles(args)  # first: a --model file sets the default input levels
         tasks = _train_tasks(args)
         with _built(profiles) as devices, _open_storage(args) as storage:
-            rows = train_and_store(args, tasks, args.method, storage, devices)
-            _report(args, rows)
-            figures = _draw_figures(args, storage, rows)
+            rows, figures = train_and_store(args, tasks, args.method, storage, devices)
     _print_figures(figures)
     if args.task == "sphere":  # no pass mark: the accuracies above are the result
         return 0
@@ -552,9 +550,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     profiles = _profiles(args)  # first: a --model file sets the default input levels
     tasks = _gate_tasks(GATES, args)
     with _built(profiles) as devices, _open_storage(args) as storage:
-        rows = train_and_store(args, tasks, "hge", storage, devices)
-        _report(args, rows)
-        figures = _draw_figures(args, storage, rows)
+        rows, figures = train_and_store(args, tasks, "hge", storage, devices)
     _print_figures(figures)
     solved = sum(_solved(row, args) for row in rows)
     what = "gate trainings" if len(rows) > len(GATES) else "gates"
@@ -852,7 +848,7 @@ def _one_gate(text: str, option: str) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .figures import _measured
+    from .results import _has_stream
 
     with _open_storage(args) as storage:
         runs = [_load_past_run(storage, uid) for uid in args.uids]
@@ -860,7 +856,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             start = run.metadata["start"]
             if start["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {start['uid'][:8]} is not a training run")
-            if not _measured(run, "evaluation"):
+            if not _has_stream(run, "evaluation"):
                 status = (run.metadata.get("stop") or {}).get("exit_status", "not stopped")
                 print(
                     f"note: run {start['uid'][:8]} ({status}) has no unperturbed evaluation; "

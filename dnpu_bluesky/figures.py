@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .results import _last_evaluation
+from .results import _has_stream, _last_evaluation
 from .results import devices_of as _devices
 from .results import stream_of as _stream
 
@@ -274,8 +274,8 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
         if not group:
             continue
         # A genetic run measures every genome in eval_raw; "evaluation" is the final one.
-        evaluated = [r for r in group if _measured(r, "evaluation")]
-        trained = [r for r in group if _measured(r, _steps_stream(r))]
+        evaluated = [r for r in group if _has_stream(r, "evaluation")]
+        trained = [r for r in group if (steps := _steps_stream(r)) and _has_stream(r, steps)]
         for suffix, make, drawn in (
             ("outputs", outputs_figure, evaluated),
             ("loss", loss_figure, trained),
@@ -291,15 +291,3 @@ def _steps_stream(run: Any) -> str:
     """The stream of a run's training steps; evaluate_controls runs have none."""
     plan = run.metadata["start"]["plan_name"]
     return {"train": "train", "train_genetic": "generation"}.get(plan, "")
-
-
-def _measured(run: Any, base: str) -> bool:
-    """Whether each device of the run has the stream ``base`` (an aborted run may not)."""
-    if not base:
-        return False
-    try:
-        for device in _devices(run):
-            _stream(run, base, device)
-    except KeyError:
-        return False
-    return True

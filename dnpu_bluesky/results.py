@@ -21,6 +21,12 @@ def _stream_name(run: Any, base: str, device: str) -> str:
     return base + run.metadata["start"].get("stream_suffixes", {}).get(device, "")
 
 
+def _has_stream(run: Any, base: str) -> bool:
+    """Whether each device of the run has the stream ``base`` (a run aborted, failed or
+    stopped early may not have its ``evaluation``)."""
+    return all(_stream_name(run, base, device) in run for device in devices_of(run))
+
+
 def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
     """The controls a run ended with and how they scored, from its last unperturbed evaluation.
 
@@ -108,10 +114,10 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
         ``{device: (accuracy, margin_na)}``, or None for a run without an ``evaluation``
         stream (not a training run, or one stopped before its final evaluation).
     """
+    if not _has_stream(run, "evaluation"):
+        return None
     scores = {}
     for name in devices_of(run):
-        if _stream_name(run, "evaluation", name) not in run:
-            return None
         last = _last_evaluation(run, name, ("accuracy", "margin_na"))
         scores[name] = (float(last["accuracy"]), float(last["margin_na"]))
     return scores

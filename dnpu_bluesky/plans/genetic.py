@@ -13,6 +13,7 @@ from ..tasks import Task
 from .hge import _move_controls
 from .stubs import Plan
 from .train import (
+    _check_target_accuracy,
     _device_names,
     _make_trainers,
     _prepare,
@@ -85,8 +86,7 @@ def train_genetic(
         raise ValueError(f"generations must be at least 1, got {generations}")
     if not (isinstance(mutation_v, int | float) and math.isfinite(mutation_v) and mutation_v >= 0):
         raise ValueError(f"mutation_v must be a finite number >= 0 (V), got {mutation_v!r}")
-    if not 0 < target_accuracy <= 1:
-        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    _check_target_accuracy(target_accuracy)
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]
     trainers = _make_trainers(dnpus, task, "ga", seed, {}, lambda device: 0.0)

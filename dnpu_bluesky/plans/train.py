@@ -339,8 +339,7 @@ def train(
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     _check_positive(lr=lr, fd_step_v=fd_step_v, spsa_step_v=spsa_step_v)
-    if not 0 < target_accuracy <= 1:
-        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    _check_target_accuracy(target_accuracy)
     settings = {"fd_step_v": fd_step_v, "spsa_step_v": spsa_step_v}
 
     def perturbation_margin(device: DNPU) -> float:
@@ -653,6 +652,11 @@ def _descend(
             final_point, final, attempt=attempt, iterations=iteration, attempts=attempt + 1
         )
     )
+
+
+def _check_target_accuracy(target_accuracy: float) -> None:
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
 
 
 def _reaches_target(score: Any, target_accuracy: float, target_margin_na: float) -> bool:
