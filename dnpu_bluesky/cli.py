@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._console_log import set_up_console_log
+from .tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
 
 DEFAULT_OUTPUT = Path("demo-output")
 METHODS = ("hge", "fd", "spsa", "ga")
@@ -181,7 +182,8 @@ def _input_range(args: argparse.Namespace) -> tuple[float, float] | None:
 def _gate_tasks(gates: Sequence[str], args: argparse.Namespace) -> list[Any]:
     from .tasks import BooleanGate
 
-    levels = _input_range(args)
+    # Trained levels start at random; only fixed ones (--input-range) make the task's levels.
+    levels = _input_range(args) if args.input_range is not None else None
     options: dict[str, Any] = {}
     if levels is not None:
         options.update(input_low_v=levels[0], input_high_v=levels[1])
@@ -289,7 +291,11 @@ def train_and_store(
         accuracy = source["target_accuracy"]
     if accuracy is not None:
         stopping.update(target_accuracy=accuracy)
+    freedom = _input_freedom(args, source)  # for every method
+    stopping.update(freedom)
     options = dict(stopping)  # for the gradient methods
+    if getattr(args, "screen_budget", None) is not None:
+        options.update(screen_budget_s=args.screen_budget)
     if args.max_iterations is not None:
         options.update(max_iterations=args.max_iterations)
     for name in ("lr", "optimizer"):
@@ -300,6 +306,8 @@ def train_and_store(
             initial_controls=source["controls"],
             md={"source_run": source["uid"], "source_device": source["device"]},
         )
+        if freedom.get("learn_levels") and source.get("input_levels") is not None:
+            options.update(initial_levels=source["input_levels"])
     rows: list[dict[str, Any]] = []
     try:
         if source is not None:
@@ -338,6 +346,8 @@ def train_and_store(
                     "device": result.device,
                     "device_seed": _virtual_device_seed(profile_of[result.device]),
                     "clipped_samples": result.clipped_samples,
+                    "inputs": result.inputs,
+                    "input_levels": result.input_levels,
                 }
                 if result.test_accuracy is not None:
                     row["test_accuracy"] = result.test_accuracy
@@ -347,6 +357,21 @@ def train_and_store(
             dnpu.backend.close()
     _report(args, rows)
     return rows, _draw_figures(args, storage, rows)
+
+
+def _input_freedom(args: argparse.Namespace, source: dict[str, Any] | None) -> dict[str, Any]:
+    """``inputs`` and ``learn_levels`` for the plans: the past run's inputs and kind of levels
+    when continuing; else ``--inputs`` (screened by default) and trained levels unless
+    ``--input-range`` fixes them."""
+    if source is not None:
+        freedom: dict[str, Any] = {"learn_levels": bool(source.get("learned_levels"))}
+        if source.get("inputs"):
+            freedom["inputs"] = source["inputs"]
+        return freedom
+    freedom = {"learn_levels": getattr(args, "input_range", None) is None}
+    if getattr(args, "inputs", None) is not None:
+        freedom["inputs"] = args.inputs
+    return freedom
 
 
 def _report(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> None:
@@ -431,7 +456,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     device = f"{'device':<8}" if several else ""
     header = (
         f"{'gate/task':<10}{device}{'method':<7}{'accuracy':>9}{'margin nA':>11}{'iters':>7}"
-        f"{'device s':>10}{'wall s':>8}  run"
+        f"{'device s':>10}{'wall s':>8}  {'run':<10}inputs: logical 0/1 V"
     )
     print(header)
     print("-" * len(header))
@@ -441,10 +466,21 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         print(
             f"{label:<10}{device}{row['method']:<7}{row['accuracy']:>9.0%}{row['margin_nA']:>11.2f}"
             f"{row['iterations']:>7d}{row['device_s']:>10.1f}{row['wall_s']:>8.1f}"
-            f"  {row['run_uid'][:8]}"
+            f"  {row['run_uid'][:8]:<10}{_levels_text(row)}"
         )
         if "test_accuracy" in row:
             print(f"{'':<10}test accuracy {row['test_accuracy']:.1%}")
+
+
+def _levels_text(row: dict[str, Any]) -> str:
+    """``e0 -1.14/+0.58  e2 +0.25/-1.02``: each input electrode with its logical 0 and 1."""
+    names = (row.get("inputs") or "").split(",")
+    levels = row.get("input_levels") or []
+    if not names[0] or len(levels) != len(names):
+        return ""
+    return "  ".join(
+        f"{name} {low:+.2f}/{high:+.2f}" for name, (low, high) in zip(names, levels, strict=True)
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -597,6 +633,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 dnpu,
                 task,
                 then["controls"],
+                inputs=then["inputs"],
+                input_levels=then["input_levels"],
                 threshold_na=then["threshold_na"] if args.fixed_threshold else None,
                 md={"source_run": then["uid"], "source_device": then["device"]},
             )
@@ -713,10 +751,11 @@ def _check_same_device(dnpu: Any, source: dict[str, Any]) -> None:
     (they are applied in order); say on stderr when the device is not the one it measured."""
     from .results import electrode_label
 
+    inputs = (source.get("inputs") or "").split(",")
     ours = [
         electrode_label(e.attr_name, e.channel.get())
         for e in dnpu.electrodes
-        if e.role.get() == "control"
+        if (e.attr_name not in inputs if inputs[0] else e.role.get() == "control")
     ]
     if source["control_electrodes"] != ours:
         raise UsageError(
@@ -753,6 +792,7 @@ def _check_continuation(args: argparse.Namespace) -> None:
             ("--gates", args.gates),
             ("--batch-size", args.batch_size),
             ("--input-range", args.input_range),
+            ("--inputs", args.inputs),
             ("--target-accuracy", args.target_accuracy),
         )
         if value is not None
@@ -971,8 +1011,22 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--input-range",
             metavar="LOW,HIGH",
-            help="input voltages: a gate's logical 0 and 1, the sphere's cube; write "
-            "--input-range=-0.5,0.3 (default: -0.7,0.3)",
+            help="fixed input voltages: a gate's logical 0 and 1, the sphere's cube; write "
+            "--input-range=-0.5,0.3 (default: trained, each input's own 0 and 1 found by the "
+            f"descent, at least {DEFAULT_MIN_SWING_V:g} V apart)",
+        )
+        sub.add_argument(
+            "--inputs",
+            metavar="NAMES",
+            help="the input electrodes, e.g. --inputs e3,e4 (default: gates screen every pair "
+            "first; the sphere uses the setup's inputs)",
+        )
+        sub.add_argument(
+            "--screen-budget",
+            type=float,
+            metavar="S",
+            help="gradient methods: device seconds the screening of input pairs may spend "
+            f"(default: {DEFAULT_SCREEN_BUDGET_S:g})",
         )
         sub.add_argument(
             "--figures",

@@ -85,6 +85,18 @@ def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
     }
 
 
+def input_levels_text(run: Any, device: str) -> str:
+    """``inputs e4 -0.39/+0.28 V, e5 +0.41/-0.22 V`` (logical 0/1) of the last evaluation,
+    or "" for a run that does not record them."""
+    if "evaluation_inputs" not in _stream(run, "evaluation", device):
+        return ""
+    last = _last_evaluation(run, device, ("inputs", "input_zero_v", "input_one_v"))
+    names = str(last["inputs"]).split(",")
+    levels = zip(names, last["input_zero_v"], last["input_one_v"], strict=True)
+    pairs = [f"{name} {zero:+.2f}/{one:+.2f}" for name, zero, one in levels]
+    return "inputs (0/1, V): " + ", ".join(pairs)
+
+
 def _draw_trace(axes: Axes, run: Any, device: str) -> None:
     trace = evaluation_trace(run, device)
     targets = trace["targets"]
@@ -100,6 +112,9 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
     scores = _last_evaluation(run, device, ("accuracy", "margin_na"))
     accuracy, margin = float(scores["accuracy"]), float(scores["margin_na"])
     axes.set_title(f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA", fontsize=9)
+    levels = input_levels_text(run, device)
+    if levels:
+        axes.text(0.01, 0.02, levels, transform=axes.transAxes, fontsize=7, color="0.3")
     axes.set_xlabel("time (s, ramps removed)")
     axes.set_ylabel("I (nA)")
 

@@ -40,7 +40,9 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         held-out data (else None); the run's ``task`` description (the start document's
         ``task``), e.g. to rebuild it with :func:`dnpu_bluesky.tasks.task_from_description`;
         and ``control_electrodes``, the electrodes the controls were on, in order, each with
-        its DAQ channel if it has one (``"e0 (cDAQ1Mod1/ao0)"``).
+        its DAQ channel if it has one (``"e0 (cDAQ1Mod1/ao0)"``); ``inputs`` (``"e0,e2"``)
+        and ``input_levels`` (each input's logical-0 and logical-1 volts), None for runs that
+        do not record them, and ``learned_levels``, whether the run trained the levels.
 
     Raises:
         KeyError: The run did not measure ``device``, or has no unperturbed evaluation (not
@@ -55,7 +57,12 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
             f"final evaluation; its streams: {', '.join(sorted(run)) or 'none'}"
         )
     keys = ("controls", "threshold_na", "accuracy", "margin_na", "solved")
+    stream = stream_of(run, "evaluation", name)
+    has_inputs = "evaluation_inputs" in stream
+    if has_inputs:
+        keys += ("inputs", "input_zero_v", "input_one_v")
     last = _last_evaluation(run, name, keys)
+    inputs = str(last["inputs"]) if has_inputs else None
     return {
         "controls": [float(v) for v in last["controls"]],
         "threshold_na": float(last["threshold_na"]),
@@ -64,20 +71,35 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         "solved": bool(last["solved"]),
         "test_accuracy": held_out_accuracy(run, name),
         "task": run.metadata["start"]["task"],
-        "control_electrodes": _control_electrodes(run, name),
+        "control_electrodes": _control_electrodes(run, name, inputs),
+        "inputs": inputs,
+        "input_levels": (
+            [
+                [float(zero), float(one)]
+                for zero, one in zip(last["input_zero_v"], last["input_one_v"], strict=True)
+            ]
+            if has_inputs
+            else None
+        ),
+        "learned_levels": bool(run.metadata["start"].get("plan_args", {}).get("learn_levels")),
     }
 
 
-def _control_electrodes(run: Any, device: str) -> list[str]:
-    """The control electrodes of ``device`` in the run, from its measured stream's
-    configuration (the roles and channels it was built with)."""
+def _control_electrodes(run: Any, device: str, inputs: str | None) -> list[str]:
+    """The control electrodes of ``device`` in the run: every electrode but ``inputs`` (the
+    evaluation's input electrodes), or, for runs that do not record them, those built as
+    controls; with channels from the measured stream's configuration."""
     config = stream_of(run, "eval_raw", device).metadata["configuration"][device]["data"]
     prefix, suffix = f"{device}_", "_role"
-    names = sorted(
-        key[len(prefix) : -len(suffix)]
+    roles = {
+        key[len(prefix) : -len(suffix)]: role
         for key, role in config.items()
-        if key.startswith(prefix) and key.endswith(suffix) and role == "control"
-    )
+        if key.startswith(prefix) and key.endswith(suffix)
+    }
+    if inputs is not None:
+        names = sorted(name for name in roles if name not in inputs.split(","))
+    else:
+        names = sorted(name for name, role in roles.items() if role == "control")
     return [electrode_label(name, config.get(f"{prefix}{name}_channel", "")) for name in names]
 
 

@@ -58,10 +58,14 @@ def test_a_trained_gate_is_measured_again_at_its_controls(stored_RE, storage, dn
     assert setting["test_accuracy"] is None  # a gate has no held-out data
 
     documents.clear()
+    assert setting["inputs"] == result.inputs and setting["learned_levels"]
+    np.testing.assert_allclose(setting["input_levels"], result.input_levels)
     plan = evaluate_controls(
         dnpu,
         BooleanGate("AND"),
         setting["controls"],
+        inputs=setting["inputs"],
+        input_levels=setting["input_levels"],
         threshold_na=setting["threshold_na"],
         md={"source_run": trained.run_start_uids[0]},
     )

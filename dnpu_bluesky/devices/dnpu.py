@@ -60,6 +60,46 @@ def _backend_lock(backend: DAQBackend) -> threading.Lock:
         return _BACKEND_LOCKS.setdefault(backend, threading.Lock())
 
 
+class InputsSignal(Signal):
+    """Which electrodes take the input cases' voltages: names joined by commas (``"e3,e4"``).
+
+    Empty means the roles of the setup profile. Setting it (``bps.mv(dnpu.inputs, "e0,e2")``)
+    makes the named electrodes inputs and every other one a control; it is read with every
+    measurement, so each event records the assignment it was measured with. Roles decide only
+    which electrodes take the input cases: limits, slew and the 0 V ends hold for every
+    electrode whatever its role.
+    """
+
+    def check_value(self, value: Any) -> None:
+        """Refuse anything but distinct electrode names leaving at least one control."""
+        super().check_value(value)
+        if value == "":
+            return
+        names = value.split(",") if isinstance(value, str) else None
+        if (
+            names is None
+            or set(names) - set(ELECTRODE_NAMES)
+            or len(set(names)) != len(names)
+            or not 0 < len(names) < N_ELECTRODES
+        ):
+            raise ValueError(
+                f"{self.name}: inputs must be 1 to {N_ELECTRODES - 1} distinct names of "
+                f"{', '.join(ELECTRODE_NAMES)} joined by commas (e.g. 'e3,e4'), got {value!r}"
+            )
+
+    def put(self, value: Any, **kwargs: Any) -> None:
+        """Check, then store the names in channel order."""
+        super().put(self._in_channel_order(value), **kwargs)
+
+    def set(self, value: Any, **kwargs: Any) -> Any:
+        """Check, then set the names in channel order (the readback ``set`` waits for)."""
+        return super().set(self._in_channel_order(value), **kwargs)
+
+    def _in_channel_order(self, value: Any) -> str:
+        self.check_value(value)
+        return ",".join(n for n in ELECTRODE_NAMES if n in value.split(",")) if value else ""
+
+
 class DNPU(Device):
     """A dopant network processing unit measured through a DAQ backend.
 
@@ -107,6 +147,7 @@ class DNPU(Device):
     phase_lag_rad = Cpt(Signal, value=[0.0] * 7, kind="config")
     phase_gain = Cpt(Signal, value=[1.0] * 7, kind="config")
     backend_info = Cpt(Signal, value="{}", kind="config")
+    inputs = Cpt(InputsSignal, value="", kind="normal")
 
     def __init__(self, *args: Any, backend: DAQBackend, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,8 +170,13 @@ class DNPU(Device):
         return [getattr(self, name) for name in ELECTRODE_NAMES]
 
     def indices(self, role: str) -> np.ndarray:
-        """Electrode indices with the given role (``"input"`` or ``"control"``)."""
-        return np.array([i for i, e in enumerate(self.electrodes) if e.role.get() == role], int)
+        """Electrode indices with the given role (``"input"`` or ``"control"``), as ``inputs``
+        assigns them now (the profile's roles until a plan assigns others)."""
+        names = self.inputs.get().split(",") if self.inputs.get() else []
+        if not names:
+            return np.array([i for i, e in enumerate(self.electrodes) if e.role.get() == role], int)
+        is_input = [e.attr_name in names for e in self.electrodes]
+        return np.array([i for i, flag in enumerate(is_input) if flag == (role == "input")], int)
 
     @property
     def limits(self) -> np.ndarray:
@@ -158,8 +204,9 @@ class DNPU(Device):
         spacing_bins: int = 1,
         band_hz: float | None = None,
         min_frequency_hz: float = DEFAULT_MIN_FREQUENCY_HZ,
+        electrodes: str = "controls",
     ) -> FrequencyPlan:
-        """Plan one tone per control electrode; nothing is changed or applied.
+        """Plan one tone per control electrode (or per electrode); nothing is changed or applied.
 
         Args:
             amplitude_v: Tone amplitude the plan is for; it caps the band so that no tone
@@ -170,6 +217,9 @@ class DNPU(Device):
             band_hz: Highest usable frequency (default and upper bound: the amplifier
                 bandwidth, at most 0.4 x the sample rate).
             min_frequency_hz: Lowest tone.
+            electrodes: ``"controls"`` (one tone per control) or ``"all"`` (one per electrode,
+                inputs included: HGE then also measures each input's slope, see
+                :mod:`dnpu_bluesky.tasks.levels`).
 
         Raises:
             ValueError: for a band above the amplifier bandwidth or 0.4 x the sample rate.
@@ -184,7 +234,7 @@ class DNPU(Device):
             raise ValueError(f"band_hz {band_hz:g} Hz is above {widest_text}")
         band_hz = min(band_hz, self._slew_limited_frequency(amplitude_v))
         return plan_frequencies(
-            self.indices("control").size,
+            self._toned(electrodes).size,
             float(window_s if window_s is not None else self.window_s.get()),
             float(self.sample_rate.get()),
             band_hz=band_hz,
@@ -232,11 +282,15 @@ class DNPU(Device):
     def _slew_limited_frequency(self, amplitude_v: float) -> float:
         return slew_limited_frequency_hz(float(self.max_slew_v_per_s.get()), amplitude_v)
 
-    def tone_settings(self, tones: FrequencyPlan, amplitude_v: float) -> list[tuple[Signal, float]]:
-        """(signal, value) pairs that put ``tones`` on the controls, for ``mv`` or ``put``.
+    def tone_settings(
+        self, tones: FrequencyPlan, amplitude_v: float, electrodes: str = "controls"
+    ) -> list[tuple[Signal, float]]:
+        """(signal, value) pairs that put ``tones`` on the controls (``electrodes="all"``: on
+        every electrode, in channel order), for ``mv`` or ``put``.
 
         Raises:
-            ValueError: for a non-positive amplitude or a tone that would slew too fast.
+            ValueError: for a non-positive amplitude, a tone that would slew too fast, or a
+                plan with another number of tones than the electrodes it is for.
         """
         if not amplitude_v > 0:
             raise ValueError(f"amplitude_v must be positive, got {amplitude_v}")
@@ -247,8 +301,13 @@ class DNPU(Device):
                 f"faster than the limit {self.max_slew_v_per_s.get():g} V/s allows (tones up "
                 f"to {fastest:.0f} Hz): lower the amplitude or the band"
             )
-        controls = self.indices("control")
-        frequencies = dict(zip(controls.tolist(), tones.frequencies, strict=True))
+        toned = self._toned(electrodes)
+        if len(tones.frequencies) != toned.size:
+            raise ValueError(
+                f"{self.name}: the plan has {len(tones.frequencies)} tones for {toned.size} "
+                f"electrodes ({electrodes})"
+            )
+        frequencies = dict(zip(toned.tolist(), tones.frequencies, strict=True))
         pairs: list[tuple[Signal, float]] = []
         for index, electrode in enumerate(self.electrodes):
             frequency = float(frequencies.get(index, 0.0))
@@ -257,6 +316,18 @@ class DNPU(Device):
                 (electrode.amplitude, amplitude_v * (frequency > 0)),
             ]
         return pairs
+
+    def _toned(self, electrodes: str) -> np.ndarray:
+        if electrodes == "controls":
+            return self.indices("control")
+        if electrodes == "all":
+            return np.arange(N_ELECTRODES)
+        raise ValueError(f"electrodes must be 'controls' or 'all', got {electrodes!r}")
+
+    @property
+    def input_names(self) -> list[str]:
+        """The input electrodes' names (``e3``, ...), in channel order."""
+        return [self.electrodes[i].attr_name for i in self.indices("input")]
 
     def operating_points(self) -> np.ndarray:
         """``(n_cases, 7)`` DC voltages: the setpoints with each input case applied."""

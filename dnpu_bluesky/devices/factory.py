@@ -45,6 +45,7 @@ def build_dnpu(
     dnpu = DNPU(name=name, backend=backend)
     for electrode, spec in zip(dnpu.electrodes, profile.electrodes, strict=True):
         electrode.configure_limits(spec.min_v, spec.max_v, spec.role, spec.channel)
+    dnpu.inputs.put(",".join(dnpu.input_names))
     dnpu.amplifier.gain_v_per_a.put(profile.amplifier.gain_v_per_a)
     dnpu.amplifier.bandwidth_hz.put(profile.amplifier.bandwidth_hz)
     dnpu.amplifier.inverting.put(profile.amplifier.inverting)

@@ -71,7 +71,9 @@ class CalibrationRecord(ResultRecord):
 
 
 class TrainRecord(ResultRecord):
-    """One descent step: loss, score of the measured outputs, controls and spent device time."""
+    """One descent step: loss, score of the measured outputs, the setting measured (controls,
+    input electrodes and their levels: ``input_levels[i]`` holds input ``i``'s logical-0 and
+    logical-1 volts) and the device time spent so far."""
 
     iteration = Cpt(Measured, value=0, kind="hinted")
     attempt = Cpt(Measured, value=0, kind="normal")
@@ -80,6 +82,9 @@ class TrainRecord(ResultRecord):
     margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     outputs = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
     controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    inputs = Cpt(Signal, value="", kind="normal")
+    input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
     gradient = Cpt(Measured, value=np.zeros(1), kind="normal")
     device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
     measurements = Cpt(Measured, value=0, kind="normal")
@@ -94,6 +99,9 @@ class EvaluationRecord(ResultRecord):
     outputs = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
     targets = Cpt(Measured, value=np.zeros(1), kind="normal")
     controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    inputs = Cpt(Signal, value="", kind="normal")
+    input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
     accuracy = Cpt(Measured, value=0.0, kind="hinted")
     margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     threshold_na = Cpt(Measured, value=0.0, kind="normal", units="nA")
@@ -110,6 +118,22 @@ class GenerationRecord(ResultRecord):
     best_accuracy = Cpt(Measured, value=0.0, kind="hinted")
     best_margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     best_controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    best_inputs = Cpt(Signal, value="", kind="normal")
+    best_input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    best_input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
     device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
     measurements = Cpt(Measured, value=0, kind="normal")
     clipped_genomes = Cpt(Measured, value=0, kind="normal")
+
+
+class ScreeningRecord(ResultRecord):
+    """One candidate assignment of input electrodes, as the screening ranked it."""
+
+    rank = Cpt(Measured, value=0, kind="hinted")
+    inputs = Cpt(Signal, value="", kind="hinted")
+    steps = Cpt(Measured, value=0, kind="normal")
+    loss = Cpt(Measured, value=0.0, kind="hinted")
+    best_margin_na = Cpt(Measured, value=0.0, kind="normal", units="nA")
+    controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")

@@ -6,47 +6,64 @@ from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
 
 from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
 from ..tasks import Task
-from .hge import _move_controls
-from .stubs import Plan
-from .train import (
-    _check_target_accuracy,
-    _device_names,
-    _make_trainers,
-    _prepare,
-    _rank,
-    _reaches_target,
-    _run_metadata,
-    _run_side_by_side,
-    _Trainer,
+from ..tasks.levels import DEFAULT_MIN_SWING_V
+from ._training import (
+    Setting,
+    Trainer,
+    check_target_accuracy,
+    device_names,
+    level_fields,
+    make_trainers,
+    prepare,
+    rank,
+    reaches_target,
+    run_metadata,
+    run_side_by_side,
 )
+from .hge import _check_positive
+from .stubs import Plan
+from .train import _device_state, _resolve_inputs
+
+#: Chance that a child of the genetic algorithm moves to other input electrodes.
+INPUTS_MUTATION_RATE = 0.1
 
 
 def _next_generation(
-    population: np.ndarray,
+    population: list[Setting],
     losses: np.ndarray,
-    bounds: np.ndarray,
     rng: np.random.Generator,
     n_elite: int,
     mutation_v: float,
-) -> np.ndarray:
-    """Keep the elite, fill the rest with blend crossover of tournament parents, mutate."""
+    candidates: list[str],
+) -> list[Setting]:
+    """Keep the elite, fill the rest with blend crossover of tournament parents, mutate.
+
+    A child takes its first parent's input electrodes and, with
+    :data:`INPUTS_MUTATION_RATE`, moves to other candidates; it is projected into its bounds
+    when it is measured.
+    """
     order = np.argsort(losses)
-    elite = population[order[:n_elite]]
+    elite = [population[i] for i in order[:n_elite]]
     children = []
     while len(children) < len(population) - n_elite:
         parents = []
         for _ in range(2):
             a, b = rng.integers(len(population), size=2)
             parents.append(population[a] if losses[a] < losses[b] else population[b])
-        mix = rng.uniform(-0.25, 1.25, size=bounds.shape[0])
-        child = parents[0] + mix * (parents[1] - parents[0])
+        first, second = parents[0].point, parents[1].point
+        mix = rng.uniform(-0.25, 1.25, size=first.size)
+        child = first + mix * (second - first)
         child += rng.normal(0.0, mutation_v, size=child.shape)
-        children.append(np.clip(child, bounds[:, 0], bounds[:, 1]))
-    return np.vstack([elite, np.array(children)])
+        inputs = parents[0].inputs
+        if len(candidates) > 1 and rng.random() < INPUTS_MUTATION_RATE:
+            inputs = candidates[int(rng.integers(len(candidates)))]
+        children.append(Setting(inputs, child))
+    return elite + children
 
 
 def train_genetic(
@@ -59,10 +76,14 @@ def train_genetic(
     mutation_v: float = 0.1,
     target_margin_na: float = 2.0,
     target_accuracy: float = 1.0,
+    inputs: str | list[str] | None = None,
+    learn_levels: bool = True,
+    min_swing_v: float = DEFAULT_MIN_SWING_V,
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
-    """Evolve the controls: every genome is one full evaluation of the task's input cases.
+    """Evolve the controls, input levels and input electrodes: every genome is one full
+    evaluation of the task's input cases.
 
     Defaults follow the group's earlier practice (population ~26, elitism, ~100 generations).
     The mutation width shrinks linearly to a tenth over the generations. Stops when a genome
@@ -74,9 +95,49 @@ def train_genetic(
     score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
     of DNPUs evolves side by side in one run, as in :func:`~dnpu_bluesky.plans.train`.
 
-    Returns:
-        A :class:`TrainResult` (``iterations`` counts generations), or a list of them for a
-        list of DNPUs.
+    A genome holds the controls and, with ``learn_levels``, each input's logical-0 and
+    logical-1 voltage; with ``inputs=None`` (a Boolean gate) or ``"screen"`` each genome also
+    carries its own input electrodes, drawn at random and mutated, so the genetic algorithm
+    searches what :func:`~dnpu_bluesky.plans.train` screens. Names pin the inputs.
+
+    Parameters
+    ----------
+    dnpu : DNPU or list of DNPU
+        The device, or devices evolved side by side.
+    task : Task
+        What to learn.
+    population : int
+        Genomes per generation.
+    generations : int
+        Generations at most.
+    n_elite : int
+        Best genomes kept unchanged.
+    mutation_v : float
+        Width of the Gaussian mutation, volts (shrinks to a tenth).
+    target_margin_na : float
+        Separation (nA) at which a gate counts as found.
+    target_accuracy : float
+        Accuracy at which evolution stops, in (0, 1].
+    inputs : str or list of str, optional
+        ``None`` (search them for a Boolean gate), ``"screen"``, or the inputs' names.
+    learn_levels : bool
+        Evolve the input levels too.
+    min_swing_v : float
+        Smallest distance between an input's two levels, volts.
+    seed : int
+        Seed of the population.
+    md : dict, optional
+        Extra start-document metadata.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
+
+    Returns
+    -------
+    TrainResult or list of TrainResult
+        ``iterations`` counts generations; one per device for a list of DNPUs.
     """
     if int(population) < n_elite + 2 or int(n_elite) < 1:
         raise ValueError(
@@ -86,39 +147,54 @@ def train_genetic(
         raise ValueError(f"generations must be at least 1, got {generations}")
     if not (isinstance(mutation_v, int | float) and math.isfinite(mutation_v) and mutation_v >= 0):
         raise ValueError(f"mutation_v must be a finite number >= 0 (V), got {mutation_v!r}")
-    _check_target_accuracy(target_accuracy)
+    check_target_accuracy(target_accuracy)
+    _check_positive(min_swing_v=min_swing_v)
+    search, pinned = _resolve_inputs(inputs, task)
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]
-    trainers = _make_trainers(dnpus, task, "ga", seed, {}, lambda device: 0.0)
-    yield from _prepare(trainers, "off")
-    plan_args: dict[str, Any] = {
-        "dnpu": _device_names(dnpus, several_given),
-        "task": task.name,
-        "population": population,
-        "generations": generations,
-        "n_elite": n_elite,
-        "mutation_v": mutation_v,
-        "target_margin_na": target_margin_na,
-        "target_accuracy": target_accuracy,
-        "seed": seed,
-    }
-    metadata = _run_metadata(trainers, "train_genetic", plan_args, md)
-    metadata.update(seed=seed)
-    settings = {
-        "population": int(population),
-        "generations": int(generations),
-        "n_elite": int(n_elite),
-        "mutation_v": mutation_v,
-        "target_margin_na": target_margin_na,
-        "target_accuracy": float(target_accuracy),
-    }
-    bodies = {trainer: _evolve(trainer, **settings) for trainer in trainers}
-    results = yield from _run_side_by_side(bodies, metadata, [])
+    restore = _device_state(dnpus)
+
+    def prepared_run() -> Plan:
+        if pinned is not None:
+            for device in dnpus:
+                yield from bps.mv(device.inputs, pinned)
+        settings = {"learn_levels": bool(learn_levels), "min_swing_v": float(min_swing_v)}
+        trainers = make_trainers(dnpus, task, "ga", seed, settings, lambda device: 0.0)
+        yield from prepare(trainers, "off")
+        plan_args: dict[str, Any] = {
+            "dnpu": device_names(dnpus, several_given),
+            "task": task.name,
+            "population": population,
+            "generations": generations,
+            "n_elite": n_elite,
+            "mutation_v": mutation_v,
+            "target_margin_na": target_margin_na,
+            "target_accuracy": target_accuracy,
+            "inputs": "screen" if search else trainers[0].input_names,
+            "learn_levels": bool(learn_levels),
+            "min_swing_v": float(min_swing_v),
+            "seed": seed,
+        }
+        metadata = run_metadata(trainers, "train_genetic", plan_args, md)
+        metadata.update(seed=seed)
+        settings = {
+            "population": int(population),
+            "generations": int(generations),
+            "n_elite": int(n_elite),
+            "mutation_v": mutation_v,
+            "target_margin_na": target_margin_na,
+            "target_accuracy": float(target_accuracy),
+            "search_inputs": search,
+        }
+        bodies = {trainer: _evolve(trainer, **settings) for trainer in trainers}
+        return (yield from run_side_by_side(bodies, metadata, []))
+
+    results = yield from bpp.finalize_wrapper(prepared_run(), restore())
     return results if several_given else results[0]
 
 
 def _evolve(
-    trainer: _Trainer,
+    trainer: Trainer,
     *,
     population: int,
     generations: int,
@@ -126,17 +202,25 @@ def _evolve(
     mutation_v: float,
     target_margin_na: float,
     target_accuracy: float,
+    search_inputs: bool,
 ) -> Plan:
     """One device's evolution; yields plan messages and measurement requests."""
     task = trainer.task
     record = GenerationRecord(name="generation")
-    genomes = np.array([trainer.random_controls() for _ in range(population)])
-    best_point, generation = genomes[0], 0
+    candidates = trainer.candidates() if search_inputs else [trainer.input_names]
+    genomes = []
+    for _ in range(population):
+        inputs = candidates[int(trainer.rng.integers(len(candidates)))]
+        yield from trainer.use_inputs(inputs)
+        genomes.append(Setting(inputs, trainer.random_point()))
+    best, generation = genomes[0], 0
     for generation in range(1, generations + 1):
         losses, scores, clipped = [], [], []
-        for genome in genomes:
+        for index, genome in enumerate(genomes):
             yield from bps.checkpoint()  # a Ctrl-C pauses here, between two genomes
-            yield from _move_controls(trainer.dnpu, genome)
+            yield from trainer.use_inputs(genome.inputs)
+            genome = genomes[index] = Setting(genome.inputs, trainer.project(genome.point))
+            yield from trainer.apply(genome.point)
             clipped_before = trainer.clipped_samples
             outputs = yield from trainer.evaluate_outputs()
             clipped.append(trainer.clipped_samples > clipped_before)
@@ -145,16 +229,19 @@ def _evolve(
         clipped, losses = np.array(clipped), np.array(losses)
         # Outputs read through a clipped ADC are wrong: such genomes rank last.
         ranked = np.where(clipped, np.inf, losses)
-        best = int(np.argmin(ranked))
+        top = int(np.argmin(ranked))
         in_range = losses[~clipped] if not clipped.all() else losses
-        best_point = genomes[best].copy()
+        best = genomes[top]
+        yield from trainer.use_inputs(best.inputs)
         record.record(
             generation=generation,
-            best_loss=float(losses[best]),
+            best_loss=float(losses[top]),
             median_loss=float(np.median(in_range)),
-            best_accuracy=scores[best].accuracy,
-            best_margin_na=scores[best].margin_na,
-            best_controls=best_point,
+            best_accuracy=scores[top].accuracy,
+            best_margin_na=scores[top].margin_na,
+            best_controls=best.point[: trainer.controls.size],
+            best_inputs=best.inputs,
+            **level_fields(trainer.levels_of(best.point), "best_"),
             device_seconds=trainer.device_seconds,
             measurements=trainer.measurements,
             clipped_genomes=int(clipped.sum()),
@@ -163,16 +250,13 @@ def _evolve(
         winners = [
             i
             for i, s in enumerate(scores)
-            if not clipped[i] and _reaches_target(s, target_accuracy, target_margin_na)
+            if not clipped[i] and reaches_target(s, target_accuracy, target_margin_na)
         ]
         if winners:
-            top = max(winners, key=lambda i: _rank(scores[i]))
-            best_point = genomes[top].copy()
+            best = genomes[max(winners, key=lambda i: rank(scores[i]))]
             break
         shrink = 1.0 - 0.9 * generation / generations
         genomes = _next_generation(
-            genomes, ranked, trainer.bounds, trainer.rng, n_elite, mutation_v * shrink
+            genomes, ranked, trainer.rng, n_elite, mutation_v * shrink, candidates
         )
-    return (
-        yield from trainer.finish(best_point, None, attempt=0, iterations=generation, attempts=1)
-    )
+    return (yield from trainer.finish(best, None, attempt=0, iterations=generation, attempts=1))

@@ -31,12 +31,16 @@ def train_gate(
     max_attempts: int = 4,
     patience: int = 25,
     target_margin_na: float = 2.0,
+    inputs: str | None = None,
+    learn_levels: bool = True,
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
     """Train ``dnpu`` as the Boolean gate ``gate`` ("AND", "XOR", ...); see :func:`train`.
 
     ``dnpu`` may be a list of devices (names in a queue item), trained side by side.
+    ``inputs`` names the input electrodes (``"e3,e4"``); by default every pair is screened.
+    ``learn_levels`` trains each input's logical 0 and 1.
 
     Returns:
         The :class:`~dnpu_bluesky.plans.train.TrainResult` of the run (a list for a list).
@@ -59,6 +63,7 @@ def train_sphere(
     max_attempts: int = 4,
     patience: int = 25,
     target_accuracy: float = 1.0,
+    learn_levels: bool = True,
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
@@ -67,7 +72,8 @@ def train_sphere(
     ``n_points``, ``input_range_v`` (``[low, high]`` volts of each input) and ``batch_size``
     set the task (:class:`~dnpu_bluesky.tasks.SphereClassification`); its points and split are
     drawn from ``data_seed``, which is ``seed`` unless given, so that the same points can be
-    trained from other random starts. ``dnpu`` may be a list of devices, trained side by side.
+    trained from other random starts. ``learn_levels`` trains each input's range (its scale
+    and offset). ``dnpu`` may be a list of devices, trained side by side.
     """
     settings = _training_settings(locals(), "batch_size", "n_points", "input_range_v", "data_seed")
     options = {} if input_range_v is None else {"input_range_v": tuple(input_range_v)}

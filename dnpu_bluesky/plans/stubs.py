@@ -24,8 +24,10 @@ def configure_hge(
     spacing_bins: int = 1,
     band_hz: float | None = None,
     min_frequency_hz: float = DEFAULT_MIN_FREQUENCY_HZ,
+    electrodes: str = "controls",
 ) -> Plan:
-    """Give every control electrode its tone and amplitude; returns the FrequencyPlan.
+    """Give every control electrode (``electrodes="all"``: every electrode) its tone and
+    amplitude; returns the FrequencyPlan.
 
     The plan is checked (see :meth:`DNPU.plan_tones`) before anything changes, so an
     impossible request raises ``FrequencyPlanError`` with the failed constraint named.
@@ -37,9 +39,10 @@ def configure_hge(
         spacing_bins=spacing_bins,
         band_hz=band_hz,
         min_frequency_hz=min_frequency_hz,
+        electrodes=electrodes,
     )
     args: list[Any] = [dnpu.window_s, tones.window_s]
-    for signal, value in dnpu.tone_settings(tones, amplitude_v):
+    for signal, value in dnpu.tone_settings(tones, amplitude_v, electrodes):
         args += [signal, value]
     yield from bps.mv(*args)
     return tones

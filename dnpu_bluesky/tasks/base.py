@@ -33,6 +33,15 @@ class Task(Protocol):
         """Voltages on the input electrodes, shape ``(n_cases, n_inputs)``."""
         ...
 
+    def unit_inputs(self, split: str = "train") -> np.ndarray:
+        """Each case's inputs in [0, 1], shape ``(n_cases, n_inputs)``: 0 is an input's low
+        level (a logical 0), 1 its high level (see :mod:`dnpu_bluesky.tasks.levels`)."""
+        ...
+
+    def input_levels(self) -> np.ndarray:
+        """The task's own levels, ``(n_inputs, 2)``: the voltages of unit inputs 0 and 1."""
+        ...
+
     def targets(self, split: str = "train") -> np.ndarray:
         """0/1 label per case, shape ``(n_cases,)``."""
         ...

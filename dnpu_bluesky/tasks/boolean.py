@@ -26,6 +26,9 @@ _TRUTH_TABLES: dict[str, tuple[int, int, int, int]] = {
     "XNOR": (1, 0, 0, 1),
 }
 
+#: The cases' logical inputs (first input, second input), order 00, 01, 10, 11.
+_BITS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+
 #: Default input levels (V): the two ends of a typical input electrode's range, -0.7..0.3 V.
 DEFAULT_INPUT_LOW_V = -0.7
 DEFAULT_INPUT_HIGH_V = 0.3
@@ -81,8 +84,16 @@ class BooleanGate(_LabelledTask):
         """The four cases' input voltages, shape ``(4, 2)``, order 00, 01, 10, 11."""
         _check_split(split)
         levels = np.array([self.input_low_v, self.input_high_v])
-        bits = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-        return levels[bits]
+        return levels[_BITS]
+
+    def unit_inputs(self, split: str = "train") -> np.ndarray:
+        """The four cases' logical inputs as 0.0/1.0, shape ``(4, 2)``, order 00, 01, 10, 11."""
+        _check_split(split)
+        return _BITS.astype(float)
+
+    def input_levels(self) -> np.ndarray:
+        """``(2, 2)``: the voltage of a logical 0 and of a logical 1, per input."""
+        return np.array([[self.input_low_v, self.input_high_v]] * self.n_inputs, dtype=float)
 
     def targets(self, split: str = "train") -> np.ndarray:
         """The gate's truth table as 0/1 integers, order 00, 01, 10, 11."""

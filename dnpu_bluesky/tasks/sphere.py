@@ -149,6 +149,15 @@ class SphereClassification(_LabelledTask):
         _check_split(split)
         return self._points[self._split_indices[split]].copy()
 
+    def unit_inputs(self, split: str = "train") -> np.ndarray:
+        """The split's points as fractions of the input range, shape ``(n_cases, 3)``."""
+        low, high = self.input_range_v
+        return (self.input_voltages(split) - low) / (high - low)
+
+    def input_levels(self) -> np.ndarray:
+        """``(3, 2)``: each input's range ``(low, high)``, the voltages of unit inputs 0 and 1."""
+        return np.array([self.input_range_v] * self.n_inputs, dtype=float)
+
     def targets(self, split: str = "train") -> np.ndarray:
         """1 for a point inside the sphere, 0 outside, shape ``(n_cases,)``."""
         _check_split(split)

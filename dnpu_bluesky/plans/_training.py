@@ -1,0 +1,593 @@
+"""What the training plans share: one device's trainer, its settings and the side-by-side loop.
+
+Internal to :mod:`dnpu_bluesky.plans`; the plans (``train``, ``train_genetic``,
+``evaluate_controls``) are the API. A trainer works on a *point*: the control voltages, followed,
+when the input levels are trained, by each input's logical-0 and logical-1 voltage
+(:mod:`dnpu_bluesky.tasks.levels`). Which electrodes are inputs is the device's ``inputs``
+signal, which a trainer may change between steps (screening).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from bluesky import plan_stubs as bps
+from bluesky.utils import Msg, short_uid
+
+from ..callbacks.lockin import LockInCallback
+from ..devices.dnpu import DNPU
+from ..devices.records import EvaluationRecord, TrainRecord
+from ..tasks import BooleanGate, Task
+from ..tasks.levels import (
+    apply_levels,
+    check_level_bounds,
+    level_gradient,
+    project_levels,
+    random_levels,
+)
+from .hge import _device_setup, _start_metadata
+from .stubs import new_gradient_record, record_gradient, set_input_cases, within_run
+
+Plan = Generator[Msg, Any, Any]
+
+
+@dataclass
+class TrainResult:
+    """What one training run achieved, as the benchmark and the CLI table report it.
+
+    ``solved`` is True when the final evaluation without perturbations classified every case
+    correctly and the output stayed inside the AI range (``clipped_samples`` is 0).
+    ``inputs`` names the input electrodes of the result (``"e0,e2"``) and ``input_levels``
+    holds each input's logical-0 and logical-1 volts (for a sphere: its range's two ends).
+    """
+
+    task: str
+    method: str
+    solved: bool
+    accuracy: float
+    margin_na: float
+    threshold_na: float
+    iterations: int
+    attempts: int
+    measurements: int
+    device_s: float
+    controls: list[float] = field(default_factory=list)
+    test_accuracy: float | None = None
+    device: str = ""
+    clipped_samples: int = 0
+    inputs: str = ""
+    input_levels: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Asked by one device's training loop: play the device's stream once, save it to
+    ``stream`` and send back the reading. Requests of several devices are played together."""
+
+    stream: str
+
+
+@dataclass
+class Step:
+    """One measured step: outputs per case, loss, its gradient w.r.t. the point."""
+
+    outputs: np.ndarray
+    loss: float
+    gradient: np.ndarray
+    measurements: int
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A point together with the input electrodes it was found on."""
+
+    inputs: str
+    point: np.ndarray
+
+
+class Trainer:
+    """State shared by the steps of one device's training run.
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device.
+    task : Task
+        The task.
+    method : str
+        ``"hge"``, ``"fd"``, ``"spsa"``, ``"ga"`` or ``"evaluate"``.
+    seed : int or list of int
+        Seed of the trainer's random draws.
+    settings : dict
+        ``perturbation_margin_v`` (how far inside the limits every voltage stays),
+        ``learn_levels`` (bool), ``min_swing_v``, and the method's step sizes.
+    suffix : str
+        Appended to stream names when devices train side by side.
+    """
+
+    def __init__(
+        self,
+        dnpu: DNPU,
+        task: Task,
+        method: str,
+        seed: int | list[int],
+        settings: dict,
+        suffix: str = "",
+    ) -> None:
+        self.dnpu = dnpu
+        self.suffix = suffix
+        self.task = task
+        self.method = method
+        self.settings = settings
+        self.learn_levels = bool(settings.get("learn_levels", False))
+        self.min_swing_v = float(settings.get("min_swing_v", 0.3))
+        self.margin_v = float(settings.get("perturbation_margin_v", 0.0))
+        self.rng = np.random.default_rng(seed)
+        self.fixed_levels = np.asarray(task.input_levels(), dtype=float)
+        self.refresh_roles()
+        self.lockin = LockInCallback(dnpu.name, stream_name=self.stream("hge_raw"))
+        self.gradient_record = new_gradient_record(dnpu, "projection")
+        self.train_record = TrainRecord(name="train")
+        self.eval_record = EvaluationRecord(name="evaluation")
+        self.measurements = 0
+        self.clipped_samples = 0
+        self.device_seconds_at_start = dnpu.total_device_seconds
+
+    # -- the parameter vector ---------------------------------------------------------------
+    def refresh_roles(self) -> None:
+        """Read the device's input assignment and derive the point's layout and bounds."""
+        self.inputs = self.dnpu.indices("input")
+        self.controls = self.dnpu.indices("control")
+        limits = self.dnpu.limits
+        self.control_bounds = limits[self.controls] + [self.margin_v, -self.margin_v]
+        self.level_bounds = limits[self.inputs] + [self.margin_v, -self.margin_v]
+        bounds = [self.control_bounds]
+        if self.learn_levels:
+            bounds += [np.repeat(self.level_bounds, 2, axis=0)]
+        self.bounds = np.concatenate(bounds)
+
+    @property
+    def input_names(self) -> str:
+        """The current input electrodes, ``"e3,e4"``."""
+        return str(self.dnpu.inputs.get())
+
+    def levels_of(self, point: np.ndarray) -> np.ndarray:
+        """``(n_inputs, 2)`` logical-0 and logical-1 volts of a point."""
+        if not self.learn_levels:
+            return self.fixed_levels
+        return np.asarray(point[self.controls.size :], dtype=float).reshape(-1, 2)
+
+    def project(self, point: np.ndarray) -> np.ndarray:
+        """The point clipped into its bounds, the levels at least the minimum swing apart."""
+        point = np.clip(point, self.bounds[:, 0], self.bounds[:, 1])
+        if self.learn_levels:
+            levels = project_levels(self.levels_of(point), self.level_bounds, self.min_swing_v)
+            point[self.controls.size :] = levels.ravel()
+        return point
+
+    def random_point(self) -> np.ndarray:
+        """Random controls within their bounds and, when trained, random levels."""
+        controls = self.rng.uniform(self.control_bounds[:, 0], self.control_bounds[:, 1])
+        if not self.learn_levels:
+            return controls
+        levels = random_levels(self.rng, self.level_bounds, self.min_swing_v)
+        return np.concatenate([controls, levels.ravel()])
+
+    def with_levels(self, controls: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
+        """A point from controls and (when trained) levels; None takes the task's levels."""
+        if not self.learn_levels:
+            return np.asarray(controls, dtype=float)
+        levels = self.fixed_levels if levels is None else np.asarray(levels, dtype=float)
+        return np.concatenate([np.asarray(controls, dtype=float), levels.ravel()])
+
+    def candidates(self) -> list[str]:
+        """Every assignment of the task's inputs to electrodes that can hold its levels."""
+        n_inputs = self.task.n_inputs
+        limits = self.dnpu.limits + np.array([self.margin_v, -self.margin_v])
+        names = [e.attr_name for e in self.dnpu.electrodes]
+        found = []
+        for combo in itertools.combinations(range(len(names)), n_inputs):
+            bounds = limits[list(combo)]
+            if self.learn_levels:
+                fits = np.all(bounds[:, 1] - bounds[:, 0] >= self.min_swing_v)
+            else:
+                fits = np.all(self.fixed_levels.min(axis=1) >= bounds[:, 0]) and np.all(
+                    self.fixed_levels.max(axis=1) <= bounds[:, 1]
+                )
+            if fits:
+                found.append(",".join(names[i] for i in combo))
+        return found
+
+    def check_levels(self) -> None:
+        """Refuse, before any voltage, levels the current input electrodes cannot hold."""
+        if self.learn_levels:
+            check_level_bounds(self.level_bounds, self.min_swing_v)
+            return
+        for column, index in enumerate(self.inputs):
+            low, high = self.dnpu.limits[index]
+            values = self.fixed_levels[column]
+            if values.min() < low or values.max() > high:
+                electrode = self.dnpu.electrodes[index].name
+                raise ValueError(
+                    f"task {self.task.name!r} puts {values.min():+.3f} .. {values.max():+.3f} V "
+                    f"on input {electrode}, outside its limits [{low:+.3f}, {high:+.3f}] V: give "
+                    "the task input levels inside them (BooleanGate input_low_v/input_high_v, "
+                    "SphereClassification input_range_v; CLI --input-range)"
+                )
+
+    # -- talking to the device --------------------------------------------------------------
+    def stream(self, base: str) -> str:
+        """This device's name for a stream (devices trained side by side each have their own)."""
+        return base + self.suffix
+
+    def use_inputs(self, names: str) -> Plan:
+        """Make ``names`` the device's input electrodes (no voltage is applied)."""
+        if names != self.input_names:
+            yield from bps.mv(self.dnpu.inputs, names)
+        self.refresh_roles()
+
+    def apply(self, point: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
+        """Set the controls and the input cases (of ``indices``, or the whole split)."""
+        args: list[Any] = []
+        for index, value in zip(self.controls, point[: self.controls.size], strict=True):
+            args += [self.dnpu.electrodes[index].setpoint, float(value)]
+        yield from bps.mv(*args)
+        yield from self.present(self.levels_of(point), indices, split)
+
+    def present(self, levels: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
+        """Set the input cases (of ``indices``, or the whole split) at ``levels``."""
+        unit = self.task.unit_inputs(split)
+        if indices is not None:
+            unit = unit[indices]
+        yield from set_input_cases(self.dnpu, apply_levels(unit, levels))
+
+    def measure(self, stream: str) -> Plan:
+        """Play the device's stream once (together with the other devices' requests)."""
+        reading = yield Measure(self.stream(stream))
+        self.measurements += 1
+        self.clipped_samples += int(reading[self.dnpu.clipped_samples.name]["value"])
+        return reading
+
+    @property
+    def device_seconds(self) -> float:
+        """Device seconds this trainer has spent."""
+        return self.dnpu.total_device_seconds - self.device_seconds_at_start
+
+    def evaluate_outputs(self, name: str = "eval_raw") -> Plan:
+        """Outputs per case with no tones applied (one stream)."""
+        yield from bps.mv(self.dnpu.mode, "off")
+        reading = yield from self.measure(name)
+        return np.asarray(reading[self.dnpu.case_currents.name]["value"], dtype=float)
+
+    # -- one descent step -------------------------------------------------------------------
+    def loss_of(self, outputs: np.ndarray, indices: np.ndarray | None) -> tuple[float, Any]:
+        """The task's loss and dL/dI of the measured cases."""
+        if indices is None:
+            return self.task.loss(outputs)
+        return self.task.loss(outputs, indices=indices)
+
+    def step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
+        """Measure the loss and its gradient w.r.t. the point (already applied)."""
+        if self.method == "hge":
+            return (yield from self._hge_step(indices))
+        if self.method == "fd":
+            return (yield from self._fd_step(point, indices))
+        return (yield from self._spsa_step(point, indices))
+
+    def _hge_step(self, indices: np.ndarray | None) -> Plan:
+        yield from bps.mv(self.dnpu.mode, "parallel")
+        yield from self.measure("hge_raw")
+        result = yield from record_gradient(self.lockin, self.gradient_record, self.stream("hge"))
+        outputs = result.gradient.current
+        loss, d_loss = self.loss_of(outputs, indices)
+        slopes = np.zeros((outputs.size, len(self.dnpu.electrodes)))
+        slopes[:, list(result.tones)] = result.gradient.gradient
+        gradient = [d_loss @ slopes[:, self.controls]]
+        if self.learn_levels:
+            unit = self.task.unit_inputs()
+            unit = unit if indices is None else unit[indices]
+            gradient.append(level_gradient(d_loss, slopes[:, self.inputs], unit).ravel())
+        return Step(outputs, loss, np.concatenate(gradient), 1)
+
+    def _fd_step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
+        h = self.settings["fd_step_v"]
+        jacobian, evaluated = [], []
+        for j in range(point.size):
+            pair = []
+            for sign in (+1.0, -1.0):
+                shifted = point.copy()
+                shifted[j] += sign * h
+                yield from self.apply(shifted, indices)
+                pair.append((yield from self.evaluate_outputs("fd_raw")))
+            jacobian.append((pair[0] - pair[1]) / (2 * h))
+            evaluated += pair
+        yield from self.apply(point, indices)
+        outputs = np.mean(evaluated, axis=0)
+        loss, d_loss = self.loss_of(outputs, indices)
+        return Step(outputs, loss, d_loss @ np.array(jacobian).T, 2 * point.size)
+
+    def _spsa_step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
+        # Two evaluations along a random +-1 direction, whatever the number of parameters.
+        c = self.settings["spsa_step_v"]
+        delta = self.rng.choice([-1.0, 1.0], size=point.size)
+        losses, pair = [], []
+        for sign in (+1.0, -1.0):
+            yield from self.apply(point + sign * c * delta, indices)
+            outputs = yield from self.evaluate_outputs("spsa_raw")
+            pair.append(outputs)
+            losses.append(self.loss_of(outputs, indices)[0])
+        yield from self.apply(point, indices)
+        outputs = np.mean(pair, axis=0)
+        loss = self.loss_of(outputs, indices)[0]
+        return Step(outputs, loss, (losses[0] - losses[1]) / (2 * c) * delta, 2)
+
+    def record_step(
+        self,
+        iteration: int,
+        attempt: int,
+        point: np.ndarray,
+        step: Step,
+        indices: np.ndarray | None,
+        clipped: int,
+    ) -> Plan:
+        """Save one step to the ``train`` stream; returns the score of its outputs."""
+        score = self.score(step.outputs, indices)
+        self.train_record.record(
+            iteration=iteration,
+            attempt=attempt,
+            loss=float(step.loss),
+            accuracy=score.accuracy,
+            margin_na=score.margin_na,
+            outputs=step.outputs,
+            controls=point[: self.controls.size],
+            inputs=self.input_names,
+            **level_fields(self.levels_of(point), ""),
+            gradient=step.gradient,
+            device_seconds=self.device_seconds,
+            measurements=self.measurements,
+            clipped_samples=clipped,
+        )
+        yield from bps.trigger_and_read([self.train_record], name=self.stream("train"))
+        return score
+
+    def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
+        """Accuracy and margin of measured outputs."""
+        if indices is None:
+            return self.task.evaluate(outputs, split)
+        return self.task.evaluate(outputs, split, indices=indices)
+
+    def evaluate(
+        self,
+        setting: Setting,
+        attempt: int,
+        split: str = "train",
+        threshold_na: float | None = None,
+    ) -> Plan:
+        """Evaluate a setting without perturbations on a whole split and record it.
+
+        ``threshold_na`` scores the split at a threshold chosen elsewhere (held-out data is
+        classified at the training split's threshold); None picks the best one for this split.
+        Returns the score and the number of clipped samples (a clipped split is not solved).
+        """
+        yield from self.use_inputs(setting.inputs)
+        yield from self.apply(setting.point, None, split)
+        # Splits differ in their number of cases, so each has its own streams.
+        suffix = "" if split == "train" else f"_{split}"
+        clipped_before = self.clipped_samples
+        outputs = yield from self.evaluate_outputs(f"eval{suffix}_raw")
+        clipped = self.clipped_samples - clipped_before
+        score = self.task.evaluate(outputs, split, threshold_na=threshold_na)
+        self.eval_record.record(
+            attempt=attempt,
+            split=split,
+            outputs=outputs,
+            targets=self.task.targets(split),
+            controls=setting.point[: self.controls.size],
+            inputs=self.input_names,
+            **level_fields(self.levels_of(setting.point), ""),
+            accuracy=score.accuracy,
+            margin_na=score.margin_na,
+            threshold_na=score.threshold_na,
+            solved=bool(score.solved) and not clipped,
+            clipped_samples=clipped,
+        )
+        yield from bps.trigger_and_read([self.eval_record], name=self.stream(f"evaluation{suffix}"))
+        return score, clipped
+
+    def finish(
+        self,
+        setting: Setting,
+        final: Any,
+        *,
+        attempt: int,
+        iterations: int,
+        attempts: int,
+        threshold_na: float | None = None,
+    ) -> Plan:
+        """The run's :class:`TrainResult`: ``setting`` evaluated without tones (unless ``final``
+        already holds that evaluation; at ``threshold_na`` if given), then, for tasks with
+        held-out data, the test split classified at the training split's threshold."""
+        clipped = 0
+        if final is None:
+            final, clipped = yield from self.evaluate(setting, attempt, threshold_na=threshold_na)
+        test_accuracy = None
+        if has_held_out_data(self.task):
+            test, _ = yield from self.evaluate(setting, attempt, "test", final.threshold_na)
+            test_accuracy = float(test.accuracy)
+        yield from self.use_inputs(setting.inputs)
+        return TrainResult(
+            task=self.task.name,
+            method=self.method,
+            solved=bool(final.solved) and not clipped,
+            accuracy=float(final.accuracy),
+            margin_na=float(final.margin_na),
+            threshold_na=float(final.threshold_na),
+            iterations=iterations,
+            attempts=attempts,
+            measurements=self.measurements,
+            device_s=self.device_seconds,
+            controls=setting.point[: self.controls.size].tolist(),
+            test_accuracy=test_accuracy,
+            device=self.dnpu.name,
+            clipped_samples=clipped,
+            inputs=setting.inputs,
+            input_levels=self.levels_of(setting.point).tolist(),
+        )
+
+
+def level_fields(levels: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
+    """A record's ``input_zero_v`` and ``input_one_v`` (with ``prefix``) from ``(n, 2)``
+    levels."""
+    levels = np.asarray(levels, dtype=float)
+    return {f"{prefix}input_zero_v": levels[:, 0], f"{prefix}input_one_v": levels[:, 1]}
+
+
+def make_trainers(
+    dnpus: list[DNPU],
+    task: Task,
+    method: str,
+    seed: int,
+    settings: dict[str, Any],
+    perturbation_margin: Callable[[DNPU], float],
+) -> list[Trainer]:
+    """One trainer per device; the first draws from ``seed``, device ``k`` from ``[seed, k]``.
+
+    ``perturbation_margin(device)`` is how far inside its limits every voltage stays.
+    """
+    check_devices(dnpus, task)
+    trainers = []
+    for index, device in enumerate(dnpus):
+        suffix = f"_{device.name}" if len(dnpus) > 1 else ""
+        device_settings = {**settings, "perturbation_margin_v": perturbation_margin(device)}
+        device_seed = seed if index == 0 else [seed, index]
+        trainers.append(Trainer(device, task, method, device_seed, device_settings, suffix))
+    return trainers
+
+
+def prepare(trainers: list[Trainer], mode: str) -> Plan:
+    """Present the task and set the mode; refuse a bad setup before the run opens."""
+    for trainer in trainers:
+        trainer.check_levels()
+        levels = trainer.fixed_levels
+        if trainer.learn_levels:
+            levels = project_levels(levels, trainer.level_bounds, trainer.min_swing_v)
+        yield from trainer.present(levels)
+        yield from bps.mv(trainer.dnpu.mode, mode)
+        trainer.dnpu.build_waveform()
+
+
+def device_names(dnpus: list[DNPU], several_given: bool) -> str | list[str]:
+    """How the start document's ``plan_args`` names the devices."""
+    return [d.name for d in dnpus] if several_given else repr(dnpus[0].name)
+
+
+def run_metadata(
+    trainers: list[Trainer], plan_name: str, plan_args: dict[str, Any], md: dict | None
+) -> dict[str, Any]:
+    """Start-document metadata; for several devices, their setups keyed by device name."""
+    dnpus = [t.dnpu for t in trainers]
+    metadata = _start_metadata(dnpus[0], plan_name, plan_args, md)
+    if len(dnpus) > 1:
+        setups = {d.name: _device_setup(d) for d in dnpus}
+        metadata["detectors"] = list(setups)
+        for key in ("dnpu_backend", "hge"):
+            metadata[key] = {name: setup[key] for name, setup in setups.items()}
+        metadata["stream_suffixes"] = {t.dnpu.name: t.suffix for t in trainers}
+    task = trainers[0].task
+    metadata.update(task=task.describe(), method=trainers[0].method)
+    if isinstance(task, BooleanGate):
+        metadata["gate"] = task.gate
+    return metadata
+
+
+def run_side_by_side(bodies: dict[Trainer, Plan], metadata: dict[str, Any], subs: list[Any]):
+    """One run in which each trainer's loop runs; returns their results in order."""
+    stage = [trainer.dnpu for trainer in bodies]
+    return (yield from within_run(_side_by_side(bodies), md=metadata, stage=stage, subs=subs))
+
+
+def check_devices(dnpus: list[DNPU], task: Task) -> None:
+    """Refuse an empty list, repeated names, non-DNPUs or a device with too few inputs."""
+    if not dnpus:
+        raise ValueError("no DNPU given: pass a DNPU or a non-empty list of them")
+    names = [d.name for d in dnpus]
+    if len(set(names)) != len(names):
+        raise ValueError(f"DNPUs trained side by side need distinct names, got {names}")
+    for device in dnpus:
+        if not isinstance(device, DNPU):
+            raise TypeError(f"expected DNPU devices, got {device!r}")
+        if task.n_inputs != device.indices("input").size:
+            raise ValueError(
+                f"task {task.name!r} has {task.n_inputs} inputs but {device.name} has "
+                f"{device.indices('input').size} input electrodes: use a device with "
+                f"{task.n_inputs} electrodes of role 'input' (virtual: build_dnpu("
+                f"default_sim_profile(inputs=...))) or name them with inputs="
+            )
+
+
+def has_held_out_data(task: Task) -> bool:
+    """Tasks with a test split (the sphere) also draw training minibatches."""
+    return hasattr(task, "minibatch")
+
+
+def check_target_accuracy(target_accuracy: float) -> None:
+    """Refuse a target accuracy outside (0, 1]."""
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+
+
+def reaches_target(score: Any, target_accuracy: float, target_margin_na: float) -> bool:
+    """At least ``target_accuracy``; at 1.0 also the classes ``target_margin_na`` apart."""
+    if score.accuracy < target_accuracy:
+        return False
+    return target_accuracy < 1.0 or score.margin_na >= target_margin_na
+
+
+def rank(score: Any) -> tuple[float, float]:
+    """Orders scores: higher accuracy first, then the wider margin."""
+    return score.accuracy, score.margin_na
+
+
+def _side_by_side(bodies: dict[Trainer, Plan]) -> Plan:
+    """Run each device's loop, passing its plan messages through and playing the devices'
+    :class:`Measure` requests together; returns the loops' results in order."""
+    results: dict[Trainer, Any] = {}
+    ready: dict[Trainer, Any] = dict.fromkeys(bodies)
+    while ready:
+        requests: dict[Trainer, Measure] = {}
+        for trainer, reply in ready.items():
+            body = bodies[trainer]
+            while True:
+                try:
+                    item = body.send(reply)
+                except StopIteration as done:
+                    results[trainer] = done.value
+                    break
+                if isinstance(item, Measure):
+                    requests[trainer] = item
+                    break
+                reply = yield item
+        ready = (yield from _measure_together(requests)) if requests else {}
+    return [results[trainer] for trainer in bodies]
+
+
+def _measure_together(requests: dict[Trainer, Measure]) -> Plan:
+    """Trigger every requesting device at once, then save each reading to its own stream."""
+    group = short_uid("measure")
+    for trainer in requests:
+        yield from bps.trigger(trainer.dnpu, group=group)
+    yield from bps.wait(group=group)
+    readings = {}
+    for trainer, request in requests.items():
+        yield from bps.create(name=request.stream)
+        readings[trainer] = yield from bps.read(trainer.dnpu)
+        yield from bps.save()
+    return readings
