@@ -421,7 +421,10 @@ ENGINE_CATEGORIES = (
     ("bluesky Plan() stack capture (format_stack)", r"traceback.py:\d+\(format_stack\)"),
     ("DNPU.trigger (build_waveform, thread start)", r"devices/dnpu.py:\d+\(trigger\)"),
     ("LockInCallback.event (demodulate, estimate)", r"callbacks/lockin.py:\d+\(event\)"),
-    ("storage writer call (spool or TiledWriter)", r"dnpu_bluesky/storage.py:\d+\(__call__\)"),
+    (
+        "storage writer call (spool or TiledWriter)",
+        r"dnpu_bluesky/storage/_(writer|store).py:\d+\(__call__\)",
+    ),
 )
 #: The same for the Tiled server thread (async code: cumulative times exclude awaits).
 SERVER_CATEGORIES = (

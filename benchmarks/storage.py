@@ -251,11 +251,11 @@ _REOPEN_SCRIPT = """
 import sys, time
 from pathlib import Path
 from tiled.server import SimpleTiledServer
-from dnpu_bluesky.storage import _no_catalog_init_if_current
+from dnpu_bluesky.storage._patches import no_catalog_init_if_current
 directory = Path(sys.argv[1])
 started = time.perf_counter()
 if sys.argv[2] == "skip_init":
-    with _no_catalog_init_if_current(directory):
+    with no_catalog_init_if_current(directory):
         server = SimpleTiledServer(directory)
 else:
     server = SimpleTiledServer(directory)

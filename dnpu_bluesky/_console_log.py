@@ -11,6 +11,7 @@ _ABORT_NOISE = ("Run aborted", "No open traces left to close!")
 
 
 #: ``extra`` of an INFO record meant for the console, e.g. that storage waits for its writer.
+#: dnpu_bluesky.storage, which imports nothing of the package around it, writes it out.
 CONSOLE_NOTE = {"console_note": True}
 
 

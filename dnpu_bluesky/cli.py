@@ -727,10 +727,10 @@ def _where(config: Any) -> str:
     """The data directory, or the Tiled server's URI without its query (an API key)."""
     from urllib.parse import urlsplit
 
-    from .storage import _default_directory
+    from .storage import default_directory
 
     if config.uri is None:
-        return f"the data directory {config.directory or _default_directory()}"
+        return f"the data directory {config.directory or default_directory()}"
     parts = urlsplit(config.uri)
     host = parts.netloc.rpartition("@")[2]  # no user:password either
     return "Tiled at " + parts._replace(netloc=host, query="", fragment="").geturl()

@@ -172,8 +172,13 @@ def test_remote_postgres_tiled_stores_replays_and_copies_a_run(remote_tiled, RE)
 
     from dnpu_bluesky.devices import build_dnpu
     from dnpu_bluesky.plans import hge_gradient
-    from dnpu_bluesky.storage import StorageConfig, load_run, open_storage
-    from dnpu_bluesky.storage_replay import copy_run, export_documents
+    from dnpu_bluesky.storage import (
+        StorageConfig,
+        copy_run,
+        export_documents,
+        load_run,
+        open_storage,
+    )
 
     with pytest.raises(Exception, match=r"401|nauthenticated|API key|credentials"):
         from_uri(remote_tiled.uri, api_key="wrong")["runs"]
@@ -249,8 +254,7 @@ def test_server_json_seq_export_matches_the_client_rebuild(tmp_path, RE):
     export, and it agrees with the client-side rebuild (the path for other servers)."""
     from dnpu_bluesky.devices import build_dnpu
     from dnpu_bluesky.plans import hge_gradient
-    from dnpu_bluesky.storage import StorageConfig, load_run, open_storage
-    from dnpu_bluesky.storage_replay import export_documents
+    from dnpu_bluesky.storage import StorageConfig, export_documents, load_run, open_storage
 
     with _tiled_on_postgres(tmp_path, config_file=True) as server:
         config = StorageConfig(uri=server.uri, api_key=server.api_key, batch_size=1)

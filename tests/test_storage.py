@@ -526,7 +526,7 @@ def test_tiled_initialises_the_catalog_unless_it_is_current(tmp_path, stamp):
     import tiled.catalog
     from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION
 
-    from dnpu_bluesky.storage import _no_catalog_init_if_current
+    from dnpu_bluesky.storage._patches import no_catalog_init_if_current
 
     catalog = sqlite3.connect(tmp_path / "catalog.db")
     if stamp is not None:
@@ -536,7 +536,7 @@ def test_tiled_initialises_the_catalog_unless_it_is_current(tmp_path, stamp):
         catalog.commit()
     catalog.close()
     tiled_from_uri = tiled.catalog.from_uri
-    with _no_catalog_init_if_current(tmp_path):
+    with no_catalog_init_if_current(tmp_path):
         skipped = tiled.catalog.from_uri is not tiled_from_uri
     assert skipped == (stamp == "current")
     assert tiled.catalog.from_uri is tiled_from_uri
@@ -565,3 +565,19 @@ def test_a_second_storage_on_a_directory_uses_the_server_already_running_there(t
     with open_storage(StorageConfig(directory=directory)) as later:  # a server of its own
         assert later.uri != session.uri
         assert {run.start["uid"] for run in find_runs(later.client)} == {first, second}
+
+
+def test_the_storage_package_imports_nothing_of_the_domain():
+    import ast
+
+    import dnpu_bluesky.storage
+
+    imported = set()
+    for path in Path(dnpu_bluesky.storage.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level > 1 or (node.module or "").startswith("dnpu_bluesky"):
+                    imported.add("." * node.level + (node.module or ""))
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name.startswith("dnpu_bluesky")}
+    assert imported == {".._errors"}  # StorageError, shared with the command line

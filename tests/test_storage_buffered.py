@@ -34,17 +34,14 @@ from dnpu_bluesky.storage import (
     StorageConfig,
     StorageError,
     StorageWarning,
-    _connect_runs,
-    _decode,
-    _encode,
-    _runs_container,
-    _wait_note,
-    _Writer,
     find_runs,
     load_run,
     open_storage,
     replay_spool,
 )
+from dnpu_bluesky.storage._spool import decode, encode
+from dnpu_bluesky.storage._store import _connect_runs, _runs_container, _Writer
+from dnpu_bluesky.storage._writer import _wait_note
 
 N_SAMPLES = 10_000
 
@@ -158,7 +155,7 @@ def test_spool_encoding_is_lossless():
         "big_endian": np.arange(4, dtype=">f8"),
     }
     doc = {"uid": "u", "data": arrays, "scalar": np.float64(0.1), "n": np.int64(7), "t": (1, 2)}
-    name, back = _decode(_encode("event", doc))
+    name, back = decode(encode("event", doc))
     assert name == "event"
     for key, array in arrays.items():
         assert back["data"][key].dtype == array.dtype, key
@@ -388,13 +385,13 @@ def test_leftover_spool_is_replayed_when_storage_opens(tiled_server, RE, hw, tmp
     desc = run.compose_descriptor(
         name="primary", data_keys={"det": {"source": "sim", "dtype": "number", "shape": []}}
     )
-    lines = [_encode("start", run.start_doc), _encode("descriptor", desc.descriptor_doc)]
+    lines = [encode("start", run.start_doc), encode("descriptor", desc.descriptor_doc)]
     lines += [
-        _encode("event", desc.compose_event(data={"det": float(k)}, timestamps={"det": 0.0}))
+        encode("event", desc.compose_event(data={"det": float(k)}, timestamps={"det": 0.0}))
         for k in range(3)
     ]
     spool.mkdir()
-    cut = _encode("event", desc.compose_event(data={"det": 3.0}, timestamps={"det": 0.0}))[:30]
+    cut = encode("event", desc.compose_event(data={"det": 3.0}, timestamps={"det": 0.0}))[:30]
     # A crash in the middle of writing the 4th event leaves half a record: it is ignored.
     (spool / f"{run.start_doc['uid']}.spool").write_bytes(b"".join(lines) + cut)
 
@@ -499,21 +496,21 @@ def test_a_document_the_full_disk_refused_costs_that_document_only(tiled_server,
         assert stored.metadata["stop"]["exit_status"] == "success"
 
         # A start document the disk refuses leaves no run behind for flush to wait on.
-        import dnpu_bluesky.storage as storage_module
+        from dnpu_bluesky.storage import _writer as writer_module
 
-        real_append = storage_module._append_whole
+        real_append = writer_module.append_whole
 
         def full_once(file, record, length, *, fsync):
-            storage_module._append_whole = real_append
+            writer_module.append_whole = real_append
             return real_append(_DiskFullOnce(file), record, length, fsync=fsync)
 
-        storage_module._append_whole = full_once
+        writer_module.append_whole = full_once
         try:
             refused = compose_run(metadata={"plan_name": "full disk at start"})
             with pytest.raises(OSError, match="No space left"):
                 storage.writer("start", refused.start_doc)
         finally:
-            storage_module._append_whole = real_append
+            writer_module.append_whole = real_append
         storage.writer("stop", refused.compose_stop())  # what the RunEngine sends next
         started = time.monotonic()
         storage.flush(timeout=30)

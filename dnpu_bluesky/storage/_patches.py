@@ -1,0 +1,115 @@
+"""Everything that touches other libraries' internals, each with why and which version.
+
+Check these against the installed versions when upgrading tiled, bluesky-tiled-plugins or
+Python: each says what it relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def register_before_thread_join(hook: Callable[[], None]) -> bool:
+    """Call ``hook`` at interpreter exit before non-daemon threads are joined, if possible.
+
+    Storages left open are closed at exit. ``atexit`` hooks run only after the interpreter
+    has joined the non-daemon threads; this hook runs before, while they still run.
+    ``threading._register_atexit`` is a CPython internal (present since 3.9); this matches
+    CPython 3.11.7, whose ``threading._shutdown`` calls such hooks, last registered first,
+    before it joins the threads.
+
+    Parameters
+    ----------
+    hook : callable
+        Called without arguments.
+
+    Returns
+    -------
+    bool
+        False where the interpreter has no such hook (the caller relies on ``atexit``).
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        return False
+    register(hook)
+    return True
+
+
+@contextlib.contextmanager
+def no_catalog_init_if_current(directory: Path) -> Iterator[None]:
+    """Skip ``tiled catalog init --if-not-exists`` when it would find nothing to do.
+
+    SimpleTiledServer runs that command on every start, in a new Python process that imports
+    tiled: about 3 s, half of opening the embedded storage. When the catalog is stamped with
+    the schema revision this tiled requires, the command only checks that and returns.
+
+    Matches tiled 0.2.20: ``SimpleTiledServer.__init__`` (tiled/server/simple.py) imports
+    ``tiled.catalog.from_uri`` when called and passes ``init_if_not_exists=True``, which makes
+    ``from_uri`` (tiled/catalog/adapter.py) run ``python -m tiled catalog init
+    --if-not-exists`` in a subprocess. For as long as the context lasts,
+    ``tiled.catalog.from_uri`` is replaced by a wrapper that passes
+    ``init_if_not_exists=False``; the catalog's ``alembic_version`` is compared with
+    ``tiled.catalog.core.REQUIRED_REVISION`` first. Should tiled move that import, the patch
+    is inert (the command runs, as without it).
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The embedded server's directory (its ``catalog.db``).
+    """
+    import sqlite3
+
+    import tiled.catalog
+    from tiled.catalog.core import REQUIRED_REVISION
+
+    try:
+        catalog = sqlite3.connect(f"{(directory / 'catalog.db').as_uri()}?mode=ro", uri=True)
+        try:
+            stamps = catalog.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            catalog.close()
+    except sqlite3.Error:  # no catalog yet, or one left half-made: let tiled initialise it
+        stamps = []
+    if stamps != [(REQUIRED_REVISION,)]:
+        yield
+        return
+    from_uri = tiled.catalog.from_uri
+
+    def open_existing(*args: Any, **kwargs: Any) -> Any:
+        return from_uri(*args, **{**kwargs, "init_if_not_exists": False})
+
+    tiled.catalog.from_uri = open_existing
+    try:
+        yield
+    finally:
+        tiled.catalog.from_uri = from_uri
+
+
+def as_v3(run: Any) -> Any:
+    """``run`` as a ``BlueskyRunV3`` client when it is SQL-backed (spec ``BlueskyRun`` 3.x).
+
+    ``catalog.v2`` (databroker style) re-registers the BlueskyRun client class in tiled's
+    process-wide dispatch table (the copy it makes is shallow), after which every client
+    returns v2 runs, whose streams have no per-field nodes. Rebuild SQL-backed runs as v3
+    without touching that table, so our callers always get the v3 layout.
+
+    Matches bluesky-tiled-plugins 2.0.12 (what databroker 2.0.2 re-exports):
+    ``CatalogOfBlueskyRuns.v2`` (clients/catalog_of_bluesky_runs.py) does
+    ``copy.copy(self.structure_clients).set("BlueskyRun", ...)``, and tiled 0.2.20's
+    ``OneShotCachedMap`` shares its mapping with the copy; ``BlueskyRunV3``
+    (clients/bluesky_run.py) is not exported by the package and is built here with the
+    constructor signature of tiled's clients, ``(context, *, item, structure_clients)``.
+    """
+    from bluesky_tiled_plugins import BlueskyRun
+    from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRunV3
+
+    if not isinstance(run, BlueskyRun) or isinstance(run, BlueskyRunV3):
+        return run
+    for spec in run.item["attributes"]["specs"]:
+        if spec["name"] == "BlueskyRun" and str(spec.get("version") or "").startswith("3."):
+            return BlueskyRunV3(run.context, item=run.item, structure_clients=run.structure_clients)
+    return run
