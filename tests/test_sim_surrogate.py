@@ -3,11 +3,22 @@
 import builtins
 import itertools
 import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dnpu_bluesky.sim import DeviceModel, SimulatedDAQ, SurrogateModel, load_brainspy_surrogate
+from dnpu_bluesky.sim import (
+    DeviceModel,
+    SimulatedDAQ,
+    SurrogateModel,
+    load_brainspy_surrogate,
+    surrogate,
+)
+from dnpu_bluesky.sim.surrogate import FLOAT32_RTOL
 
 torch = pytest.importorskip("torch")
 
@@ -90,7 +101,7 @@ def test_brainspy_smg_file_matches_torch(tmp_path):
         },
         path,
     )
-    model = load_brainspy_surrogate(path)
+    model = load_brainspy_surrogate(path, precision="float64")
     assert isinstance(model, DeviceModel)
     volts = _volts()
     current, grad = _torch_reference(net, volts, 28.5)
@@ -105,29 +116,177 @@ def test_brainspy_smg_file_matches_torch(tmp_path):
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_activations_match_torch(activation):
     net = _network(activation, seed=3)
-    model = SurrogateModel.from_state_dict(net.state_dict(), _info(2.0, activation))
+    model = SurrogateModel.from_state_dict(
+        net.state_dict(), _info(2.0, activation), precision="float64"
+    )
     volts = _volts(300, seed=2)
     current, grad = _torch_reference(net, volts, 2.0)
     np.testing.assert_allclose(model.current(volts), current, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(model.jacobian(volts), grad, rtol=1e-9, atol=1e-10)
 
 
-def test_legacy_layout_info_inside_state_dict(tmp_path):
-    net = _network(seed=5)
-    offset, amplitude = np.array([-0.3] * 7), np.array([0.9] * 7)
-    saved = dict(net.state_dict())
-    saved["info"] = {
+def _info_2020(offset, amplitude, amplification, activation="relu", driver=True):
+    """The info dict brainspy-smg kept inside the state dict in 2020."""
+    processor = (
+        {"driver": {"amplification": amplification}} if driver else {"amplification": amplification}
+    )
+    return {
         "data_info": {
             "input_data": {"offset": offset, "amplitude": amplitude},
-            "processor": {"driver": {"amplification": 10.0}},
-        }
+            "processor": processor,
+            "clipping_value": [-110.0, 110.0],
+        },
+        "smg_configs": {
+            "processor": {
+                "torch_model_dict": {
+                    "D_in": 7,
+                    "D_out": 1,
+                    "hidden_sizes": [20, 20, 20],
+                    "activation": activation,
+                }
+            }
+        },
     }
+
+
+@pytest.mark.parametrize(("activation", "driver"), [("relu", True), ("tanh", False)])
+def test_2020_layout_legacy_pickle_of_the_state_dict(tmp_path, activation, driver):
+    net = _network(activation, seed=5)
+    offset = np.array([-0.3, -0.3, -0.3, -0.2, -0.2, -0.3, -0.3])
+    amplitude = np.array([0.9, 0.9, 0.9, 0.5, 0.5, 0.9, 0.9])
+    # The 2020 network module called its Sequential ``model``, not ``raw_model``.
+    saved = {k.replace("raw_model.", "model.", 1): v for k, v in net.state_dict().items()}
+    saved["info"] = _info_2020(offset, amplitude, [10.0], activation, driver)
+    path = tmp_path / "model.pt"
+    torch.save(saved, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    model = load_brainspy_surrogate(path, precision="float64")
+    expected_ranges = np.stack([offset - amplitude, offset + amplitude], axis=1)
+    np.testing.assert_allclose(model.voltage_ranges, expected_ranges)
+    assert model.amplification == 10.0 and model.activation == activation
+    volts = _volts(200, seed=4)
+    current, grad = _torch_reference(net, volts, 10.0)
+    np.testing.assert_allclose(model.current(volts), current, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(model.jacobian(volts), grad, rtol=1e-10, atol=1e-9)
+
+
+def test_info_inside_a_state_dict_with_raw_model_keys(tmp_path):
+    net = _network(seed=5)
+    saved = dict(net.state_dict())
+    saved["info"] = _info_2020(np.full(7, -0.3), np.full(7, 0.9), 10.0)
     path = tmp_path / "legacy.pt"
     torch.save(saved, path)
-    model = load_brainspy_surrogate(path)
+    model = load_brainspy_surrogate(path, precision="float64")
     np.testing.assert_allclose(model.voltage_ranges, np.tile([-1.2, 0.6], (7, 1)))
     volts = _volts(50)
     np.testing.assert_allclose(model.current(volts), _torch_reference(net, volts, 10.0)[0])
+
+
+def _reference(net, volts, amplification):
+    """The plain float64 evaluation: torch in double precision, gradients by autograd."""
+    return _torch_reference(net.double(), volts, amplification)
+
+
+def _within_float32_tolerance(actual, expected):
+    """The documented bound: FLOAT32_RTOL times the largest magnitude of the batch."""
+    error = np.max(np.abs(actual - expected))
+    assert error <= FLOAT32_RTOL * np.max(np.abs(expected)), error
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("hidden", [(20, 20, 20), (64, 64, 64, 64, 64)])
+def test_float32_currents_and_jacobian_match_float64(activation, hidden):
+    torch.manual_seed(len(hidden))
+    net = _Network(hidden, activation)
+    model = SurrogateModel.from_state_dict(net.state_dict(), _info(7.0, activation))
+    assert model.describe()["precision"] == "float32"
+    volts = _volts(3000, seed=len(hidden))
+    current, grad = _reference(net, volts, 7.0)
+    _within_float32_tolerance(model.current(volts), current)
+    # The Jacobian is float64 whatever the precision of the currents.
+    np.testing.assert_allclose(model.jacobian(volts), grad, rtol=1e-9, atol=1e-9)
+
+
+def test_float32_stays_close_where_float64_would_be_exact():
+    """A float32 evaluation is not float64 in disguise: the two differ, within the bound."""
+    net = _network(seed=11)
+    fast = SurrogateModel.from_state_dict(net.state_dict(), _info())
+    exact = SurrogateModel.from_state_dict(net.state_dict(), _info(), precision="float64")
+    volts = _volts(2000, seed=12)
+    assert not np.array_equal(fast.current(volts), exact.current(volts))
+    _within_float32_tolerance(fast.current(volts), exact.current(volts))
+    with pytest.raises(ValueError, match="precision"):
+        SurrogateModel.from_state_dict(net.state_dict(), _info(), precision="float16")
+
+
+def test_held_samples_are_evaluated_once_and_threads_change_nothing(monkeypatch):
+    net = _network(seed=13)
+    model = SurrogateModel.from_state_dict(net.state_dict(), _info())
+    levels = _volts(40, seed=14)
+    stream = np.repeat(levels, np.arange(1, 41), axis=0)  # held 1 to 40 samples each
+    evaluated = []
+    block = model._current_block
+    monkeypatch.setattr(model, "_current_block", lambda rows: evaluated.append(len(rows))
+                        or block(rows))  # fmt: skip
+    monkeypatch.setattr(surrogate, "EVALUATION_THREADS", 1)
+    serial = model.current(stream)
+    assert sum(evaluated) == 40
+    np.testing.assert_array_equal(serial, np.repeat(model.current(levels), np.arange(1, 41)))
+    _within_float32_tolerance(serial, _reference(net, stream, 28.5)[0])
+    distinct = _volts(5000, seed=15)  # several blocks, shared by three threads
+    one = model.current(distinct)
+    monkeypatch.setattr(surrogate, "EVALUATION_THREADS", 3)
+    np.testing.assert_array_equal(model.current(distinct), one)
+    np.testing.assert_array_equal(model.current(stream), serial)
+
+
+def test_blas_runs_single_threaded_only_while_evaluating():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                if p["user_api"] == "blas"]  # fmt: skip
+
+    before = blas_threads()
+    seen = []
+    with surrogate._blas_threads(1), surrogate._blas_threads(1):
+        seen.append(blas_threads())
+    assert seen == [[1] * len(before)]
+    assert blas_threads() == before
+
+
+MEASURED = Path(__file__).resolve().parents[2] / "shared" / "devices" / "measured-dnpu-b.pt"
+MEASURED = Path(os.environ.get("DNPU_MEASURED_SURROGATE", MEASURED))
+
+
+def _measured_network():
+    """measured-dnpu-b as a float64 torch network, read here without the package."""
+    if not MEASURED.is_file():
+        pytest.skip(f"measured-dnpu-b.pt not found at {MEASURED} (set DNPU_MEASURED_SURROGATE)")
+    with torch.serialization.safe_globals(surrogate._numpy_safe_globals()):  # numpy in info
+        saved = torch.load(MEASURED, map_location="cpu", weights_only=True)
+    state = saved["model_state_dict"]
+    layers = []
+    for index in sorted({int(k.split(".")[-2]) for k in state if k.endswith(".weight")}):
+        linear = torch.nn.Linear(*state[f"raw_model.{index}.weight"].shape[::-1])
+        linear.weight.data = state[f"raw_model.{index}.weight"].clone()
+        linear.bias.data = state[f"raw_model.{index}.bias"].clone()
+        layers += [linear, torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers[:-1]).double()
+    amplification = float(np.ravel(
+        saved["info"]["electrode_info"]["output_electrodes"]["amplification"])[0])  # fmt: skip
+    return net, amplification
+
+
+def test_measured_device_float32_matches_float64():
+    net, amplification = _measured_network()
+    model = load_brainspy_surrogate(MEASURED)
+    assert model.amplification == amplification
+    ranges = model.voltage_ranges
+    volts = np.random.default_rng(16).uniform(ranges[:, 0], ranges[:, 1], (4000, 7))
+    current, grad = _reference(net, volts, amplification)
+    _within_float32_tolerance(model.current(volts), current)
+    np.testing.assert_allclose(model.jacobian(volts), grad, rtol=1e-9, atol=1e-9)
 
 
 def test_prefixed_keys_are_accepted():
@@ -156,6 +315,50 @@ def test_clear_errors_for_missing_parts():
         SurrogateModel.from_state_dict({"weight": np.ones((1, 7))}, _info())
     with pytest.raises(ValueError, match="activation"):
         SurrogateModel.from_state_dict(state, _info(activation="swish"))
+
+
+def _refusal(path):
+    with pytest.raises(ValueError) as info:
+        load_brainspy_surrogate(path)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"{path}: not a brains-py surrogate: "), message
+    assert "trusted" not in message, message  # damage is never sold as a pickled object
+    return message
+
+
+def test_anything_but_a_surrogate_is_refused_in_one_line(tmp_path):
+    net = _network(seed=17)
+    good = {f"model.{k[len('raw_model.') :]}": v for k, v in net.state_dict().items()}
+    good["info"] = _info_2020(np.zeros(7), np.ones(7), 2.0)
+    unrelated = torch.nn.Conv2d(3, 4, 3).state_dict()
+    cases = {
+        "empty.pt": (b"", "(empty file)"),
+        "plain.pkl": (pickle.dumps({"info": {}, "model.0.weight": np.ones((3, 7))}),
+                      "(a plain pickle, not written by torch.save)"),
+    }  # fmt: skip
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert expected in _refusal(tmp_path / name)
+    for legacy in (False, True):
+        path = tmp_path / f"unrelated-{legacy}.pt"
+        torch.save(unrelated, path, _use_new_zipfile_serialization=not legacy)
+        assert "no 'info' entry (keys: bias, weight)" in _refusal(path)
+        torch.save(
+            {**unrelated, "info": {"note": 1}}, path, _use_new_zipfile_serialization=not legacy
+        )
+        assert "state dict has no 'raw_model.N.weight'" in _refusal(path)
+    for legacy in (False, True):
+        path = tmp_path / f"good-{legacy}.pt"
+        torch.save(good, path, _use_new_zipfile_serialization=not legacy)
+        load_brainspy_surrogate(path)  # whole, it is read
+        data = path.read_bytes()
+        cut = tmp_path / "cut.pt"
+        n = len(data)
+        for end in sorted({*range(1, n, n // 80), *range(n - 40, n)}):  # the end is the trap
+            cut.write_bytes(data[:end])
+            message = _refusal(cut)
+            assert "torch cannot read it" in message, message
 
 
 def test_whole_module_pickle_needs_trust(tmp_path):
@@ -248,7 +451,17 @@ def test_cli_says_in_one_line_why_a_model_file_cannot_be_used(tmp_path, capsys, 
     unreadable = "not a brains-py surrogate: torch cannot read it"
     positive = tmp_path / "positive.pt"  # e3 trained on 0.05 .. 0.6 V only
     _save_surrogate(positive, [*RANGES[:3], [0.05, 0.6], *RANGES[4:]])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"info": {}}))
+    cut = tmp_path / "cut.pt"
+    torch.save(_network(seed=8).state_dict(), cut, _use_new_zipfile_serialization=False)
+    cut.write_bytes(cut.read_bytes()[:-9])
     for path, message in [
+        (empty, f"{unreadable} (empty file)"),
+        (plain, f"{unreadable} (a plain pickle, not written by torch.save)"),
+        (cut, f"{unreadable} (cut short or damaged"),
         (positive, "electrode e3 was trained on 0.05 .. 0.6 V, which leaves out 0 V"),
         (text, unreadable),
         (arrays, unreadable),

@@ -9,7 +9,10 @@ network (see ``docs/virtual-dnpu.md``). Anything with the attributes and methods
 from __future__ import annotations
 
 import hashlib
+import itertools
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -275,17 +278,92 @@ def evaluate_in_blocks(
     jacobian: bool,
     block_size: int,
     block: Callable[[np.ndarray], np.ndarray],
+    workers: int = 1,
 ) -> np.ndarray:
-    """Evaluate ``block`` on rows of ``volts`` (..., n_electrodes) in blocks that fit in cache.
+    """Evaluate ``block`` on rows of ``volts`` in blocks that fit in cache.
 
-    Returns the current (shape ``volts.shape[:-1]``) or the Jacobian (``volts.shape``).
+    A row equal to the one before it is not evaluated again: its value is copied. Streams
+    hold voltages for many samples (the 0 V head and tail, plateaus without tones), and a
+    noiseless model gives the same answer for the same voltages.
+
+    Parameters
+    ----------
+    volts : numpy.ndarray
+        Electrode voltages, shape ``(..., n_electrodes)``.
+    n_electrodes : int
+        Number of electrodes the model takes.
+    jacobian : bool
+        Whether ``block`` returns a Jacobian row per voltage row (else one current).
+    block_size : int
+        Rows per call of ``block``.
+    block : callable
+        Maps ``(rows, n_electrodes)`` float64 voltages to ``(rows,)`` currents or
+        ``(rows, n_electrodes)`` Jacobians. With ``workers > 1`` it is called from several
+        threads at once, so it must be thread-safe (and release the GIL to gain anything).
+    workers : int
+        Threads that share the blocks, each taking one contiguous run of them (the calling
+        thread is one of them).
+
+    Returns
+    -------
+    numpy.ndarray
+        The current (shape ``volts.shape[:-1]``) or the Jacobian (``volts.shape``), float64.
+
+    Raises
+    ------
+    ValueError
+        ``volts`` does not end in an axis of ``n_electrodes``.
     """
     v = np.asarray(volts, dtype=float)
     if v.ndim == 0 or v.shape[-1] != n_electrodes:
         raise ValueError(f"volts must have shape (..., {n_electrodes}), got {v.shape}")
     flat = v.reshape(-1, n_electrodes)
-    n = flat.shape[0]
+    starts = _run_starts(flat)
+    rows = flat if starts is None else flat[starts]
+    n = rows.shape[0]
     out = np.empty((n, n_electrodes) if jacobian else n)
-    for start in range(0, n, block_size):
-        out[start : start + block_size] = block(flat[start : start + block_size])
+
+    def run(first: int, stop: int) -> None:
+        for start in range(first, stop, block_size):
+            end = min(start + block_size, stop)
+            out[start:end] = block(rows[start:end])
+
+    n_blocks = -(-n // block_size)
+    shares = min(max(1, workers), n_blocks)
+    if shares > 1:
+        # Contiguous runs of whole blocks, one per thread: the threads meet once, at the end.
+        bounds = [min(n, block_size * (n_blocks * k // shares)) for k in range(shares + 1)]
+        pool = _thread_pool(shares - 1)
+        pending = [pool.submit(run, a, b) for a, b in itertools.pairwise(bounds[1:])]
+        run(bounds[0], bounds[1])
+        for future in pending:
+            future.result()
+    else:
+        run(0, n)
+    if starts is not None:
+        out = np.repeat(out, np.diff(starts, append=flat.shape[0]), axis=0)
     return out.reshape(v.shape if jacobian else v.shape[:-1])
+
+
+_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _thread_pool(size: int) -> ThreadPoolExecutor:
+    """A lasting pool of ``size`` helper threads, made on first use and shared."""
+    with _pool_lock:
+        if size not in _pools:
+            _pools[size] = ThreadPoolExecutor(size, thread_name_prefix="dnpu-model")
+        return _pools[size]
+
+
+def _run_starts(flat: np.ndarray) -> np.ndarray | None:
+    """Indices of the rows that differ from the row before them (and of row 0), or None
+    when too few rows repeat for skipping them to pay off."""
+    if flat.shape[0] < 2:
+        return None
+    repeats = np.all(flat[1:] == flat[:-1], axis=1)
+    # Gathering and repeating cost about as much as evaluating a few percent of the rows.
+    if np.count_nonzero(repeats) < flat.shape[0] // 16:
+        return None
+    return np.concatenate(([0], 1 + np.flatnonzero(~repeats)))
