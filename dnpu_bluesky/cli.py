@@ -16,6 +16,7 @@ from typing import Any
 
 from ._console_log import set_up_console_log
 from .tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
+from .tasks.optimizers import DEFAULT_LR
 
 DEFAULT_OUTPUT = Path("demo-output")
 METHODS = ("hge", "fd", "spsa", "ga")
@@ -606,7 +607,6 @@ _DEFAULT_MAX_ITERATIONS = 120
 _DEFAULT_MAX_ATTEMPTS = 4
 _DEFAULT_GENERATIONS = 100
 #: ``train``'s ``lr`` and ``optimizer``.
-_DEFAULT_LR = 0.05
 _DEFAULT_OPTIMIZER = "adam"
 
 
@@ -1055,7 +1055,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="V",
         help="gradient methods: the optimizer's learning rate, volts per step for Adam "
-        f"(default: {_DEFAULT_LR:g})",
+        f"(default: {DEFAULT_LR:g})",
     )
     train.add_argument(
         "--optimizer",

@@ -137,22 +137,44 @@ def gates_figure(runs: Sequence[Any]) -> Figure:
 
 def loss_figure(runs: Sequence[Any]) -> Figure:
     """Loss against device seconds for each run (and each device of a run); a dotted line in
-    the run's colour marks where an attempt was abandoned for a new random start."""
+    the run's colour marks where an attempt was abandoned for a new start, and faint points
+    are the steps that screened the input electrodes."""
     figure = Figure(figsize=(8.5, 4))
     axes = figure.subplots()
-    restarted = False
+    restarted = screened = False
     for run, device in _panels(runs):
         curve = loss_curve(run, device)
+        screening = curve["attempt"] < 0
+        trained = ~screening
         # Markers: a run solved at its first step has one point and no line to draw.
         (line,) = axes.plot(
-            curve["device_s"], curve["loss"], label=_label(run, device), lw=1, marker=".", ms=4
+            curve["device_s"][trained],
+            curve["loss"][trained],
+            label=_label(run, device),
+            lw=1,
+            marker=".",
+            ms=4,
         )
-        # A new random start makes the loss jump; the line says it is not a fault.
-        for index in np.flatnonzero(np.diff(curve["attempt"])) + 1:
-            axes.axvline(curve["device_s"][index], color=line.get_color(), ls=":", lw=0.8)
+        if screening.any():  # steps of many candidates, interleaved: points, not a line
+            screened = True
+            axes.plot(
+                curve["device_s"][screening],
+                curve["loss"][screening],
+                ls="",
+                marker=".",
+                ms=3,
+                alpha=0.35,
+                color=line.get_color(),
+            )
+        # A new start makes the loss jump; the line says it is not a fault.
+        attempts = curve["attempt"][trained]
+        for index in np.flatnonzero(np.diff(attempts)) + 1:
+            axes.axvline(curve["device_s"][trained][index], color=line.get_color(), ls=":", lw=0.8)
             restarted = True
+    if screened:
+        axes.plot([], [], color="0.4", ls="", marker=".", alpha=0.35, label="screening inputs")
     if restarted:
-        axes.plot([], [], color="0.4", ls=":", lw=0.8, label="new random start")
+        axes.plot([], [], color="0.4", ls=":", lw=0.8, label="new start")
     axes.set_xlabel("device time (s)")
     axes.set_ylabel("loss")
     axes.set_yscale("symlog", linthresh=0.1)
@@ -166,12 +188,28 @@ def _is_sphere(run: Any) -> bool:
     return run.metadata["start"].get("task", {}).get("name") == "sphere"
 
 
+def _task_points(
+    raw: Any, device: str, inputs: list[str], evaluation: dict[str, Any], task_range: Any
+) -> np.ndarray:
+    """The task's own points behind the last evaluation: the input voltages the device was
+    given (its segments' DC levels) mapped back through the evaluation's input levels onto
+    the task's input range, so that the sphere is a sphere whatever levels were trained."""
+    dc = raw[f"{device}_segment_dc"].read()[-1]
+    cases = raw[f"{device}_segment_case"].read()[-1].astype(int)
+    columns = [int(name.removeprefix("e")) for name in inputs]
+    volts = np.array([dc[cases == case][0, columns] for case in np.unique(cases)])
+    zero = np.asarray(evaluation["input_zero_v"], dtype=float)
+    one = np.asarray(evaluation["input_one_v"], dtype=float)
+    low, high = (float(v) for v in task_range)
+    return low + (high - low) * (volts - zero) / (one - zero)
+
+
 def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
     """A sphere-classification run's final unperturbed outputs against the input points.
 
-    The points are the input voltages the device was given (the ``input_cases`` in the
-    configuration of the ``eval_raw`` and ``eval_test_raw`` streams), so nothing is recomputed
-    from the task's seed.
+    The points are those of the task, found from what the device was given (the DC levels of
+    the ``eval_raw`` and ``eval_test_raw`` streams' last events, through the evaluation's
+    input levels), so nothing is recomputed from the task's seed.
 
     Args:
         run: The run as stored in Tiled.
@@ -189,12 +227,24 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
         "radius_v": float(task["radius_v"]),
         "center_v": float(task["center_v"]),
     }
+    has_levels = "evaluation_inputs" in _stream(run, "evaluation", name)
     for split, suffix in (("train", ""), ("test", "_test")):
         raw = _stream(run, f"eval{suffix}_raw", name)
-        config = raw.metadata["configuration"][name]["data"]
-        points = np.asarray(config[f"{name}_input_cases"], dtype=float)
         keys = ("outputs", "targets", "accuracy", "threshold_na")
+        if has_levels:
+            keys += ("inputs", "input_zero_v", "input_one_v")
         evaluation = _last_evaluation(run, name, keys, f"evaluation{suffix}")
+        if has_levels:
+            inputs = str(evaluation["inputs"]).split(",")
+            points = _task_points(raw, name, inputs, evaluation, task["input_range_v"])
+        else:
+            config = raw.metadata["configuration"][name]["data"]
+            points = np.asarray(config[f"{name}_input_cases"], dtype=float)
+            inputs = [
+                key.removeprefix(f"{name}_").removesuffix("_role")
+                for key, role in config.items()
+                if key.endswith("_role") and role == "input"
+            ]
         result[split] = {
             "points_v": points,
             "distance_v": np.linalg.norm(points - result["center_v"], axis=1),
@@ -204,11 +254,7 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
         }
         if split == "train":  # the test split is classified at this same threshold
             result["threshold_na"] = float(evaluation["threshold_na"])
-            result["inputs"] = [
-                key.removeprefix(f"{name}_").removesuffix("_role")
-                for key, role in config.items()
-                if key.endswith("_role") and role == "input"
-            ]
+            result["inputs"] = inputs
     return result
 
 

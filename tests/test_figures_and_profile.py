@@ -24,7 +24,7 @@ def test_figures_name_method_and_run_and_mark_new_attempts(stored_RE, storage, d
     # A learning rate that cannot improve anything: each attempt ends after `patience`.
     outcome = stored_RE(
         train(dnpu, BooleanGate("XOR"), method="spsa", lr=1e-9, patience=1, max_attempts=2,
-              max_iterations=12, target_margin_na=1e6, seed=1)
+              max_iterations=12, target_margin_na=1e6, seed=1, inputs="e3,e4")
     )  # fmt: skip
     (uid,) = outcome.run_start_uids
     run = load_run(storage.client, uid)
@@ -38,13 +38,15 @@ def test_figures_name_method_and_run_and_mark_new_attempts(stored_RE, storage, d
     assert new_attempts.size == outcome.plan_result.attempts - 1 == 1
     (axes,) = loss_figure([run]).axes
     labels = [text.get_text() for text in axes.get_legend().get_texts()]
-    assert labels == [expected, "new random start"]
+    assert labels == [expected, "new start"]
     dotted = [line.get_xdata() for line in axes.get_lines() if line.get_linestyle() == ":"]
     assert [x[0] for x in dotted if len(x)] == [curve["device_s"][new_attempts[0]]]
 
 
 def test_trained_setting_says_what_is_missing(stored_RE, storage, dnpu):
-    outcome = stored_RE(train(dnpu, BooleanGate("XOR"), max_iterations=1, max_attempts=1))
+    outcome = stored_RE(
+        train(dnpu, BooleanGate("XOR"), max_iterations=1, max_attempts=1, inputs="e3,e4")
+    )
     run = load_run(storage.client, outcome.run_start_uids[0])
     # One step is one point, no line: visible on the loss figure only as a marker.
     (curve,) = [ln for ln in loss_figure([run]).axes[0].get_lines() if len(ln.get_xdata())]

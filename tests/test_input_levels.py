@@ -14,10 +14,11 @@ from dnpu_bluesky.tasks import BooleanGate, SphereClassification
 from dnpu_bluesky.tasks.levels import (
     apply_levels,
     check_level_bounds,
-    level_gradient,
+    full_swing_levels,
+    level_jacobian,
     project_levels,
-    random_levels,
 )
+from dnpu_bluesky.tasks.screening import reachable_margin
 
 BOUNDS = np.array([[-1.0, 0.5], [-0.6, 0.2]])
 
@@ -42,12 +43,12 @@ def test_levels_map_unit_inputs_exactly_onto_the_levels():
     )
 
 
-def test_level_gradient_is_the_chain_rule_over_the_cases():
+def test_level_jacobian_is_the_chain_rule_over_the_cases():
     rng = np.random.default_rng(0)
     unit = BooleanGate("AND").unit_inputs()
     slopes = rng.normal(size=(4, 2))
     d_loss = rng.normal(size=4)
-    gradient = level_gradient(d_loss, slopes, unit)
+    gradient = (d_loss @ level_jacobian(slopes, unit)).reshape(2, 2)
     # By finite differences of the loss's linearisation L = d_loss . (slopes * V).
     levels = np.array([[-0.5, 0.1], [0.2, -0.3]])
 
@@ -77,13 +78,28 @@ def test_projection_keeps_bounds_swing_and_polarity():
     np.testing.assert_allclose(edge, [[0.2, 0.5], [-0.6, -0.3]])
     fine = np.array([[-0.9, 0.4], [0.15, -0.5]])
     np.testing.assert_array_equal(project_levels(fine, BOUNDS, swing), fine)
-    draws = [random_levels(np.random.default_rng(k), BOUNDS, swing) for k in range(50)]
-    assert all(np.all(np.abs(d[:, 1] - d[:, 0]) >= swing - 1e-12) for d in draws)
-    assert {bool(d[0, 1] > d[0, 0]) for d in draws} == {True, False}
+    full = full_swing_levels(BOUNDS, np.array([False, True]))
+    np.testing.assert_array_equal(full, [[-1.0, 0.5], [0.2, -0.6]])
+
+
+def test_reachable_margin_is_the_linearised_look_ahead():
+    targets = np.array([0, 0, 0, 1])  # AND
+    outputs = np.array([1.0, 2.0, 3.0, 0.0])
+    bounds = np.array([[-1.0, 1.0], [-1.0, 1.0]])
+    # Only parameter 0 matters: case 11 gains 100 nA/V, the others nothing.
+    jacobian = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [100.0, 0.0]])
+    point = np.zeros(2)
+    assert reachable_margin(outputs, jacobian, targets, point, bounds) == pytest.approx(27.0)
+    assert reachable_margin(outputs, jacobian, targets, point, bounds, 0.1) == pytest.approx(7.0)
+    # At its bound a parameter cannot move on: only 0.05 V of room is left.
+    near = np.array([0.95, 0.0])
+    assert reachable_margin(outputs, jacobian, targets, near, bounds) == pytest.approx(2.0)
+    # Nothing to move: the margin measured now.
+    assert reachable_margin(outputs, 0 * jacobian, targets, point, bounds) == pytest.approx(-3.0)
 
 
 def test_too_narrow_an_electrode_for_the_swing_is_refused():
-    with pytest.raises(ValueError, match="narrower than the minimum swing 0.9 V"):
+    with pytest.raises(ValueError, match=r"narrower than the minimum swing 0\.9 V"):
         check_level_bounds(BOUNDS, 0.9)
     with pytest.raises(ValueError, match="min_swing_v must be a positive"):
         check_level_bounds(BOUNDS, 0.0)
@@ -150,7 +166,8 @@ def test_screening_ranks_every_pair_and_training_continues_the_best(stored_RE, s
     result = outcome.plan_result
     run = load_run(storage.client, outcome.run_start_uids[0])
     ranking = run["screening"].read()
-    assert ranking["screening_rank"].values.tolist() == list(range(1, 22))
+    # Every pair, once per polarity class (the second input in the first's order, or not).
+    assert ranking["screening_rank"].values.tolist() == list(range(1, 43))
     assert len(set(ranking["screening_inputs"].values)) == 21
     steps = run["train"].read()
     screened = int(np.sum(steps["train_attempt"].values == -1))

@@ -130,7 +130,8 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     data = ["--tiled-uri", tiled_server.uri]
     out = tmp_path / "results.json"
     # Three iterations are too few for XOR on device 2: the run ends unsolved.
-    args = ["train", "--gates", "XOR", "--seed", "2", "--max-iterations", "3", "--quiet"]
+    args = ["train", "--gates", "XOR", "--seed", "2", "--max-iterations", "3", "--inputs", "e3,e4",
+            "--quiet"]  # fmt: skip
     assert main([*args, "--json", str(out), *data]) == 1
     (first,) = json.loads(out.read_text())["results"]
     assert first["accuracy"] < 1.0
@@ -156,6 +157,10 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     assert start["source_run"] == first["run_uid"]
     assert start["source_device"] == past.metadata["start"]["detectors"][0]
     assert start["plan_args"]["initial_controls"] == pytest.approx(list(ended))
+    # Its inputs and their trained levels too.
+    assert start["plan_args"]["inputs"] == "e3,e4" == second["inputs"]
+    zero = past["evaluation"]["evaluation_input_zero_v"].read()[-1]
+    assert np.array(start["plan_args"]["initial_levels"])[:, 0] == pytest.approx(list(zero))
     # Its random restarts must not replay the past run's own starts.
     assert start["seed"] == past.metadata["start"]["seed"] + 1 == second["seed"]
     # The first step is taken where the past run ended.
@@ -333,14 +338,17 @@ def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server
     listing = ["runs", "--plan", "train", "--limit", "1000", "--tiled-uri", tiled_server.uri]
     assert main(listing) == 0
     runs_before = capsys.readouterr().out
-    assert main(["train", "--gates", "OR", "--setup", str(narrow), "--json", str(out), *data]) == 2
+    fixed = ["--input-range=-0.7,0.3", "--inputs", "e3,e4"]
+    args = ["train", "--gates", "OR", "--setup", str(narrow), *fixed, "--json", str(out)]
+    assert main([*args, *data]) == 2
     error = _one_error(capsys.readouterr().err)  # one line, no traceback
     assert "+0.300 V on input dnpu_e3, outside its limits [-0.700, +0.200] V" in error
     assert "--input-range" in error and not out.exists()
     assert main(listing) == 0
     assert capsys.readouterr().out == runs_before  # refused before the run opened
 
-    args = ["train", "--gates", "OR", "--setup", str(narrow), "--input-range=-0.6,0.2"]
+    args = ["train", "--gates", "OR", "--setup", str(narrow), "--input-range=-0.6,0.2",
+            "--inputs", "e3,e4"]  # fmt: skip
     assert main([*args, "--json", str(out), *data]) == 0
     (row,) = json.loads(out.read_text())["results"]
     run = load_run(tiled_server.client, row["run_uid"])
@@ -360,7 +368,8 @@ def test_cli_does_not_count_a_gate_read_through_a_clipped_output(tmp_path, capsy
     tiny.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
         "ai_range_v: 10", "ai_range_v: 0.05"))  # fmt: skip
     out = tmp_path / "results.json"
-    args = ["train", "--gates", "AND", "--setup", str(tiny), "--json", str(out)]
+    args = ["train", "--gates", "AND", "--setup", str(tiny), "--inputs", "e3,e4"]
+    args += ["--json", str(out)]
     assert main([*args, "--tiled-uri", tiled_server.uri, "--quiet"]) == 1
     (row,) = json.loads(out.read_text())["results"]
     # One step per attempt: each clipped at once, and there are 4 attempts.
@@ -445,7 +454,8 @@ def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server, tmp_path, capsys)
     # is done in about a second, and its result is reported despite the Ctrl-C.
     out = tmp_path / "results.json"
     command = [sys.executable, "-m", "dnpu_bluesky.cli", "train", "--gates", "OR,XNOR",
-               "--seed", "2", "--margin", "20", "--json", str(out),
+               "--seed", "2", "--margin", "20", "--json", str(out), "--inputs", "e3,e4",
+               "--input-range=-0.7,0.3",
                "--tiled-uri", tiled_server.uri]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list[bytes] = []
@@ -680,7 +690,7 @@ def test_cli_sets_the_learning_rate_and_optimizer(tmp_path, capsys, tiled_server
 
 def test_demo_exits_1_naming_the_gates_it_did_not_solve(tmp_path, capsys, tiled_server):
     figures = tmp_path / "figures"
-    args = ["demo", "--max-iterations", "1", "--margin", "30", "--quiet"]
+    args = ["demo", "--max-iterations", "1", "--margin", "30", "--inputs", "e3,e4", "--quiet"]
     assert main([*args, "--figures", str(figures), "--tiled-uri", tiled_server.uri]) == 1
     captured = capsys.readouterr()
     assert "0/6 gates solved" in captured.out

@@ -422,9 +422,11 @@ def test_cli_takes_the_electrode_ranges_and_input_levels_of_a_model(tmp_path, ti
     assert main(args) in (0, 1)  # solved or not: the run is what is checked
     (row,) = json.loads(out.read_text())["results"]
     run = load_run(tiled_server.client, row["run_uid"])
-    # Logical 0 and 1 at the ends of the range both inputs (e3, e4) cover.
-    task = run.metadata["start"]["task"]
-    assert (task["input_low_v"], task["input_high_v"]) == (-0.5, 0.2)
+    # The inputs' logical 0 and 1 are trained, inside the file's ranges of the electrodes used.
+    assert run.metadata["start"]["plan_args"]["learn_levels"] is True
+    columns = [int(name.removeprefix("e")) for name in row["inputs"].split(",")]
+    for column, levels in zip(columns, row["input_levels"], strict=True):
+        assert ranges[column][0] < min(levels) and max(levels) < ranges[column][1]
     configuration = run["eval_raw"].metadata["configuration"]["dnpu"]["data"]
     limits = [[configuration[f"dnpu_e{i}_min_v"], configuration[f"dnpu_e{i}_max_v"]]
               for i in range(7)]  # fmt: skip

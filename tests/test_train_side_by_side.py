@@ -103,7 +103,7 @@ def test_separate_backends_acquire_together_a_shared_one_takes_turns(RE, shared)
     ]
     results = RE(
         train(devices, BooleanGate("AND"), max_iterations=4, max_attempts=1,
-              target_margin_na=NEVER)
+              target_margin_na=NEVER, inputs="e3,e4")
     ).plan_result  # fmt: skip
     assert [r.iterations for r in results] == [4, 4]
     assert len(log) == sum(r.measurements for r in results)

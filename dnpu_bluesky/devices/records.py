@@ -127,12 +127,14 @@ class GenerationRecord(ResultRecord):
 
 
 class ScreeningRecord(ResultRecord):
-    """One candidate assignment of input electrodes, as the screening ranked it."""
+    """One candidate of the screening (input electrodes and a start), as it was ranked:
+    ``promise_na`` is the margin its last measurement says a descent can reach."""
 
     rank = Cpt(Measured, value=0, kind="hinted")
     inputs = Cpt(Signal, value="", kind="hinted")
     steps = Cpt(Measured, value=0, kind="normal")
     loss = Cpt(Measured, value=0.0, kind="hinted")
+    promise_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     best_margin_na = Cpt(Measured, value=0.0, kind="normal", units="nA")
     controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
     input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")

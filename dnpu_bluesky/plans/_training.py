@@ -25,9 +25,9 @@ from ..tasks import BooleanGate, Task
 from ..tasks.levels import (
     apply_levels,
     check_level_bounds,
-    level_gradient,
+    full_swing_levels,
+    level_jacobian,
     project_levels,
-    random_levels,
 )
 from .hge import _device_setup, _start_metadata
 from .stubs import new_gradient_record, record_gradient, set_input_cases, within_run
@@ -77,12 +77,15 @@ class Measure:
 
 @dataclass
 class Step:
-    """One measured step: outputs per case, loss, its gradient w.r.t. the point."""
+    """One measured step: outputs per case, loss, its gradient w.r.t. the point and, where the
+    method measures it (HGE, finite differences), each output's derivatives ``(n_cases,
+    n_params)``."""
 
     outputs: np.ndarray
     loss: float
     gradient: np.ndarray
     measurements: int
+    jacobian: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -173,12 +176,16 @@ class Trainer:
             point[self.controls.size :] = levels.ravel()
         return point
 
-    def random_point(self) -> np.ndarray:
-        """Random controls within their bounds and, when trained, random levels."""
+    def random_point(self, descending: np.ndarray | None = None) -> np.ndarray:
+        """Random controls within their bounds and, when trained, levels at the ends of each
+        input's bounds, logical 1 at the lower end where ``descending`` says so (default: at
+        random)."""
         controls = self.rng.uniform(self.control_bounds[:, 0], self.control_bounds[:, 1])
         if not self.learn_levels:
             return controls
-        levels = random_levels(self.rng, self.level_bounds, self.min_swing_v)
+        if descending is None:
+            descending = self.rng.random(self.inputs.size) < 0.5
+        levels = full_swing_levels(self.level_bounds, descending)
         return np.concatenate([controls, levels.ravel()])
 
     def with_levels(self, controls: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
@@ -290,12 +297,13 @@ class Trainer:
         loss, d_loss = self.loss_of(outputs, indices)
         slopes = np.zeros((outputs.size, len(self.dnpu.electrodes)))
         slopes[:, list(result.tones)] = result.gradient.gradient
-        gradient = [d_loss @ slopes[:, self.controls]]
+        jacobian = [slopes[:, self.controls]]
         if self.learn_levels:
             unit = self.task.unit_inputs()
             unit = unit if indices is None else unit[indices]
-            gradient.append(level_gradient(d_loss, slopes[:, self.inputs], unit).ravel())
-        return Step(outputs, loss, np.concatenate(gradient), 1)
+            jacobian.append(level_jacobian(slopes[:, self.inputs], unit))
+        jacobian = np.concatenate(jacobian, axis=1)
+        return Step(outputs, loss, d_loss @ jacobian, 1, jacobian)
 
     def _fd_step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
         h = self.settings["fd_step_v"]
@@ -312,7 +320,8 @@ class Trainer:
         yield from self.apply(point, indices)
         outputs = np.mean(evaluated, axis=0)
         loss, d_loss = self.loss_of(outputs, indices)
-        return Step(outputs, loss, d_loss @ np.array(jacobian).T, 2 * point.size)
+        jacobian = np.array(jacobian).T
+        return Step(outputs, loss, d_loss @ jacobian, 2 * point.size, jacobian)
 
     def _spsa_step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
         # Two evaluations along a random +-1 direction, whatever the number of parameters.

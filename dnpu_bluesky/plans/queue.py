@@ -16,6 +16,7 @@ from typing import Any
 
 from ..devices.dnpu import DNPU
 from ..tasks import BooleanGate, SphereClassification
+from ..tasks.optimizers import DEFAULT_LR
 from .stubs import Plan
 from .train import train
 
@@ -26,7 +27,7 @@ def train_gate(
     method: str = "hge",
     *,
     optimizer: str = "adam",
-    lr: float = 0.05,
+    lr: float = DEFAULT_LR,
     max_iterations: int = 120,
     max_attempts: int = 4,
     patience: int = 25,
@@ -58,7 +59,7 @@ def train_sphere(
     input_range_v: list[float] | None = None,
     data_seed: int | None = None,
     optimizer: str = "adam",
-    lr: float = 0.05,
+    lr: float = DEFAULT_LR,
     max_iterations: int = 120,
     max_attempts: int = 4,
     patience: int = 25,

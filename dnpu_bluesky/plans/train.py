@@ -13,6 +13,8 @@ from ..devices.dnpu import DNPU
 from ..devices.records import ScreeningRecord
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
 from ..tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
+from ..tasks.optimizers import DEFAULT_LR
+from ..tasks.screening import reachable_margin
 from ._training import (
     Setting,
     Trainer,
@@ -42,7 +44,7 @@ __all__ = [
 GRADIENT_METHODS = ("hge", "fd", "spsa")
 
 #: Steps each surviving candidate takes per screening round; half survive each round.
-SCREEN_ROUNDS = (1, 1, 2, 3, 5)
+SCREEN_ROUNDS = (1, 1, 2, 4)
 
 _log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def train(
     *,
     method: str = "hge",
     optimizer: str = "adam",
-    lr: float = 0.05,
+    lr: float = DEFAULT_LR,
     max_iterations: int = 120,
     max_attempts: int = 4,
     patience: int = 25,
@@ -421,12 +423,16 @@ _BATCH_LOSS_WEIGHT = 0.25
 
 @dataclass
 class _Arm:
-    """One candidate of the screening, or one attempt: where it is and how it has done."""
+    """One candidate of the screening, or one attempt: where it is, its own optimizer, and how
+    it has done (its latest step and its best measured score)."""
 
     inputs: str
     point: np.ndarray
     optimizer: Any
     losses: list[float] = field(default_factory=list)
+    best: tuple[float, float] = (-np.inf, -np.inf)
+    since_best: int = 0
+    promise: float = -np.inf
     best_margin_na: float = -np.inf
 
 
@@ -455,11 +461,11 @@ def _descend(
 ) -> Plan:
     """One device's training loop; yields plan messages and measurement requests.
 
-    With minibatches the loss of one step is measured on a few random cases, so steps are
-    compared by a running mean of it, and each attempt ends with an unperturbed evaluation of
-    its best point on the whole training split: the final setting is the best one evaluated
-    (these, and the checks of minibatches that reached the target), measured once more at the
-    end.
+    An attempt ends after ``patience`` steps that improved neither its loss (with
+    minibatches: a running mean of it) nor its best measured score. With minibatches each
+    attempt ends with an unperturbed evaluation of its best point on the whole training
+    split: the final setting is the best one evaluated (these, and the checks of minibatches
+    that reached the target), measured once more at the end.
     """
     task = trainer.task
     minibatch = getattr(task, "minibatch", None)
@@ -470,7 +476,7 @@ def _descend(
         return reaches_target(score, target_accuracy, target_margin_na)
 
     def one_step(arm: _Arm, attempt: int) -> Plan:
-        """Measure and record one step of ``arm``; returns (stop the arm, its loss)."""
+        """Measure and record one step of ``arm``; returns True when the arm must stop."""
         # Where a Ctrl-C (a deferred pause) takes effect: between steps, not within one.
         yield from bps.checkpoint()
         yield from trainer.use_inputs(arm.inputs)
@@ -488,53 +494,54 @@ def _descend(
         if clipped:
             # Outputs and gradient read through a clipped ADC are wrong: start afresh.
             _report_clipped_step(trainer, arm.point, progress.iteration, attempt, max_attempts)
-            return True, np.inf
+            arm.losses.append(np.inf)
+            arm.promise = -np.inf
+            return True
         loss = step.loss
         if uses_batches:
             w = _BATCH_LOSS_WEIGHT
             loss = loss if not arm.losses else (1 - w) * arm.losses[-1] + w * loss
+        improved = not arm.losses or loss < min(arm.losses) - 1e-3 * abs(min(arm.losses))
         arm.losses.append(loss)
+        if rank(score) > arm.best or improved:
+            arm.best, arm.since_best = max(arm.best, rank(score)), 0
+        else:
+            arm.since_best += 1
         arm.best_margin_na = max(arm.best_margin_na, score.margin_na)
+        arm.promise = _promise(trainer, arm, step, indices)
         if progress.best is None or loss < progress.best[0]:
             progress.best = (loss, setting)
         if reached(score):
             checked, clipped = yield from trainer.evaluate(setting, attempt)
             if reached(checked) and not clipped:
                 progress.solved = (setting, checked)
-                return True, loss
+                return True
             if uses_batches and not clipped:
                 progress.evaluated = _better_of(progress.evaluated, setting, checked)
         arm.point = trainer.project(arm.optimizer.step(arm.point, step.gradient))
-        return False, loss
+        return False
 
     ranked: list[_Arm] = []
     if screen_budget_s is not None:
         ranked = yield from _screen(trainer, new_optimizer, one_step, screen_budget_s, progress)
     attempt = 0
-    for attempt in range(max_attempts):
+    for attempt in range(max_attempts if progress.solved is None else 0):
+        arm = yield from _next_arm(
+            trainer, new_optimizer, start if attempt == 0 else None, ranked, attempt
+        )
+        arm.since_best = 0
+        best_point = arm.point.copy()
+        for _ in range(max_iterations):
+            if (yield from one_step(arm, attempt)):
+                break
+            if arm.since_best == 0:
+                best_point = progress.last.point.copy()
+            if arm.since_best >= patience:
+                break
         if progress.solved is not None:
             break
-        inputs, point = _next_start(trainer, start if attempt == 0 else None, ranked, attempt)
-        yield from trainer.use_inputs(inputs)
-        if point is None:
-            point = trainer.random_point()
-        arm = _Arm(inputs, trainer.project(point), new_optimizer(trainer))
-        best_in_attempt, stalled = np.inf, 0
-        attempt_best: np.ndarray | None = None
-        for _ in range(max_iterations):
-            stop, loss = yield from one_step(arm, attempt)
-            if stop:
-                break
-            first = not np.isfinite(best_in_attempt)
-            if first or loss < best_in_attempt - 1e-3 * abs(best_in_attempt):
-                best_in_attempt, stalled = loss, 0
-                attempt_best = progress.last.point.copy()
-            else:
-                stalled += 1
-            if stalled >= patience:
-                break
-        if progress.solved is None and uses_batches and attempt_best is not None:
-            setting = Setting(arm.inputs, attempt_best)
+        if uses_batches:
+            setting = Setting(arm.inputs, best_point)
             checked, clipped = yield from trainer.evaluate(setting, attempt)
             if not clipped:
                 progress.evaluated = _better_of(progress.evaluated, setting, checked)
@@ -561,6 +568,16 @@ def _descend(
     )
 
 
+def _promise(trainer: Trainer, arm: _Arm, step: Any, indices: np.ndarray | None) -> float:
+    """How far the arm's last measurement says a descent from there can go: the reachable
+    margin where the method measured each output's derivatives, else minus the loss."""
+    if step.jacobian is None:
+        return -arm.losses[-1]
+    targets = trainer.task.targets()
+    targets = targets if indices is None else targets[indices]
+    return reachable_margin(step.outputs, step.jacobian, targets, arm.point, trainer.bounds)
+
+
 def _screen(
     trainer: Trainer,
     new_optimizer: Callable[[Trainer], Any],
@@ -568,17 +585,25 @@ def _screen(
     budget_s: float,
     progress: _Progress,
 ) -> Plan:
-    """Successive halving over the candidate input electrodes; returns them ranked.
+    """Successive halving over the candidate inputs; returns the candidates ranked.
 
-    Every candidate starts a descent from a random setting; after each round of
-    :data:`SCREEN_ROUNDS` steps the half with the lower latest loss goes on. Screening ends
-    when one is left, the rounds are done, the budget is spent or a step solves the task.
-    Candidates dropped earlier rank below those dropped later.
+    Every assignment of the inputs starts one descent per polarity class (with trained
+    levels and two or more inputs: whether each further input's logical 1 lies on the same
+    side as the first input's, which a descent never changes) from random controls and levels
+    at the ends of the inputs' ranges. After each round of :data:`SCREEN_ROUNDS` steps the
+    half with the highest promise goes on (:func:`_promise`: the margin the linearised device
+    reaches). Screening ends when the rounds are done, the budget is spent or a step solves
+    the task. Candidates dropped earlier rank below those dropped later.
     """
     arms = []
-    for names in trainer.candidates():
-        yield from trainer.use_inputs(names)
-        arms.append(_Arm(names, trainer.random_point(), new_optimizer(trainer)))
+    n_classes = 2 ** (trainer.inputs.size - 1) if trainer.learn_levels else 1
+    for polarity in range(n_classes):
+        for names in trainer.candidates():
+            yield from trainer.use_inputs(names)
+            first = trainer.rng.random() < 0.5
+            others = [bool((polarity >> k) & 1) != first for k in range(trainer.inputs.size - 1)]
+            point = trainer.random_point(np.array([first, *others]))
+            arms.append(_Arm(names, point, new_optimizer(trainer)))
     dropped: list[_Arm] = []
     spent_at_start = trainer.device_seconds
     for steps in SCREEN_ROUNDS:
@@ -586,23 +611,17 @@ def _screen(
             for _ in range(steps):
                 if trainer.device_seconds - spent_at_start >= budget_s:
                     break
-                stop, _ = yield from one_step(arm, -1)
-                if progress.solved is not None:
-                    return (yield from _record_ranking(trainer, arms + dropped))
-                if stop:
-                    arm.losses.append(np.inf)
+                if (yield from one_step(arm, -1)):
                     break
-        arms.sort(key=_latest_loss)
-        keep = max(1, len(arms) // 2)
+            if progress.solved is not None:
+                return (yield from _record_ranking(trainer, arms + dropped))
+        arms.sort(key=lambda arm: arm.promise, reverse=True)
+        keep = max(1, round(len(arms) / 2))
         dropped = arms[keep:] + dropped
         arms = arms[:keep]
-        if len(arms) == 1 or trainer.device_seconds - spent_at_start >= budget_s:
+        if trainer.device_seconds - spent_at_start >= budget_s:
             break
     return (yield from _record_ranking(trainer, arms + dropped))
-
-
-def _latest_loss(arm: _Arm) -> float:
-    return min(arm.losses[-2:]) if arm.losses else np.inf
 
 
 def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
@@ -614,7 +633,8 @@ def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
             rank=position + 1,
             inputs=arm.inputs,
             steps=len(arm.losses),
-            loss=float(_latest_loss(arm)),
+            loss=float(arm.losses[-1]) if arm.losses else np.inf,
+            promise_na=float(arm.promise),
             best_margin_na=float(arm.best_margin_na),
             controls=arm.point[: trainer.controls.size],
             **level_fields(trainer.levels_of(arm.point), ""),
@@ -623,17 +643,25 @@ def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
     return ranked
 
 
-def _next_start(
-    trainer: Trainer, start: Setting | None, ranked: list[_Arm], attempt: int
-) -> tuple[str, np.ndarray | None]:
-    """Attempt ``attempt``'s inputs and point: the given start, the next screened candidate
-    (continued from where its screening left it), or a random point (None) on the best
+def _next_arm(
+    trainer: Trainer,
+    new_optimizer: Callable[[Trainer], Any],
+    start: Setting | None,
+    ranked: list[_Arm],
+    attempt: int,
+) -> Plan:
+    """Attempt ``attempt``'s arm: the given start, the next screened candidate (continued
+    where its screening left it, with its own optimizer), or a random start on the best
     candidate's inputs (without screening: the device's)."""
-    if start is not None:
-        return start.inputs, start.point.copy()
-    if attempt < len(ranked):
-        return ranked[attempt].inputs, ranked[attempt].point.copy()
-    return (ranked[0].inputs if ranked else trainer.input_names), None
+    if start is None and attempt < len(ranked):
+        yield from trainer.use_inputs(ranked[attempt].inputs)
+        return ranked[attempt]
+    inputs = start.inputs if start is not None else trainer.input_names
+    if start is None and ranked:
+        inputs = ranked[0].inputs
+    yield from trainer.use_inputs(inputs)
+    point = start.point.copy() if start is not None else trainer.random_point()
+    return _Arm(inputs, trainer.project(point), new_optimizer(trainer))
 
 
 def _better_of(

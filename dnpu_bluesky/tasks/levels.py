@@ -12,7 +12,8 @@ measured at each case ``k``,
     dL/dlevels[i, 0] = sum_k dL/dI_k * dI_k/dV_i * (1 - u_ki)
     dL/dlevels[i, 1] = sum_k dL/dI_k * dI_k/dV_i * u_ki
 
-which for a gate is the sum over the cases in which that input is 0 (or 1). The levels stay
+which for a gate is the sum over the cases in which that input is 0 (or 1)
+(:func:`level_jacobian` gives the per-case derivatives). The levels stay
 inside each electrode's bounds and at least ``min_swing_v`` apart, so that the two logical
 values remain distinct. Either may be the higher voltage: an input whose logical 1 sits below
 its logical 0 computes the same gate, and leaving the polarity free doubles the settings a
@@ -27,16 +28,16 @@ import numpy as np
 DEFAULT_MIN_SWING_V = 0.3
 
 #: Default device seconds a training may spend screening which electrodes are the inputs.
-DEFAULT_SCREEN_BUDGET_S = 30.0
+DEFAULT_SCREEN_BUDGET_S = 60.0
 
 __all__ = [
     "DEFAULT_MIN_SWING_V",
     "DEFAULT_SCREEN_BUDGET_S",
     "apply_levels",
     "check_level_bounds",
-    "level_gradient",
+    "full_swing_levels",
+    "level_jacobian",
     "project_levels",
-    "random_levels",
 ]
 
 
@@ -61,15 +62,11 @@ def apply_levels(unit_inputs: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return levels[:, 0] * (1.0 - unit) + levels[:, 1] * unit
 
 
-def level_gradient(
-    d_loss: np.ndarray, input_slopes: np.ndarray, unit_inputs: np.ndarray
-) -> np.ndarray:
-    """dL/dlevels by the chain rule over the cases.
+def level_jacobian(input_slopes: np.ndarray, unit_inputs: np.ndarray) -> np.ndarray:
+    """dI_k/dlevels by the chain rule: each case's slope on an input, split over its levels.
 
     Parameters
     ----------
-    d_loss : numpy.ndarray
-        ``(n_cases,)`` dL/dI_k.
     input_slopes : numpy.ndarray
         ``(n_cases, n_inputs)`` measured dI_k/dV_i on each input electrode.
     unit_inputs : numpy.ndarray
@@ -78,11 +75,13 @@ def level_gradient(
     Returns
     -------
     numpy.ndarray
-        ``(n_inputs, 2)`` gradient with respect to the logical-0 and logical-1 voltages.
+        ``(n_cases, 2 * n_inputs)``: columns ``2 i`` and ``2 i + 1`` are the derivatives with
+        respect to input ``i``'s logical-0 and logical-1 voltage (``levels.ravel()`` order).
+        ``dL/dlevels = dL/dI @ level_jacobian(...)``.
     """
     unit = np.asarray(unit_inputs, dtype=float)
-    weighted = np.asarray(d_loss, dtype=float)[:, np.newaxis] * np.asarray(input_slopes, float)
-    return np.stack([(weighted * (1.0 - unit)).sum(axis=0), (weighted * unit).sum(axis=0)], 1)
+    slopes = np.asarray(input_slopes, dtype=float)
+    return np.stack([slopes * (1.0 - unit), slopes * unit], axis=2).reshape(len(slopes), -1)
 
 
 def check_level_bounds(bounds: np.ndarray, min_swing_v: float) -> np.ndarray:
@@ -153,23 +152,23 @@ def project_levels(levels: np.ndarray, bounds: np.ndarray, min_swing_v: float) -
     return levels
 
 
-def random_levels(rng: np.random.Generator, bounds: np.ndarray, min_swing_v: float) -> np.ndarray:
-    """Random levels of either polarity, uniform in the bounds, then projected.
+def full_swing_levels(bounds: np.ndarray, descending: np.ndarray) -> np.ndarray:
+    """Levels at the two ends of each input's bounds: the widest swing, a start that lets the
+    descent move every input by its whole range.
 
     Parameters
     ----------
-    rng : numpy.random.Generator
-        Source of the draw.
     bounds : numpy.ndarray
         ``(n_inputs, 2)`` ``[min, max]`` per input electrode.
-    min_swing_v : float
-        Smallest distance between the two levels.
+    descending : numpy.ndarray
+        ``(n_inputs,)`` booleans: True puts an input's logical 1 at its lower end.
 
     Returns
     -------
     numpy.ndarray
         ``(n_inputs, 2)`` logical-0 and logical-1 volts.
     """
-    bounds = np.asarray(bounds, dtype=float)
-    draw = rng.uniform(bounds[:, [0]], bounds[:, [1]], size=(bounds.shape[0], 2))
-    return project_levels(draw, bounds, min_swing_v)
+    levels = np.array(bounds, dtype=float)
+    flip = np.asarray(descending, dtype=bool)
+    levels[flip] = levels[flip, ::-1]
+    return levels

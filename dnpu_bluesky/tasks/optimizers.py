@@ -29,6 +29,10 @@ class Optimizer(Protocol):
         ...
 
 
+#: Default learning rate of the training plans, volts per step.
+DEFAULT_LR = 0.15
+
+
 def _check_bounds(bounds: np.ndarray) -> np.ndarray:
     bounds = np.array(bounds, dtype=float)
     if bounds.ndim != 2 or bounds.shape[1] != 2:
