@@ -445,7 +445,8 @@ def test_training_stops_once_the_target_accuracy_is_reached(RE, documents):
     early = RE(train(dnpu, task, target_accuracy=0.7, **loop)).plan_result
     checks = [d["data"] for d in _stream_events(documents, "evaluation")]
     genetic = RE(train_genetic(dnpu, task, population=6, n_elite=2, generations=5,
-                               target_accuracy=0.7, seed=1, learn_levels=False)).plan_result  # fmt: skip
+                               target_accuracy=0.7, seed=1, learn_levels=False))  # fmt: skip
+    genetic = genetic.plan_result
     dnpu.backend.close()
     # 100 % is out of reach here, so the default runs every iteration of both attempts ...
     assert full.iterations == 30 and full.accuracy < 1.0
