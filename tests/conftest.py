@@ -52,20 +52,20 @@ def ni_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 
 @pytest.fixture
 def clipping_controls() -> list[float]:
-    """Controls (e0, e1, e2, e5, e6) at which the default virtual DNPU draws about -340 nA in
+    """Controls (e0, e1, e2, e5, e6) at which the default virtual DNPU draws about -113 nA in
     every gate case: beyond the ``clipping_dnpu``'s full scale."""
     return [0.489, -1.169, -0.558, -0.566, 0.235]
 
 
 @pytest.fixture
 def clipping_dnpu() -> Iterator[Any]:
-    """The default virtual DNPU read on a +-1.5 V AI range (+-150 nA full scale), which about
+    """The default virtual DNPU read on a +-0.5 V AI range (+-50 nA full scale), which about
     7 % of random gate control settings exceed (``clipping_controls`` is one of them)."""
     from dnpu_bluesky.config import SetupProfile, default_sim_profile
     from dnpu_bluesky.devices import build_dnpu
 
     data = default_sim_profile().to_dict()
-    data["output"]["ai_range_v"] = 1.5
+    data["output"]["ai_range_v"] = 0.5
     device = build_dnpu(SetupProfile.model_validate(data))
     yield device
     device.backend.close()

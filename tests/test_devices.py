@@ -129,7 +129,7 @@ def test_clipped_windows_are_counted_and_logged_once_per_staging(
     dnpu.mode.put("off")
     with caplog.at_level("WARNING", logger="dnpu_bluesky.devices.dnpu"):
         dnpu.stage()
-        _measure_gate_cases(dnpu, [0.0] * 5)  # about -40 nA: inside the +-150 nA range
+        _measure_gate_cases(dnpu, [0.0] * 5)  # about -13 nA: inside the +-50 nA range
         assert dnpu.read()["dnpu_clipped_samples"]["value"] == 0 and not caplog.records
         _measure_gate_cases(dnpu, clipping_controls)
         windows = int(dnpu.last_waveform.analysis_mask.sum())

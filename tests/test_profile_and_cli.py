@@ -364,9 +364,9 @@ def test_cli_input_levels_outside_a_setups_limits(tmp_path, capsys, tiled_server
 
 
 def test_cli_does_not_count_a_gate_read_through_a_clipped_output(tmp_path, capsys, tiled_server):
-    tiny = tmp_path / "tiny.yaml"  # +-5 nA full scale: every control setting clips
+    tiny = tmp_path / "tiny.yaml"  # +-1 nA full scale: every control setting clips
     tiny.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
-        "ai_range_v: 10", "ai_range_v: 0.05"))  # fmt: skip
+        "ai_range_v: 10", "ai_range_v: 0.01"))  # fmt: skip
     out = tmp_path / "results.json"
     args = ["train", "--gates", "AND", "--setup", str(tiny), "--inputs", "e3,e4"]
     args += ["--json", str(out)]

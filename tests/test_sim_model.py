@@ -57,8 +57,10 @@ def test_currents_are_dnpu_like():
     for seed in range(4):
         model = VirtualDNPU(seed)
         current = np.abs(model.current(_random_volts(model, 5000, seed=10 + seed)))
-        assert 10.0 < np.median(current) < 150.0
-        assert 200.0 < np.percentile(current, 99) < 400.0
+        # The scale of measured-dnpu-b, a measured room-temperature device (99th percentile
+        # about 93 nA): docs/virtual-dnpu.md, "Beside a measured device".
+        assert 5.0 < np.median(current) < 50.0
+        assert 70.0 < np.percentile(current, 99) < 130.0
 
 
 def test_nonlinear_and_non_monotonic():

@@ -140,10 +140,14 @@ def best_sphere_accuracy(model, restarts, n_points=400, seed=0, tau=3.0):
     return best
 
 
+#: The training plans' default target separation (nA): the fixed default inputs must allow it.
+TARGET_NA = 2.0
+
+
 def test_xor_and_nand_realisable_on_default_device():
     model = VirtualDNPU(0)
-    assert best_gate_margin(model, "XOR", restarts=15) > 5.0
-    assert best_gate_margin(model, "NAND", restarts=5) > 5.0
+    assert best_gate_margin(model, "XOR", restarts=15) > TARGET_NA
+    assert best_gate_margin(model, "NAND", restarts=5) > TARGET_NA
 
 
 @pytest.mark.parametrize("seed", [0, 1, 5])
@@ -151,7 +155,7 @@ def test_all_gates_realisable_with_margin(seed):
     model = VirtualDNPU(seed)
     margins = {gate: best_gate_margin(model, gate, restarts=20) for gate in GATES}
     print(f"seed {seed} best margins (nA):", {g: round(m, 1) for g, m in margins.items()})
-    assert min(margins.values()) > 5.0, margins
+    assert min(margins.values()) > TARGET_NA, margins
 
 
 def test_sphere_classification_well_above_chance():

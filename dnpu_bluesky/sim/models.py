@@ -86,7 +86,7 @@ class VirtualDNPU(DeviceModel):
         n_sites: int = 16,
         paths_per_electrode: int = 3,
         voltage_ranges: np.ndarray | None = None,
-        max_current_na: float = 300.0,
+        max_current_na: float = 100.0,
     ) -> None:
         ranges = DEFAULT_VOLTAGE_RANGES if voltage_ranges is None else voltage_ranges
         ranges = np.array(ranges, dtype=float)
