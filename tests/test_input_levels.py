@@ -7,7 +7,13 @@ import pytest
 from bluesky import plan_stubs as bps
 
 from dnpu_bluesky.devices import build_dnpu
-from dnpu_bluesky.plans import configure_hge, hge_gradient, train, train_genetic
+from dnpu_bluesky.plans import (
+    configure_hge,
+    hge_gradient,
+    train,
+    train_genetic,
+    validate_gradients,
+)
 from dnpu_bluesky.results import trained_setting
 from dnpu_bluesky.storage import load_run
 from dnpu_bluesky.tasks import BooleanGate, SphereClassification
@@ -232,3 +238,15 @@ def test_bad_input_settings_are_refused_before_any_voltage(RE, dnpu, documents):
         RE(train(dnpu, BooleanGate("XOR"), screen_budget_s=float("nan")))
     assert not [doc for name, doc in documents if name == "start"]
     assert np.all(dnpu.backend.dc_volts == 0)
+
+
+def test_all_tones_keep_the_controls_tones_and_validation_reads_the_controls(RE, dnpu):
+    controls_only = dnpu.frequencies()
+    RE(configure_hge(dnpu, electrodes="all"))
+    everywhere = dnpu.frequencies()
+    # Each control keeps its tone (and so its phase calibration); the inputs get the rest.
+    control = dnpu.indices("control")
+    np.testing.assert_array_equal(everywhere[control], controls_only[control])
+    assert np.all(everywhere[dnpu.indices("input")] > controls_only.max())
+    summary = RE(validate_gradients(dnpu, n_points=1, compare_sequential=False)).plan_result
+    assert summary["cosine_hge_fd_median"] > 0.9

@@ -286,7 +286,7 @@ class DNPU(Device):
         self, tones: FrequencyPlan, amplitude_v: float, electrodes: str = "controls"
     ) -> list[tuple[Signal, float]]:
         """(signal, value) pairs that put ``tones`` on the controls (``electrodes="all"``: on
-        every electrode, in channel order), for ``mv`` or ``put``.
+        every electrode, the controls first), for ``mv`` or ``put``.
 
         Raises:
             ValueError: for a non-positive amplitude, a tone that would slew too fast, or a
@@ -318,10 +318,13 @@ class DNPU(Device):
         return pairs
 
     def _toned(self, electrodes: str) -> np.ndarray:
+        """The electrodes a plan's tones go to, in order: the controls first, so that each
+        control keeps the tone (and the phase calibration) it has with control tones alone,
+        since the greedy plan of more tones begins with the plan of fewer."""
         if electrodes == "controls":
             return self.indices("control")
         if electrodes == "all":
-            return np.arange(N_ELECTRODES)
+            return np.concatenate([self.indices("control"), self.indices("input")])
         raise ValueError(f"electrodes must be 'controls' or 'all', got {electrodes!r}")
 
     @property

@@ -264,6 +264,12 @@ def validate_gradients(
     points = [_random_controls(dnpu, rng, margin) for _ in range(int(n_points))]
     start = dnpu.setpoints()
     controls = dnpu.indices("control")
+    untoned = [dnpu.electrodes[i].attr_name for i in controls if dnpu.frequencies()[i] <= 0]
+    if untoned:
+        raise ValueError(
+            f"{dnpu.name}: controls {', '.join(untoned)} carry no tone; run configure_hge first"
+        )
+    controls = controls.tolist()
     model = getattr(dnpu.backend, "model", None)
     yield from bps.mv(dnpu.input_cases, [])
     dnpu.build_waveform()
@@ -311,17 +317,19 @@ def validate_gradients(
                 )
             yield from bps.mv(dnpu.mode, "off")
             fd = yield from _finite_difference(dnpu, point, fd_step_v)
-            hge = parallel.gradient.gradient[0]
+            # With a tone on the inputs too, the lock-in gives their slopes as well.
+            columns = [parallel.tones.index(control) for control in controls]
+            hge = parallel.gradient.gradient[0][columns]
             values: dict[str, Any] = {
                 "point": index,
                 "operating_point": dnpu.setpoints(),
                 "hge": hge,
-                "hge_stderr": parallel.gradient.stderr[0],
+                "hge_stderr": parallel.gradient.stderr[0][columns],
                 "finite_difference": fd,
                 "cosine_hge_fd": _cosine(hge, fd),
             }
             if sequential is not None:
-                values["hge_sequential"] = sequential.gradient.gradient[0]
+                values["hge_sequential"] = sequential.gradient.gradient[0][columns]
             if model is not None:
                 truth = model.jacobian(dnpu.setpoints())[controls]
                 values["true_gradient"] = truth

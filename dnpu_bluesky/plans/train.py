@@ -88,16 +88,20 @@ def train(
 
     Which electrodes are the inputs: ``inputs=None`` screens them for a Boolean gate (and
     keeps the device's own for other tasks); ``inputs="screen"`` screens for any task; names
-    (``"e3,e4"`` or ``["e3", "e4"]``) pin them. Screening gives every candidate assignment a
-    short descent from a random start, keeps the better half by loss after each round
-    (rounds of 1, 1, 2, 3 and 5 steps) within ``screen_budget_s`` device seconds, and hands
-    the ranking to the training: attempt ``a`` continues from the ``a``-th best candidate.
+    (``"e3,e4"`` or ``["e3", "e4"]``) pin them. Screening starts a short descent on every
+    assignment, once per polarity class (whether the second input's logical 1 lies on the
+    same side as the first's), from random controls and levels at the ends of the inputs'
+    ranges; after each round (of 1, 1, 2 and 4 steps) the half whose last measurement
+    promises the wider margin goes on (:func:`dnpu_bluesky.tasks.screening.reachable_margin`),
+    within ``screen_budget_s`` device seconds. Attempt ``a`` then continues the ``a``-th
+    best candidate where its screening left it.
 
     When the measured outputs reach ``target_accuracy`` (at 1.0, the default: every case
     right and the classes ``target_margin_na`` apart), the setting is evaluated without
     perturbations on the whole training split; training stops once that evaluation reaches
-    it too. An attempt that has not improved its loss for ``patience`` iterations (with
-    minibatches: a running mean of it) is abandoned for the next start (at most
+    it too. An attempt that has improved neither its loss (with minibatches: a running mean
+    of it) nor its best measured score for ``patience`` iterations is abandoned for the next
+    start (at most
     ``max_attempts``).
 
     Streams: the raw waveforms (``hge_raw``/``fd_raw``/``spsa_raw``/``eval_raw``), ``hge``
