@@ -118,3 +118,22 @@ def test_one_run_on_the_virtual_dnpu() -> None:
     assert row["device_s"] > 0 and row["measurements"] >= 1
     if row["solved"]:  # solved means at the benchmark's margin, not only 100 % accurate
         assert row["accuracy"] == 1.0 and row["margin_na"] >= measured.MARGIN_NA
+
+
+MEASURED_DNPU = Path(__file__).resolve().parents[2] / "shared" / "devices" / "measured-dnpu-b.pt"
+
+
+@pytest.mark.skipif(not MEASURED_DNPU.is_file(), reason=f"no surrogate at {MEASURED_DNPU}")
+def test_stream_speedup_measured_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fallback for when benchmarks.surrogate_speed is not there.
+    monkeypatch.setattr(measured, "_optional", lambda module: None)
+    speed = measured.stream_speedup(str(MEASURED_DNPU), repeats=2)
+    assert speed["source"].startswith("benchmarks.measured")
+    assert speed["device_s"] > 0 and speed["wall_s"] > 0
+    assert speed["speedup"] == pytest.approx(speed["device_s"] / speed["wall_s"])
+
+
+def test_ceiling_missing_is_null(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measured, "_optional", lambda module: None)
+    ceiling = measured.oracle_ceilings(measured.device_profile(None), ("AND",))
+    assert ceiling["margin_na"] is None and "not importable" in ceiling["note"]

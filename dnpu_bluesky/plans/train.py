@@ -299,7 +299,8 @@ def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
         args: list[Any] = []
         for signal, value in saved:
             args += [signal, value]
-        yield from bps.mv(*args)
+        if args:
+            yield from bps.mv(*args)
 
     return restore
 
