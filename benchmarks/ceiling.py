@@ -59,9 +59,26 @@ BITS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
 VIRTUAL_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
+def _flipped(gate: str, flip_a: int, flip_b: int) -> tuple[int, ...]:
+    """The gate's truth table with the first and/or second input's polarity reversed."""
+    table = BooleanGate(gate).targets()
+    return tuple(int(table[2 * (a ^ flip_a) + (b ^ flip_b)]) for a, b in BITS)
+
+
+#: Every truth table a gate becomes when an input's logical 1 lies below its logical 0, by
+#: name ``GATE`` (as is), ``GATE~a``, ``GATE~b``, ``GATE~ab`` (inputs reversed).
+VARIANTS: dict[str, tuple[int, ...]] = {
+    gate + suffix: _flipped(gate, fa, fb)
+    for gate in GATES
+    for suffix, (fa, fb) in (("", (0, 0)), ("~a", (1, 0)), ("~b", (0, 1)), ("~ab", (1, 1)))
+}
+#: The truth tables the search knows, in the order of its gate indices.
+TABLES: tuple[str, ...] = tuple(VARIANTS)
+
+
 def targets(gate: str) -> np.ndarray:
-    """The gate's truth table, cases 00, 01, 10, 11 (``BooleanGate(gate).targets()``)."""
-    return BooleanGate(gate).targets()
+    """The truth table of a gate or variant (:data:`VARIANTS`), cases 00, 01, 10, 11."""
+    return np.array(VARIANTS[gate])
 
 
 def margins(currents: np.ndarray, gate: str) -> np.ndarray:
@@ -201,7 +218,8 @@ def random_success(
 
     Controls (every electrode that is not an input) are uniform within their ranges. With
     ``pair`` None the pair is drawn uniformly from :func:`eligible_pairs` per setting; with
-    ``levels`` None each input's two levels are drawn by :func:`sample_levels`.
+    ``levels`` None each input's two levels are drawn by :func:`sample_levels` and, with even
+    odds, logical 1 is the lower of the two.
 
     Returns:
         ``{"fractions": {gate: {margin: fraction}}, "best_na": {gate: best margin seen}}``.
@@ -217,6 +235,9 @@ def random_success(
         pairs = np.broadcast_to(np.array(pair), (n_settings, 2))
     if levels is None:
         low, high = sample_levels(rng, r, (n_settings,), min_swing_v)
+        # Either level may be the higher one, as in training.
+        reverse = rng.random(low.shape) < 0.5
+        low, high = np.where(reverse, high, low), np.where(reverse, low, high)
     else:
         low = np.full((n_settings, n), float(levels[0]))
         high = np.full((n_settings, n), float(levels[1]))
@@ -284,7 +305,7 @@ def _ascend(
     r = model.voltage_ranges
     ma, mb = _masks(pairs, r.shape[0])
     rest = 1.0 - ma - mb
-    is_high = np.array([targets(g) == 1 for g in GATES])[gate_index]  # (starts, 4)
+    is_high = np.array([targets(g) == 1 for g in TABLES])[gate_index]  # (starts, 4)
     a_bits, b_bits = BITS[:, 0][:, None], BITS[:, 1][:, None]  # (4, 1)
     x = x.copy()
     best_m = np.full(len(x), -np.inf)
@@ -305,7 +326,7 @@ def _ascend(
         if step == iterations - 1:
             break
         grad_i = np.empty_like(current)
-        for g, gate in enumerate(GATES):
+        for g, gate in enumerate(TABLES):
             sel = gate_index == g
             if sel.any():
                 grad_i[sel] = smooth_margin(current[sel], gate, tau)[1]
@@ -341,6 +362,7 @@ def gate_ceilings(
     polish_starts: int = 3,
     min_swing_v: float = MIN_SWING_V,
     seed: int = 0,
+    polarity_free: bool = True,
 ) -> dict[str, Ceiling]:
     """Best separation margin per gate: the oracle ceiling of the exact, noiseless model.
 
@@ -364,8 +386,10 @@ def gate_ceilings(
         starts_per_pair: Random starts per gate and pair.
         iterations, polish_iterations: Adam steps of the search and of the polish.
         polish_starts: Starts per gate and pair polished.
-        min_swing_v: Minimum ``high - low`` of an input's levels.
+        min_swing_v: Minimum ``|high - low|`` of an input's levels.
         seed: Seeds the starts.
+        polarity_free: Let either level of an input be the higher one, as training does
+            (``low_v``/``high_v`` of the result are logical 0 and 1, in either order).
 
     Returns:
         ``{gate: Ceiling}``.
@@ -380,7 +404,14 @@ def gate_ceilings(
         if not (np.all(used[:, 0] <= levels[0]) and np.all(levels[1] <= used[:, 1])):
             raise ValueError(f"input levels {levels} V leave the inputs' ranges {used.tolist()}")
     rng = np.random.default_rng(seed)
-    gate_ids = [GATES.index(g) for g in gates]
+    # Either level of an input may be the higher one: a reversed input is the gate's variant
+    # with that input's bit flipped, searched with the levels in order and read back reversed.
+    polarity_free = polarity_free and levels is None
+    variants = {
+        gate: [gate + suffix for suffix in (("", "~a", "~b", "~ab") if polarity_free else ("",))]
+        for gate in gates
+    }
+    gate_ids = [TABLES.index(v) for gate in gates for v in variants[gate]]
     combos = [(g, p) for g in gate_ids for p in range(len(pairs))]
     gate_index = np.repeat([g for g, _ in combos], starts_per_pair)
     pair_index = np.repeat([p for _, p in combos], starts_per_pair)
@@ -424,21 +455,29 @@ def gate_ceilings(
     best_of = np.arange(len(combos)) * keep + polished.argmax(axis=1)
     polished, px = polished.max(axis=1), px[best_of]
     result = {}
-    for g in gate_ids:
-        rows = [k for k, (gg, _) in enumerate(combos) if gg == g]
+    for gate in gates:
+        ids = [TABLES.index(v) for v in variants[gate]]
+        rows = [k for k, (gg, _) in enumerate(combos) if gg in ids]
         best = max(rows, key=lambda k: polished[k])
         p = pairs[combos[best][1]]
-        result[GATES[g]] = Ceiling(
-            gate=GATES[g],
+        variant = TABLES[combos[best][0]]
+        low = [float(px[best, 1, p[0]]), float(px[best, 1, p[1]])]
+        high = [float(px[best, 2, p[0]]), float(px[best, 2, p[1]])]
+        for i, name in enumerate("ab"):
+            if "~" in variant and name in variant.split("~")[1]:
+                low[i], high[i] = high[i], low[i]
+        per_pair: dict[str, float] = {}
+        for k in rows:
+            key = f"{pairs[combos[k][1]][0]},{pairs[combos[k][1]][1]}"
+            per_pair[key] = max(per_pair.get(key, -np.inf), float(polished[k]))
+        result[gate] = Ceiling(
+            gate=gate,
             margin_na=float(polished[best]),
             pair=(int(p[0]), int(p[1])),
-            low_v=(float(px[best, 1, p[0]]), float(px[best, 1, p[1]])),
-            high_v=(float(px[best, 2, p[0]]), float(px[best, 2, p[1]])),
+            low_v=(low[0], low[1]),
+            high_v=(high[0], high[1]),
             controls_v=[float(v) for v in px[best, 0]],
-            per_pair_na={
-                f"{pairs[combos[k][1]][0]},{pairs[combos[k][1]][1]}": float(polished[k])
-                for k in rows
-            },
+            per_pair_na=per_pair,
         )
     return result
 

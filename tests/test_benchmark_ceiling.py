@@ -67,11 +67,18 @@ def test_linear_model_ceilings_are_the_analytic_ones() -> None:
         # e6 needs its whole range; e0 only a swing of 5 / 3 V.
         assert (found[gate].low_v[1], found[gate].high_v[1]) == pytest.approx((-1, 1), abs=1e-3)
         assert found[gate].high_v[0] - found[gate].low_v[0] >= 5 / 3 - 1e-3
-    for gate in ("NAND", "NOR"):  # the two negative ones: e1 (-4) and e4 (-3)
-        assert found[gate].margin_na == pytest.approx(3.0, abs=1e-3)
-        assert found[gate].pair == (1, 4)
+    for gate in ("NAND", "NOR"):  # with both inputs reversed, the same pair as AND and OR
+        assert found[gate].margin_na == pytest.approx(5.0, abs=1e-3)
+        assert found[gate].pair == (0, 6)
+        assert found[gate].high_v[1] == pytest.approx(-1, abs=1e-3)  # logical 1 below 0
+        assert found[gate].low_v[1] == pytest.approx(1, abs=1e-3)
     assert found["XOR"].margin_na < 0 and found["XNOR"].margin_na < 0  # linear: impossible
     assert len(found["AND"].per_pair_na) == 21
+    # With logical 1 above logical 0 on both inputs, NAND and NOR need the negative weights.
+    ordered = gate_ceilings(Linear(), gates=("NAND", "NOR"), polarity_free=False, **FAST)
+    for gate in ("NAND", "NOR"):  # the two negative ones: e1 (-4) and e4 (-3)
+        assert ordered[gate].margin_na == pytest.approx(3.0, abs=1e-3)
+        assert ordered[gate].pair == (1, 4)
 
 
 def test_quadratic_model_xnor_ceiling_and_levels() -> None:
