@@ -10,12 +10,13 @@ signal, which a trainer may change between steps (screening).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
 from bluesky.utils import Msg, short_uid
 
 from ..callbacks.lockin import LockInCallback
@@ -457,6 +458,59 @@ def level_fields(levels: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
     levels."""
     levels = np.asarray(levels, dtype=float)
     return {f"{prefix}input_zero_v": levels[:, 0], f"{prefix}input_one_v": levels[:, 1]}
+
+
+def resolve_inputs(inputs: str | Sequence[str] | None, task: Task) -> tuple[bool, str | None]:
+    """(screen or not, pinned names or None) from a plan's ``inputs`` argument: None screens
+    for a Boolean gate and keeps the device's inputs otherwise, ``"screen"`` screens, names
+    pin them."""
+    if inputs is None:
+        return isinstance(task, BooleanGate), None
+    if isinstance(inputs, str) and inputs == "screen":
+        return True, None
+    names = inputs.split(",") if isinstance(inputs, str) else [str(n) for n in inputs]
+    names = [n.strip() for n in names]
+    if len(names) != task.n_inputs:
+        raise ValueError(
+            f"inputs names {len(names)} electrodes ({', '.join(names)}) but task "
+            f"{task.name!r} has {task.n_inputs} inputs"
+        )
+    return False, ",".join(names)
+
+
+def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
+    """A plan factory that puts back the tones and input electrodes the devices had."""
+    saved = []
+    for device in dnpus:
+        for electrode in device.electrodes:
+            saved += [
+                (electrode.frequency, electrode.frequency.get()),
+                (electrode.amplitude, electrode.amplitude.get()),
+            ]
+        saved.append((device.inputs, device.inputs.get()))
+
+    def restore() -> Plan:
+        args: list[Any] = []
+        for signal, value in saved:
+            args += [signal, value]
+        if args:
+            yield from bps.mv(*args)
+
+    return restore
+
+
+def on_inputs(dnpus: list[DNPU], pinned: str | None, body: Callable[[], Plan]) -> Plan:
+    """Run ``body()`` with the devices' inputs set to ``pinned`` (if given); the tones and
+    inputs the devices had come back however it ends, refusals included."""
+    restore = _device_state(dnpus)
+
+    def pinned_body() -> Plan:
+        if pinned is not None:
+            for device in dnpus:
+                yield from bps.mv(device.inputs, pinned)
+        return (yield from body())
+
+    return (yield from bpp.finalize_wrapper(pinned_body(), restore()))
 
 
 def make_trainers(

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
-from bluesky import preprocessors as bpp
 
 from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
@@ -19,15 +18,16 @@ from ._training import (
     device_names,
     level_fields,
     make_trainers,
+    on_inputs,
     prepare,
     rank,
     reaches_target,
+    resolve_inputs,
     run_metadata,
     run_side_by_side,
 )
 from .hge import _check_positive
 from .stubs import Plan
-from .train import _device_state, _resolve_inputs
 
 #: Chance that a child of the genetic algorithm moves to other input electrodes.
 INPUTS_MUTATION_RATE = 0.1
@@ -149,15 +149,11 @@ def train_genetic(
         raise ValueError(f"mutation_v must be a finite number >= 0 (V), got {mutation_v!r}")
     check_target_accuracy(target_accuracy)
     _check_positive(min_swing_v=min_swing_v)
-    search, pinned = _resolve_inputs(inputs, task)
+    search, pinned = resolve_inputs(inputs, task)
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]
-    restore = _device_state(dnpus)
 
     def prepared_run() -> Plan:
-        if pinned is not None:
-            for device in dnpus:
-                yield from bps.mv(device.inputs, pinned)
         settings = {"learn_levels": bool(learn_levels), "min_swing_v": float(min_swing_v)}
         trainers = make_trainers(dnpus, task, "ga", seed, settings, lambda device: 0.0)
         yield from prepare(trainers, "off")
@@ -189,7 +185,7 @@ def train_genetic(
         bodies = {trainer: _evolve(trainer, **settings) for trainer in trainers}
         return (yield from run_side_by_side(bodies, metadata, []))
 
-    results = yield from bpp.finalize_wrapper(prepared_run(), restore())
+    results = yield from on_inputs(dnpus, pinned, prepared_run)
     return results if several_given else results[0]
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
-from bluesky import preprocessors as bpp
 
 from ..devices.dnpu import DNPU
 from ..devices.records import ScreeningRecord
@@ -23,9 +22,11 @@ from ._training import (
     device_names,
     level_fields,
     make_trainers,
+    on_inputs,
     prepare,
     rank,
     reaches_target,
+    resolve_inputs,
     run_metadata,
     run_side_by_side,
 )
@@ -177,7 +178,7 @@ def train(
     if not (np.isfinite(screen_budget_s) and screen_budget_s >= 0):
         raise ValueError(f"screen_budget_s must be >= 0 device seconds, got {screen_budget_s!r}")
     check_target_accuracy(target_accuracy)
-    screen, pinned = _resolve_inputs(inputs, task)
+    screen, pinned = resolve_inputs(inputs, task)
     if initial_levels is not None and not learn_levels:
         raise ValueError("initial_levels needs learn_levels=True")
     settings = {
@@ -192,12 +193,7 @@ def train(
         # A setting on its bound plus a tone's crest must not round past the limit.
         return max(amplitudes[device.name], fd_step_v, spsa_step_v) + _GUARD_V
 
-    restore = _device_state(dnpus)
-
     def prepared_run() -> Plan:
-        if pinned is not None:
-            for device in dnpus:
-                yield from bps.mv(device.inputs, pinned)
         trainers = make_trainers(dnpus, task, method, seed, settings, perturbation_margin)
         # Tones on every electrode when the inputs' slopes are needed or the inputs move.
         all_tones = method == "hge" and (learn_levels or screen)
@@ -263,46 +259,8 @@ def train(
         }
         return (yield from run_side_by_side(bodies, metadata, [t.lockin for t in trainers]))
 
-    # The devices' own inputs and tones come back however the plan ends, refusals included.
-    results = yield from bpp.finalize_wrapper(prepared_run(), restore())
+    results = yield from on_inputs(dnpus, pinned, prepared_run)
     return results if several_given else results[0]
-
-
-def _resolve_inputs(inputs: str | Sequence[str] | None, task: Task) -> tuple[bool, str | None]:
-    """(screen or not, pinned names or None) from the ``inputs`` argument."""
-    if inputs is None:
-        return isinstance(task, BooleanGate), None
-    if isinstance(inputs, str) and inputs == "screen":
-        return True, None
-    names = inputs.split(",") if isinstance(inputs, str) else [str(n) for n in inputs]
-    names = [n.strip() for n in names]
-    if len(names) != task.n_inputs:
-        raise ValueError(
-            f"inputs names {len(names)} electrodes ({', '.join(names)}) but task "
-            f"{task.name!r} has {task.n_inputs} inputs"
-        )
-    return False, ",".join(names)
-
-
-def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
-    """A plan factory that puts back the tones and input electrodes the devices had."""
-    saved = []
-    for device in dnpus:
-        for electrode in device.electrodes:
-            saved += [
-                (electrode.frequency, electrode.frequency.get()),
-                (electrode.amplitude, electrode.amplitude.get()),
-            ]
-        saved.append((device.inputs, device.inputs.get()))
-
-    def restore() -> Plan:
-        args: list[Any] = []
-        for signal, value in saved:
-            args += [signal, value]
-        if args:
-            yield from bps.mv(*args)
-
-    return restore
 
 
 def _first_start(
@@ -371,12 +329,9 @@ def evaluate_controls(
     TrainResult
         With ``method="evaluate"`` and no iterations.
     """
-    _, pinned = _resolve_inputs(inputs, task) if inputs is not None else (False, None)
-    restore = _device_state([dnpu])
+    _, pinned = resolve_inputs(inputs, task) if inputs is not None else (False, None)
 
     def prepared_run() -> Plan:
-        if pinned is not None:
-            yield from bps.mv(dnpu.inputs, pinned)
         settings = {"learn_levels": input_levels is not None}
         (trainer,) = make_trainers([dnpu], task, "evaluate", 0, settings, lambda device: 0.0)
         point = np.asarray(controls, dtype=float)
@@ -406,7 +361,7 @@ def evaluate_controls(
         )
         return (yield from run_side_by_side({trainer: body}, metadata, []))
 
-    (result,) = yield from bpp.finalize_wrapper(prepared_run(), restore())
+    (result,) = yield from on_inputs([dnpu], pinned, prepared_run)
     return result
 
 
