@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.ceiling import (
     GATES,
+    best_accuracies,
     default_inputs,
     gate_ceilings,
     main,
@@ -17,8 +18,11 @@ from benchmarks.ceiling import (
     random_success,
     sample_levels,
     smooth_margin,
+    sphere_ceiling,
+    sphere_triples,
 )
 from dnpu_bluesky.sim import VirtualDNPU
+from dnpu_bluesky.tasks import accuracy_and_threshold
 
 RANGES = np.array([[-1.0, 1.0]] * 3 + [[-0.5, 0.5]] + [[-1.0, 1.0]] * 3)
 
@@ -140,3 +144,73 @@ def test_default_inputs_are_the_gates_defaults_on_the_virtual_dnpu() -> None:
 def test_a_missing_model_file_is_refused(tmp_path: Any) -> None:
     with pytest.raises(SystemExit):
         main(["--seeds", "--model", str(tmp_path / "absent.pt")])
+
+
+class Bowl(Linear):
+    """``I = -k |V_(0,3,5) - V6|^2``: a ball around ``V6`` (one electrode, e6) in e0, e3, e5.
+
+    With free levels the cube of the sphere task can be centred on ``V6`` (e6 in 0.4 .. 1 V),
+    so every point is classified correctly; with the fixed cube -1 .. 1 V centred at 0 it
+    cannot. Only the triple e0, e3, e5 sees the whole ball.
+    """
+
+    k = 2.0
+    voltage_ranges = np.array([[-1.0, 1.0]] * 6 + [[0.4, 1.0]])
+    inputs = (0, 3, 5)
+
+    def current(self, volts: np.ndarray) -> np.ndarray:
+        d = volts[..., list(self.inputs)] - volts[..., 6:7]
+        return -self.k * (d**2).sum(axis=-1)
+
+    def jacobian(self, volts: np.ndarray) -> np.ndarray:
+        d = volts[..., list(self.inputs)] - volts[..., 6:7]
+        jac = np.zeros(volts.shape)
+        jac[..., list(self.inputs)] = -2 * self.k * d
+        jac[..., 6] = 2 * self.k * d.sum(axis=-1)
+        return jac
+
+
+SPHERE_FAST = {"n_points": 80, "starts": 8, "iterations": 150, "polish_iterations": 150}
+
+
+def test_sphere_ceiling_reaches_the_ball_with_free_levels_only() -> None:
+    bowl = Bowl()
+    free = sphere_ceiling(bowl, (0, 3, 5), **SPHERE_FAST)
+    assert free["train_accuracy"] == 1.0 and free["test_accuracy"] == 1.0
+    assert free["inputs"] == [0, 3, 5] and free["meets_min_spread"]
+    levels = np.array(free["levels_v"])
+    assert np.all(np.abs(levels[:, 1] - levels[:, 0]) >= 0.3 - 1e-9)
+    assert np.all((levels >= -1.0 - 1e-9) & (levels <= 1.0 + 1e-9))
+    # The cube's centre sits on the ball's centre V6 (within the slack the points leave).
+    assert levels.mean(axis=1) == pytest.approx([free["controls_v"]["e6"]] * 3, abs=0.15)
+    fixed = sphere_ceiling(bowl, (0, 3, 5), free_levels=False, **SPHERE_FAST)
+    assert fixed["levels_v"] == [[-1.0, 1.0]] * 3
+    assert 0.5 < fixed["train_accuracy"] < 0.95
+    # Every iterate spans far less than 1e6 nA: none counts.
+    assert not sphere_ceiling(bowl, (0, 3, 5), min_spread_na=1e6, **SPHERE_FAST)["meets_min_spread"]
+
+
+def test_sphere_triples_find_the_bowls_inputs() -> None:
+    found = sphere_triples(
+        Bowl(),
+        n_points=80,
+        starts_per_triple=2,
+        best_triples=2,
+        starts=8,
+        iterations=150,
+        polish_iterations=150,
+    )
+    assert len(found["per_triple"]) == 35
+    assert found["inputs"] == [0, 3, 5] and found["train_accuracy"] == 1.0
+    assert max(v for k, v in found["per_triple"].items() if k != "0,3,5") < 1.0
+
+
+def test_best_accuracies_match_the_task_metric() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.array([0, 1] * 10)
+    currents = rng.normal(0, 1, (30, 20)) + 0.8 * labels
+    currents[0, :4] = 0.5  # ties: a split between equal outputs is not allowed
+    accuracy, gap = best_accuracies(currents, labels)
+    for row, acc in zip(currents, accuracy, strict=True):
+        assert acc == accuracy_and_threshold(row, labels)[0]
+    assert np.all((gap >= 0) & (gap <= 1))
