@@ -99,7 +99,7 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         RM.item_add(BPlan("hge_gradient", "dnpu", repeats=2))
         RM.item_add(BPlan("train_gate", "dnpu", "AND", method="hge", max_iterations=40, seed=1))
         RM.item_add(BPlan("train_gate", ["dnpu", "dnpu_b"], "OR", max_iterations=3,
-                          max_attempts=1, target_margin_na=1e6))  # fmt: skip
+                          max_attempts=1, target_margin_na=1e6, inputs="e3,e4"))  # fmt: skip
         RM.queue_start()
         RM.wait_for_idle(timeout=180)
 
