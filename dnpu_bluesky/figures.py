@@ -111,10 +111,9 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
     axes.axhline(trace["threshold_na"], color="0.4", ls="--", lw=0.8)
     scores = _last_evaluation(run, device, ("accuracy", "margin_na"))
     accuracy, margin = float(scores["accuracy"]), float(scores["margin_na"])
-    axes.set_title(f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA", fontsize=9)
+    title = f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA"
     levels = input_levels_text(run, device)
-    if levels:
-        axes.text(0.01, 0.02, levels, transform=axes.transAxes, fontsize=7, color="0.3")
+    axes.set_title(f"{title}\n{levels}" if levels else title, fontsize=8)
     axes.set_xlabel("time (s, ramps removed)")
     axes.set_ylabel("I (nA)")
 
@@ -162,8 +161,8 @@ def loss_figure(runs: Sequence[Any]) -> Figure:
                 curve["loss"][screening],
                 ls="",
                 marker=".",
-                ms=3,
-                alpha=0.35,
+                ms=4,
+                alpha=0.6,
                 color=line.get_color(),
             )
         # A new start makes the loss jump; the line says it is not a fault.
@@ -172,7 +171,7 @@ def loss_figure(runs: Sequence[Any]) -> Figure:
             axes.axvline(curve["device_s"][trained][index], color=line.get_color(), ls=":", lw=0.8)
             restarted = True
     if screened:
-        axes.plot([], [], color="0.4", ls="", marker=".", alpha=0.35, label="screening inputs")
+        axes.plot([], [], color="0.4", ls="", marker=".", alpha=0.6, label="screening inputs")
     if restarted:
         axes.plot([], [], color="0.4", ls=":", lw=0.8, label="new start")
     axes.set_xlabel("device time (s)")
