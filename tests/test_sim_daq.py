@@ -154,3 +154,38 @@ def test_adc_clipping_is_flagged_sample_by_sample():
     assert acq.clipped[plateau].all() and not acq.clipped[: n_ramp // 4].any()
     np.testing.assert_allclose(np.abs(acq.ai_volts[plateau]), plateau_v / 2, rtol=1e-3)
     assert not SimulatedDAQ(electronics=quiet).play_and_record(stream, FS).clipped.any()
+
+
+def test_a_profiles_simulated_daq_checks_slew_and_limits_as_the_hardware_does():
+    from dnpu_bluesky.config import default_sim_profile
+    from dnpu_bluesky.devices.backends import make_backend
+
+    profile = default_sim_profile()
+    daq = make_backend(profile)
+    rate = 10_000.0
+    # A 0.6 V step in one sample: 6,000 V/s against the profile's limit.
+    step = np.zeros((40, 7))
+    step[10:30, 0] = 0.6
+    with pytest.raises(UnsafeWaveformError, match="V/s"):
+        daq.play_and_record(step, rate)
+    # The same voltage, ramped within the limit, plays.
+    ramp = np.zeros((400, 7))
+    up = np.linspace(0.0, 0.5, 100)
+    ramp[:100, 0], ramp[100:300, 0], ramp[300:, 0] = up, 0.5, up[::-1]
+    assert daq.play_and_record(ramp, rate).device_seconds > 0
+    # The profile's limits hold too: e3 may go to +0.3 V only.
+    beyond = ramp.copy()
+    beyond[:, 3] = beyond[:, 0]
+    with pytest.raises(UnsafeWaveformError, match="outside the limits"):
+        daq.play_and_record(beyond, rate)
+    daq.close()
+
+
+def test_a_dnpus_timing_is_fixed_once():
+    from dnpu_bluesky.devices import build_dnpu
+
+    dnpu = build_dnpu()
+    with pytest.raises(RuntimeError, match="fixed when the device is built"):
+        dnpu.configure_timing(10_000.0, 1e9)
+    assert dnpu.max_slew_v_per_s.get() == 200.0
+    dnpu.backend.close()

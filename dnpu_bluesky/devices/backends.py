@@ -56,7 +56,10 @@ def _make_sim(profile: SetupProfile) -> DAQBackend:
         inverting=amplifier.inverting,
         adc_range_v=profile.output.ai_range_v,
     )
-    return SimulatedDAQ(model, electronics, seed)
+    # The hardware backend's checks, from the same profile: limits and slew.
+    return SimulatedDAQ(
+        model, electronics, seed, limits=limits, max_slew_v_per_s=profile.max_slew_v_per_s
+    )
 
 
 def _check_fits(

@@ -157,10 +157,21 @@ class DNPU(Device):
         self.total_device_seconds = 0.0
         self._lock = _backend_lock(backend)
         self._clipping_reported = False
+        self._timing_fixed = False
 
     def configure_timing(self, sample_rate: float, max_slew_v_per_s: float) -> None:
         """Fix the sample rate and the slew limit (called once by the factory, from the
-        setup profile): a plan rehearsed on the virtual device must not rely on others."""
+        setup profile): a plan rehearsed on the virtual device must not rely on others.
+
+        Raises:
+            RuntimeError: if they were fixed already; build a new device for other timing.
+        """
+        if self._timing_fixed:
+            raise RuntimeError(
+                f"{self.name}: the sample rate and slew limit are fixed when the device is "
+                "built (from its setup profile); build a new device for others"
+            )
+        self._timing_fixed = True
         self.sample_rate._readback = float(sample_rate)
         self.max_slew_v_per_s._readback = float(max_slew_v_per_s)
 

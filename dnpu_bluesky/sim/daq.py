@@ -28,6 +28,10 @@ class SimulatedDAQ:
         overhead_s: Fixed device seconds added per acquisition (task start-up, settling).
         realtime: Take as long as the hardware would: each acquisition returns no sooner
             than its device seconds after it started (to rehearse an experiment's timing).
+        limits: ``(n_electrodes, 2)`` volts every stream must stay within (default: the
+            model's voltage ranges); a setup profile's limits.
+        max_slew_v_per_s: The setup's slew limit, checked on every stream as the hardware
+            backend checks it (default: none).
 
     Attributes:
         model: The device model.
@@ -44,6 +48,8 @@ class SimulatedDAQ:
         seed: int = 0,
         overhead_s: float = 0.0,
         realtime: bool = False,
+        limits: np.ndarray | None = None,
+        max_slew_v_per_s: float | None = None,
     ) -> None:
         if overhead_s < 0:
             raise ValueError(f"overhead_s must not be negative, got {overhead_s}")
@@ -56,6 +62,8 @@ class SimulatedDAQ:
                 f"{self.n_channels}-electrode model"
             )
         self.seed = int(seed)
+        self.limits = np.array(self.model.voltage_ranges if limits is None else limits, float)
+        self.max_slew_v_per_s = None if max_slew_v_per_s is None else float(max_slew_v_per_s)
         self.overhead_s = float(overhead_s)
         self.realtime = bool(realtime)
         self.dc_volts = np.zeros(self.n_channels)
@@ -96,7 +104,8 @@ class SimulatedDAQ:
         check_waveform(
             volts,
             sample_rate,
-            limits=self.model.voltage_ranges,
+            limits=self.limits,
+            max_slew_v_per_s=self.max_slew_v_per_s,
             channel_names=[f"electrode {i}" for i in range(self.n_channels)],
         )
         current = self.model.current(volts)
