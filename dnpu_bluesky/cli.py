@@ -153,6 +153,11 @@ def _check_no_shared_channels(paths: Sequence[str], profiles: Sequence[Any]) -> 
                 )
 
 
+#: Largest seed: seeds are stored in the runs' documents, which hold 64-bit integers, and a
+#: seed names a device or a training run, for which 32 bits are plenty.
+_MAX_SEED = 2**32 - 1
+
+
 def _seed_from_env() -> int:
     text = os.environ.get("DNPU_SEED", "0")
     try:
@@ -1166,9 +1171,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.seed_given = args.seed is not None
             if args.seed is None:
                 args.seed = _seed_from_env()
-            if args.seed < 0:
+            if not 0 <= args.seed <= _MAX_SEED:
                 where = "--seed" if args.seed_given else "DNPU_SEED"
-                raise UsageError(f"{where} must be 0 or more, got {args.seed}")
+                raise UsageError(f"{where} must be 0 to {_MAX_SEED}, got {args.seed}")
         _check_numbers(args)
         _check_output_paths(args)
         return args.handler(args)

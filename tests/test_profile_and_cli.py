@@ -317,11 +317,14 @@ def test_cli_takes_seed_and_setup_from_the_environment(tmp_path, capsys, tiled_s
     assert "DNPU_SEED must be an integer" in capsys.readouterr().err
     monkeypatch.setenv("DNPU_SEED", "-1")
     assert main(["train", "--quiet", *data]) == 2
-    assert "DNPU_SEED must be 0 or more, got -1" in _one_error(capsys.readouterr().err)
+    assert "DNPU_SEED must be 0 to 4294967295, got -1" in _one_error(capsys.readouterr().err)
     monkeypatch.delenv("DNPU_SEED")
     for command in ("train", "demo"):
-        assert main([command, "--seed", "-2", "--quiet", *data]) == 2
-        assert "--seed must be 0 or more, got -2" in _one_error(capsys.readouterr().err)
+        for seed in ("-2", "18446744073709551616"):
+            assert main([command, "--seed", seed, "--quiet", *data]) == 2
+            assert f"--seed must be 0 to 4294967295, got {seed}" in _one_error(
+                capsys.readouterr().err
+            )
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "profiles" / "setups" / "sim.yaml").read_text().replace(
         "max_v: 0.6", "max_v: 20.0", 1))  # fmt: skip
