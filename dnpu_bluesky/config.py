@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
@@ -65,8 +72,17 @@ DEFAULT_TONE_ORDER = 3
 #: Share of the slew limit a tone may use (a sine of amplitude a at f slews 2 pi f a).
 TONE_SLEW_SHARE = 0.9
 
-_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-_Volts = Annotated[float, Field(allow_inf_nan=False)]
+
+def _not_a_boolean(value: Any) -> Any:
+    """YAML reads ``true`` as a boolean, which pydantic would take as 1.0 where a number is
+    meant: refused."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(_not_a_boolean)]
+_Volts = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_a_boolean)]
 _Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _Channel = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
 # Error type of a model validator's problems, one ``field: message`` line each, reported under

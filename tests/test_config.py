@@ -115,6 +115,8 @@ BAD_FIELDS = [
     ("electrodes.1.max_v", 12.0, "electrodes.1.max_v:", "DAQ range"),
     ("electrodes.1.min_v", -11.0, "electrodes.1.min_v:", "DAQ range"),
     ("electrodes.6.max_v", 0.0, "electrodes.6.max_v:", "above 0 V"),
+    ("electrodes.6.max_v", True, "electrodes.6.max_v:", "expected a number, got true"),
+    ("max_slew_v_per_s", True, "max_slew_v_per_s:", "expected a number, got true"),
     ("electrodes.3.role", "gate", "electrodes.3.role:", "'input' or 'control'"),
     ("electrodes.4.name", "e1", "electrodes.4.name:", "repeats electrodes.1"),
     ("electrodes.5.channel", "cDAQ1Mod1/ao0", "electrodes.5.channel:", "repeats electrodes.0"),
