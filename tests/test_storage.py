@@ -581,3 +581,23 @@ def test_the_storage_package_imports_nothing_of_the_domain():
             elif isinstance(node, ast.Import):
                 imported |= {a.name for a in node.names if a.name.startswith("dnpu_bluesky")}
     assert imported == {".._errors"}  # StorageError, shared with the command line
+
+
+def test_the_embedded_stores_logs_and_spool_are_this_accounts_only(tmp_path, RE, hw):
+    # The server's request log may hold its API key (issue 17): no other account may read it.
+    det = hw[1]
+    config = StorageConfig(directory=tmp_path / "data", spool_directory=tmp_path / "spool")
+    modes: list[int] = []
+
+    def spool_mode(name, doc):
+        if name == "event":
+            modes.extend(os.stat(p).st_mode & 0o777 for p in config.spool_directory.iterdir())
+
+    with open_storage(config) as storage:
+        RE.subscribe(storage.writer)
+        RE.subscribe(spool_mode)
+        RE(bp.count([det], num=2))
+        storage.flush(timeout=60)
+    logs = [config.directory / "access.log", config.directory / "error.log"]
+    assert [os.stat(p).st_mode & 0o777 for p in logs] == [0o600, 0o600]
+    assert modes and set(modes) == {0o600}

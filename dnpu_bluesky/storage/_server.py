@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -140,6 +141,12 @@ def _server_process() -> None:
 
     api_key = sys.stdin.readline().strip() or None
     directory = Path(sys.argv[1])
+    # The server's logs record request lines, which may carry the API key: readable by this
+    # account only, like every file the server creates.
+    os.umask(0o077)
+    for log in ("access.log", "error.log"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(directory / log, 0o600)
     lock = _take_server_lock(directory)
     if lock is None:
         print("busy", flush=True)  # another process's server: the parent uses that one

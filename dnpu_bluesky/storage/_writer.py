@@ -267,8 +267,10 @@ class BackgroundWriter:
             path = self.spool_directory / f"{uid}.spool"
             # Another storage on this spool directory removes it on closing when it is empty.
             self.spool_directory.mkdir(parents=True, exist_ok=True)
-            # Unbuffered: a failed write must leave nothing behind to be flushed later.
-            file = open(path, "ab", buffering=0)  # closed when the run is in Tiled
+            # Unbuffered: a failed write must leave nothing behind to be flushed later. Readable
+            # by this account only, like the run store it is on its way to.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            file = os.fdopen(os.open(path, flags, 0o600), "ab", buffering=0)
             lock_file(file)
             if self._fsync and os.name == "posix":  # the new file's name, not only its data
                 fsync_directory(self.spool_directory)
