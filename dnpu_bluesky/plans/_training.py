@@ -112,7 +112,8 @@ class Trainer:
         Seed of the trainer's random draws.
     settings : dict
         ``perturbation_margin_v`` (how far inside the limits every voltage stays),
-        ``learn_levels`` (bool), ``min_swing_v``, and the method's step sizes.
+        ``learn_levels`` (bool), ``min_swing_v``, ``input_levels`` (fixed levels other than
+        the task's own), and the method's step sizes.
     suffix : str
         Appended to stream names when devices train side by side.
     """
@@ -135,7 +136,7 @@ class Trainer:
         self.min_swing_v = float(settings.get("min_swing_v", 0.3))
         self.margin_v = float(settings.get("perturbation_margin_v", 0.0))
         self.rng = np.random.default_rng(seed)
-        self.fixed_levels = np.asarray(task.input_levels(), dtype=float)
+        self.fixed_levels = np.asarray(settings.get("input_levels", task.input_levels()), float)
         self.refresh_roles()
         self.lockin = LockInCallback(dnpu.name, stream_name=self.stream("hge_raw"))
         self.gradient_record = new_gradient_record(dnpu, "projection")
@@ -240,7 +241,7 @@ class Trainer:
         """Make ``names`` the device's input electrodes (no voltage is applied)."""
         if names != self.input_names:
             yield from bps.mv(self.dnpu.inputs, names)
-        self.refresh_roles()
+            self.refresh_roles()
 
     def apply(self, point: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
         """Set the controls and the input cases (of ``indices``, or the whole split)."""

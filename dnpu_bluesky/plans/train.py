@@ -102,8 +102,7 @@ def train(
     perturbations on the whole training split; training stops once that evaluation reaches
     it too. An attempt that has improved neither its loss (with minibatches: a running mean
     of it) nor its best measured score for ``patience`` iterations is abandoned for the next
-    start (at most
-    ``max_attempts``).
+    start (at most ``max_attempts``).
 
     Streams: the raw waveforms (``hge_raw``/``fd_raw``/``spsa_raw``/``eval_raw``), ``hge``
     (gradients, HGE only), ``train`` (loss, score, controls, inputs and levels, device seconds
@@ -193,6 +192,9 @@ def train(
         # A setting on its bound plus a tone's crest must not round past the limit.
         return max(amplitudes[device.name], fd_step_v, spsa_step_v) + _GUARD_V
 
+    def new_optimizer(trainer: Trainer) -> Any:
+        return make_optimizer(optimizer, lr, trainer.bounds)
+
     def prepared_run() -> Plan:
         trainers = make_trainers(dnpus, task, method, seed, settings, perturbation_margin)
         # Tones on every electrode when the inputs' slopes are needed or the inputs move.
@@ -212,7 +214,6 @@ def train(
                     f"{trainer.dnpu.name}: no {task.n_inputs} electrodes can hold the task's input "
                     "levels; give levels inside the electrode limits or name the inputs"
                 )
-        optimizers = [make_optimizer(optimizer, lr, trainer.bounds) for trainer in trainers]
         yield from prepare(trainers, "parallel" if method == "hge" else "off")
         plan_args = {
             "dnpu": device_names(dnpus, several_given),
@@ -237,7 +238,7 @@ def train(
             plan_args["initial_levels"] = np.asarray(initial_levels, dtype=float).tolist()
         metadata = run_metadata(trainers, "train", plan_args, md)
         metadata.update(
-            optimizer=optimizers[0].describe(),
+            optimizer=new_optimizer(trainers[0]).describe(),
             seed=seed,
             hints={"dimensions": [(["train_iteration"], trainers[0].stream("train"))]},
         )
@@ -249,9 +250,6 @@ def train(
             "target_accuracy": float(target_accuracy),
             "screen_budget_s": float(screen_budget_s) if screen else None,
         }
-
-        def new_optimizer(trainer: Trainer) -> Any:
-            return make_optimizer(optimizer, lr, trainer.bounds)
 
         bodies = {
             trainer: _descend(trainer, new_optimizer, start, **loop)
@@ -331,18 +329,15 @@ def evaluate_controls(
     """
     _, pinned = resolve_inputs(inputs, task) if inputs is not None else (False, None)
 
+    levels = None if input_levels is None else np.asarray(input_levels, dtype=float)
+    if levels is not None and levels.shape != (task.n_inputs, 2):
+        raise ValueError(f"input_levels needs ({task.n_inputs}, 2) volts")
+
     def prepared_run() -> Plan:
-        settings = {"learn_levels": input_levels is not None}
+        settings = {} if levels is None else {"input_levels": levels}
         (trainer,) = make_trainers([dnpu], task, "evaluate", 0, settings, lambda device: 0.0)
         point = np.asarray(controls, dtype=float)
         _check_controls(trainer, point, "controls")
-        levels = None
-        if input_levels is not None:
-            levels = np.asarray(input_levels, dtype=float)
-            if levels.shape != (trainer.inputs.size, 2):
-                raise ValueError(f"input_levels needs ({trainer.inputs.size}, 2) volts")
-            trainer.fixed_levels = levels
-            trainer.learn_levels = False
         yield from prepare([trainer], "off")
         plan_args: dict[str, Any] = {
             "dnpu": repr(dnpu.name),
@@ -394,6 +389,8 @@ class _Arm:
     since_best: int = 0
     promise: float = -np.inf
     best_margin_na: float = -np.inf
+    # The last step measured: the step, its cases, the point and the point's bounds.
+    last: tuple[Any, np.ndarray | None, np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -455,7 +452,7 @@ def _descend(
             # Outputs and gradient read through a clipped ADC are wrong: start afresh.
             _report_clipped_step(trainer, arm.point, progress.iteration, attempt, max_attempts)
             arm.losses.append(np.inf)
-            arm.promise = -np.inf
+            arm.last = None
             return True
         loss = step.loss
         if uses_batches:
@@ -468,7 +465,7 @@ def _descend(
         else:
             arm.since_best += 1
         arm.best_margin_na = max(arm.best_margin_na, score.margin_na)
-        arm.promise = _promise(trainer, arm, step, indices)
+        arm.last = (step, indices, arm.point.copy(), trainer.bounds)
         if progress.best is None or loss < progress.best[0]:
             progress.best = (loss, setting)
         if reached(score):
@@ -528,14 +525,18 @@ def _descend(
     )
 
 
-def _promise(trainer: Trainer, arm: _Arm, step: Any, indices: np.ndarray | None) -> float:
+def _promise(trainer: Trainer, arm: _Arm) -> float:
     """How far the arm's last measurement says a descent from there can go: the reachable
-    margin where the method measured each output's derivatives, else minus the loss."""
+    margin where the method measured each output's derivatives, else minus the loss; -inf
+    for an arm not measured or whose last step clipped."""
+    if arm.last is None:
+        return -np.inf
+    step, indices, point, bounds = arm.last
     if step.jacobian is None:
         return -arm.losses[-1]
     targets = trainer.task.targets()
     targets = targets if indices is None else targets[indices]
-    return reachable_margin(step.outputs, step.jacobian, targets, arm.point, trainer.bounds)
+    return reachable_margin(step.outputs, step.jacobian, targets, point, bounds)
 
 
 def _screen(
@@ -574,7 +575,11 @@ def _screen(
                 if (yield from one_step(arm, -1)):
                     break
             if progress.solved is not None:
+                for candidate in arms:
+                    candidate.promise = _promise(trainer, candidate)
                 return (yield from _record_ranking(trainer, arms + dropped))
+        for candidate in arms:
+            candidate.promise = _promise(trainer, candidate)
         arms.sort(key=lambda arm: arm.promise, reverse=True)
         keep = max(1, round(len(arms) / 2))
         dropped = arms[keep:] + dropped
