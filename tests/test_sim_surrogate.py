@@ -15,6 +15,7 @@ from dnpu_bluesky.sim import (
     DeviceModel,
     SimulatedDAQ,
     SurrogateModel,
+    _surrogate_file,
     load_brainspy_surrogate,
     surrogate,
 )
@@ -263,7 +264,7 @@ def _measured_network():
     """measured-dnpu-b as a float64 torch network, read here without the package."""
     if not MEASURED.is_file():
         pytest.skip(f"measured-dnpu-b.pt not found at {MEASURED} (set DNPU_MEASURED_SURROGATE)")
-    with torch.serialization.safe_globals(surrogate._numpy_safe_globals()):  # numpy in info
+    with torch.serialization.safe_globals(_surrogate_file.numpy_safe_globals()):  # numpy arrays
         saved = torch.load(MEASURED, map_location="cpu", weights_only=True)
     state = saved["model_state_dict"]
     layers = []

@@ -30,16 +30,27 @@ import contextlib
 import hashlib
 import os
 import pickle
-import re
 import threading
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from dnpu_bluesky._errors import MissingDependencyError
+from dnpu_bluesky.sim._surrogate_file import (
+    HEAD_BYTES,
+    LEGACY_MAGIC,
+    check_layers,
+    holds_global,
+    import_torch,
+    layers_from_state_dict,
+    not_a_torch_file,
+    numpy_safe_globals,
+    read_info,
+    refused_global,
+    split_saved,
+    unreadable,
+)
 from dnpu_bluesky.sim.models import DeviceModel, evaluate_in_blocks
 
 #: Rows per block: big enough that the matrix products run at full speed, small enough that a
@@ -67,7 +78,6 @@ PRECISIONS = ("float32", "float64")
 #: float32 currents are within this fraction of the batch's largest |current| of float64 ones.
 FLOAT32_RTOL = 1e-5
 # brainspy-smg names the Sequential ``raw_model`` (2021 on) or ``model`` (2020).
-_KEY = re.compile(r"(?:^|\.)(raw_model|model)\.(\d+)\.(weight|bias)$")
 
 
 def _relu(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +209,7 @@ class SurrogateModel(DeviceModel):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self._weights = [np.array(w, dtype=float) for w in weights]
         self._biases = [np.array(b, dtype=float).reshape(-1) for b in biases]
-        _check_layers(self._weights, self._biases)
+        check_layers(self._weights, self._biases)
         self.n_electrodes = self._weights[0].shape[1]
         ranges = np.array(voltage_ranges, dtype=float)
         if ranges.shape != (self.n_electrodes, 2) or np.any(ranges[:, 0] >= ranges[:, 1]):
@@ -260,8 +270,8 @@ class SurrogateModel(DeviceModel):
         ValueError
             Naming the key or field that is missing or malformed.
         """
-        weights, biases = _layers_from_state_dict(state_dict)
-        ranges, amplification, activation = _read_info(info)
+        weights, biases = layers_from_state_dict(state_dict)
+        ranges, amplification, activation = read_info(info)
         return cls(weights, biases, ranges, amplification, activation, precision=precision)
 
     def current(self, volts: np.ndarray) -> np.ndarray:
@@ -435,25 +445,25 @@ def load_brainspy_surrogate(
         cut short, a plain pickle, another format), or its layout is not a brains-py
         surrogate (naming what is missing).
     """
-    torch = _import_torch()
+    torch = import_torch()
     path = os.fspath(path)
     with open(path, "rb") as file:
-        head = file.read(_HEAD_BYTES)
+        head = file.read(HEAD_BYTES)
     if not head:
-        raise ValueError(_not_a_torch_file(path, "empty file"))
-    if head[:1] == b"\x80" and _LEGACY_MAGIC not in head:
+        raise ValueError(not_a_torch_file(path, "empty file"))
+    if head[:1] == b"\x80" and LEGACY_MAGIC not in head:
         # torch would warn about the pickle protocol before failing: say it in one line.
-        raise ValueError(_not_a_torch_file(path, "a plain pickle, not written by torch.save"))
+        raise ValueError(not_a_torch_file(path, "a plain pickle, not written by torch.save"))
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = _refused_global(str(exc))
+        refused = refused_global(str(exc))
         if refused is None:
-            raise ValueError(_not_a_torch_file(path, _unreadable(path, head, exc))) from exc
-        if not _holds_global(path, refused):
+            raise ValueError(not_a_torch_file(path, unreadable(path, head, exc))) from exc
+        if not holds_global(path, refused):
             why = f"cut short or damaged: it ends inside the name {refused!r}"
-            raise ValueError(_not_a_torch_file(path, why)) from exc
+            raise ValueError(not_a_torch_file(path, why)) from exc
         if not trusted:
             raise ValueError(
                 f"{path}: holds Python objects beyond tensors, containers and numpy arrays "
@@ -462,14 +472,14 @@ def load_brainspy_surrogate(
         try:
             saved = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as full_exc:
-            why = _unreadable(path, head, full_exc)
-            raise ValueError(_not_a_torch_file(path, why)) from full_exc
+            why = unreadable(path, head, full_exc)
+            raise ValueError(not_a_torch_file(path, why)) from full_exc
     except Exception as exc:  # torch's reader fails in many ways on other files
-        raise ValueError(_not_a_torch_file(path, _unreadable(path, head, exc))) from exc
+        raise ValueError(not_a_torch_file(path, unreadable(path, head, exc))) from exc
     try:
-        state_dict, info = _split_saved(saved)
-        weights, biases = _layers_from_state_dict(state_dict)
-        ranges, amplification, activation = _read_info(info)
+        state_dict, info = split_saved(saved)
+        weights, biases = layers_from_state_dict(state_dict)
+        ranges, amplification, activation = read_info(info)
     except ValueError as exc:
         raise ValueError(f"{path}: not a brains-py surrogate: {exc}") from exc
     return SurrogateModel(
@@ -478,214 +488,3 @@ def load_brainspy_surrogate(
 
 
 #: The legacy (non-zip) format starts with this number, pickled; a zip starts with "PK".
-_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-_HEAD_BYTES = 32
-_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
-
-
-def _not_a_torch_file(path: str, why: str) -> str:
-    return f"{path}: not a brains-py surrogate: torch cannot read it ({why})"
-
-
-def _unreadable(path: str, head: bytes, exc: BaseException) -> str:
-    """Why torch could not read the file, from its first bytes and the reader's error."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-    # torch's restricted unpickler wraps the reason in a paragraph of advice.
-    marked = [i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line]
-    if marked:
-        i = marked[0]
-        reason = lines[i].split("error:", 1)[1].strip() or lines[min(i + 1, len(lines) - 1)]
-    else:
-        reason = lines[0]
-    what = f"{type(exc).__name__}: {reason[:120]}" if reason else type(exc).__name__
-    if head.startswith(b"PK\x03\x04"):  # torch's zip format, or another zip
-        if not zipfile.is_zipfile(path):
-            return "cut short or damaged: the zip archive has no directory"
-        return what
-    if _LEGACY_MAGIC in head:
-        return f"cut short or damaged: {what}"
-    return "not a pickle"
-
-
-def _refused_global(message: str) -> str | None:
-    """The dotted name the restricted unpickler refused, if that is why it failed."""
-    match = _GLOBAL.search(message)
-    return match.group(1) if match else None
-
-
-def _holds_global(path: str, dotted: str) -> bool:
-    """Whether the file names ``dotted`` in full, as a pickle GLOBAL or as the two strings of
-    a STACK_GLOBAL: a name that the end of the file cuts off is damage, not an object."""
-    with open(path, "rb") as file:
-        data = file.read()
-    if zipfile.is_zipfile(path):
-        return True  # a cut zip fails before unpickling: the refusal is real
-    parts = dotted.split(".")
-    for i in range(1, len(parts)):
-        module, name = ".".join(parts[:i]).encode(), ".".join(parts[i:]).encode()
-        if b"c" + module + b"\n" + name + b"\n" in data:
-            return True
-        if all(_short_string(text) in data for text in (module, name)):
-            return True
-    return False
-
-
-def _short_string(text: bytes) -> bytes:
-    return (b"\x8c" + bytes([len(text)]) if len(text) < 256 else b"") + text
-
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            "reading brains-py surrogate files needs torch: pip install dnpu-bluesky[surrogate]"
-        ) from exc
-    return torch
-
-
-def _numpy_safe_globals() -> list[Any]:
-    """Numpy reconstruction helpers that brains-py info dicts need (arrays, scalars)."""
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-
-    allowed: list[Any] = [np.ndarray, np.dtype]
-    for name in ("_reconstruct", "scalar"):
-        func = getattr(multiarray, name)
-        # Files written under numpy 1.x name the old module path.
-        allowed += [func, (func, f"numpy.core.multiarray.{name}")]
-    allowed += [
-        cls
-        for cls in vars(np.dtypes).values()
-        if isinstance(cls, type) and issubclass(cls, np.dtype)
-    ]
-    return allowed
-
-
-def _split_saved(saved: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-    """Find the state dict and info dict in whatever ``torch.save`` stored."""
-    if isinstance(saved, Mapping):
-        if "info" not in saved:
-            raise ValueError(f"no 'info' entry (keys: {_some_keys(saved)})")
-        if "model_state_dict" in saved:
-            return saved["model_state_dict"], saved["info"]
-        # brainspy-smg 2020 stored the info inside the state dict itself.
-        return {k: v for k, v in saved.items() if k != "info"}, saved["info"]
-    if callable(getattr(saved, "state_dict", None)):
-        info = getattr(saved, "info", None)
-        if info is None:
-            raise ValueError("the saved module has no 'info' attribute")
-        return saved.state_dict(), info
-    raise ValueError(
-        f"expected a dict holding 'info' and the layers or 'model_state_dict', got a "
-        f"{type(saved).__name__}"
-    )
-
-
-def _some_keys(mapping: Mapping[str, Any]) -> str:
-    keys = sorted(map(str, mapping))
-    return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-
-def _layers_from_state_dict(
-    state_dict: Mapping[str, Any],
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"the state dict is a {type(state_dict).__name__}, not a mapping")
-    layers: dict[int, dict[str, np.ndarray]] = {}
-    prefixes = set()
-    for key, value in state_dict.items():
-        match = _KEY.search(str(key))
-        if match:
-            prefixes.add(match.group(1))
-            layers.setdefault(int(match.group(2)), {})[match.group(3)] = _to_numpy(value)
-    if not layers:
-        raise ValueError(
-            "state dict has no 'raw_model.N.weight' / 'raw_model.N.bias' entries (nor the "
-            f"'model.N.weight' / 'model.N.bias' of 2020 files; keys: {_some_keys(state_dict)})"
-        )
-    if len(prefixes) > 1:
-        raise ValueError(f"state dict holds two networks ({' and '.join(sorted(prefixes))})")
-    (prefix,) = prefixes
-    weights, biases = [], []
-    for index in sorted(layers):
-        for part in ("weight", "bias"):
-            if part not in layers[index]:
-                raise ValueError(f"state dict lacks '{prefix}.{index}.{part}'")
-        weights.append(layers[index]["weight"])
-        biases.append(layers[index]["bias"])
-    _check_layers(weights, biases)
-    return weights, biases
-
-
-def _check_layers(weights: list[np.ndarray], biases: list[np.ndarray]) -> None:
-    if not weights or len(weights) != len(biases):
-        raise ValueError("need one bias per weight matrix and at least one layer")
-    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-        if w.ndim != 2 or b.shape != (w.shape[0],):
-            raise ValueError(f"layer {i}: weight {w.shape} and bias {b.shape} do not match")
-        if i and w.shape[1] != weights[i - 1].shape[0]:
-            raise ValueError(
-                f"layer {i} takes {w.shape[1]} inputs but layer {i - 1} gives "
-                f"{weights[i - 1].shape[0]}"
-            )
-    if weights[-1].shape[0] != 1:
-        raise ValueError(f"the last layer must have one output, got {weights[-1].shape[0]}")
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; no torch import needed to convert it
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=float)
-
-
-def _dig(info: Mapping[str, Any], *path: str) -> Any:
-    node: Any = info
-    for key in path:
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _read_info(info: Mapping[str, Any]) -> tuple[np.ndarray, float, str]:
-    """Voltage ranges, amplification and activation from either brains-py info layout."""
-    if not isinstance(info, Mapping):
-        raise ValueError(f"info must be a mapping, got {type(info).__name__}")
-    electrode_info = _dig(info, "electrode_info")
-    if electrode_info is None and "activation_electrodes" in info:
-        electrode_info = info  # the electrode_info dict passed on its own
-    ranges = _dig(electrode_info or {}, "activation_electrodes", "voltage_ranges")
-    if ranges is None:
-        offset = _dig(info, "data_info", "input_data", "offset")
-        amplitude = _dig(info, "data_info", "input_data", "amplitude")
-        if offset is not None and amplitude is not None:
-            offset, amplitude = _to_numpy(offset), _to_numpy(amplitude)
-            ranges = np.stack([offset - amplitude, offset + amplitude], axis=1)
-    if ranges is None:
-        raise ValueError(
-            "info has no voltage ranges: expected "
-            "info['electrode_info']['activation_electrodes']['voltage_ranges'] or "
-            "info['data_info']['input_data']['offset'] and ['amplitude']"
-        )
-    amplification = _dig(electrode_info or {}, "output_electrodes", "amplification")
-    for path in (("data_info", "processor", "driver"), ("data_info", "processor")):
-        if amplification is None:
-            amplification = _dig(info, *path, "amplification")
-    if amplification is None:
-        raise ValueError(
-            "info has no amplification: expected "
-            "info['electrode_info']['output_electrodes']['amplification'] or "
-            "info['data_info']['processor']['driver']['amplification']"
-        )
-    amp = _to_numpy(amplification).reshape(-1)
-    if amp.size != 1:
-        raise ValueError(f"expected one amplification (one output), got {amp.tolist()}")
-    activation = (
-        _dig(info, "model_structure", "activation")
-        or _dig(info, "smg_configs", "processor", "torch_model_dict", "activation")
-        or "relu"
-    )
-    return _to_numpy(ranges), float(amp[0]), str(activation)
