@@ -1,31 +1,24 @@
 """Gradient descent in materio: the training loop as a Bluesky plan, and its peers."""
 
-import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from bluesky import plan_stubs as bps
 
 from ..devices.dnpu import DNPU
-from ..devices.records import ScreeningRecord
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
 from ..tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
 from ..tasks.optimizers import DEFAULT_LR
-from ..tasks.screening import reachable_margin
+from ._descent import descend
 from ._training import (
     Setting,
     Trainer,
     TrainResult,
     check_target_accuracy,
     device_names,
-    level_fields,
     make_trainers,
     on_inputs,
     prepare,
-    rank,
-    reaches_target,
     resolve_inputs,
     run_metadata,
     run_side_by_side,
@@ -43,11 +36,6 @@ __all__ = [
 ]
 
 GRADIENT_METHODS = ("hge", "fd", "spsa")
-
-#: Steps each surviving candidate takes per screening round; half survive each round.
-SCREEN_ROUNDS = (1, 1, 2, 4)
-
-_log = logging.getLogger(__name__)
 
 #: Distance kept between a trained voltage's bound and the point its perturbation may reach.
 _GUARD_V = 1e-6
@@ -252,7 +240,7 @@ def train(
         }
 
         bodies = {
-            trainer: _descend(trainer, new_optimizer, start, **loop)
+            trainer: descend(trainer, new_optimizer, start, **loop)
             for trainer, start in zip(trainers, starts, strict=True)
         }
         return (yield from run_side_by_side(bodies, metadata, [t.lockin for t in trainers]))
@@ -370,290 +358,6 @@ def _check_controls(trainer: Trainer, point: np.ndarray, name: str) -> None:
         )
     for index, value in zip(trainer.controls, point, strict=True):
         trainer.dnpu.electrodes[index].setpoint.check_value(value)
-
-
-#: Weight of the newest minibatch loss in the running mean that judges progress with batches.
-_BATCH_LOSS_WEIGHT = 0.25
-
-
-@dataclass
-class _Arm:
-    """One candidate of the screening, or one attempt: where it is, its own optimizer, and how
-    it has done (its latest step and its best measured score)."""
-
-    inputs: str
-    point: np.ndarray
-    optimizer: Any
-    losses: list[float] = field(default_factory=list)
-    best: tuple[float, float] = (-np.inf, -np.inf)
-    since_best: int = 0
-    promise: float = -np.inf
-    best_margin_na: float = -np.inf
-    # The last step measured: the step, its cases, the point and the point's bounds.
-    last: tuple[Any, np.ndarray | None, np.ndarray, np.ndarray] | None = None
-
-
-@dataclass
-class _Progress:
-    """What one device's training has found so far (the bookkeeping across attempts)."""
-
-    iteration: int = 0
-    best: tuple[float, Setting] | None = None
-    evaluated: tuple[Setting, Any] | None = None  # minibatches: the best setting evaluated
-    solved: tuple[Setting, Any] | None = None
-    last: Setting | None = None
-
-
-def _descend(
-    trainer: Trainer,
-    new_optimizer: Callable[[Trainer], Any],
-    start: Setting | None,
-    *,
-    max_iterations: int,
-    max_attempts: int,
-    patience: int,
-    target_margin_na: float,
-    target_accuracy: float,
-    screen_budget_s: float | None,
-) -> Plan:
-    """One device's training loop; yields plan messages and measurement requests.
-
-    An attempt ends after ``patience`` steps that improved neither its loss (with
-    minibatches: a running mean of it) nor its best measured score. With minibatches each
-    attempt ends with an unperturbed evaluation of its best point on the whole training
-    split: the final setting is the best one evaluated (these, and the checks of minibatches
-    that reached the target), measured once more at the end.
-    """
-    task = trainer.task
-    minibatch = getattr(task, "minibatch", None)
-    uses_batches = minibatch is not None and getattr(task, "batch_size", None) is not None
-    progress = _Progress()
-
-    def reached(score: Any) -> bool:
-        return reaches_target(score, target_accuracy, target_margin_na)
-
-    def one_step(arm: _Arm, attempt: int) -> Plan:
-        """Measure and record one step of ``arm``; returns True when the arm must stop."""
-        # Where a Ctrl-C (a deferred pause) takes effect: between steps, not within one.
-        yield from bps.checkpoint()
-        yield from trainer.use_inputs(arm.inputs)
-        indices = minibatch(trainer.rng) if uses_batches else None
-        yield from trainer.apply(arm.point, indices)
-        clipped_before = trainer.clipped_samples
-        step = yield from trainer.step(arm.point, indices)
-        clipped = trainer.clipped_samples - clipped_before
-        progress.iteration += 1
-        score = yield from trainer.record_step(
-            progress.iteration, attempt, arm.point, step, indices, clipped
-        )
-        setting = Setting(arm.inputs, arm.point.copy())
-        progress.last = setting
-        if clipped:
-            # Outputs and gradient read through a clipped ADC are wrong: start afresh.
-            _report_clipped_step(trainer, arm.point, progress.iteration, attempt, max_attempts)
-            arm.losses.append(np.inf)
-            arm.last = None
-            return True
-        loss = step.loss
-        if uses_batches:
-            w = _BATCH_LOSS_WEIGHT
-            loss = loss if not arm.losses else (1 - w) * arm.losses[-1] + w * loss
-        improved = not arm.losses or loss < min(arm.losses) - 1e-3 * abs(min(arm.losses))
-        arm.losses.append(loss)
-        if rank(score) > arm.best or improved:
-            arm.best, arm.since_best = max(arm.best, rank(score)), 0
-        else:
-            arm.since_best += 1
-        arm.best_margin_na = max(arm.best_margin_na, score.margin_na)
-        arm.last = (step, indices, arm.point.copy(), trainer.bounds)
-        if progress.best is None or loss < progress.best[0]:
-            progress.best = (loss, setting)
-        if reached(score):
-            checked, clipped = yield from trainer.evaluate(setting, attempt)
-            if reached(checked) and not clipped:
-                progress.solved = (setting, checked)
-                return True
-            if uses_batches and not clipped:
-                progress.evaluated = _better_of(progress.evaluated, setting, checked)
-        arm.point = trainer.project(arm.optimizer.step(arm.point, step.gradient))
-        return False
-
-    ranked: list[_Arm] = []
-    if screen_budget_s is not None:
-        ranked = yield from _screen(trainer, new_optimizer, one_step, screen_budget_s, progress)
-    attempt = 0
-    for attempt in range(max_attempts if progress.solved is None else 0):
-        arm = yield from _next_arm(
-            trainer, new_optimizer, start if attempt == 0 else None, ranked, attempt
-        )
-        arm.since_best = 0
-        best_point = arm.point.copy()
-        for _ in range(max_iterations):
-            if (yield from one_step(arm, attempt)):
-                break
-            if arm.since_best == 0:
-                best_point = progress.last.point.copy()
-            if arm.since_best >= patience:
-                break
-        if progress.solved is not None:
-            break
-        if uses_batches:
-            setting = Setting(arm.inputs, best_point)
-            checked, clipped = yield from trainer.evaluate(setting, attempt)
-            if not clipped:
-                progress.evaluated = _better_of(progress.evaluated, setting, checked)
-    final = None
-    if progress.solved is not None:
-        final_setting, final = progress.solved
-    elif progress.evaluated is not None:
-        # Measured once more, so that the run's last evaluation is of its final setting.
-        final_setting = progress.evaluated[0]
-    else:
-        # Unsolved: the best setting measured within range (the last one if none was) is
-        # evaluated without tones.
-        final_setting = progress.best[1] if progress.best is not None else progress.last
-    if final_setting is None:  # not one step was taken
-        final_setting = Setting(trainer.input_names, trainer.random_point())
-    return (
-        yield from trainer.finish(
-            final_setting,
-            final,
-            attempt=attempt,
-            iterations=progress.iteration,
-            attempts=attempt + 1,
-        )
-    )
-
-
-def _promise(trainer: Trainer, arm: _Arm) -> float:
-    """How far the arm's last measurement says a descent from there can go: the reachable
-    margin where the method measured each output's derivatives, else minus the loss; -inf
-    for an arm not measured or whose last step clipped."""
-    if arm.last is None:
-        return -np.inf
-    step, indices, point, bounds = arm.last
-    if step.jacobian is None:
-        return -arm.losses[-1]
-    targets = trainer.task.targets()
-    targets = targets if indices is None else targets[indices]
-    return reachable_margin(step.outputs, step.jacobian, targets, point, bounds)
-
-
-def _screen(
-    trainer: Trainer,
-    new_optimizer: Callable[[Trainer], Any],
-    one_step: Callable[[_Arm, int], Plan],
-    budget_s: float,
-    progress: _Progress,
-) -> Plan:
-    """Successive halving over the candidate inputs; returns the candidates ranked.
-
-    Every assignment of the inputs starts one descent per polarity class (with trained
-    levels and two or more inputs: whether each further input's logical 1 lies on the same
-    side as the first input's, which a descent never changes) from random controls and levels
-    at the ends of the inputs' ranges. After each round of :data:`SCREEN_ROUNDS` steps the
-    half with the highest promise goes on (:func:`_promise`: the margin the linearised device
-    reaches). Screening ends when the rounds are done, the budget is spent or a step solves
-    the task. Candidates dropped earlier rank below those dropped later.
-    """
-    arms = []
-    n_classes = 2 ** (trainer.inputs.size - 1) if trainer.learn_levels else 1
-    for polarity in range(n_classes):
-        for names in trainer.candidates():
-            yield from trainer.use_inputs(names)
-            first = trainer.rng.random() < 0.5
-            others = [bool((polarity >> k) & 1) != first for k in range(trainer.inputs.size - 1)]
-            point = trainer.random_point(np.array([first, *others]))
-            arms.append(_Arm(names, point, new_optimizer(trainer)))
-    dropped: list[_Arm] = []
-    spent_at_start = trainer.device_seconds
-    for steps in SCREEN_ROUNDS:
-        for arm in arms:
-            for _ in range(steps):
-                if trainer.device_seconds - spent_at_start >= budget_s:
-                    break
-                if (yield from one_step(arm, -1)):
-                    break
-            if progress.solved is not None:
-                for candidate in arms:
-                    candidate.promise = _promise(trainer, candidate)
-                return (yield from _record_ranking(trainer, arms + dropped))
-        for candidate in arms:
-            candidate.promise = _promise(trainer, candidate)
-        arms.sort(key=lambda arm: arm.promise, reverse=True)
-        keep = max(1, round(len(arms) / 2))
-        dropped = arms[keep:] + dropped
-        arms = arms[:keep]
-        if trainer.device_seconds - spent_at_start >= budget_s:
-            break
-    return (yield from _record_ranking(trainer, arms + dropped))
-
-
-def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
-    """Save the screening's ranking to the ``screening`` stream; returns it."""
-    record = ScreeningRecord(name="screening")
-    for position, arm in enumerate(ranked):
-        yield from trainer.use_inputs(arm.inputs)
-        record.record(
-            rank=position + 1,
-            inputs=arm.inputs,
-            steps=len(arm.losses),
-            loss=float(arm.losses[-1]) if arm.losses else np.inf,
-            promise_na=float(arm.promise),
-            best_margin_na=float(arm.best_margin_na),
-            controls=arm.point[: trainer.controls.size],
-            **level_fields(trainer.levels_of(arm.point), ""),
-        )
-        yield from bps.trigger_and_read([record], name=trainer.stream("screening"))
-    return ranked
-
-
-def _next_arm(
-    trainer: Trainer,
-    new_optimizer: Callable[[Trainer], Any],
-    start: Setting | None,
-    ranked: list[_Arm],
-    attempt: int,
-) -> Plan:
-    """Attempt ``attempt``'s arm: the given start, the next screened candidate (continued
-    where its screening left it, with its own optimizer), or a random start on the best
-    candidate's inputs (without screening: the device's)."""
-    if start is None and attempt < len(ranked):
-        yield from trainer.use_inputs(ranked[attempt].inputs)
-        return ranked[attempt]
-    inputs = start.inputs if start is not None else trainer.input_names
-    if start is None and ranked:
-        inputs = ranked[0].inputs
-    yield from trainer.use_inputs(inputs)
-    point = start.point.copy() if start is not None else trainer.random_point()
-    return _Arm(inputs, trainer.project(point), new_optimizer(trainer))
-
-
-def _better_of(
-    kept: tuple[Setting, Any] | None, setting: Setting, score: Any
-) -> tuple[Setting, Any]:
-    """``(setting, score)`` if its score ranks above the ``kept`` pair's; otherwise ``kept``."""
-    if kept is None or rank(score) > rank(kept[1]):
-        return setting, score
-    return kept
-
-
-def _report_clipped_step(
-    trainer: Trainer, point: np.ndarray, iteration: int, attempt: int, attempts: int
-) -> None:
-    then = "a new start" if attempt + 1 < attempts else "no attempts left"
-    _log.warning(
-        "%s, iteration %d: the output left the AI range (%s) at %s %s; attempt %d of "
-        "%d ends there, %s",
-        trainer.dnpu.name,
-        iteration,
-        trainer.dnpu.clipped_samples.name,
-        trainer.input_names,
-        np.array2string(point, precision=3),
-        attempt + 1,
-        attempts,
-        then,
-    )
 
 
 def train_boolean_gates(
