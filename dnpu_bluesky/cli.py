@@ -869,6 +869,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
     """``runs``' search; ``--task boolean`` (as ``train --task`` names it) is every gate."""
+    import itertools
+
     from .storage import find_runs
     from .tasks import GATES
 
@@ -882,7 +884,8 @@ def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
     elif kind.lower() == "boolean":  # each gate's task has its own name
         task = None if named is not None else [f"boolean:{name}" for name in GATES]
     # One more than shown, to tell whether the list was cut.
-    return find_runs(client, plan_name=args.plan, gate=named, task=task, limit=args.limit + 1)
+    found = find_runs(client, plan_name=args.plan, gate=named, task=task).values()
+    return list(itertools.islice(found, args.limit + 1))
 
 
 def _one_gate(text: str, option: str) -> str:

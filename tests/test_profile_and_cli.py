@@ -287,7 +287,7 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     assert main(["evaluate", uid, "--device", "dnpu2", "--seed", "1", *data]) == 0
     then, now = capsys.readouterr().out.strip().splitlines()[-2:]
     assert then.split()[2] == now.split()[2] == "100%"
-    (check,) = find_runs(tiled_server.client, plan_name="evaluate_controls", limit=1)
+    check = find_runs(tiled_server.client, plan_name="evaluate_controls").values().first()
     assert (check.start["source_run"], check.start["source_device"]) == (uid, "dnpu2")
 
     assert main(["train", "--devices", "0", "--quiet", *data]) == 2
@@ -513,7 +513,7 @@ def test_cli_reports_a_device_failure_mid_run_by_its_cause(capsys, monkeypatch, 
     error = _one_error(capsys.readouterr().err)
     assert error.startswith("dnpu-bluesky train: the device failed during the run")
     assert error.endswith("RuntimeError: AI buffer overflow (injected)")
-    (run,) = find_runs(tiled_server.client, plan_name="train", gate="XNOR", limit=1)
+    run = find_runs(tiled_server.client, plan_name="train", gate="XNOR").values().first()
     assert run.metadata["stop"]["exit_status"] == "fail"
 
 

@@ -21,11 +21,13 @@ import pytest
 import yaml
 from ophyd.sim import SynAxis, SynGauss, SynSignal
 from tiled.client import from_uri
+from tiled.queries import Contains
 
 from benchmarks.outage_proxy import OutageProxy
 from dnpu_bluesky.storage import (
     StorageConfig,
     StorageError,
+    export_documents,
     find_runs,
     load_run,
     open_storage,
@@ -115,7 +117,7 @@ def test_find_runs_filters_and_orders_newest_first(stored_RE, storage, documents
     client = storage.client
 
     def uids(**kwargs) -> list[str]:
-        return [run.metadata["start"]["uid"] for run in find_runs(client, **kwargs)]
+        return [run.metadata["start"]["uid"] for run in find_runs(client, **kwargs).values()]
 
     assert uids() == [third, second, first]
     assert uids(plan_name="count") == [second, first]
@@ -124,8 +126,10 @@ def test_find_runs_filters_and_orders_newest_first(stored_RE, storage, documents
     assert uids(tag="b") == [third, second]
     assert uids(gate="XOR", tag="b") == [third]
     assert uids(gate="NAND") == []
-    assert uids(limit=2) == [third, second]
-    assert uids(limit=1000) == [third, second, first]  # above Tiled's largest page (300)
+    # A catalog: further searches chain on it, and it is counted and indexed like any other.
+    xor_runs = find_runs(client, gate="XOR")
+    assert list(xor_runs.search(Contains("start.tags", "b"))) == [third]
+    assert len(xor_runs) == 2 and xor_runs.values().first().start["uid"] == third
 
     t_second = _start_time(documents, second)
     assert uids(since=t_second) == [third, second]  # inclusive
@@ -167,7 +171,7 @@ def test_failing_plan_leaves_a_fail_stop_in_tiled(stored_RE, storage, hw):
     with pytest.raises(RuntimeError, match="amplifier saturated"):
         stored_RE(failing_plan())
 
-    (run,) = find_runs(storage.client, plan_name="failing_plan")
+    (run,) = find_runs(storage.client, plan_name="failing_plan").values()
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "fail"
     assert "amplifier saturated" in stop["reason"]
@@ -210,8 +214,7 @@ def test_databroker_reads_the_run(stored_RE, storage, tmp_path, monkeypatch, hw)
         again = load_run(storage.client, uid)
         assert isinstance(again, BlueskyRunV3)
         np.testing.assert_array_equal(again["primary"]["wf"].read(), expected)
-        (found,) = find_runs(storage.client, gate="OR")
-        assert isinstance(found, BlueskyRunV3)
+        assert list(find_runs(storage.client, gate="OR")) == [uid]
     finally:
         root.context.close()
         for dispatch in DEFAULT_STRUCTURE_CLIENT_DISPATCH.values():
@@ -235,7 +238,7 @@ def test_remote_server_by_uri_and_api_key(storage, RE, hw):
         assert remote.client.specs[0].name == "CatalogOfBlueskyRuns"
         RE.subscribe(remote.writer)
         uid = _uid(RE(bp.count([det], num=2), tags=["remote"]))
-        assert [r.metadata["start"]["uid"] for r in find_runs(remote.client)] == [uid]
+        assert [r.metadata["start"]["uid"] for r in find_runs(remote.client).values()] == [uid]
 
     # Written through that connection, visible to any other client of the server.
     root = from_uri(storage.uri)
@@ -325,7 +328,7 @@ def test_runs_persist_and_an_unclosed_server_exits_cleanly(tmp_path):
     assert parse_qs(urlsplit(uri).query)["api_key"] == ["aKnownKey123"]
 
     with open_storage(StorageConfig(directory=Path(directory))) as reopened:
-        unfinished, finished = find_runs(reopened.client)
+        unfinished, finished = find_runs(reopened.client).values()
         assert finished.metadata["start"]["plan_name"] == "finished"
         assert finished.metadata["stop"]["exit_status"] == "success"
         np.testing.assert_array_equal(
@@ -553,7 +556,7 @@ def test_a_second_storage_on_a_directory_uses_the_server_already_running_there(t
         session.writer.flush(30)
         with open_storage(StorageConfig(directory=directory)) as shell:
             assert shell.uri == session.uri
-            assert [run.start["uid"] for run in find_runs(shell.client)] == [first]
+            assert [run.start["uid"] for run in find_runs(shell.client).values()] == [first]
         # Closing the shell's storage removed the spool directory they share (it was empty):
         # the session's next run must still be spooled and stored.
         assert not session.writer.spool_directory.exists()
@@ -564,7 +567,7 @@ def test_a_second_storage_on_a_directory_uses_the_server_already_running_there(t
     assert lock.read_text() == "" and lock.stat().st_mode & 0o777 == 0o600  # no key left
     with open_storage(StorageConfig(directory=directory)) as later:  # a server of its own
         assert later.uri != session.uri
-        assert {run.start["uid"] for run in find_runs(later.client)} == {first, second}
+        assert {run.start["uid"] for run in find_runs(later.client).values()} == {first, second}
 
 
 def test_the_storage_package_imports_nothing_of_the_domain():
@@ -601,3 +604,25 @@ def test_the_embedded_stores_logs_and_spool_are_this_accounts_only(tmp_path, RE,
     logs = [config.directory / "access.log", config.directory / "error.log"]
     assert [os.stat(p).st_mode & 0o777 for p in logs] == [0o600, 0o600]
     assert modes and set(modes) == {0o600}
+
+
+def test_run_documents_on_the_embedded_server(stored_RE, storage, documents, hw):
+    _, det, _, _ = hw
+    uid = _uid(stored_RE(bp.count([det], num=3)))
+    run = load_run(storage.client, uid)
+    assert "application/json-seq" in run.formats  # the server's export, no client fallback
+    replayed = list(run.documents())
+    names = [name for name, _ in replayed]
+    assert names[0] == "start" and names[-1] == "stop" and names.count("event") == 3
+    emitted = [doc["data"]["det"] for name, doc in documents if name == "event"]
+    assert [doc["data"]["det"] for name, doc in replayed if name == "event"] == emitted
+    assert [name for name, _ in export_documents(run)] == names
+
+
+def test_databroker_v1_reads_a_run(stored_RE, storage, documents, hw):
+    _, det, _, _ = hw
+    uid = _uid(stored_RE(bp.count([det], num=2), gate="XOR"))
+    header = storage.client.v1[uid]  # databroker's v1 Broker
+    assert header.start["gate"] == "XOR" and header.stop["exit_status"] == "success"
+    emitted = [doc["data"]["det"] for name, doc in documents if name == "event"]
+    assert header.table("primary")["det"].tolist() == emitted

@@ -113,3 +113,78 @@ def as_v3(run: Any) -> Any:
         if spec["name"] == "BlueskyRun" and str(spec.get("version") or "").startswith("3."):
             return BlueskyRunV3(run.context, item=run.item, structure_clients=run.structure_clients)
     return run
+
+
+def cache_fastapi_dependants() -> bool:
+    """Build each FastAPI dependency graph once, not on every request (server process only).
+
+    Tiled's app sets ``app.dependency_overrides``; with any override, FastAPI's
+    ``solve_dependencies`` calls ``get_dependant`` (``inspect.signature`` of every dependency)
+    for every dependency of every request. In the embedded server that was about 30 % of its
+    CPU per request. The graph of a given dependency never changes while the server runs, so
+    the result is kept per set of arguments.
+
+    Matches FastAPI 0.165: ``fastapi.dependencies.utils.get_dependant`` takes keyword
+    arguments only (``path``, ``call``, ``name``, ``own_oauth_scopes``,
+    ``parent_oauth_scopes``, ``use_cache``, ``scope``, ``concurrency``) and
+    ``solve_dependencies`` looks it up as a module global; neither mutates the returned
+    ``Dependant``. Should FastAPI change that signature, the patch is skipped.
+
+    Returns
+    -------
+    bool
+        Whether the patch is in place.
+    """
+    import inspect
+
+    from fastapi.dependencies import utils
+
+    original = utils.get_dependant
+    if getattr(original, "_dnpu_cached", False):
+        return True
+    expected = {
+        "path",
+        "call",
+        "name",
+        "own_oauth_scopes",
+        "parent_oauth_scopes",
+        "use_cache",
+        "scope",
+        "concurrency",
+    }
+    if set(inspect.signature(original).parameters) != expected:
+        return False
+    cache: dict[Any, Any] = {}
+
+    def get_dependant(**kwargs: Any) -> Any:
+        try:
+            key = tuple(
+                tuple(value) if isinstance(value, list) else value
+                for value in (kwargs.get(name) for name in sorted(expected))
+            )
+            hash(key)
+        except TypeError:  # an unhashable argument: not cached
+            return original(**kwargs)
+        dependant = cache.get(key)
+        if dependant is None:
+            dependant = cache[key] = original(**kwargs)
+        return dependant
+
+    get_dependant._dnpu_cached = True  # type: ignore[attr-defined]
+    utils.get_dependant = get_dependant
+    return True
+
+
+def register_json_seq_export() -> None:
+    """Offer runs as ``application/json-seq`` (their Bluesky documents) from this process's
+    Tiled server, as a server configuration's ``media_types`` section would.
+
+    Uses tiled's process-wide ``default_serialization_registry``, which ``build_app`` (and so
+    ``SimpleTiledServer``) serves when given no registry of its own; the exporter is
+    bluesky-tiled-plugins' ``bluesky_tiled_plugins.exporters:json_seq_exporter``, registered
+    for the ``BlueskyRun`` spec (tiled 0.2.20, bluesky-tiled-plugins 2.0).
+    """
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)

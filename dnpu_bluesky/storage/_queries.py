@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ from ._patches import as_v3
 from ._store import storage_of
 
 if TYPE_CHECKING:
-    from bluesky_tiled_plugins import BlueskyRun
+    from bluesky_tiled_plugins import BlueskyRun, CatalogOfBlueskyRuns
     from tiled.client.container import Container
 
 
@@ -27,9 +26,13 @@ def find_runs(
     since: datetime | str | float | None = None,
     until: datetime | str | float | None = None,
     scan_id: int | None = None,
-    limit: int | None = None,
-) -> list[BlueskyRun]:
-    """Search past runs by their start document, newest first.
+) -> CatalogOfBlueskyRuns:
+    """Search past runs by their start document: a catalog of them, newest first.
+
+    The result is a Tiled catalog like ``client`` itself: chain further searches on it
+    (``find_runs(client, gate="XOR").search(Eq("start.seed", 3))``), look runs up in it
+    (``[uid]``, ``[-1]``), count them (``len``), or take them in order with ``.values()``
+    (``.values().first()``, ``.values()[:5]``); iterating the catalog itself gives uids.
 
     When ``client`` is the runs container of an open :class:`Storage` (``storage.client``,
     also one taken earlier), that storage's pending writes are waited for first, so a run
@@ -55,13 +58,11 @@ def find_runs(
         Runs started strictly before this time (same forms as ``since``).
     scan_id : int, optional
         Bluesky's ``scan_id``.
-    limit : int, optional
-        Return at most this many (the newest).
 
     Returns
     -------
-    list of BlueskyRun
-        The matching run nodes, newest first.
+    CatalogOfBlueskyRuns
+        The matching runs, sorted newest first.
 
     Raises
     ------
@@ -72,18 +73,14 @@ def find_runs(
     results = client
     for query in _queries(plan_name, gate, task, tag, since, until, scan_id):
         results = results.search(query)
-    values = results.sort(("start.time", -1)).values()
-    # Iterated page by page: ``head(limit)`` asks for one page of ``limit`` runs, and a Tiled
-    # server refuses pages above its maximum (300).
-    runs = itertools.islice(values, limit) if limit is not None else values
-    return [as_v3(run) for run in runs]
+    return results.sort(("start.time", -1))
 
 
 def load_run(client: Container, uid: str) -> BlueskyRun:
     """Return the run node for ``uid`` (a full uid, or a unique prefix of at least 5 characters).
 
-    Like :func:`find_runs`, it first waits for the pending writes of the storage whose runs
-    container ``client`` is.
+    When ``client`` is the runs container of an open :class:`Storage`, it first waits for that
+    storage's pending writes of this run (not those of other runs).
 
     Parameters
     ----------
@@ -104,7 +101,7 @@ def load_run(client: Container, uid: str) -> BlueskyRun:
     ValueError
         A prefix shorter than 5 characters, or one that matches several runs.
     """
-    _wait_for_writes_of(client)
+    _wait_for_writes_of(client, run=uid)
     try:
         run = client[uid]
     except KeyError:
@@ -154,9 +151,9 @@ def _timestamp(value: datetime | str | float) -> float:
     return float(value)
 
 
-def _wait_for_writes_of(client: Any) -> None:
+def _wait_for_writes_of(client: Any, run: str | None = None) -> None:
     # Read-your-writes: ask the storage that handed out this client, if any (a client of
     # another origin, or of a storage with the direct writer, has nothing to wait for).
     storage = storage_of(client)
     if storage is not None:
-        storage.wait_for_writes()
+        storage.wait_for_writes(run)

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from .._errors import StorageError
 from ._config import check_writable, redact
-from ._patches import no_catalog_init_if_current
+from ._patches import (
+    cache_fastapi_dependants,
+    no_catalog_init_if_current,
+    register_json_seq_export,
+)
 
 try:
     import fcntl
@@ -152,6 +156,8 @@ def _server_process() -> None:
         print("busy", flush=True)  # another process's server: the parent uses that one
         raise SystemExit(0)
     try:
+        register_json_seq_export()  # run.documents(), export_documents: the server's export
+        cache_fastapi_dependants()
         with no_catalog_init_if_current(directory):
             server = SimpleTiledServer(directory, api_key=api_key)
     except Exception as err:

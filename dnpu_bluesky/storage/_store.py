@@ -158,8 +158,11 @@ class Storage:
         self.wait_for_writes()
         return self._client
 
-    def wait_for_writes(self) -> None:
+    def wait_for_writes(self, run: str | None = None) -> None:
         """Wait for the background writer's pending documents, before a read from Tiled.
+
+        ``run`` (a start uid or its prefix) waits for that run's documents only, as
+        :func:`load_run` does; ``None`` waits for all of them.
 
         Called by :attr:`client`, :func:`find_runs` and :func:`load_run`, so that a run is
         found, whole, right after ``RE(plan)`` returned (read-your-writes). Waits up to
@@ -174,7 +177,7 @@ class Storage:
             logger.warning("Tiled writes are failing; reads may miss the most recent documents")
             return
         try:
-            writer.flush(self.config.flush_timeout_s)
+            writer.flush(self.config.flush_timeout_s, run=run)
         except StorageError as err:
             logger.warning("Reading from Tiled before all writes completed: %s", err)
 

@@ -55,6 +55,9 @@ class _WorkerRun:
         self.leftover = leftover
         self.sent = 0
         self.reset = True  # (re)build the run in Tiled from the first record before writing
+        # Whether Tiled may hold part of the run: a run of an earlier session, or one whose
+        # write failed; a fresh run of this session is created without looking it up first.
+        self.maybe_in_tiled = leftover
         self.tiled_writer: TiledWriter | None = None
         self.reader: Any = None
 
@@ -233,10 +236,13 @@ class _SpoolWorker:
         run.reader, run.tiled_writer, run.sent = None, None, 0
         self._send(("progress", run.uid, 0))
         client = self._client
-        try:
-            node = client[run.uid]
-        except KeyError:
-            node = None
+        node = None
+        if run.maybe_in_tiled:
+            try:
+                node = client[run.uid]
+            except KeyError:
+                pass
+        run.maybe_in_tiled = True
         if node is not None:
             if "stop" in (node.metadata or {}):  # complete in Tiled already (spool not deleted)
                 self._done(run, "done")

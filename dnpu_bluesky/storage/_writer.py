@@ -397,13 +397,15 @@ class BackgroundWriter:
                 self._runs.pop(uid, None)
                 self._cond.notify_all()
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, *, run: str | None = None) -> None:
         """Wait until every document written so far is in Tiled (open runs: up to their batch).
 
         Parameters
         ----------
         timeout : float or None
             Seconds to wait; ``None``: as long as it takes.
+        run : str or None
+            Wait only for the run whose start uid is (or begins with) this; ``None``: all.
 
         Raises
         ------
@@ -415,13 +417,17 @@ class BackgroundWriter:
         noted = 0  # runs pending when the wait was last reported
         self._announce_pending()
         with self._cond:
-            targets = {uid: run.written for uid, run in self._runs.items()}
+            targets = {
+                uid: spooled.written
+                for uid, spooled in self._runs.items()
+                if run is None or uid.startswith(run)
+            }
             while True:
                 pending = [
-                    run
+                    spooled
                     for uid, target in targets.items()
-                    if (run := self._runs.get(uid)) is not None
-                    and (run.sent < target or run.leftover)
+                    if (spooled := self._runs.get(uid)) is not None
+                    and (spooled.sent < target or spooled.leftover)
                 ]
                 if not pending:
                     break
