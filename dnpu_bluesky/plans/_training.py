@@ -30,7 +30,7 @@ from ..tasks.levels import (
     level_jacobian,
     project_levels,
 )
-from .hge import _device_setup, _start_metadata
+from ._common import device_setup, start_metadata
 from .stubs import new_gradient_record, record_gradient, set_input_cases, within_run
 
 Plan = Generator[Msg, Any, Any]
@@ -558,9 +558,9 @@ def run_metadata(
 ) -> dict[str, Any]:
     """Start-document metadata; for several devices, their setups keyed by device name."""
     dnpus = [t.dnpu for t in trainers]
-    metadata = _start_metadata(dnpus[0], plan_name, plan_args, md)
+    metadata = start_metadata(dnpus[0], plan_name, plan_args, md)
     if len(dnpus) > 1:
-        setups = {d.name: _device_setup(d) for d in dnpus}
+        setups = {d.name: device_setup(d) for d in dnpus}
         metadata["detectors"] = list(setups)
         for key in ("dnpu_backend", "hge"):
             metadata[key] = {name: setup[key] for name, setup in setups.items()}

@@ -11,6 +11,7 @@ from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
 from ..tasks import Task
 from ..tasks.levels import DEFAULT_MIN_SWING_V
+from ._common import check_positive
 from ._training import (
     Setting,
     Trainer,
@@ -26,7 +27,6 @@ from ._training import (
     run_metadata,
     run_side_by_side,
 )
-from .hge import _check_positive
 from .stubs import Plan
 
 #: Chance that a child of the genetic algorithm moves to other input electrodes.
@@ -148,7 +148,7 @@ def train_genetic(
     if not (isinstance(mutation_v, int | float) and math.isfinite(mutation_v) and mutation_v >= 0):
         raise ValueError(f"mutation_v must be a finite number >= 0 (V), got {mutation_v!r}")
     check_target_accuracy(target_accuracy)
-    _check_positive(min_swing_v=min_swing_v)
+    check_positive(min_swing_v=min_swing_v)
     search, pinned = resolve_inputs(inputs, task)
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]

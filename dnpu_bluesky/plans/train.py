@@ -9,6 +9,7 @@ from ..devices.dnpu import DNPU
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
 from ..tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
 from ..tasks.optimizers import DEFAULT_LR
+from ._common import check_choice, check_positive
 from ._descent import descend
 from ._training import (
     Setting,
@@ -23,7 +24,6 @@ from ._training import (
     run_metadata,
     run_side_by_side,
 )
-from .hge import _check_choice, _check_positive
 from .stubs import Plan, configure_hge
 
 __all__ = [
@@ -157,11 +157,11 @@ def train(
     """
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]
-    _check_choice("method", method, GRADIENT_METHODS)
+    check_choice("method", method, GRADIENT_METHODS)
     for name, value in (("max_iterations", max_iterations), ("max_attempts", max_attempts)):
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    _check_positive(lr=lr, fd_step_v=fd_step_v, spsa_step_v=spsa_step_v, min_swing_v=min_swing_v)
+    check_positive(lr=lr, fd_step_v=fd_step_v, spsa_step_v=spsa_step_v, min_swing_v=min_swing_v)
     if not (np.isfinite(screen_budget_s) and screen_budget_s >= 0):
         raise ValueError(f"screen_budget_s must be >= 0 device seconds, got {screen_budget_s!r}")
     check_target_accuracy(target_accuracy)
