@@ -11,6 +11,16 @@ from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
 from ..tasks import Task
 from ..tasks.levels import DEFAULT_MIN_SWING_V
+from ..tasks.training import (
+    DEFAULT_GENERATIONS,
+    DEFAULT_MUTATION_V,
+    DEFAULT_N_ELITE,
+    DEFAULT_POPULATION,
+    DEFAULT_TARGET_ACCURACY,
+    DEFAULT_TARGET_MARGIN_NA,
+    rank,
+    reaches_target,
+)
 from ._common import check_positive
 from ._training import (
     Setting,
@@ -21,8 +31,6 @@ from ._training import (
     make_trainers,
     on_inputs,
     prepare,
-    rank,
-    reaches_target,
     resolve_inputs,
     run_metadata,
     run_side_by_side,
@@ -70,12 +78,12 @@ def train_genetic(
     dnpu: DNPU | Sequence[DNPU],
     task: Task,
     *,
-    population: int = 26,
-    generations: int = 100,
-    n_elite: int = 5,
-    mutation_v: float = 0.1,
-    target_margin_na: float = 2.0,
-    target_accuracy: float = 1.0,
+    population: int = DEFAULT_POPULATION,
+    generations: int = DEFAULT_GENERATIONS,
+    n_elite: int = DEFAULT_N_ELITE,
+    mutation_v: float = DEFAULT_MUTATION_V,
+    target_margin_na: float = DEFAULT_TARGET_MARGIN_NA,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     inputs: str | list[str] | None = None,
     learn_levels: bool = True,
     min_swing_v: float = DEFAULT_MIN_SWING_V,

@@ -11,7 +11,9 @@ from ..callbacks.lockin import Demodulated, LockInCallback
 from ..devices.dnpu import DNPU
 from ..devices.records import CalibrationRecord, ResultRecord, ValidationRecord
 from ..hge import GradientEstimate, PhaseCalibration
+from ..tasks.training import DEFAULT_FD_STEP_V
 from ._common import check_choice, move_controls, start_metadata
+from ._gradients import finite_differences
 from .stubs import Plan, measure_gradient, new_gradient_record, set_input_cases, within_run
 
 ESTIMATORS = ("projection", "sign")
@@ -162,22 +164,6 @@ def calibrate_phase(
     return calibration
 
 
-def _finite_difference(dnpu: DNPU, point: np.ndarray, step_v: float) -> Plan:
-    """Central differences of the output current w.r.t. each control (2 evaluations each)."""
-    gradient = np.zeros(point.size)
-    for j in range(point.size):
-        values = []
-        for sign in (+1.0, -1.0):
-            shifted = point.copy()
-            shifted[j] += sign * step_v
-            yield from move_controls(dnpu, shifted)
-            reading = yield from bps.trigger_and_read([dnpu], name="fd_raw")
-            values.append(reading[dnpu.current.name]["value"])
-        gradient[j] = (values[0] - values[1]) / (2 * step_v)
-    yield from move_controls(dnpu, point)
-    return gradient
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(a @ b / norm) if norm > 0 else 0.0
@@ -187,7 +173,7 @@ def validate_gradients(
     dnpu: DNPU,
     n_points: int = 10,
     *,
-    fd_step_v: float = 0.01,
+    fd_step_v: float = DEFAULT_FD_STEP_V,
     compare_sequential: bool = True,
     seed: int = 0,
     md: dict | None = None,
@@ -247,6 +233,11 @@ def validate_gradients(
         md,
     )
 
+    def current_at(shifted: np.ndarray) -> Plan:
+        yield from move_controls(dnpu, shifted)
+        reading = yield from bps.trigger_and_read([dnpu], name="fd_raw")
+        return reading[dnpu.current.name]["value"]
+
     def inner() -> Plan:
         hge_all, reference_all, truth_all = [], [], []
         for index, point in enumerate(points):
@@ -265,7 +256,8 @@ def validate_gradients(
                     stream="hge_sequential",
                 )
             yield from bps.mv(dnpu.mode, "off")
-            fd = yield from _finite_difference(dnpu, point, fd_step_v)
+            fd, _ = yield from finite_differences(point, fd_step_v, current_at)
+            yield from move_controls(dnpu, point)
             # With a tone on the inputs too, the lock-in gives their slopes as well.
             columns = [parallel.tones.index(control) for control in controls]
             hge = parallel.gradient.gradient[0][columns]
