@@ -896,7 +896,7 @@ def _one_gate(text: str, option: str) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .results import _has_stream
+    from .results import has_stream
 
     with _open_storage(args) as storage:
         runs = [_load_past_run(storage, uid) for uid in args.uids]
@@ -904,7 +904,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             start = run.metadata["start"]
             if start["plan_name"] not in _RESULT_PLANS:
                 raise UsageError(f"run {start['uid'][:8]} is not a training run")
-            if not _has_stream(run, "evaluation"):
+            if not has_stream(run, "evaluation"):
                 status = (run.metadata.get("stop") or {}).get("exit_status", "not stopped")
                 print(
                     f"note: run {start['uid'][:8]} ({status}) has no unperturbed evaluation; "

@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .results import _has_stream, _last_evaluation
 from .results import devices_of as _devices
+from .results import has_stream, last_evaluation
 from .results import stream_of as _stream
 
 
@@ -49,7 +49,7 @@ def evaluation_trace(run: Any, device: str | None = None) -> dict[str, np.ndarra
     starts = raw[f"{name}_window_start"].read()[-1].astype(int)
     cases = raw[f"{name}_segment_case"].read()[-1].astype(int)
     current = np.concatenate([output[s : s + length] for s in starts])
-    evaluation = _last_evaluation(run, name, ("targets", "threshold_na"))
+    evaluation = last_evaluation(run, name, ("targets", "threshold_na"))
     return {
         "time_s": np.arange(current.size) / rate,
         "current_na": current,
@@ -90,7 +90,7 @@ def input_levels_text(run: Any, device: str) -> str:
     or "" for a run that does not record them."""
     if "evaluation_inputs" not in _stream(run, "evaluation", device):
         return ""
-    last = _last_evaluation(run, device, ("inputs", "input_zero_v", "input_one_v"))
+    last = last_evaluation(run, device, ("inputs", "input_zero_v", "input_one_v"))
     names = str(last["inputs"]).split(",")
     levels = zip(names, last["input_zero_v"], last["input_one_v"], strict=True)
     pairs = [f"{name} {zero:+.2f}/{one:+.2f}" for name, zero, one in levels]
@@ -109,7 +109,7 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
             lw=0.8,
         )
     axes.axhline(trace["threshold_na"], color="0.4", ls="--", lw=0.8)
-    scores = _last_evaluation(run, device, ("accuracy", "margin_na"))
+    scores = last_evaluation(run, device, ("accuracy", "margin_na"))
     accuracy, margin = float(scores["accuracy"]), float(scores["margin_na"])
     title = f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA"
     levels = input_levels_text(run, device)
@@ -232,7 +232,7 @@ def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
         keys = ("outputs", "targets", "accuracy", "threshold_na")
         if has_levels:
             keys += ("inputs", "input_zero_v", "input_one_v")
-        evaluation = _last_evaluation(run, name, keys, f"evaluation{suffix}")
+        evaluation = last_evaluation(run, name, keys, f"evaluation{suffix}")
         if has_levels:
             inputs = str(evaluation["inputs"]).split(",")
             points = _task_points(raw, name, inputs, evaluation, task["input_range_v"])
@@ -334,8 +334,8 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
         if not group:
             continue
         # A genetic run measures every genome in eval_raw; "evaluation" is the final one.
-        evaluated = [r for r in group if _has_stream(r, "evaluation")]
-        trained = [r for r in group if (steps := _steps_stream(r)) and _has_stream(r, steps)]
+        evaluated = [r for r in group if has_stream(r, "evaluation")]
+        trained = [r for r in group if (steps := _steps_stream(r)) and has_stream(r, steps)]
         for suffix, make, drawn in (
             ("outputs", outputs_figure, evaluated),
             ("loss", loss_figure, trained),

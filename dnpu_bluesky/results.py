@@ -21,9 +21,22 @@ def _stream_name(run: Any, base: str, device: str) -> str:
     return base + run.metadata["start"].get("stream_suffixes", {}).get(device, "")
 
 
-def _has_stream(run: Any, base: str) -> bool:
-    """Whether each device of the run has the stream ``base`` (a run aborted, failed or
-    stopped early may not have its ``evaluation``)."""
+def has_stream(run: Any, base: str) -> bool:
+    """Whether each device of the run has the stream ``base``.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+    base : str
+        The stream's name without a device's suffix, e.g. ``"evaluation"``.
+
+    Returns
+    -------
+    bool
+        False when a device lacks it (a run aborted, failed or stopped early may not have its
+        ``evaluation``).
+    """
     return all(_stream_name(run, base, device) in run for device in devices_of(run))
 
 
@@ -61,7 +74,7 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
     has_inputs = "evaluation_inputs" in stream
     if has_inputs:
         keys += ("inputs", "input_zero_v", "input_one_v")
-    last = _last_evaluation(run, name, keys)
+    last = last_evaluation(run, name, keys)
     inputs = str(last["inputs"]) if has_inputs else None
     return {
         "controls": [float(v) for v in last["controls"]],
@@ -113,7 +126,7 @@ def held_out_accuracy(run: Any, device: str) -> float | None:
     read), or None for a task without held-out data."""
     if _stream_name(run, "evaluation_test", device) not in run:
         return None
-    return float(_last_evaluation(run, device, ("accuracy",), "evaluation_test")["accuracy"])
+    return float(last_evaluation(run, device, ("accuracy",), "evaluation_test")["accuracy"])
 
 
 def _checked_device(run: Any, device: str | None) -> str:
@@ -136,20 +149,36 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
         ``{device: (accuracy, margin_na)}``, or None for a run without an ``evaluation``
         stream (not a training run, or one stopped before its final evaluation).
     """
-    if not _has_stream(run, "evaluation"):
+    if not has_stream(run, "evaluation"):
         return None
     scores = {}
     for name in devices_of(run):
-        last = _last_evaluation(run, name, ("accuracy", "margin_na"))
+        last = last_evaluation(run, name, ("accuracy", "margin_na"))
         scores[name] = (float(last["accuracy"]), float(last["margin_na"]))
     return scores
 
 
-def _last_evaluation(
+def last_evaluation(
     run: Any, device: str, keys: tuple[str, ...], stream: str = "evaluation"
 ) -> dict[str, Any]:
-    """The last event's values of ``evaluation_<key>`` in the device's ``stream`` (the
-    training cases' ``evaluation`` or the held-out ``evaluation_test``), in one read."""
+    """The last unperturbed evaluation of a device, read in one request.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+    device : str
+        The device's name.
+    keys : tuple of str
+        Which values: ``key`` reads the field ``evaluation_<key>``.
+    stream : str
+        ``"evaluation"`` (the training cases) or ``"evaluation_test"`` (held-out cases).
+
+    Returns
+    -------
+    dict
+        Each key's value in the stream's last event.
+    """
     fields = [f"evaluation_{key}" for key in keys]
     with _no_progress_bar(run):
         table = stream_of(run, stream, device).read(variables=fields)

@@ -196,6 +196,22 @@ def test_sphere_minibatches_are_stratified_and_index_the_loss() -> None:
     np.testing.assert_array_equal(full, np.arange(90))
 
 
+def test_tasks_state_their_test_split_and_minibatches() -> None:
+    gate = BooleanGate("XOR")
+    assert gate.has_test_split is False
+    assert gate.batch_size is None
+    np.testing.assert_array_equal(gate.minibatch(np.random.default_rng(0)), np.arange(4))
+    loss, grad = gate.loss(np.array([1.0, 9.0, 8.0, 2.0]), indices=np.arange(4))
+    assert (loss, grad.tolist()) == (
+        gate.loss(np.array([1.0, 9.0, 8.0, 2.0]))[0],
+        gate.loss(np.array([1.0, 9.0, 8.0, 2.0]))[1].tolist(),
+    )
+    sphere = SphereClassification(n_points=40)
+    assert sphere.has_test_split is True
+    assert sphere.batch_size is None
+    assert SphereClassification(n_points=40, batch_size=8).batch_size == 8
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

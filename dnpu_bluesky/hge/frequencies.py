@@ -17,7 +17,6 @@ are harmless.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import numbers
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from dnpu_bluesky.hge._products import fold, product_matrix
 
 #: Tones stay at or below this fraction of the sample rate (Nyquist is 0.5): headroom for the
 #: anti-aliasing filter roll-off and enough samples per period for a clean sine.
@@ -282,48 +283,15 @@ def _upper_limit(sample_rate: float, band_hz: float | None) -> tuple[float, str,
     return nyquist_limit, f"the usable limit {detail}", f"tones must stay below {detail}"
 
 
-@functools.lru_cache(maxsize=64)
-def _product_matrix(n_tones: int, order: int) -> np.ndarray:
-    """Net coefficient vectors ``m`` of all products with ``2 <= sum |m| <= order``.
-
-    One of each ``+-m`` pair is kept (first nonzero coefficient positive): only ``|m . f|``
-    matters. Shape ``(n_products, n_tones)``, read-only.
-    """
-    rows: set[tuple[int, ...]] = set()
-    for k in range(2, order + 1):
-        for combo in itertools.combinations_with_replacement(range(2 * n_tones), k):
-            m = [0] * n_tones
-            for c in combo:
-                m[c % n_tones] += 1 if c < n_tones else -1
-            # A combination whose terms cancel is a lower-order product, generated there.
-            if sum(abs(v) for v in m) != k:
-                continue
-            if next(v for v in m if v) < 0:
-                m = [-v for v in m]
-            rows.add(tuple(m))
-    matrix = np.array(sorted(rows), dtype=np.int64).reshape(-1, n_tones)
-    matrix.setflags(write=False)
-    return matrix
-
-
-def _fold(products: np.ndarray, n_samples: int | None) -> np.ndarray:
-    """Bin each product appears at after sampling: ``|p|`` folded about Nyquist."""
-    products = np.abs(products)
-    if n_samples is None:
-        return products
-    residue = products % n_samples
-    return np.minimum(residue, n_samples - residue)
-
-
 def _first_collision(
     bins: np.ndarray, order: int, n_samples: int | None
 ) -> tuple[int, np.ndarray, int] | None:
     """First (tone index, coefficients, unfolded product bin) that lands on a tone."""
     if order < 2 or bins.size < 1:
         return None
-    matrix = _product_matrix(bins.size, order)
+    matrix = product_matrix(bins.size, order)
     raw = np.abs(matrix @ bins)
-    folded = _fold(raw, n_samples)
+    folded = fold(raw, n_samples)
     hits = folded[:, None] == bins[None, :]
     if not hits.any():
         return None

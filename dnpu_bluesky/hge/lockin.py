@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dnpu_bluesky.hge.frequencies import _fold, _product_matrix
+from dnpu_bluesky.hge._products import fold, product_matrix
 
 _WINDOWS = ("rect", "hann")
 
@@ -220,13 +220,13 @@ def _noise_bin_table(
     exclude(base, pos, 1)
     if exclude_order >= 2:  # harmonics stay excluded whatever order the products drop to
         multiples = np.arange(2, exclude_order + 1)
-        exclude(base, _fold(np.outer(pos, multiples).ravel(), length), product_guard)
+        exclude(base, fold(np.outer(pos, multiples).ravel(), length), product_guard)
     # Clean bins for each exclusion order, from the requested one down to 2 (supersets).
     candidates = []
     for order in range(exclude_order, 1, -1) if exclude_order >= 2 else [exclude_order]:
         clean = base.copy()
         if order >= 2:
-            exclude(clean, _fold(_product_matrix(pos.size, order) @ pos, length), product_guard)
+            exclude(clean, fold(product_matrix(pos.size, order) @ pos, length), product_guard)
         candidates.append(np.flatnonzero(clean))
 
     per_side = count // 2

@@ -2,7 +2,7 @@
 
 from .characterise import iv_sweep, noise_spectrum
 from .genetic import train_genetic
-from .hge import calibrate_phase, hge_gradient, validate_gradients
+from .gradient import calibrate_phase, hge_gradient, validate_gradients
 from .queue import train_gate, train_sphere
 from .stubs import configure_hge, measure_gradient, set_input_cases
 from .train import (

@@ -7,7 +7,7 @@ optimizer and its progress; the progress across arms decides the final setting.
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,8 @@ from bluesky import plan_stubs as bps
 
 from ..devices.records import ScreeningRecord
 from ..tasks.screening import reachable_margin
-from ._training import Plan, Setting, Trainer, level_fields, rank, reaches_target
+from ..tasks.training import ArmProgress, RunProgress, reaches_target
+from ._training import Plan, Setting, Trainer, level_fields
 
 #: Steps each surviving candidate takes per screening round; half survive each round.
 SCREEN_ROUNDS = (1, 1, 2, 4)
@@ -24,36 +25,18 @@ SCREEN_ROUNDS = (1, 1, 2, 4)
 _log = logging.getLogger("dnpu_bluesky.plans.train")
 
 
-#: Weight of the newest minibatch loss in the running mean that judges progress with batches.
-_BATCH_LOSS_WEIGHT = 0.25
-
-
 @dataclass
 class _Arm:
-    """One candidate of the screening, or one attempt: where it is, its own optimizer, and how
-    it has done (its latest step and its best measured score)."""
+    """One candidate of the screening, or one attempt: where it is, its own optimizer, how it
+    has done (:class:`~dnpu_bluesky.tasks.training.ArmProgress`) and its last step."""
 
     inputs: str
     point: np.ndarray
     optimizer: Any
-    losses: list[float] = field(default_factory=list)
-    best: tuple[float, float] = (-np.inf, -np.inf)
-    since_best: int = 0
+    progress: ArmProgress
     promise: float = -np.inf
-    best_margin_na: float = -np.inf
     # The last step measured: the step, its cases, the point and the point's bounds.
     last: tuple[Any, np.ndarray | None, np.ndarray, np.ndarray] | None = None
-
-
-@dataclass
-class _Progress:
-    """What one device's training has found so far (the bookkeeping across attempts)."""
-
-    iteration: int = 0
-    best: tuple[float, Setting] | None = None
-    evaluated: tuple[Setting, Any] | None = None  # minibatches: the best setting evaluated
-    solved: tuple[Setting, Any] | None = None
-    last: Setting | None = None
 
 
 def descend(
@@ -77,93 +60,71 @@ def descend(
     that reached the target), measured once more at the end.
     """
     task = trainer.task
-    minibatch = getattr(task, "minibatch", None)
-    uses_batches = minibatch is not None and getattr(task, "batch_size", None) is not None
-    progress = _Progress()
+    uses_batches = task.batch_size is not None
+    progress: RunProgress[Setting] = RunProgress()
 
     def reached(score: Any) -> bool:
         return reaches_target(score, target_accuracy, target_margin_na)
+
+    def new_arm(inputs: str, point: np.ndarray) -> _Arm:
+        return _Arm(inputs, point, new_optimizer(trainer), ArmProgress(uses_batches))
 
     def one_step(arm: _Arm, attempt: int) -> Plan:
         """Measure and record one step of ``arm``; returns True when the arm must stop."""
         # Where a Ctrl-C (a deferred pause) takes effect: between steps, not within one.
         yield from bps.checkpoint()
         yield from trainer.use_inputs(arm.inputs)
-        indices = minibatch(trainer.rng) if uses_batches else None
+        indices = task.minibatch(trainer.rng) if uses_batches else None
         yield from trainer.apply(arm.point, indices)
         clipped_before = trainer.clipped_samples
         step = yield from trainer.step(arm.point, indices)
         clipped = trainer.clipped_samples - clipped_before
-        progress.iteration += 1
-        score = yield from trainer.record_step(
-            progress.iteration, attempt, arm.point, step, indices, clipped
-        )
         setting = Setting(arm.inputs, arm.point.copy())
-        progress.last = setting
+        iteration = progress.step(setting)
+        score = yield from trainer.record_step(
+            iteration, attempt, arm.point, step, indices, clipped
+        )
         if clipped:
             # Outputs and gradient read through a clipped ADC are wrong: start afresh.
-            _report_clipped_step(trainer, arm.point, progress.iteration, attempt, max_attempts)
-            arm.losses.append(np.inf)
+            _report_clipped_step(trainer, arm.point, iteration, attempt, max_attempts)
+            arm.progress.record_clipped()
             arm.last = None
             return True
-        loss = step.loss
-        if uses_batches:
-            w = _BATCH_LOSS_WEIGHT
-            loss = loss if not arm.losses else (1 - w) * arm.losses[-1] + w * loss
-        improved = not arm.losses or loss < min(arm.losses) - 1e-3 * abs(min(arm.losses))
-        arm.losses.append(loss)
-        if rank(score) > arm.best or improved:
-            arm.best, arm.since_best = max(arm.best, rank(score)), 0
-        else:
-            arm.since_best += 1
-        arm.best_margin_na = max(arm.best_margin_na, score.margin_na)
+        loss = arm.progress.record(step.loss, score, arm.point)
         arm.last = (step, indices, arm.point.copy(), trainer.bounds)
-        if progress.best is None or loss < progress.best[0]:
-            progress.best = (loss, setting)
+        progress.measured(loss, setting)
         if reached(score):
             checked, clipped = yield from trainer.evaluate(setting, attempt)
             if reached(checked) and not clipped:
-                progress.solved = (setting, checked)
+                progress.solve(setting, checked)
                 return True
             if uses_batches and not clipped:
-                progress.evaluated = _better_of(progress.evaluated, setting, checked)
+                progress.offer_evaluation(setting, checked)
         arm.point = trainer.project(arm.optimizer.step(arm.point, step.gradient))
         return False
 
     ranked: list[_Arm] = []
     if screen_budget_s is not None:
-        ranked = yield from _screen(trainer, new_optimizer, one_step, screen_budget_s, progress)
+        ranked = yield from _screen(trainer, new_arm, one_step, screen_budget_s, progress)
     attempt = 0
     for attempt in range(max_attempts if progress.solved is None else 0):
         arm = yield from _next_arm(
-            trainer, new_optimizer, start if attempt == 0 else None, ranked, attempt
+            trainer, new_arm, start if attempt == 0 else None, ranked, attempt
         )
-        arm.since_best = 0
-        best_point = arm.point.copy()
+        arm.progress.restart(arm.point)
         for _ in range(max_iterations):
             if (yield from one_step(arm, attempt)):
                 break
-            if arm.since_best == 0:
-                best_point = progress.last.point.copy()
-            if arm.since_best >= patience:
+            if arm.progress.exhausted(patience):
                 break
         if progress.solved is not None:
             break
         if uses_batches:
-            setting = Setting(arm.inputs, best_point)
+            setting = Setting(arm.inputs, arm.progress.best_point.copy())
             checked, clipped = yield from trainer.evaluate(setting, attempt)
             if not clipped:
-                progress.evaluated = _better_of(progress.evaluated, setting, checked)
-    final = None
-    if progress.solved is not None:
-        final_setting, final = progress.solved
-    elif progress.evaluated is not None:
-        # Measured once more, so that the run's last evaluation is of its final setting.
-        final_setting = progress.evaluated[0]
-    else:
-        # Unsolved: the best setting measured within range (the last one if none was) is
-        # evaluated without tones.
-        final_setting = progress.best[1] if progress.best is not None else progress.last
+                progress.offer_evaluation(setting, checked)
+    final_setting, final = progress.final()
     if final_setting is None:  # not one step was taken
         final_setting = Setting(trainer.input_names, trainer.random_point())
     return (
@@ -171,7 +132,7 @@ def descend(
             final_setting,
             final,
             attempt=attempt,
-            iterations=progress.iteration,
+            iterations=progress.iterations,
             attempts=attempt + 1,
         )
     )
@@ -185,7 +146,7 @@ def _promise(trainer: Trainer, arm: _Arm) -> float:
         return -np.inf
     step, indices, point, bounds = arm.last
     if step.jacobian is None:
-        return -arm.losses[-1]
+        return -arm.progress.losses[-1]
     targets = trainer.task.targets()
     targets = targets if indices is None else targets[indices]
     return reachable_margin(step.outputs, step.jacobian, targets, point, bounds)
@@ -193,10 +154,10 @@ def _promise(trainer: Trainer, arm: _Arm) -> float:
 
 def _screen(
     trainer: Trainer,
-    new_optimizer: Callable[[Trainer], Any],
+    new_arm: Callable[[str, np.ndarray], _Arm],
     one_step: Callable[[_Arm, int], Plan],
     budget_s: float,
-    progress: _Progress,
+    progress: RunProgress,
 ) -> Plan:
     """Successive halving over the candidate inputs; returns the candidates ranked.
 
@@ -216,7 +177,7 @@ def _screen(
             first = trainer.rng.random() < 0.5
             others = [bool((polarity >> k) & 1) != first for k in range(trainer.inputs.size - 1)]
             point = trainer.random_point(np.array([first, *others]))
-            arms.append(_Arm(names, point, new_optimizer(trainer)))
+            arms.append(new_arm(names, point))
     dropped: list[_Arm] = []
     spent_at_start = trainer.device_seconds
     for steps in SCREEN_ROUNDS:
@@ -249,10 +210,10 @@ def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
         record.record(
             rank=position + 1,
             inputs=arm.inputs,
-            steps=len(arm.losses),
-            loss=float(arm.losses[-1]) if arm.losses else np.inf,
+            steps=len(arm.progress.losses),
+            loss=float(arm.progress.losses[-1]) if arm.progress.losses else np.inf,
             promise_na=float(arm.promise),
-            best_margin_na=float(arm.best_margin_na),
+            best_margin_na=float(arm.progress.best_margin_na),
             controls=arm.point[: trainer.controls.size],
             **level_fields(trainer.levels_of(arm.point), ""),
         )
@@ -262,7 +223,7 @@ def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
 
 def _next_arm(
     trainer: Trainer,
-    new_optimizer: Callable[[Trainer], Any],
+    new_arm: Callable[[str, np.ndarray], _Arm],
     start: Setting | None,
     ranked: list[_Arm],
     attempt: int,
@@ -278,16 +239,7 @@ def _next_arm(
         inputs = ranked[0].inputs
     yield from trainer.use_inputs(inputs)
     point = start.point.copy() if start is not None else trainer.random_point()
-    return _Arm(inputs, trainer.project(point), new_optimizer(trainer))
-
-
-def _better_of(
-    kept: tuple[Setting, Any] | None, setting: Setting, score: Any
-) -> tuple[Setting, Any]:
-    """``(setting, score)`` if its score ranks above the ``kept`` pair's; otherwise ``kept``."""
-    if kept is None or rank(score) > rank(kept[1]):
-        return setting, score
-    return kept
+    return new_arm(inputs, trainer.project(point))
 
 
 def _report_clipped_step(

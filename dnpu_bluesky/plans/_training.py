@@ -27,11 +27,11 @@ from ..tasks.levels import (
     apply_levels,
     check_level_bounds,
     full_swing_levels,
-    level_jacobian,
     project_levels,
 )
-from .hge import _device_setup, _start_metadata
-from .stubs import new_gradient_record, record_gradient, set_input_cases, within_run
+from ._common import device_setup, start_metadata
+from ._gradients import METHODS, Step
+from .stubs import new_gradient_record, set_input_cases, within_run
 
 Plan = Generator[Msg, Any, Any]
 
@@ -76,19 +76,6 @@ class Measure:
     stream: str
 
 
-@dataclass
-class Step:
-    """One measured step: outputs per case, loss, its gradient w.r.t. the point and, where the
-    method measures it (HGE, finite differences), each output's derivatives ``(n_cases,
-    n_params)``."""
-
-    outputs: np.ndarray
-    loss: float
-    gradient: np.ndarray
-    measurements: int
-    jacobian: np.ndarray | None = None
-
-
 @dataclass(frozen=True)
 class Setting:
     """A point together with the input electrodes it was found on."""
@@ -107,7 +94,8 @@ class Trainer:
     task : Task
         The task.
     method : str
-        ``"hge"``, ``"fd"``, ``"spsa"``, ``"ga"`` or ``"evaluate"``.
+        A gradient method (a key of :data:`~dnpu_bluesky.plans._gradients.METHODS`), or
+        ``"ga"`` or ``"evaluate"`` for trainers that take no gradient steps.
     seed : int or list of int
         Seed of the trainer's random draws.
     settings : dict
@@ -279,66 +267,12 @@ class Trainer:
     # -- one descent step -------------------------------------------------------------------
     def loss_of(self, outputs: np.ndarray, indices: np.ndarray | None) -> tuple[float, Any]:
         """The task's loss and dL/dI of the measured cases."""
-        if indices is None:
-            return self.task.loss(outputs)
         return self.task.loss(outputs, indices=indices)
 
     def step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
-        """Measure the loss and its gradient w.r.t. the point (already applied)."""
-        if self.method == "hge":
-            return (yield from self._hge_step(indices))
-        if self.method == "fd":
-            return (yield from self._fd_step(point, indices))
-        return (yield from self._spsa_step(point, indices))
-
-    def _hge_step(self, indices: np.ndarray | None) -> Plan:
-        yield from bps.mv(self.dnpu.mode, "parallel")
-        yield from self.measure("hge_raw")
-        result = yield from record_gradient(self.lockin, self.gradient_record, self.stream("hge"))
-        outputs = result.gradient.current
-        loss, d_loss = self.loss_of(outputs, indices)
-        slopes = np.zeros((outputs.size, len(self.dnpu.electrodes)))
-        slopes[:, list(result.tones)] = result.gradient.gradient
-        jacobian = [slopes[:, self.controls]]
-        if self.learn_levels:
-            unit = self.task.unit_inputs()
-            unit = unit if indices is None else unit[indices]
-            jacobian.append(level_jacobian(slopes[:, self.inputs], unit))
-        jacobian = np.concatenate(jacobian, axis=1)
-        return Step(outputs, loss, d_loss @ jacobian, 1, jacobian)
-
-    def _fd_step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
-        h = self.settings["fd_step_v"]
-        jacobian, evaluated = [], []
-        for j in range(point.size):
-            pair = []
-            for sign in (+1.0, -1.0):
-                shifted = point.copy()
-                shifted[j] += sign * h
-                yield from self.apply(shifted, indices)
-                pair.append((yield from self.evaluate_outputs("fd_raw")))
-            jacobian.append((pair[0] - pair[1]) / (2 * h))
-            evaluated += pair
-        yield from self.apply(point, indices)
-        outputs = np.mean(evaluated, axis=0)
-        loss, d_loss = self.loss_of(outputs, indices)
-        jacobian = np.array(jacobian).T
-        return Step(outputs, loss, d_loss @ jacobian, 2 * point.size, jacobian)
-
-    def _spsa_step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
-        # Two evaluations along a random +-1 direction, whatever the number of parameters.
-        c = self.settings["spsa_step_v"]
-        delta = self.rng.choice([-1.0, 1.0], size=point.size)
-        losses, pair = [], []
-        for sign in (+1.0, -1.0):
-            yield from self.apply(point + sign * c * delta, indices)
-            outputs = yield from self.evaluate_outputs("spsa_raw")
-            pair.append(outputs)
-            losses.append(self.loss_of(outputs, indices)[0])
-        yield from self.apply(point, indices)
-        outputs = np.mean(pair, axis=0)
-        loss = self.loss_of(outputs, indices)[0]
-        return Step(outputs, loss, (losses[0] - losses[1]) / (2 * c) * delta, 2)
+        """Measure the loss and its gradient w.r.t. the point (already applied) by the
+        trainer's gradient method; returns the :class:`Step`."""
+        return (yield from METHODS[self.method].step(self, point, indices))
 
     def record_step(
         self,
@@ -371,8 +305,6 @@ class Trainer:
 
     def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
         """Accuracy and margin of measured outputs."""
-        if indices is None:
-            return self.task.evaluate(outputs, split)
         return self.task.evaluate(outputs, split, indices=indices)
 
     def evaluate(
@@ -430,7 +362,7 @@ class Trainer:
         if final is None:
             final, clipped = yield from self.evaluate(setting, attempt, threshold_na=threshold_na)
         test_accuracy = None
-        if has_held_out_data(self.task):
+        if self.task.has_test_split:
             test, _ = yield from self.evaluate(setting, attempt, "test", final.threshold_na)
             test_accuracy = float(test.accuracy)
         yield from self.use_inputs(setting.inputs)
@@ -558,9 +490,9 @@ def run_metadata(
 ) -> dict[str, Any]:
     """Start-document metadata; for several devices, their setups keyed by device name."""
     dnpus = [t.dnpu for t in trainers]
-    metadata = _start_metadata(dnpus[0], plan_name, plan_args, md)
+    metadata = start_metadata(dnpus[0], plan_name, plan_args, md)
     if len(dnpus) > 1:
-        setups = {d.name: _device_setup(d) for d in dnpus}
+        setups = {d.name: device_setup(d) for d in dnpus}
         metadata["detectors"] = list(setups)
         for key in ("dnpu_backend", "hge"):
             metadata[key] = {name: setup[key] for name, setup in setups.items()}
@@ -597,27 +529,10 @@ def check_devices(dnpus: list[DNPU], task: Task) -> None:
             )
 
 
-def has_held_out_data(task: Task) -> bool:
-    """Tasks with a test split (the sphere) also draw training minibatches."""
-    return hasattr(task, "minibatch")
-
-
 def check_target_accuracy(target_accuracy: float) -> None:
     """Refuse a target accuracy outside (0, 1]."""
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
-
-
-def reaches_target(score: Any, target_accuracy: float, target_margin_na: float) -> bool:
-    """At least ``target_accuracy``; at 1.0 also the classes ``target_margin_na`` apart."""
-    if score.accuracy < target_accuracy:
-        return False
-    return target_accuracy < 1.0 or score.margin_na >= target_margin_na
-
-
-def rank(score: Any) -> tuple[float, float]:
-    """Orders scores: higher accuracy first, then the wider margin."""
-    return score.accuracy, score.margin_na
 
 
 def _side_by_side(bodies: dict[Trainer, Plan]) -> Plan:

@@ -9,7 +9,7 @@ from scipy import signal
 from ..devices.dnpu import DNPU
 from ..devices.electrode import Electrode
 from ..devices.records import SpectrumRecord
-from .hge import _start_metadata
+from ._common import start_metadata
 from .stubs import Plan, within_run
 
 
@@ -42,7 +42,7 @@ def iv_sweep(
     def sweep() -> Plan:
         yield from bps.mv(dnpu.mode, "off")
         dnpu.build_waveform()
-        metadata = _start_metadata(
+        metadata = start_metadata(
             dnpu,
             "iv_sweep",
             {"electrode": electrode.name, "start": start, "stop": stop, "num": num},
@@ -87,7 +87,7 @@ def noise_spectrum(
     def spectrum() -> Plan:
         yield from bps.mv(dnpu.mode, "off", dnpu.window_s, float(duration_s), dnpu.input_cases, [])
         dnpu.build_waveform()
-        metadata = _start_metadata(
+        metadata = start_metadata(
             dnpu, "noise_spectrum", {"duration_s": duration_s, "segment_s": segment_s}, md
         )
         return (yield from within_run(inner(), md=metadata, stage=[dnpu]))

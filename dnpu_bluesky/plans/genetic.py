@@ -11,6 +11,17 @@ from ..devices.dnpu import DNPU
 from ..devices.records import GenerationRecord
 from ..tasks import Task
 from ..tasks.levels import DEFAULT_MIN_SWING_V
+from ..tasks.training import (
+    DEFAULT_GENERATIONS,
+    DEFAULT_MUTATION_V,
+    DEFAULT_N_ELITE,
+    DEFAULT_POPULATION,
+    DEFAULT_TARGET_ACCURACY,
+    DEFAULT_TARGET_MARGIN_NA,
+    rank,
+    reaches_target,
+)
+from ._common import check_positive
 from ._training import (
     Setting,
     Trainer,
@@ -20,13 +31,10 @@ from ._training import (
     make_trainers,
     on_inputs,
     prepare,
-    rank,
-    reaches_target,
     resolve_inputs,
     run_metadata,
     run_side_by_side,
 )
-from .hge import _check_positive
 from .stubs import Plan
 
 #: Chance that a child of the genetic algorithm moves to other input electrodes.
@@ -70,12 +78,12 @@ def train_genetic(
     dnpu: DNPU | Sequence[DNPU],
     task: Task,
     *,
-    population: int = 26,
-    generations: int = 100,
-    n_elite: int = 5,
-    mutation_v: float = 0.1,
-    target_margin_na: float = 2.0,
-    target_accuracy: float = 1.0,
+    population: int = DEFAULT_POPULATION,
+    generations: int = DEFAULT_GENERATIONS,
+    n_elite: int = DEFAULT_N_ELITE,
+    mutation_v: float = DEFAULT_MUTATION_V,
+    target_margin_na: float = DEFAULT_TARGET_MARGIN_NA,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     inputs: str | list[str] | None = None,
     learn_levels: bool = True,
     min_swing_v: float = DEFAULT_MIN_SWING_V,
@@ -148,7 +156,7 @@ def train_genetic(
     if not (isinstance(mutation_v, int | float) and math.isfinite(mutation_v) and mutation_v >= 0):
         raise ValueError(f"mutation_v must be a finite number >= 0 (V), got {mutation_v!r}")
     check_target_accuracy(target_accuracy)
-    _check_positive(min_swing_v=min_swing_v)
+    check_positive(min_swing_v=min_swing_v)
     search, pinned = resolve_inputs(inputs, task)
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]

@@ -17,6 +17,15 @@ from typing import Any
 from ..devices.dnpu import DNPU
 from ..tasks import BooleanGate, SphereClassification
 from ..tasks.optimizers import DEFAULT_LR
+from ..tasks.training import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_ITERATIONS,
+    DEFAULT_METHOD,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_PATIENCE,
+    DEFAULT_TARGET_ACCURACY,
+    DEFAULT_TARGET_MARGIN_NA,
+)
 from .stubs import Plan
 from .train import train
 
@@ -24,14 +33,14 @@ from .train import train
 def train_gate(
     dnpu: DNPU | list[DNPU],
     gate: str,
-    method: str = "hge",
+    method: str = DEFAULT_METHOD,
     *,
-    optimizer: str = "adam",
+    optimizer: str = DEFAULT_OPTIMIZER,
     lr: float = DEFAULT_LR,
-    max_iterations: int = 120,
-    max_attempts: int = 4,
-    patience: int = 25,
-    target_margin_na: float = 2.0,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    patience: int = DEFAULT_PATIENCE,
+    target_margin_na: float = DEFAULT_TARGET_MARGIN_NA,
     inputs: str | None = None,
     learn_levels: bool = True,
     seed: int = 0,
@@ -52,18 +61,18 @@ def train_gate(
 
 def train_sphere(
     dnpu: DNPU | list[DNPU],
-    method: str = "hge",
+    method: str = DEFAULT_METHOD,
     *,
     batch_size: int | None = None,
     n_points: int = 120,
     input_range_v: list[float] | None = None,
     data_seed: int | None = None,
-    optimizer: str = "adam",
+    optimizer: str = DEFAULT_OPTIMIZER,
     lr: float = DEFAULT_LR,
-    max_iterations: int = 120,
-    max_attempts: int = 4,
-    patience: int = 25,
-    target_accuracy: float = 1.0,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    patience: int = DEFAULT_PATIENCE,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     learn_levels: bool = True,
     seed: int = 0,
     md: dict | None = None,

@@ -9,7 +9,20 @@ from ..devices.dnpu import DNPU
 from ..tasks import GATES, BooleanGate, Task, make_optimizer
 from ..tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
 from ..tasks.optimizers import DEFAULT_LR
+from ..tasks.training import (
+    DEFAULT_FD_STEP_V,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_ITERATIONS,
+    DEFAULT_METHOD,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_PATIENCE,
+    DEFAULT_SPSA_STEP_V,
+    DEFAULT_TARGET_ACCURACY,
+    DEFAULT_TARGET_MARGIN_NA,
+)
+from ._common import check_positive
 from ._descent import descend
+from ._gradients import METHODS, gradient_method
 from ._training import (
     Setting,
     Trainer,
@@ -23,7 +36,6 @@ from ._training import (
     run_metadata,
     run_side_by_side,
 )
-from .hge import _check_choice, _check_positive
 from .stubs import Plan, configure_hge
 
 __all__ = [
@@ -35,7 +47,8 @@ __all__ = [
     "train_boolean_gates",
 ]
 
-GRADIENT_METHODS = ("hge", "fd", "spsa")
+#: The gradient methods ``train`` accepts.
+GRADIENT_METHODS = tuple(METHODS)
 
 #: Distance kept between a trained voltage's bound and the point its perturbation may reach.
 _GUARD_V = 1e-6
@@ -45,16 +58,16 @@ def train(
     dnpu: DNPU | Sequence[DNPU],
     task: Task,
     *,
-    method: str = "hge",
-    optimizer: str = "adam",
+    method: str = DEFAULT_METHOD,
+    optimizer: str = DEFAULT_OPTIMIZER,
     lr: float = DEFAULT_LR,
-    max_iterations: int = 120,
-    max_attempts: int = 4,
-    patience: int = 25,
-    target_margin_na: float = 2.0,
-    target_accuracy: float = 1.0,
-    fd_step_v: float = 0.01,
-    spsa_step_v: float = 0.02,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    patience: int = DEFAULT_PATIENCE,
+    target_margin_na: float = DEFAULT_TARGET_MARGIN_NA,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    fd_step_v: float = DEFAULT_FD_STEP_V,
+    spsa_step_v: float = DEFAULT_SPSA_STEP_V,
     inputs: str | Sequence[str] | None = None,
     learn_levels: bool = True,
     min_swing_v: float = DEFAULT_MIN_SWING_V,
@@ -157,11 +170,11 @@ def train(
     """
     several_given = not isinstance(dnpu, DNPU)
     dnpus = list(dnpu) if several_given else [dnpu]
-    _check_choice("method", method, GRADIENT_METHODS)
+    gradient = gradient_method(method)
     for name, value in (("max_iterations", max_iterations), ("max_attempts", max_attempts)):
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    _check_positive(lr=lr, fd_step_v=fd_step_v, spsa_step_v=spsa_step_v, min_swing_v=min_swing_v)
+    check_positive(lr=lr, fd_step_v=fd_step_v, spsa_step_v=spsa_step_v, min_swing_v=min_swing_v)
     if not (np.isfinite(screen_budget_s) and screen_budget_s >= 0):
         raise ValueError(f"screen_budget_s must be >= 0 device seconds, got {screen_budget_s!r}")
     check_target_accuracy(target_accuracy)
@@ -186,7 +199,7 @@ def train(
     def prepared_run() -> Plan:
         trainers = make_trainers(dnpus, task, method, seed, settings, perturbation_margin)
         # Tones on every electrode when the inputs' slopes are needed or the inputs move.
-        all_tones = method == "hge" and (learn_levels or screen)
+        all_tones = gradient.tones and (learn_levels or screen)
         if all_tones:
             for device in dnpus:
                 yield from configure_hge(
@@ -202,7 +215,7 @@ def train(
                     f"{trainer.dnpu.name}: no {task.n_inputs} electrodes can hold the task's input "
                     "levels; give levels inside the electrode limits or name the inputs"
                 )
-        yield from prepare(trainers, "parallel" if method == "hge" else "off")
+        yield from prepare(trainers, gradient.mode)
         plan_args = {
             "dnpu": device_names(dnpus, several_given),
             "task": task.name,
@@ -364,7 +377,7 @@ def train_boolean_gates(
     dnpu: DNPU | Sequence[DNPU],
     gates: str | tuple[str, ...] | list[str] = GATES,
     *,
-    method: str = "hge",
+    method: str = DEFAULT_METHOD,
     seed: int = 0,
     task_options: dict | None = None,
     md: dict | None = None,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from dnpu_bluesky.tasks.losses import LOSSES
-from dnpu_bluesky.tasks.metrics import TaskScore, score
+from dnpu_bluesky.tasks.metrics import TaskScore
 
 #: Splits every task accepts; tasks without held-out data return the same cases for all three.
 SPLITS: tuple[str, ...] = ("train", "test", "all")
@@ -17,7 +14,18 @@ SPLITS: tuple[str, ...] = ("train", "test", "all")
 
 @runtime_checkable
 class Task(Protocol):
-    """A learning task for a device whose output current is read per input case."""
+    """A learning task for a device whose output current is read per input case.
+
+    ``indices`` (of :meth:`loss` and :meth:`evaluate`) select the cases of a minibatch: the
+    outputs are then those of the training cases ``indices``, in that order.
+    """
+
+    #: True when the ``"test"`` split holds cases kept out of training (a gate's splits are
+    #: all the same four cases); training then also classifies the test split at the end.
+    has_test_split: bool
+
+    #: Training cases presented per step, drawn by :meth:`minibatch`; None presents them all.
+    batch_size: int | None
 
     @property
     def name(self) -> str:
@@ -46,66 +54,10 @@ class Task(Protocol):
         """0/1 label per case, shape ``(n_cases,)``."""
         ...
 
-    def loss(self, outputs_na: np.ndarray, split: str = "train") -> tuple[float, np.ndarray]:
-        """Loss of the measured outputs (nA, one per case) and its gradient dL/dI."""
+    def minibatch(self, rng: np.random.Generator) -> np.ndarray:
+        """Sorted indices into the training split for one step (all of them when
+        ``batch_size`` is None)."""
         ...
-
-    def evaluate(
-        self, outputs_na: np.ndarray, split: str = "train", *, threshold_na: float | None = None
-    ) -> TaskScore:
-        """Accuracy and separation margin of the outputs, at ``threshold_na`` or the best
-        threshold."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable description for a run's start document."""
-        ...
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-
-
-def _check_loss(loss_name: str, loss_params: Mapping[str, float]) -> None:
-    """Refuse an unknown loss or parameters its function does not take, before training."""
-    if loss_name not in LOSSES:
-        raise ValueError(f"unknown loss {loss_name!r}: use one of {', '.join(LOSSES)}")
-    try:
-        inspect.signature(LOSSES[loss_name]).bind(np.zeros(2), np.zeros(2), **loss_params)
-    except TypeError as err:
-        raise ValueError(f"loss {loss_name!r}: {err}") from None
-
-
-def _json_params(params: Mapping[str, Any]) -> dict[str, float | None]:
-    return {key: None if value is None else float(value) for key, value in params.items()}
-
-
-def _select(
-    targets: np.ndarray, outputs_na: np.ndarray, indices: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Targets of the measured cases (all, or the minibatch ``indices``) and checked outputs."""
-    if indices is not None:
-        targets = targets[np.asarray(indices, dtype=int)]
-    outputs = np.asarray(outputs_na, dtype=float)
-    if outputs.shape != targets.shape:
-        raise ValueError(
-            f"expected {targets.size} outputs (one per case), got shape {outputs.shape}"
-        )
-    return targets, outputs
-
-
-class _LabelledTask:
-    """Loss and evaluation shared by tasks whose cases carry 0/1 labels.
-
-    Subclasses provide ``targets(split)``, ``loss_name`` and ``loss_params``.
-    """
-
-    loss_name: str
-    loss_params: Mapping[str, float]
-
-    def targets(self, split: str = "train") -> np.ndarray:
-        raise NotImplementedError
 
     def loss(
         self,
@@ -114,9 +66,9 @@ class _LabelledTask:
         *,
         indices: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray]:
-        """Loss and dL/dI of the measured outputs (one per case, or per ``indices`` case)."""
-        targets, outputs = _select(self.targets(split), outputs_na, indices)
-        return LOSSES[self.loss_name](outputs, targets, **self.loss_params)
+        """Loss of the measured outputs (nA, one per case, or per ``indices`` case) and its
+        gradient dL/dI."""
+        ...
 
     def evaluate(
         self,
@@ -126,7 +78,10 @@ class _LabelledTask:
         indices: np.ndarray | None = None,
         threshold_na: float | None = None,
     ) -> TaskScore:
-        """Accuracy, threshold and separation margin; the threshold is ``threshold_na`` (one
-        chosen on another split) or, when None, the best one for these outputs."""
-        targets, outputs = _select(self.targets(split), outputs_na, indices)
-        return score(outputs, targets, threshold_na)
+        """Accuracy and separation margin of the outputs (one per case, or per ``indices``
+        case), at ``threshold_na`` or the best threshold."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable description for a run's start document."""
+        ...

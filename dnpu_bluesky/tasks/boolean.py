@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from dnpu_bluesky.tasks.base import (
-    _check_loss,
-    _check_split,
-    _json_params,
-    _LabelledTask,
+from dnpu_bluesky.tasks._labelled import (
+    LabelledTask,
+    check_loss,
+    check_split,
+    json_params,
 )
 
 GATES: tuple[str, ...] = ("AND", "OR", "NAND", "NOR", "XOR", "XNOR")
@@ -35,12 +35,13 @@ DEFAULT_INPUT_HIGH_V = 0.3
 
 
 @dataclass(frozen=True)
-class BooleanGate(_LabelledTask):
+class BooleanGate(LabelledTask):
     """A two-input Boolean gate realised by thresholding the output current.
 
     Cases are presented in the order 00, 01, 10, 11 (first input, second input); a logical 0
     is ``input_low_v`` and a 1 is ``input_high_v`` on the corresponding input electrode. Gates
-    have no held-out data: every split returns the same four cases.
+    have no held-out data (``has_test_split`` is False) and no minibatches (``batch_size`` is
+    None): every split returns the same four cases, and every step presents them all.
 
     Attributes:
         gate: One of :data:`GATES`, any case (stored upper-case).
@@ -61,6 +62,8 @@ class BooleanGate(_LabelledTask):
     loss_params: dict[str, float] = field(default_factory=dict, hash=False)
 
     n_inputs = 2
+    has_test_split = False
+    batch_size = None
 
     def __post_init__(self) -> None:
         gate = str(self.gate).upper()
@@ -73,7 +76,7 @@ class BooleanGate(_LabelledTask):
                 f"({self.input_high_v} V)"
             )
         object.__setattr__(self, "loss_params", dict(self.loss_params))
-        _check_loss(self.loss_name, self.loss_params)
+        check_loss(self.loss_name, self.loss_params)
 
     @property
     def name(self) -> str:
@@ -82,13 +85,13 @@ class BooleanGate(_LabelledTask):
 
     def input_voltages(self, split: str = "train") -> np.ndarray:
         """The four cases' input voltages, shape ``(4, 2)``, order 00, 01, 10, 11."""
-        _check_split(split)
+        check_split(split)
         levels = np.array([self.input_low_v, self.input_high_v])
         return levels[_BITS]
 
     def unit_inputs(self, split: str = "train") -> np.ndarray:
         """The four cases' logical inputs as 0.0/1.0, shape ``(4, 2)``, order 00, 01, 10, 11."""
-        _check_split(split)
+        check_split(split)
         return _BITS.astype(float)
 
     def input_levels(self) -> np.ndarray:
@@ -97,8 +100,23 @@ class BooleanGate(_LabelledTask):
 
     def targets(self, split: str = "train") -> np.ndarray:
         """The gate's truth table as 0/1 integers, order 00, 01, 10, 11."""
-        _check_split(split)
+        check_split(split)
         return np.array(_TRUTH_TABLES[self.gate])
+
+    def minibatch(self, rng: np.random.Generator) -> np.ndarray:
+        """All four cases: a gate trains on every case at every step.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            Not drawn from.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[0, 1, 2, 3]``.
+        """
+        return np.arange(len(_BITS))
 
     def describe(self) -> dict[str, Any]:
         """Gate, input levels, truth table and loss, JSON-serialisable."""
@@ -112,5 +130,5 @@ class BooleanGate(_LabelledTask):
             "case_order": ["00", "01", "10", "11"],
             "targets": [int(t) for t in self.targets()],
             "loss": self.loss_name,
-            "loss_params": _json_params(self.loss_params),
+            "loss_params": json_params(self.loss_params),
         }

@@ -17,31 +17,13 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import expit, logsumexp, softmax
 
+from dnpu_bluesky.tasks._cases import as_cases
+
 LossFunction = Callable[..., tuple[float, np.ndarray]]
 
 #: Standard-deviation floor (nA) in the correlation: far below the noise of one measured case,
 #: so it changes a real Pearson coefficient by < 1e-4, but a flat output gets a finite gradient.
 STD_FLOOR_NA = 1e-2
-
-
-def _as_cases(
-    outputs_na: np.ndarray, targets: np.ndarray, *, need_both: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    outputs = np.asarray(outputs_na, dtype=float)
-    labels = np.asarray(targets)
-    if outputs.ndim != 1 or outputs.shape != labels.shape:
-        raise ValueError(
-            f"outputs and targets must be 1-D of equal length, got {outputs.shape} "
-            f"and {labels.shape}"
-        )
-    if not np.all(np.isfinite(outputs)):
-        raise ValueError(f"outputs must be finite, got {outputs}")
-    if not np.all((labels == 0) | (labels == 1)):
-        raise ValueError(f"targets must be 0 or 1, got {np.unique(labels)}")
-    labels = labels.astype(float)
-    if need_both and not (labels.any() and not labels.all()):
-        raise ValueError("targets must contain both classes (at least one 0 and one 1)")
-    return outputs, labels
 
 
 def _pearson(
@@ -119,7 +101,7 @@ def corrsig_loss(
     Raises:
         ValueError: on mismatched shapes, non-finite outputs, non-0/1 or one-class targets.
     """
-    outputs, labels = _as_cases(outputs_na, targets)
+    outputs, labels = as_cases(outputs_na, targets)
     corr, corr_grad = _pearson(outputs, labels, std_floor_na)
     margin, margin_grad = _hard_margin(outputs, labels)
     gate = float(expit((margin - offset_na) / scale_na))
@@ -173,7 +155,7 @@ def margin_loss(
     Raises:
         ValueError: on mismatched shapes, non-finite outputs, non-0/1 or one-class targets.
     """
-    outputs, labels = _as_cases(outputs_na, targets)
+    outputs, labels = as_cases(outputs_na, targets)
     if softness_na <= 0:
         raise ValueError(f"softness_na must be positive, got {softness_na}")
     margin, margin_grad = _soft_margin(outputs, labels, softness_na)
@@ -198,7 +180,7 @@ def mse_loss(
     Returns:
         ``(loss in nA^2, dL/dI in nA)``.
     """
-    outputs, labels = _as_cases(outputs_na, targets, need_both=False)
+    outputs, labels = as_cases(outputs_na, targets, need_both=False)
     error = outputs - (low_na + labels * (high_na - low_na))
     return float(np.mean(error**2)), 2.0 * error / outputs.size
 
@@ -226,7 +208,7 @@ def sigmoid_classification_loss(
     Returns:
         ``(mean cross-entropy in nats, dL/dI in 1/nA)``.
     """
-    outputs, labels = _as_cases(outputs_na, targets)
+    outputs, labels = as_cases(outputs_na, targets)
     if scale_na <= 0:
         raise ValueError(f"scale_na must be positive, got {scale_na}")
     n_high = labels.sum()

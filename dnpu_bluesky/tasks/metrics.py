@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from dnpu_bluesky.tasks.losses import _as_cases
+from dnpu_bluesky.tasks._cases import as_cases
 
 #: Distance (nA) outside the outputs' range of a threshold that puts every case in one class.
 _END_THRESHOLD_OFFSET_NA = 1.0
@@ -50,7 +50,7 @@ def separation_margin(outputs_na: np.ndarray, targets: np.ndarray) -> float:
     Returns:
         The margin in nA (negative means the classes overlap by that much).
     """
-    outputs, labels = _as_cases(outputs_na, targets)
+    outputs, labels = as_cases(outputs_na, targets)
     return float(outputs[labels == 1].min() - outputs[labels == 0].max())
 
 
@@ -69,7 +69,7 @@ def accuracy_and_threshold(outputs_na: np.ndarray, targets: np.ndarray) -> tuple
     Returns:
         ``(accuracy, threshold_na)``; a case counts as 1 when its output is above the threshold.
     """
-    outputs, labels = _as_cases(outputs_na, targets)
+    outputs, labels = as_cases(outputs_na, targets)
     order = np.argsort(outputs, kind="stable")
     values = outputs[order]
     sorted_labels = labels[order]
@@ -107,7 +107,7 @@ def score(
     if threshold_na is None:
         accuracy, threshold = accuracy_and_threshold(outputs_na, targets)
     else:
-        outputs, labels = _as_cases(outputs_na, targets)
+        outputs, labels = as_cases(outputs_na, targets)
         threshold = float(threshold_na)
         accuracy = float(np.mean((outputs > threshold) == (labels == 1)))
     return TaskScore(

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from dnpu_bluesky.tasks.base import (
-    _check_loss,
-    _check_split,
-    _json_params,
-    _LabelledTask,
+from dnpu_bluesky.tasks._labelled import (
+    LabelledTask,
+    check_loss,
+    check_split,
+    json_params,
 )
 
 #: Radius, as a fraction of the cube's half-edge, of the centred sphere holding half the cube's
@@ -25,7 +25,7 @@ _MAX_SAMPLING_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
-class SphereClassification(_LabelledTask):
+class SphereClassification(LabelledTask):
     """Points drawn in the input cube, labelled 1 inside a centred sphere and 0 outside.
 
     Each of the three inputs spans ``input_range_v``; the sphere is centred in the cube with
@@ -33,7 +33,8 @@ class SphereClassification(_LabelledTask):
     drawn inside and the rest outside (uniformly within each region, by rejection), so the
     classes are balanced whatever the radius; the default radius puts half the cube's volume
     inside, so the points are also close to uniform over the cube. The split into train and
-    test keeps the class balance in both. Everything is fixed by ``seed``.
+    test keeps the class balance in both (``has_test_split`` is True: training classifies the
+    test split at the end). Everything is fixed by ``seed``.
 
     Attributes:
         n_points: Number of points, train and test together (at least 8).
@@ -61,6 +62,7 @@ class SphereClassification(_LabelledTask):
 
     n_inputs = 3
     name = "sphere"
+    has_test_split = True
 
     def __post_init__(self) -> None:
         low, high = (float(v) for v in self.input_range_v)
@@ -76,7 +78,7 @@ class SphereClassification(_LabelledTask):
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         object.__setattr__(self, "loss_params", dict(self.loss_params))
-        _check_loss(self.loss_name, self.loss_params)
+        check_loss(self.loss_name, self.loss_params)
 
         rng = np.random.default_rng(self.seed)
         points, labels = self._draw_points(rng)
@@ -146,7 +148,7 @@ class SphereClassification(_LabelledTask):
 
     def input_voltages(self, split: str = "train") -> np.ndarray:
         """The split's points, shape ``(n_cases, 3)`` volts."""
-        _check_split(split)
+        check_split(split)
         return self._points[self._split_indices[split]].copy()
 
     def unit_inputs(self, split: str = "train") -> np.ndarray:
@@ -160,7 +162,7 @@ class SphereClassification(_LabelledTask):
 
     def targets(self, split: str = "train") -> np.ndarray:
         """1 for a point inside the sphere, 0 outside, shape ``(n_cases,)``."""
-        _check_split(split)
+        check_split(split)
         return self._labels[self._split_indices[split]].copy()
 
     def minibatch(self, rng: np.random.Generator) -> np.ndarray:
@@ -201,5 +203,5 @@ class SphereClassification(_LabelledTask):
             "batch_size": None if self.batch_size is None else int(self.batch_size),
             "positive_class": "inside",
             "loss": self.loss_name,
-            "loss_params": _json_params(self.loss_params),
+            "loss_params": json_params(self.loss_params),
         }

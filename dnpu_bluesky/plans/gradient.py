@@ -1,7 +1,5 @@
 """Bluesky plans that measure gradients by homodyne gradient extraction (HGE)."""
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
@@ -9,11 +7,13 @@ from bluesky import plan_stubs as bps
 from ophyd import Component as Cpt
 from ophyd import Signal
 
-from .. import __version__, _software_versions
 from ..callbacks.lockin import Demodulated, LockInCallback
 from ..devices.dnpu import DNPU
 from ..devices.records import CalibrationRecord, ResultRecord, ValidationRecord
 from ..hge import GradientEstimate, PhaseCalibration
+from ..tasks.training import DEFAULT_FD_STEP_V
+from ._common import check_choice, move_controls, start_metadata
+from ._gradients import finite_differences
 from .stubs import Plan, measure_gradient, new_gradient_record, set_input_cases, within_run
 
 ESTIMATORS = ("projection", "sign")
@@ -29,48 +29,6 @@ class ValidationSummaryRecord(ResultRecord):
     r2_hge_vs_true = Cpt(Signal, value=0.0, kind="hinted")
 
 
-def _start_metadata(
-    dnpu: DNPU, plan_name: str, plan_args: dict[str, Any], md: dict | None
-) -> dict[str, Any]:
-    """Start-document metadata: plan identity, the device's full setup, package version."""
-    metadata: dict[str, Any] = {
-        "plan_name": plan_name,
-        "plan_args": plan_args,
-        "detectors": [dnpu.name],
-        "dnpu_bluesky_version": __version__,
-        "software": _software_versions(),
-        **_device_setup(dnpu),
-    }
-    metadata.update(md or {})
-    return metadata
-
-
-def _device_setup(dnpu: DNPU) -> dict[str, Any]:
-    """The device's part of the start document: its backend and its HGE settings."""
-    return {
-        "dnpu_backend": dnpu.backend.describe(),
-        "hge": {
-            "frequencies_hz": dnpu.frequencies().tolist(),
-            "amplitudes_v": dnpu.amplitudes().tolist(),
-            "window_s": float(dnpu.window_s.get()),
-            "sample_rate": float(dnpu.sample_rate.get()),
-            "mode": dnpu.mode.get(),
-        },
-    }
-
-
-def _check_positive(**values: float) -> None:
-    """Refuse, before anything runs, a setting that is not a finite positive number."""
-    for name, value in values.items():
-        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 def _random_controls(dnpu: DNPU, rng: np.random.Generator, margin_v: float) -> np.ndarray:
     """A random operating point for the controls, ``margin_v`` inside their limits."""
     controls = dnpu.indices("control")
@@ -79,13 +37,6 @@ def _random_controls(dnpu: DNPU, rng: np.random.Generator, margin_v: float) -> n
     if np.any(low >= high):
         raise ValueError(f"control limits too narrow for a margin of {margin_v} V")
     return rng.uniform(low, high)
-
-
-def _move_controls(dnpu: DNPU, values: np.ndarray) -> Plan:
-    args: list[Any] = []
-    for index, value in zip(dnpu.indices("control"), values, strict=True):
-        args += [dnpu.electrodes[index].setpoint, float(value)]
-    yield from bps.mv(*args)
 
 
 def hge_gradient(
@@ -113,8 +64,8 @@ def hge_gradient(
     Returns:
         The :class:`GradientEstimate` of the last measurement.
     """
-    _check_choice("mode", mode, ("parallel", "sequential"))
-    _check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("mode", mode, ("parallel", "sequential"))
+    check_choice("estimator", estimator, ESTIMATORS)
     if int(repeats) < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     if input_cases is not None:
@@ -123,7 +74,7 @@ def hge_gradient(
     dnpu.build_waveform()  # refuse a bad setup here, before the run opens
     lockin = LockInCallback(dnpu.name, estimator=estimator)
     record = new_gradient_record(dnpu, estimator)
-    metadata = _start_metadata(
+    metadata = start_metadata(
         dnpu,
         "hge_gradient",
         {"dnpu": repr(dnpu.name), "mode": mode, "repeats": repeats, "estimator": estimator},
@@ -180,7 +131,7 @@ def calibrate_phase(
     lockin = LockInCallback(dnpu.name)
     record = new_gradient_record(dnpu, "projection")
     calibration_record = CalibrationRecord(name=f"{dnpu.name}_calibration")
-    metadata = _start_metadata(
+    metadata = start_metadata(
         dnpu, "calibrate_phase", {"dnpu": repr(dnpu.name), "n_points": n_points, "seed": seed}, md
     )
 
@@ -188,7 +139,7 @@ def calibrate_phase(
         results = []
         for point in points:
             yield from bps.checkpoint()
-            yield from _move_controls(dnpu, point)
+            yield from move_controls(dnpu, point)
             result = yield from measure_gradient(dnpu, lockin, record)
             results.append(result.lockin)
         calibration = PhaseCalibration.fit(results)
@@ -209,24 +160,8 @@ def calibrate_phase(
     lag[tones] = calibration.lag_rad
     gain[tones] = calibration.gain
     yield from bps.mv(dnpu.phase_lag_rad, lag.tolist(), dnpu.phase_gain, gain.tolist())
-    yield from _move_controls(dnpu, start[dnpu.indices("control")])
+    yield from move_controls(dnpu, start[dnpu.indices("control")])
     return calibration
-
-
-def _finite_difference(dnpu: DNPU, point: np.ndarray, step_v: float) -> Plan:
-    """Central differences of the output current w.r.t. each control (2 evaluations each)."""
-    gradient = np.zeros(point.size)
-    for j in range(point.size):
-        values = []
-        for sign in (+1.0, -1.0):
-            shifted = point.copy()
-            shifted[j] += sign * step_v
-            yield from _move_controls(dnpu, shifted)
-            reading = yield from bps.trigger_and_read([dnpu], name="fd_raw")
-            values.append(reading[dnpu.current.name]["value"])
-        gradient[j] = (values[0] - values[1]) / (2 * step_v)
-    yield from _move_controls(dnpu, point)
-    return gradient
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -238,7 +173,7 @@ def validate_gradients(
     dnpu: DNPU,
     n_points: int = 10,
     *,
-    fd_step_v: float = 0.01,
+    fd_step_v: float = DEFAULT_FD_STEP_V,
     compare_sequential: bool = True,
     seed: int = 0,
     md: dict | None = None,
@@ -285,7 +220,7 @@ def validate_gradients(
     lockin = LockInCallback(dnpu.name, stream_name=("hge_raw", "hge_sequential_raw"))
     gradient_record = new_gradient_record(dnpu, "projection")
     sequential_record = new_gradient_record(dnpu, "projection", name="hge_sequential")
-    metadata = _start_metadata(
+    metadata = start_metadata(
         dnpu,
         "validate_gradients",
         {
@@ -298,10 +233,15 @@ def validate_gradients(
         md,
     )
 
+    def current_at(shifted: np.ndarray) -> Plan:
+        yield from move_controls(dnpu, shifted)
+        reading = yield from bps.trigger_and_read([dnpu], name="fd_raw")
+        return reading[dnpu.current.name]["value"]
+
     def inner() -> Plan:
         hge_all, reference_all, truth_all = [], [], []
         for index, point in enumerate(points):
-            yield from _move_controls(dnpu, point)
+            yield from move_controls(dnpu, point)
             yield from bps.mv(dnpu.mode, "parallel")
             parallel = yield from measure_gradient(dnpu, lockin, gradient_record)
             sequential = None
@@ -316,7 +256,8 @@ def validate_gradients(
                     stream="hge_sequential",
                 )
             yield from bps.mv(dnpu.mode, "off")
-            fd = yield from _finite_difference(dnpu, point, fd_step_v)
+            fd, _ = yield from finite_differences(point, fd_step_v, current_at)
+            yield from move_controls(dnpu, point)
             # With a tone on the inputs too, the lock-in gives their slopes as well.
             columns = [parallel.tones.index(control) for control in controls]
             hge = parallel.gradient.gradient[0][columns]
@@ -346,7 +287,7 @@ def validate_gradients(
 
     summary = yield from within_run(inner(), md=metadata, stage=[dnpu], subs=[lockin])
     yield from bps.mv(dnpu.mode, "parallel")
-    yield from _move_controls(dnpu, start[controls])
+    yield from move_controls(dnpu, start[controls])
     return summary
 
 
