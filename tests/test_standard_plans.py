@@ -137,3 +137,11 @@ def test_best_effort_table_of_a_scan_shows_the_electrode_and_the_current(RE, dnp
     header = next(line for line in capsys.readouterr().out.splitlines() if "seq_num" in line)
     columns = [cell.strip() for cell in header.strip("| ").split("|")]
     assert columns == ["seq_num", "time", "dnpu_e0_readback", "dnpu_current"]
+
+
+def test_a_sweep_of_the_setpoint_signal_names_it_as_its_dimension(RE, documents, dnpu):
+    RE(iv_sweep(dnpu, dnpu.e2, -0.5, 0.5, 3))
+    (start,) = _docs(documents, "start")
+    assert start["hints"]["dimensions"] == [(["dnpu_e2_setpoint"], "primary")]
+    (descriptor,) = _docs(documents, "descriptor")
+    assert descriptor["hints"]["dnpu"] == {"fields": ["dnpu_current"]}

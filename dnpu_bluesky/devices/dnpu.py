@@ -190,10 +190,10 @@ class DNPU(Device):
     def hints(self) -> dict[str, list[str]]:
         """The fields a table or plot shows: the output current.
 
-        The electrodes' readbacks are left out: a scan names the electrode it moves as its
-        dimension (``dnpu.e0.hints``), so only that one is shown.
+        The electrodes are left out: a scan names the electrode it moves as its dimension
+        (``dnpu.e0.hints``), so only that one is shown.
         """
-        electrodes = {field for e in self.electrodes for field in e.hints["fields"]}
+        electrodes = {key for e in self.electrodes for key in e.describe()}
         return {"fields": [f for f in super().hints["fields"] if f not in electrodes]}
 
     @property

@@ -80,7 +80,8 @@ class Electrode(Device):
     """
 
     readback = Cpt(MeasuredReadOnly, value=0.0, kind="hinted", units="V")
-    setpoint = Cpt(SetpointSignal, value=0.0, kind="normal", units="V")
+    # Hinted for a scan that moves the setpoint signal itself, whose dimension it then is.
+    setpoint = Cpt(SetpointSignal, value=0.0, kind="hinted", units="V")
     min_v = Cpt(SignalRO, value=-1.0, kind="config")
     max_v = Cpt(SignalRO, value=1.0, kind="config")
     role = Cpt(SignalRO, value="control", kind="config")
@@ -115,6 +116,11 @@ class Electrode(Device):
     def limits(self) -> tuple[float, float]:
         """``(min_v, max_v)`` in volts."""
         return self.setpoint.limits
+
+    @property
+    def hints(self) -> dict[str, list[str]]:
+        """The field a table or plot of a scan over the electrode shows: its readback."""
+        return {"fields": [self.readback.name]}
 
     @property
     def is_input(self) -> bool:
