@@ -94,8 +94,21 @@ class Electrode(Device):
     def configure_limits(self, min_v: float, max_v: float, role: str, channel: str = "") -> None:
         """Fix the electrode's limits, role and DAQ channel (called once by ``build_dnpu``).
 
-        Raises:
-            RuntimeError: if they were fixed already; build a new device for other limits.
+        Parameters
+        ----------
+        min_v, max_v
+            The limits in volts; they must contain 0 V.
+        role
+            ``"input"`` or ``"control"``.
+        channel
+            The DAQ output channel.
+
+        Raises
+        ------
+        RuntimeError
+            If they were fixed already; build a new device for other limits.
+        ValueError
+            For an unknown role or limits that do not contain 0 V.
         """
         if self._limits_fixed:
             raise RuntimeError(
