@@ -9,7 +9,7 @@ Setting (the package defaults): controls on electrodes 0, 1, 2, 5, 6; inputs 3 a
 at random values inside their ranges; window T = 0.1 s at 10 kS/s; tone amplitude a = 20 mV;
 tones from ``plan_frequencies(5, 0.1, 10000, band_hz=2000, min_frequency_hz=150)`` (the DNPU
 device's default); 10 ms settling, 5 ms ramps. Streams are built with ``hge_segments`` and
-``synthesize_waveform``, played on ``SimulatedDAQ`` (default ``Electronics``), converted from
+``synthesize_waveform``, played on ``SimulatedBackend`` (default ``Electronics``), converted from
 volts to nA with the signed amplifier gain, demodulated over the waveform's windows with the
 rectangular lock-in and turned into gradients by ``estimate_gradients`` (projection
 estimator) with a ``PhaseCalibration.fit`` of each device on its own calibration points.
@@ -34,7 +34,7 @@ Figures:
 * ``crosstalk``: noiseless bias in control j's channel when j carries no tone and a neighbour
   k is driven at 10 a, relative to the rms exact gradient at that point; median over points
   of the worst ordered pair (k, j), default plan (the 4/T plan is reported alongside).
-* ``sim_speedup``: device seconds / wall seconds of ``SimulatedDAQ.play_and_record`` on a 1 s,
+* ``sim_speedup``: device seconds / wall seconds of ``SimulatedBackend.play_and_record`` on a 1 s,
   7-electrode HGE stream at 10 kS/s (median of repeated calls).
 """
 
@@ -61,7 +61,7 @@ from dnpu_bluesky.hge import (
     plan_frequencies,
     synthesize_waveform,
 )
-from dnpu_bluesky.sim import Electronics, SimulatedDAQ, VirtualDNPU
+from dnpu_bluesky.sim import Electronics, SimulatedBackend, VirtualDNPU
 
 CONTROLS = np.array([0, 1, 2, 5, 6])
 INPUTS = np.array([3, 4])
@@ -152,7 +152,7 @@ def signed_gain(electronics: Electronics) -> float:
     return -electronics.gain_v_per_na if electronics.inverting else electronics.gain_v_per_na
 
 
-def record(daq: SimulatedDAQ, segments: list[Segment], freqs: np.ndarray) -> LockInResult:
+def record(daq: SimulatedBackend, segments: list[Segment], freqs: np.ndarray) -> LockInResult:
     """Play ``segments`` (in streams of at most SEGMENTS_PER_STREAM) and demodulate them."""
     tones = freqs[freqs > 0]
     parts = []
@@ -172,7 +172,7 @@ def record(daq: SimulatedDAQ, segments: list[Segment], freqs: np.ndarray) -> Loc
 
 
 def measure(
-    daq: SimulatedDAQ,
+    daq: SimulatedBackend,
     points: np.ndarray,
     freqs: np.ndarray,
     mode: str,
@@ -218,8 +218,8 @@ def accuracy_runs(config: Config) -> dict[str, Any]:
     reps = config.repeats
     for seed in config.device_seeds:
         model = VirtualDNPU(seed=seed)
-        noisy = SimulatedDAQ(model, Electronics(), seed=1000 + seed)
-        clean = SimulatedDAQ(model, NOISELESS, seed=2000 + seed)
+        noisy = SimulatedBackend(model, Electronics(), seed=1000 + seed)
+        clean = SimulatedBackend(model, NOISELESS, seed=2000 + seed)
         rng = np.random.default_rng([seed, 2])
         ranges = np.asarray(model.voltage_ranges)
         points = random_points(rng, ranges, config.points_per_seed, AMPLITUDE_V)
@@ -270,7 +270,7 @@ def accuracy_runs(config: Config) -> dict[str, Any]:
 
 def crosstalk_run(
     model: VirtualDNPU,
-    clean: SimulatedDAQ,
+    clean: SimulatedBackend,
     points: np.ndarray,
     freqs: np.ndarray,
     calibration: PhaseCalibration,
@@ -340,7 +340,7 @@ def speed_run(config: Config) -> dict[str, float]:
     """Wall time of play_and_record on a 1 s, 7-electrode stream at 10 kS/s."""
     n_samples = round(SAMPLE_RATE)  # 1 s
     model = VirtualDNPU(seed=0)
-    daq = SimulatedDAQ(model, Electronics(), seed=3)
+    daq = SimulatedBackend(model, Electronics(), seed=3)
     rng = np.random.default_rng(5)
     freqs = tone_frequencies(1)
     per_segment = round(SAMPLE_RATE * (WINDOW_S + SETTLE_S + 0.005))

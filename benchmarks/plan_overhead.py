@@ -10,7 +10,7 @@ default 20 mV tones, inputs e3, e4), parallel mode, the four input cases of a Bo
 (``CASES``), T = 0.1 s windows at 10 kS/s. One HGE step (one measurement) plays one stream
 of the four cases (0.495 device seconds, 4951 samples) and demodulates it.
 
-Configurations, all on the same DNPU (the same ``SimulatedDAQ``), in one process:
+Configurations, all on the same DNPU (the same ``SimulatedBackend``), in one process:
 
 * ``bare``: the numpy path in a loop, no RunEngine: ``DNPU.build_waveform``,
   ``backend.play_and_record``, ``amplifier.to_nanoamps``, ``demodulate``,

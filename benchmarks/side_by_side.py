@@ -30,7 +30,7 @@ from bluesky import RunEngine
 from dnpu_bluesky.config import default_sim_profile
 from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.plans import train
-from dnpu_bluesky.sim import SimulatedDAQ, VirtualDNPU
+from dnpu_bluesky.sim import SimulatedBackend, VirtualDNPU
 from dnpu_bluesky.tasks import BooleanGate
 
 
@@ -39,7 +39,7 @@ def _devices(count: int) -> list[Any]:
         build_dnpu(
             default_sim_profile(seed=k),
             name=f"dnpu_{k}",
-            backend=SimulatedDAQ(VirtualDNPU(seed=k), seed=k, realtime=True),
+            backend=SimulatedBackend(VirtualDNPU(seed=k), seed=k, realtime=True),
         )
         for k in range(count)
     ]

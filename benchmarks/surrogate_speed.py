@@ -53,7 +53,7 @@ from dnpu_bluesky.config import (
     slew_limited_frequency_hz,
 )
 from dnpu_bluesky.devices import build_dnpu
-from dnpu_bluesky.devices.backends import make_backend
+from dnpu_bluesky.devices.build import make_backend
 from dnpu_bluesky.hge import plan_frequencies
 from dnpu_bluesky.sim import load_brainspy_surrogate
 

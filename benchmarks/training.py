@@ -36,7 +36,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from dnpu_bluesky.config import SetupProfile, default_sim_profile
-from dnpu_bluesky.devices.factory import build_dnpu
+from dnpu_bluesky.devices.build import build_dnpu
 from dnpu_bluesky.plans.genetic import train_genetic
 from dnpu_bluesky.plans.train import TrainResult, train
 from dnpu_bluesky.sim import VirtualDNPU

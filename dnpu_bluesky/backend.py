@@ -1,8 +1,11 @@
-"""The DAQ backend protocol shared by the simulated and the NI-DAQmx backends.
+"""The DAQ backend protocol, :class:`DAQBackend`, and what a backend returns.
 
 A backend plays a multichannel analog-output waveform on the electrodes and records the
-current amplifier's output voltage on the same sample clock. Nothing above
-``dnpu_bluesky.devices`` knows which backend is in use.
+current amplifier's output voltage on the same sample clock. Two implement it:
+:class:`dnpu_bluesky.sim.SimulatedBackend` (the virtual instrument) and
+:class:`dnpu_bluesky.devices.ni_daqmx.NIDAQmxBackend` (NI-DAQmx hardware);
+:func:`dnpu_bluesky.devices.make_backend` builds the one a setup profile asks for. Nothing
+above ``dnpu_bluesky.devices`` knows which backend is in use.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from dnpu_bluesky.config import (
     load_profile,
 )
 from dnpu_bluesky.devices import build_dnpu
-from dnpu_bluesky.devices.backends import make_backend
+from dnpu_bluesky.devices.build import make_backend
 from dnpu_bluesky.devices.ni_daqmx import HardwareUnavailableError
 
 SETUPS = Path(__file__).resolve().parents[1] / "profiles" / "setups"
@@ -394,13 +394,13 @@ def _hold_stream(profile: SetupProfile, point: np.ndarray, n_hold: int = 3000) -
 
 @pytest.mark.parametrize("inverting", [True, False])
 def test_sim_backend_reads_the_model_through_the_profile_amplifier(inverting: bool) -> None:
-    from dnpu_bluesky.sim import SimulatedDAQ, VirtualDNPU
+    from dnpu_bluesky.sim import SimulatedBackend, VirtualDNPU
 
     data = default_sim_profile(seed=2).to_dict()
     data["amplifier"] = {"gain_v_per_a": 2.0e7, "bandwidth_hz": 2000.0, "inverting": inverting}
     profile = SetupProfile.model_validate(data)
     daq = make_backend(profile)
-    assert isinstance(daq, SimulatedDAQ) and isinstance(daq, DAQBackend)
+    assert isinstance(daq, SimulatedBackend) and isinstance(daq, DAQBackend)
     assert isinstance(daq.model, VirtualDNPU) and daq.model.seed == 2
     np.testing.assert_array_equal(daq.model.voltage_ranges, profile.limits_v)
     json.dumps(daq.describe())

@@ -81,7 +81,7 @@ def test_an_interrupted_genetic_run_is_drawn_as_its_loss_curve(stored_RE, storag
 
 def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summary(run_profile):
     session = (
-        "RE(bps.mv(dnpu.e0.setpoint, 2.0))\n"
+        "RE(bps.mv(dnpu.e0, 2.0))\n"
         "import logging; logging.getLogger('bluesky.run_engine').warning('other warning')\n"
         "RE(validate_gradients(dnpu, n_points=1, compare_sequential=False))\n"
         "RE(train(dnpu, BooleanGate('AND'), method='fd', max_iterations=2, max_attempts=1))\n"

@@ -26,7 +26,7 @@ from nidaqmx.error_codes import DAQmxErrors
 
 from dnpu_bluesky.backend import DAQBackend
 from dnpu_bluesky.config import SetupProfile, default_sim_profile, load_profile
-from dnpu_bluesky.devices import ni_daqmx
+from dnpu_bluesky.devices import _ni_outputs, ni_daqmx
 from dnpu_bluesky.devices.ni_daqmx import HardwareUnavailableError, NIDAQmxBackend
 from dnpu_bluesky.safety import UnsafeWaveformError
 
@@ -776,7 +776,7 @@ def test_outputs_named_in_another_case_are_the_same_outputs(
 def test_without_flock_one_process_still_keeps_one_backend_per_device(
     profile: SetupProfile, fake: FakeNidaqmx, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ni_daqmx, "fcntl", None)  # Windows
+    monkeypatch.setattr(_ni_outputs, "fcntl", None)  # Windows
     first = _open(profile, fake)
     with pytest.raises(HardwareUnavailableError, match="another backend of this process"):
         NIDAQmxBackend(profile, nidaqmx_module=fake)

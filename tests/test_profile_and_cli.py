@@ -496,9 +496,9 @@ def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server, tmp_path, capsys)
 
 
 def test_cli_reports_a_device_failure_mid_run_by_its_cause(capsys, monkeypatch, tiled_server):
-    from dnpu_bluesky.sim import SimulatedDAQ
+    from dnpu_bluesky.sim import SimulatedBackend
 
-    real_play = SimulatedDAQ.play_and_record
+    real_play = SimulatedBackend.play_and_record
     calls = []
 
     def failing_on_the_third_stream(self, ao_volts, sample_rate):
@@ -507,7 +507,7 @@ def test_cli_reports_a_device_failure_mid_run_by_its_cause(capsys, monkeypatch, 
             raise RuntimeError("AI buffer overflow (injected)")
         return real_play(self, ao_volts, sample_rate)
 
-    monkeypatch.setattr(SimulatedDAQ, "play_and_record", failing_on_the_third_stream)
+    monkeypatch.setattr(SimulatedBackend, "play_and_record", failing_on_the_third_stream)
     argv = ["train", "--gates", "XNOR", "--quiet", "--tiled-uri", tiled_server.uri]
     assert main(argv) == 1
     error = _one_error(capsys.readouterr().err)

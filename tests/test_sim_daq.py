@@ -8,7 +8,7 @@ import pytest
 
 from dnpu_bluesky.backend import Acquisition, DAQBackend
 from dnpu_bluesky.safety import UnsafeWaveformError
-from dnpu_bluesky.sim import Electronics, SimulatedDAQ, VirtualDNPU
+from dnpu_bluesky.sim import Electronics, SimulatedBackend, VirtualDNPU
 
 FS = 10_000.0
 DC = np.array([-0.4, 0.2, -0.6, 0.1, -0.3, 0.3, -0.8])
@@ -27,7 +27,7 @@ def _stream(dc=DC, plateau_s=0.2, ramp_s=0.01, dither=None, freqs=None):
 
 
 def test_implements_backend_protocol():
-    daq = SimulatedDAQ()
+    daq = SimulatedBackend()
     assert isinstance(daq, DAQBackend)
     assert daq.name == "sim" and daq.n_channels == 7
     stream, _, _ = _stream()
@@ -38,7 +38,7 @@ def test_implements_backend_protocol():
 
 
 def test_refuses_unsafe_streams_and_plays_nothing():
-    daq = SimulatedDAQ()
+    daq = SimulatedBackend()
     stream, _, _ = _stream()
     not_zero_start = stream.copy()
     not_zero_start[0, 2] = 0.1
@@ -57,7 +57,7 @@ def test_refuses_unsafe_streams_and_plays_nothing():
 
 
 def test_device_seconds_include_overhead():
-    daq = SimulatedDAQ(overhead_s=0.05)
+    daq = SimulatedBackend(overhead_s=0.05)
     stream, _, _ = _stream()
     acq = daq.play_and_record(stream, FS)
     assert acq.device_seconds == pytest.approx(stream.shape[0] / FS + 0.05)
@@ -67,7 +67,7 @@ def test_device_seconds_include_overhead():
 
 def test_realtime_acquisitions_take_their_device_seconds():
     stream, _, _ = _stream(plateau_s=0.3)
-    paced, free = SimulatedDAQ(realtime=True), SimulatedDAQ()
+    paced, free = SimulatedBackend(realtime=True), SimulatedBackend()
     timings = []
     for daq in (paced, free):
         started = time.monotonic()
@@ -79,19 +79,19 @@ def test_realtime_acquisitions_take_their_device_seconds():
 
 def test_noise_stream_reproducible_and_continuing():
     stream, _, _ = _stream()
-    a, b = SimulatedDAQ(seed=4), SimulatedDAQ(seed=4)
+    a, b = SimulatedBackend(seed=4), SimulatedBackend(seed=4)
     first_a, second_a = (a.play_and_record(stream, FS).ai_volts for _ in range(2))
     first_b, second_b = (b.play_and_record(stream, FS).ai_volts for _ in range(2))
     np.testing.assert_array_equal(first_a, first_b)
     np.testing.assert_array_equal(second_a, second_b)
     assert not np.array_equal(first_a, second_a)  # the noise moved on
-    other = SimulatedDAQ(seed=5).play_and_record(stream, FS).ai_volts
+    other = SimulatedBackend(seed=5).play_and_record(stream, FS).ai_volts
     assert not np.array_equal(first_a, other)
 
 
 def test_recorded_plateau_is_the_model_current():
     quiet = Electronics(white_psd_na2_per_hz=0.0, flicker_corner_hz=0.0)
-    daq = SimulatedDAQ(electronics=quiet)
+    daq = SimulatedBackend(electronics=quiet)
     stream, n_ramp, n_plat = _stream()
     acq = daq.play_and_record(stream, FS)
     plateau = acq.ai_volts[n_ramp + 100 : n_ramp + n_plat]
@@ -101,7 +101,7 @@ def test_recorded_plateau_is_the_model_current():
 
 def test_lock_in_on_dithered_stream_recovers_the_jacobian():
     """End to end: dither every electrode, demodulate, calibrate, compare with the model."""
-    daq = SimulatedDAQ(seed=11)
+    daq = SimulatedBackend(seed=11)
     freqs = np.array([200.0, 280.0, 360.0, 440.0, 520.0, 600.0, 760.0])  # 40 Hz grid, 0.5 s
     amp = 0.02
     stream, n_ramp, n_plat = _stream(plateau_s=0.5, dither=amp, freqs=freqs)
@@ -118,7 +118,7 @@ def test_lock_in_on_dithered_stream_recovers_the_jacobian():
 
 
 def test_set_dc_and_close():
-    daq = SimulatedDAQ()
+    daq = SimulatedBackend()
     daq.set_dc(DC)
     np.testing.assert_array_equal(daq.dc_volts, DC)
     with pytest.raises(UnsafeWaveformError, match="electrode 4"):
@@ -132,7 +132,7 @@ def test_set_dc_and_close():
 
 
 def test_describe_is_json_and_names_everything():
-    daq = SimulatedDAQ(VirtualDNPU(3), Electronics(drift_na_per_s=0.1), seed=9, overhead_s=0.01)
+    daq = SimulatedBackend(VirtualDNPU(3), Electronics(drift_na_per_s=0.1), seed=9, overhead_s=0.01)
     d = json.loads(json.dumps(daq.describe()))
     assert d["seed"] == 9 and d["overhead_s"] == 0.01
     assert d["model"]["seed"] == 3 and d["model"]["parameter_hash"]
@@ -141,7 +141,7 @@ def test_describe_is_json_and_names_everything():
 
 def test_mismatched_electronics_rejected():
     with pytest.raises(ValueError, match="capacitances"):
-        SimulatedDAQ(electronics=Electronics(capacitance_pf=(0.1, 0.2)))
+        SimulatedBackend(electronics=Electronics(capacitance_pf=(0.1, 0.2)))
 
 
 def test_adc_clipping_is_flagged_sample_by_sample():
@@ -149,16 +149,16 @@ def test_adc_clipping_is_flagged_sample_by_sample():
     plateau_v = quiet.gain_v_per_na * abs(VirtualDNPU().current(DC))
     narrow = Electronics(white_psd_na2_per_hz=0.0, flicker_corner_hz=0.0, adc_range_v=plateau_v / 2)
     stream, n_ramp, n_plat = _stream()
-    acq = SimulatedDAQ(electronics=narrow).play_and_record(stream, FS)
+    acq = SimulatedBackend(electronics=narrow).play_and_record(stream, FS)
     plateau = slice(n_ramp + 100, n_ramp + n_plat)
     assert acq.clipped[plateau].all() and not acq.clipped[: n_ramp // 4].any()
     np.testing.assert_allclose(np.abs(acq.ai_volts[plateau]), plateau_v / 2, rtol=1e-3)
-    assert not SimulatedDAQ(electronics=quiet).play_and_record(stream, FS).clipped.any()
+    assert not SimulatedBackend(electronics=quiet).play_and_record(stream, FS).clipped.any()
 
 
 def test_a_profiles_simulated_daq_checks_slew_and_limits_as_the_hardware_does():
     from dnpu_bluesky.config import default_sim_profile
-    from dnpu_bluesky.devices.backends import make_backend
+    from dnpu_bluesky.devices.build import make_backend
 
     profile = default_sim_profile()
     daq = make_backend(profile)

@@ -13,7 +13,7 @@ import pytest
 
 from dnpu_bluesky.sim import (
     DeviceModel,
-    SimulatedDAQ,
+    SimulatedBackend,
     SurrogateModel,
     _surrogate_file,
     load_brainspy_surrogate,
@@ -394,7 +394,7 @@ def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
 
 def test_surrogate_drives_the_simulated_daq():
     model = SurrogateModel.from_state_dict(_network(seed=9).state_dict(), _info())
-    daq = SimulatedDAQ(model=model, seed=2)
+    daq = SimulatedBackend(model=model, seed=2)
     n = 2000
     ramp = np.concatenate([np.linspace(0, 1, n // 2), np.linspace(1, 0, n // 2)])
     stream = np.outer(ramp, [-0.5, 0.2, 0.1, -0.3, 0.1, 0.3, -0.2])

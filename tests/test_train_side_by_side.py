@@ -13,7 +13,7 @@ from dnpu_bluesky.config import default_sim_profile
 from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.figures import gates_figure, loss_curve
 from dnpu_bluesky.plans import train, train_boolean_gates, train_genetic
-from dnpu_bluesky.sim import SimulatedDAQ, VirtualDNPU
+from dnpu_bluesky.sim import SimulatedBackend, VirtualDNPU
 from dnpu_bluesky.storage import load_run
 from dnpu_bluesky.tasks import BooleanGate
 
@@ -72,7 +72,7 @@ def test_each_device_trains_as_it_would_alone(stored_RE, storage, pair, document
     assert len(titles) == 2 and "(dnpu_b)" in titles[1]
 
 
-class _TimedDAQ(SimulatedDAQ):
+class _TimedDAQ(SimulatedBackend):
     """The simulated DAQ, taking real time per acquisition as hardware does, with a log."""
 
     def __init__(self, model, log):

@@ -1,8 +1,16 @@
 """Ophyd devices: electrodes, the current amplifier, DAQ backends and the DNPU itself."""
 
 from .amplifier import CurrentAmplifier
+from .build import build_dnpu, make_backend
 from .dnpu import DEFAULT_AMPLITUDE_V, DNPU, MODES
 from .electrode import Electrode
-from .factory import build_dnpu
 
-__all__ = ["DEFAULT_AMPLITUDE_V", "DNPU", "MODES", "CurrentAmplifier", "Electrode", "build_dnpu"]
+__all__ = [
+    "DEFAULT_AMPLITUDE_V",
+    "DNPU",
+    "MODES",
+    "CurrentAmplifier",
+    "Electrode",
+    "build_dnpu",
+    "make_backend",
+]

@@ -33,7 +33,7 @@ from ..hge.frequencies import NYQUIST_MARGIN
 from ..safety import check_waveform
 from .amplifier import CurrentAmplifier
 from .electrode import Electrode
-from .measured import Measured
+from .measured import Measured, MeasuredReadOnly
 
 ELECTRODE_NAMES = tuple(f"e{i}" for i in range(N_ELECTRODES))
 # DEFAULT_AMPLITUDE_V and DEFAULT_MIN_FREQUENCY_HZ (re-exported here) live in the config, whose
@@ -116,6 +116,11 @@ class DNPU(Device):
     ``clipped_samples`` counts the samples of the measurement windows at which the recording
     reached the end of the AI range: the currents and gradients of such a stream are wrong.
     The first clipped stream after staging is logged as a warning.
+
+    The output current is ``amplifier.current`` (data key ``<name>_current``), the one field
+    the DNPU hints. Each electrode is a bluesky ``Movable`` (see :class:`Electrode`), so
+    ``scan([dnpu], dnpu.e0, -0.2, 0.2, 5)`` sweeps e0 and tabulates its readback against the
+    current.
     """
 
     e0 = Cpt(Electrode)
@@ -128,7 +133,6 @@ class DNPU(Device):
     amplifier = Cpt(CurrentAmplifier)
 
     output = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
-    current = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     case_currents = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
     window_start = Cpt(Measured, value=np.zeros(1, dtype=int), kind="normal")
     segment_case = Cpt(Measured, value=np.zeros(1, dtype=int), kind="normal")
@@ -151,6 +155,8 @@ class DNPU(Device):
 
     def __init__(self, *args: Any, backend: DAQBackend, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The current is what a DNPU measures: its data key carries the DNPU's name.
+        self.amplifier.current.name = f"{self.name}_current"
         self.backend = backend
         self.backend_info.put(json.dumps(backend.describe(), sort_keys=True, default=str))
         self.last_waveform: Waveform | None = None
@@ -174,6 +180,21 @@ class DNPU(Device):
         self._timing_fixed = True
         self.sample_rate._readback = float(sample_rate)
         self.max_slew_v_per_s._readback = float(max_slew_v_per_s)
+
+    @property
+    def current(self) -> MeasuredReadOnly:
+        """The output current signal in nA: ``amplifier.current``."""
+        return self.amplifier.current
+
+    @property
+    def hints(self) -> dict[str, list[str]]:
+        """The fields a table or plot shows: the output current.
+
+        The electrodes are left out: a scan names the electrode it moves as its dimension
+        (``dnpu.e0.hints``), so only that one is shown.
+        """
+        electrodes = {key for e in self.electrodes for key in e.describe()}
+        return {"fields": [f for f in super().hints["fields"] if f not in electrodes]}
 
     @property
     def electrodes(self) -> list[Electrode]:
@@ -457,7 +478,10 @@ class DNPU(Device):
         self.segment_dc.put(np.array([s.dc for s in waveform.segments]))
         self.segment_amplitudes.put(np.array([s.amplitudes for s in waveform.segments]))
         self.case_currents.put(case_means)
-        self.current.put(float(case_means.mean()))
+        self.amplifier.current.put(float(case_means.mean()), force=True)
+        levels = np.mean([s.dc for s in waveform.segments], axis=0)
+        for electrode, level in zip(self.electrodes, levels, strict=True):
+            electrode.readback.put(float(level), force=True)
         self.device_seconds.put(float(device_seconds))
         self._report_clipping(waveform, acquisition.clipped)
 

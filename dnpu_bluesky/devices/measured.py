@@ -30,3 +30,15 @@ class Measured(Signal):
         if self.units:
             key["units"] = self.units
         return description
+
+
+class MeasuredReadOnly(Measured):
+    """A :class:`Measured` signal that only its device writes (``put(value, force=True)``).
+
+    A user's ``put`` or ``set`` raises :class:`ophyd.utils.errors.ReadOnlyError`: the value
+    is what the device measured or applied, not a setting.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metadata.update(write_access=False)

@@ -29,33 +29,25 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import importlib
-import json
 import logging
 import math
 import multiprocessing.util
 import os
-import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import FrameType, ModuleType
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import numpy as np
-import platformdirs
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock between sessions (see docs/hardware.md)
-    fcntl = None  # type: ignore[assignment]
 
 from .._errors import HardwareUnavailableError
 from ..backend import Acquisition, at_range_limit
-from ..config import ElectrodeConfig, SetupProfile
+from ..config import SetupProfile
 from ..safety import ZERO_TOLERANCE_V, UnsafeWaveformError, check_waveform
+from ._ni_outputs import OutputRecords, forget_locks
+from ._ni_tasks import RATE_TOLERANCE, TaskBuilder, import_nidaqmx
 
 __all__ = ["HardwareUnavailableError", "NIDAQmxBackend"]
 
@@ -63,34 +55,12 @@ _log = logging.getLogger(__name__)
 
 #: Seconds added to a stream's duration before a read or wait gives up.
 _TIMEOUT_MARGIN_S = 10.0
-#: Relative difference allowed between the requested and the driver's sample clock rate.
-_RATE_TOLERANCE = 1e-6
-#: Environment variable naming the directory of the output state files.
-_STATE_DIR_ENV = "DNPU_STATE_DIR"
 #: Before other multiprocessing finalizers (priority 0 and up to 10 in the standard library).
 _EXIT_PRIORITY = 100
 #: The open backends of this process, which SIGTERM parks.
 _open_backends: set[NIDAQmxBackend] = set()
 #: A SIGTERM arrived while the main thread was inside a backend call.
 _sigterm_pending = False
-#: Lock files of the AO devices this process's backends hold (``lockf`` locks do not exclude
-#: the process that holds them, so a second backend here is refused by this set).
-_locked_devices: set[Path] = set()
-
-_TERMINAL_CONFIG = {
-    "default": "DEFAULT",
-    "rse": "RSE",
-    "nrse": "NRSE",
-    "diff": "DIFF",
-    "pseudo_diff": "PSEUDO_DIFF",
-}
-
-
-def _import_nidaqmx() -> ModuleType:
-    module = importlib.import_module("nidaqmx")
-    for name in ("constants", "errors", "system"):
-        importlib.import_module(f"nidaqmx.{name}")
-    return module
 
 
 def _park_at_exit(backend: NIDAQmxBackend) -> None:
@@ -137,7 +107,7 @@ def _default_sigterm_when_none_open() -> None:
 def _forget_backends_in_child() -> None:
     # A forked child drives none of its parent's outputs and holds none of its locks.
     _open_backends.clear()
-    _locked_devices.clear()
+    forget_locks()
     with contextlib.suppress(ValueError):  # forked from a thread other than the main one
         if signal.getsignal(signal.SIGTERM) is _park_on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -172,21 +142,6 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def _device_of(channel: str) -> str:
-    """The DAQmx device of a physical channel, as DAQmx compares names (ignoring case)."""
-    return channel.strip("/").partition("/")[0].lower()
-
-
-def _state_directory() -> Path:
-    directory = os.environ.get(_STATE_DIR_ENV) or platformdirs.user_state_path("dnpu-bluesky")
-    return Path(directory) / "nidaqmx"
-
-
-def _device_file(directory: Path, device: str, suffix: str) -> Path:
-    """The lock (``.lock``) or state (``.json``) file of one AO device."""
-    return directory / (re.sub(r"[^a-z0-9._-]", "-", device) + suffix)
-
-
 class NIDAQmxBackend:
     """A :class:`~dnpu_bluesky.backend.DAQBackend` on NI-DAQmx hardware.
 
@@ -216,7 +171,8 @@ class NIDAQmxBackend:
             )
         self.profile = profile
         self.n_channels: int = len(profile.electrodes)
-        self._daq = nidaqmx_module if nidaqmx_module is not None else _import_nidaqmx()
+        self._daq = nidaqmx_module if nidaqmx_module is not None else import_nidaqmx()
+        self._tasks = TaskBuilder(self._daq, profile)
         self._limits = profile.limits_v
         self._names = list(profile.electrode_names)
         self._channels = [e.channel for e in profile.electrodes]
@@ -226,17 +182,14 @@ class NIDAQmxBackend:
         self._closed = False
         self._pid = os.getpid()  # a forked child must not drive its parent's outputs
         self._lock = threading.RLock()
-        self._devices = sorted({_device_of(channel) for channel in self._channels})
-        # Fixed for the backend's life, and one spelling per directory for the lock registry.
-        self._state_dir = _state_directory().resolve()
-        self._driver_version = self._probe_driver()
-        self._lock_fds: dict[Path, int] = {}
+        self._records = OutputRecords(profile.name, self._channels)
+        self._driver_version = self._tasks.driver_version()
         try:
-            self._take_outputs()
-            self._check_no_state_left()
-            self._verify_setup()
+            self._records.lock()
+            self._records.check_none_left()
+            self._tasks.verify_setup()
         except BaseException:
-            self._release_outputs()
+            self._records.release()
             raise
         # Held strongly: a backend dropped without close() may still hold a voltage.
         self._exit_hook = functools.partial(_park_at_exit, self)
@@ -277,7 +230,7 @@ class NIDAQmxBackend:
         rate = float(sample_rate)
         if not math.isfinite(rate) or rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
-        if not math.isclose(rate, self.profile.sample_rate, rel_tol=_RATE_TOLERANCE):
+        if not math.isclose(rate, self.profile.sample_rate, rel_tol=RATE_TOLERANCE):
             # The profile's rate is the one checked against aliasing and the tone plan.
             raise ValueError(
                 f"sample_rate {rate:g} S/s differs from the setup profile's "
@@ -355,7 +308,7 @@ class NIDAQmxBackend:
             self._closed = True
             atexit.unregister(self._exit_hook)
             self._finalizer.cancel()
-            self._release_outputs()  # to the next session
+            self._records.release()  # to the next session
             _open_backends.discard(self)
         _default_sigterm_when_none_open()  # after the block, which restores the handler
 
@@ -377,12 +330,12 @@ class NIDAQmxBackend:
         timeout = n_samples / rate + _TIMEOUT_MARGIN_S
         before = self._levels
         with contextlib.ExitStack() as stack:
-            ao = stack.enter_context(self._new_task())
-            ai = stack.enter_context(self._new_task())
-            self._configure_acquisition(ao, ai, rate, n_samples)
-            ao.write(self._channel_major(volts), auto_start=False, timeout=timeout)
+            ao = stack.enter_context(self._tasks.new_task())
+            ai = stack.enter_context(self._tasks.new_task())
+            self._tasks.configure_acquisition(ao, ai, rate, n_samples)
+            ao.write(self._tasks.channel_major(volts), auto_start=False, timeout=timeout)
             ai.start()  # armed: acquires from the AO start trigger on
-            self._write_state(running=True)
+            self._records.write(self._levels, running=True)
             ran_out = False
             try:
                 ao.start()
@@ -436,14 +389,14 @@ class NIDAQmxBackend:
         ramp[-1] = target
         timeout = n_steps / rate + _TIMEOUT_MARGIN_S
         with contextlib.ExitStack() as stack:
-            ao = stack.enter_context(self._new_task())
-            self._add_electrodes(ao)
-            self._set_clock(ao, rate, n_steps)
-            ao.write(self._channel_major(ramp), auto_start=False, timeout=timeout)
+            ao = stack.enter_context(self._tasks.new_task())
+            self._tasks.add_electrodes(ao)
+            self._tasks.set_clock(ao, rate, n_steps)
+            ao.write(self._tasks.channel_major(ramp), auto_start=False, timeout=timeout)
             # Parking must not depend on the disk: a state file that cannot be updated still
             # holds the last non-zero levels, which is the safe record if the ramp fails.
             parking = bool(np.all(np.abs(target) <= ZERO_TOLERANCE_V))
-            self._write_state(running=True, required=not parking)
+            self._records.write(self._levels, running=True, required=not parking)
             try:
                 ao.start()
                 ao.wait_until_done(timeout=timeout)
@@ -487,236 +440,11 @@ class NIDAQmxBackend:
         """Record that the electrodes hold ``levels``; only non-zero levels are kept on disk."""
         self._levels = np.array(levels, dtype=float)
         if np.all(np.abs(self._levels) <= ZERO_TOLERANCE_V):
-            for device in self._devices:
-                path = _device_file(self._state_dir, device, ".json")
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError:
-                    _log.warning("could not remove %s", path, exc_info=True)
+            self._records.clear()
         else:
-            self._write_state(running=False)
-
-    def _write_state(self, *, running: bool, required: bool = True) -> None:
-        """Record on disk what the outputs hold (``running``: a generation is about to start).
-
-        A failed record before a generation raises if ``required``; otherwise it is logged.
-        """
-        for device in self._devices:
-            record: dict[str, Any] = {"pid": os.getpid(), "profile": self.profile.name}
-            if running:
-                record["running"] = True
-            else:
-                record["levels_v"] = {
-                    channel: float(level)
-                    for channel, level in zip(self._channels, self._levels, strict=True)
-                    if _device_of(channel) == device
-                }
-            path = _device_file(self._state_dir, device, ".json")
-            partial = path.with_suffix(".tmp")
-            try:
-                with open(partial, "w") as file:
-                    file.write(json.dumps(record))
-                    file.flush()
-                    os.fsync(file.fileno())  # on disk before the generation starts
-                os.replace(partial, path)
-            except OSError as err:
-                with contextlib.suppress(OSError):
-                    partial.unlink(missing_ok=True)
-                if running and required:  # better no generation than one unrecorded
-                    raise HardwareUnavailableError(
-                        f"cannot record the output state in {path} before generating: {err}"
-                    ) from None
-                _log.error("could not record the output state in %s: %s", path, err)
-
-    def _take_outputs(self) -> None:
-        """Lock the AO devices of this backend until it closes or its process ends.
-
-        A second backend on the same outputs would start from 0 V while this one holds a
-        level, and this one would then ramp from a level no longer on the pins.
-        """
-        outputs = f"{', '.join(self._devices)} (AO)"
-        try:
-            self._state_dir.mkdir(parents=True, exist_ok=True)
-            for device in self._devices:
-                path = _device_file(self._state_dir, device, ".lock")
-                if path in _locked_devices:
-                    raise HardwareUnavailableError(
-                        f"{outputs}: in use by another backend of this process; close it "
-                        "first (dnpu.backend.close())"
-                    )
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who may lock
-                try:
-                    if fcntl is not None:
-                        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except (BlockingIOError, PermissionError):  # held: EAGAIN or EACCES
-                    try:
-                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-                    finally:
-                        os.close(fd)
-                    raise HardwareUnavailableError(
-                        f"{outputs}: in use by process {holder or 'unknown'}; close that "
-                        "session first"
-                    ) from None
-                except OSError:
-                    os.close(fd)
-                    raise
-                self._lock_fds[path] = fd
-                _locked_devices.add(path)
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())  # at offset 0: the file was just opened
-        except OSError as err:  # e.g. a state directory that cannot be written
-            raise HardwareUnavailableError(
-                f"{outputs}: cannot lock the outputs in {self._state_dir}: {err}"
-            ) from None
-
-    def _release_outputs(self) -> None:
-        for path, fd in self._lock_fds.items():
-            # Closing the descriptor drops this process's lock on the file (lockf).
-            os.close(fd)
-            _locked_devices.discard(path)
-        self._lock_fds.clear()
-
-    def _check_no_state_left(self) -> None:
-        """Refuse to start where an earlier session may have left a voltage on the pins."""
-        left = [
-            path
-            for device in self._devices
-            if (path := _device_file(self._state_dir, device, ".json")).exists()
-        ]
-        if not left:
-            return
-        records = []
-        for path in left:
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                record = {}
-            levels = record.get("levels_v") if isinstance(record, dict) else None
-            if isinstance(levels, dict) and levels:
-                held = ", ".join(f"{name} {float(v):+.3f} V" for name, v in levels.items())
-                records.append(f"held {held}")
-            else:
-                records.append("a generation was running (levels unknown)")
-        files = " ".join(str(path) for path in left)
-        raise HardwareUnavailableError(
-            f"an earlier session ended without parking the outputs ({'; '.join(records)}): "
-            "they may still hold that, or be at 0 V after a reset or power cycle. Check them "
-            f"(NI MAX test panel or a multimeter), bring them to 0 V, then delete {files}"
-        )
+            self._records.write(self._levels, running=False)
 
     # -- helpers ------------------------------------------------------------------------
-
-    def _add_electrodes(self, task: Any) -> None:
-        # NI coerces the channel range to the module's own (+-10 V on a 9264): the software
-        # check is the guard, this range only picks the DAC's range.
-        for electrode in self.profile.electrodes:
-            self._add_electrode(task, electrode)
-
-    def _add_electrode(self, task: Any, electrode: ElectrodeConfig) -> None:
-        task.ao_channels.add_ao_voltage_chan(
-            electrode.channel,
-            name_to_assign_to_channel=electrode.name,
-            min_val=electrode.min_v,
-            max_val=electrode.max_v,
-        )
-
-    def _add_output(self, task: Any) -> None:
-        output = self.profile.output
-        task.ai_channels.add_ai_voltage_chan(
-            output.channel,
-            name_to_assign_to_channel="output",
-            terminal_config=getattr(
-                self._daq.constants.TerminalConfiguration,
-                _TERMINAL_CONFIG[output.terminal_config],
-            ),
-            min_val=-output.ai_range_v,
-            max_val=output.ai_range_v,
-        )
-
-    def _set_clock(self, task: Any, rate: float, n_samples: int) -> None:
-        """A finite sample clock at exactly ``rate``, or a ValueError before anything starts."""
-        constants = self._daq.constants
-        task.timing.cfg_samp_clk_timing(
-            rate, sample_mode=constants.AcquisitionType.FINITE, samps_per_chan=n_samples
-        )
-        task.control(constants.TaskMode.TASK_VERIFY)  # the driver coerces the rate here
-        actual = float(task.timing.samp_clk_rate)
-        if not math.isclose(actual, rate, rel_tol=_RATE_TOLERANCE):
-            raise ValueError(
-                f"the device runs the sample clock at {actual:.6g} S/s, not the requested "
-                f"{rate:.6g} S/s; choose a sample_rate (times readout_oversampling) it makes "
-                "exactly"
-            )
-
-    def _configure_acquisition(
-        self,
-        ao: Any,
-        ai: Any,
-        rate: float,
-        n_samples: int,
-        step: Callable[[str], Any] | None = None,
-    ) -> None:
-        """Both tasks of one acquisition: the electrodes on AO and the output on AI, armed on
-        the AO start trigger, with finite clocks for ``n_samples`` AO samples at ``rate``.
-        ``step``, if given, is told which part comes next, so that an error can name it."""
-        step = step or (lambda part: None)
-        for electrode in self.profile.electrodes:
-            step(f"AO channel {electrode.channel} ({electrode.name})")
-            self._add_electrode(ao, electrode)
-        step("the AO sample clock")
-        self._set_clock(ao, rate, n_samples)
-        step(f"AI channel {self.profile.output.channel}")
-        self._add_output(ai)
-        source = self.profile.trigger.start_trigger_source
-        step(f"trigger {source}")
-        ai.triggers.start_trigger.cfg_dig_edge_start_trig(source)
-        step("the AI sample clock")
-        oversampling = self.profile.readout_oversampling
-        self._set_clock(ai, rate * oversampling, n_samples * oversampling)
-
-    def _verify_setup(self) -> None:
-        """Let the driver check every channel, both clocks and the trigger terminal now."""
-        parts = ["the AO task"]
-        try:
-            with self._new_task() as ao, self._new_task() as ai:
-                self._configure_acquisition(ao, ai, self.profile.sample_rate, 2, parts.append)
-        except self._daq.errors.DaqError as exc:
-            lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()]
-            detail = "; ".join(
-                [lines[0], *(line for line in lines[1:] if line.startswith("Suggested"))]
-            )
-            raise HardwareUnavailableError(
-                f"setup {self.profile.name!r}, {parts[-1]}: NI-DAQmx error {exc.error_code}: "
-                f"{detail} (compare the setup profile with NI MAX)"
-            ) from exc
-        except ValueError as exc:
-            raise ValueError(f"setup {self.profile.name!r}, {parts[-1]}: {exc}") from None
-
-    def _channel_major(self, samples: np.ndarray) -> np.ndarray:
-        """``(n, channels)`` to the layout ``Task.write`` expects."""
-        if self.n_channels == 1:
-            return np.ascontiguousarray(samples[:, 0])
-        return np.ascontiguousarray(samples.T)
-
-    @contextlib.contextmanager
-    def _driver_errors(self) -> Iterator[None]:
-        errors = self._daq.errors
-        try:
-            yield
-        except (errors.DaqNotFoundError, errors.DaqNotSupportedError) as exc:
-            raise HardwareUnavailableError(
-                "NI-DAQmx driver not found: install NI-DAQmx from ni.com (Windows or a "
-                "supported Linux) or use the sim backend (backend: sim in the setup profile)"
-            ) from exc
-
-    def _new_task(self) -> Any:
-        with self._driver_errors():
-            return self._daq.Task()
-
-    def _probe_driver(self) -> str:
-        with self._driver_errors():
-            version = self._daq.system.System.local().driver_version
-        return f"{version.major_version}.{version.minor_version}.{version.update_version}"
 
     def _check_open(self) -> None:
         if os.getpid() != self._pid:

@@ -13,7 +13,7 @@ from dnpu_bluesky.sim.electronics import Electronics
 from dnpu_bluesky.sim.models import DeviceModel, VirtualDNPU
 
 
-class SimulatedDAQ:
+class SimulatedBackend:
     """The :class:`~dnpu_bluesky.backend.DAQBackend` of the virtual instrument.
 
     Each acquisition evaluates the device model on every sample of the stream and passes
@@ -152,7 +152,7 @@ class SimulatedDAQ:
         """Backend, seed, overhead, model identity and electronics, JSON-serialisable."""
         return {
             "name": self.name,
-            "backend": "SimulatedDAQ",
+            "backend": "SimulatedBackend",
             "n_channels": self.n_channels,
             "seed": self.seed,
             "overhead_s": self.overhead_s,
