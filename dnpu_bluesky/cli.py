@@ -950,6 +950,8 @@ def _cmd_check_profile(args: argparse.Namespace) -> int:
             "  not checked here: the surrogate model's electrode count and voltage ranges; "
             "they are checked when the model is loaded"
         )
+    if profile.sample is not None:
+        print(f"  sample {profile.sample!r}: the profile's sessions record it with every run")
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -78,6 +79,13 @@ def _not_a_boolean(value: Any) -> Any:
     meant: refused."""
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    """A name that is only spaces names nothing: refused."""
+    if not value.strip():
+        raise ValueError("must not be empty")
     return value
 
 
@@ -225,6 +233,8 @@ class SetupProfile(_Model):
         amplifier: The current amplifier.
         trigger: AO-to-AI start trigger routing; required for ``nidaqmx``.
         sim: Simulation settings; only for ``sim`` (defaults apply when omitted).
+        sample: The sample on the setup (chip, device), recorded with every run of a session
+            that uses the profile; optional.
     """
 
     name: Annotated[str, Field(min_length=1)]
@@ -237,6 +247,7 @@ class SetupProfile(_Model):
     amplifier: Amplifier
     trigger: TriggerConfig | None = None
     sim: SimConfig | None = None
+    sample: Annotated[str, AfterValidator(_not_blank)] | None = None
 
     @model_validator(mode="before")
     @classmethod

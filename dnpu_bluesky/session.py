@@ -7,6 +7,7 @@ the virtual DNPU and an instrument PC:
 - ``DNPU_SEED``: seed of the virtual DNPU (default 0).
 - ``DNPU_TILED_URI`` / ``DNPU_TILED_API_KEY``: a remote Tiled server; embedded when unset.
 - ``DNPU_DATA_DIR``: directory of the embedded Tiled server's storage.
+- ``DNPU_METADATA_DIR``: where ``RE.md`` persists (see :func:`persistent_metadata_from_env`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bluesky import RunEngine
-from bluesky.utils import DefaultDuringTask, ProgressBarBase, default_progress_bar
+from bluesky.utils import DefaultDuringTask, PersistentDict, ProgressBarBase, default_progress_bar
 
 from ._console_log import set_up_console_log
 from .config import SetupProfile, default_sim_profile, load_profile
-from .storage import Storage, StorageConfig
+from .storage import Storage, StorageConfig, default_directory
+
+if TYPE_CHECKING:
+    from bluesky.callbacks.best_effort import BestEffortCallback
 
 
 def setup_profile_from_env() -> SetupProfile:
@@ -43,37 +48,142 @@ def storage_config_from_env() -> StorageConfig:
     )
 
 
+def persistent_metadata_from_env(config: StorageConfig) -> PersistentDict:
+    """``RE.md`` kept on disk, so that ``scan_id`` and ``sample`` carry over to the next session.
+
+    Bluesky's :class:`~bluesky.utils.PersistentDict` in ``DNPU_METADATA_DIR`` when set, else
+    in the ``md`` folder of the embedded Tiled server's directory (so each run store counts its
+    own ``scan_id``), or of ``platformdirs.user_data_path("dnpu-bluesky")`` for a remote server.
+    One process at a time should use a folder: each keeps its own copy and writes it back on
+    exit.
+
+    Parameters
+    ----------
+    config : StorageConfig
+        The storage of the session (where its runs go).
+
+    Returns
+    -------
+    PersistentDict
+        A mapping to give a RunEngine as its ``md``.
+    """
+    directory = os.environ.get("DNPU_METADATA_DIR")
+    if directory:
+        folder = Path(directory).expanduser()
+    elif config.uri is None:
+        folder = Path(config.directory or default_directory()) / "md"
+    else:
+        import platformdirs
+
+        folder = platformdirs.user_data_path("dnpu-bluesky") / "md"
+    folder.mkdir(parents=True, exist_ok=True)
+    return PersistentDict(str(folder))
+
+
+def make_best_effort_callback() -> BestEffortCallback:
+    """Bluesky's best-effort table, with live plots where a figure can update during a run.
+
+    Plots are on for a GUI matplotlib backend (or ipympl) and off for file backends, Jupyter's
+    inline backend and in the Bluesky queue server's worker; ``bec.enable_plots()`` and
+    ``bec.disable_plots()`` switch them.
+
+    Returns
+    -------
+    BestEffortCallback
+        The callback, to give :func:`make_run_engine` as ``best_effort``.
+    """
+    from bluesky.callbacks.best_effort import BestEffortCallback
+
+    bec = BestEffortCallback()
+    if not _live_plots():
+        bec.disable_plots()
+    return bec
+
+
 def make_run_engine(
-    storage: Storage | None = None, *, interactive: bool = True, returns_result: bool = False
+    storage: Storage | None = None,
+    *,
+    interactive: bool = True,
+    returns_result: bool = False,
+    md: MutableMapping[str, Any] | None = None,
+    best_effort: BestEffortCallback | None = None,
 ) -> RunEngine:
     """A RunEngine writing every document to ``storage``.
 
-    Args:
-        storage: Where documents go; None for no storage (tests, dry runs).
-        interactive: Add a best-effort table, progress bars for long moves and for
-            training runs, a live loss plot when matplotlib has an interactive backend, and
-            a printout of each gradient validation's summary; a failed plan then shows its
-            traceback once (bluesky's logged "Run aborted" copy is left out).
-        returns_result: ``RE(plan)`` returns a ``RunEngineResult`` (with the plan's return
-            value) instead of the run uids.
+    Parameters
+    ----------
+    storage : Storage or None
+        Where documents go; None for no storage (tests, dry runs).
+    interactive : bool
+        Add a best-effort table, progress bars for long moves and for training runs, a live
+        loss plot when matplotlib has an interactive backend, and a printout of each gradient
+        validation's summary; a failed plan then shows its traceback once (bluesky's logged
+        "Run aborted" copy is left out).
+    returns_result : bool
+        ``RE(plan)`` returns a ``RunEngineResult`` (with the plan's return value) instead of
+        the run uids.
+    md : MutableMapping or None
+        The RunEngine's metadata (``RE.md``), e.g. :func:`persistent_metadata_from_env`; a new
+        empty dict when None.
+    best_effort : BestEffortCallback or None
+        The best-effort callback of an interactive engine; one from
+        :func:`make_best_effort_callback` when None. It sees every run but training runs,
+        which have their own progress bar.
+
+    Returns
+    -------
+    RunEngine
+        The engine, subscribed as above.
     """
-    engine = RunEngine({}, call_returns_result=returns_result, during_task=_WakefulDuringTask())
+    engine = RunEngine(
+        {} if md is None else md,
+        call_returns_result=returns_result,
+        during_task=_WakefulDuringTask(),
+    )
     if storage is not None:
         engine.subscribe(storage.writer)
     if interactive:
-        from bluesky.callbacks.best_effort import BestEffortCallback
         from bluesky.utils import ProgressBarManager
 
         from .callbacks import TrainingProgress
 
-        table = BestEffortCallback()
-        table.disable_plots()
+        table = make_best_effort_callback() if best_effort is None else best_effort
         engine.subscribe(_ExceptTraining(table))
-        engine.subscribe(TrainingProgress(plot=_interactive_matplotlib()))
+        engine.subscribe(TrainingProgress(plot=_live_plots()))
         engine.subscribe(_PrintValidationSummary())
         engine.waiting_hook = ProgressBarManager(_progress_bar_of_other_devices)
         set_up_console_log()
     return engine
+
+
+def annotate_plans_for_queue_server(namespace: dict[str, Any]) -> None:
+    """In the Bluesky queue server's worker, let the queue server check device and gate names.
+
+    Each of the package's plans in ``namespace`` that
+    :func:`~dnpu_bluesky.plans.queue.queue_parameters` lists is replaced by the same plan
+    with bluesky-queueserver's parameter annotations, so that a queue item naming no device,
+    an unknown electrode (of the DNPUs in ``namespace``) or an unknown gate is refused when it
+    is submitted. Elsewhere (IPython, scripts) nothing changes.
+
+    Parameters
+    ----------
+    namespace : dict
+        The startup code's namespace (``globals()`` of a profile's startup file).
+    """
+    if not _in_queue_server_worker():
+        return
+    from bluesky_queueserver import parameter_annotation_decorator
+
+    from . import plans
+    from .devices import DNPU
+    from .plans.queue import queue_parameters
+
+    dnpus = [obj for obj in namespace.values() if isinstance(obj, DNPU)]
+    electrodes = {electrode.attr_name for dnpu in dnpus for electrode in dnpu.electrodes}
+    for name, parameters in queue_parameters(electrodes).items():
+        plan = namespace.get(name)
+        if plan is not None and plan is getattr(plans, name, None):
+            namespace[name] = parameter_annotation_decorator({"parameters": parameters})(plan)
 
 
 class _ExceptTraining:
@@ -141,6 +251,21 @@ def _matplotlib_waits_itself() -> bool:
         return False
     backend = sys.modules["matplotlib"].get_backend().lower()
     return any(name in backend for name in ("qt", "ipympl", "nbagg"))
+
+
+def _live_plots() -> bool:
+    """True when plots drawn during a run can be seen: an interactive matplotlib backend,
+    outside the queue server's worker (which has no one watching its figures)."""
+    return _interactive_matplotlib() and not _in_queue_server_worker()
+
+
+def _in_queue_server_worker() -> bool:
+    """True in the Bluesky queue server's RE worker (which has imported the queue server)."""
+    if "bluesky_queueserver" not in sys.modules:
+        return False
+    from bluesky_queueserver import is_re_worker_active
+
+    return bool(is_re_worker_active())
 
 
 def _interactive_matplotlib() -> bool:

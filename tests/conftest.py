@@ -176,7 +176,7 @@ def stored_RE(storage: Storage, RE: RunEngine) -> RunEngine:
 
 @pytest.fixture
 def run_profile(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run IPython with the repository's profile: ``run(*args, input=None)``.
+    """Run IPython with the repository's profile: ``run(*args, input=None, extra_env=None)``.
 
     The startup files are copied into ``tmp_path`` so that IPython's history and logs are
     written there and not into the repository; the embedded storage is ``tmp_path / "tiled"``.
@@ -187,10 +187,17 @@ def run_profile(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     ipython = Path(sys.executable).with_name("ipython")
     env = {**os.environ, "DNPU_DATA_DIR": str(tmp_path / "tiled"), "IPYTHONDIR": str(tmp_path)}
 
-    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        *args: str, input: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         command = [str(ipython), f"--profile-dir={profile}", "--no-banner", *args]
         return subprocess.run(
-            command, input=input, capture_output=True, text=True, timeout=180, env=env
+            command,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**env, **(extra_env or {})},
         )
 
     return run

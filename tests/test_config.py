@@ -140,6 +140,10 @@ BAD_FIELDS = [
     ("sim", {"seed": 1}, "sim:", "only allowed with backend 'sim'"),
     ("sample_rte", 10, "sample_rte:", "unknown key"),
     ("name", "", "name:", "at least 1 character"),
+    ("sample", 7, "sample:", "valid string (got 7)"),  # sample: 007 in YAML is a number
+    ("sample", True, "sample:", "valid string"),
+    ("sample", ["B7"], "sample:", "valid string"),
+    ("sample", "  ", "sample:", "must not be empty"),
 ]
 
 
@@ -319,8 +323,12 @@ def test_cli_check_profile_names_what_waits_for_the_hardware(
     assert out[1].startswith("  full scale +-1000 nA (AI range +-10 V at 1e+07 V/A)")
     assert "channel names and the trigger terminal" in out[2]
     assert "checked when the NI-DAQmx backend opens them" in out[2]
+    assert out[3] == "  sample 'chip3 device B2': the profile's sessions record it with every run"
+    assert load_profile(EXAMPLE).sample == "chip3 device B2"
     assert main(["check-profile", str(SETUPS / "sim.yaml")]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2  # nothing waits for hardware
+    # Nothing waits for hardware, and the sample is optional.
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert load_profile(SETUPS / "sim.yaml").sample is None
     data = _sim()
     data["sim"]["surrogate"] = "device.pt"
     (tmp_path / "device.pt").write_bytes(b"weights")

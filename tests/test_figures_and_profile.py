@@ -139,3 +139,79 @@ def test_the_live_loss_plot_is_drawn_where_a_figure_can_update(monkeypatch, back
 
     monkeypatch.setattr(matplotlib, "get_backend", lambda: backend)
     assert _interactive_matplotlib() is live
+
+
+def test_profile_sessions_keep_scan_id_and_record_the_setup_sample(run_profile, tmp_path):
+    from pathlib import Path
+
+    sim = Path(__file__).resolve().parents[1] / "profiles" / "setups" / "sim.yaml"
+    setup = tmp_path / "chip.yaml"
+    setup.write_text(sim.read_text() + "sample: chip B7\n")
+    session = (
+        "print('plots on:', bec._plots_enabled)\n"
+        "(uid,) = RE(count([dnpu]))\n"
+        "start = load_run(runs, uid).metadata['start']\n"
+        "print('stored:', start['scan_id'], start.get('sample'))\n"
+    )
+    options = ("--simple-prompt", "--colors=NoColor")
+    headless = {"MPLBACKEND": "Agg"}
+    first = run_profile(*options, input=session, extra_env={**headless, "DNPU_SETUP": str(setup)})
+    printed = first.stdout + first.stderr
+    assert "Runs record sample 'chip B7' (RE.md)" in printed, printed[-3000:]
+    assert "plots on: False" in printed  # no GUI backend here
+    assert "Transient Scan ID: 1 " in printed  # bec, the best-effort table, saw the run
+    assert "stored: 1 chip B7" in printed
+    # The next session counts on; a setup without a sample keeps the one RE.md holds.
+    second = run_profile(*options, input=session, extra_env=headless)
+    printed = second.stdout + second.stderr
+    assert "Transient Scan ID: 2 " in printed, printed[-3000:]
+    assert "stored: 2 chip B7" in printed
+
+
+# (BestEffortCallback itself imports Qt for a Qt backend: not installed here.)
+@pytest.mark.parametrize("backend, plots", [("TkAgg", True), ("agg", False), ("pdf", False)])
+def test_bec_plots_where_a_gui_backend_shows_them_and_never_in_the_queue_worker(
+    monkeypatch, backend, plots
+):
+    import matplotlib
+    from bluesky_queueserver import clear_re_worker_active, set_re_worker_active
+
+    from dnpu_bluesky.session import make_best_effort_callback
+
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: backend)
+    assert make_best_effort_callback()._plots_enabled is plots
+    set_re_worker_active()
+    try:
+        assert make_best_effort_callback()._plots_enabled is False
+    finally:
+        clear_re_worker_active()
+
+
+def test_run_engine_metadata_persists_in_the_data_directory(tmp_path, monkeypatch):
+    import gc
+
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    from dnpu_bluesky.session import make_run_engine, persistent_metadata_from_env
+    from dnpu_bluesky.storage import StorageConfig
+
+    monkeypatch.delenv("DNPU_METADATA_DIR", raising=False)
+    config = StorageConfig(directory=tmp_path / "tiled")
+    engine = make_run_engine(None, interactive=False, md=persistent_metadata_from_env(config))
+    engine.md["sample"] = "chip B7"
+    engine(count([det]))
+    engine(count([det]))
+    assert (tmp_path / "tiled" / "md").is_dir()
+    del engine  # the session ends (one process at a time keeps a folder)
+    gc.collect()
+    # A new session (another RunEngine on the same folder) continues the count.
+    again = make_run_engine(None, interactive=False, md=persistent_metadata_from_env(config))
+    starts = []
+    again(count([det]), lambda name, doc: starts.append(doc) if name == "start" else None)
+    assert [doc["scan_id"] for doc in starts] == [3]
+    assert starts[0]["sample"] == "chip B7"
+    # DNPU_METADATA_DIR puts it elsewhere: a fresh count there.
+    monkeypatch.setenv("DNPU_METADATA_DIR", str(tmp_path / "elsewhere"))
+    elsewhere = persistent_metadata_from_env(config)
+    assert "scan_id" not in elsewhere and (tmp_path / "elsewhere").is_dir()

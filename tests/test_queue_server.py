@@ -86,8 +86,26 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
 
         plans = RM.plans_allowed()["plans_allowed"]
         devices = RM.devices_allowed()["devices_allowed"]
-        assert {"train_gate", "train", "hge_gradient", "validate_gradients"} <= set(plans)
+        assert {"train_gate", "train_sphere", "hge_gradient", "validate_gradients"} <= set(plans)
+        assert {"count", "scan", "rel_scan", "list_scan", "grid_scan", "mv"} <= set(plans)
         assert "dnpu" in devices
+        # What a client shows of a plan: the docstring's description of every parameter.
+        for name in ("train_gate", "train_sphere", "hge_gradient", "iv_sweep"):
+            parameters = plans[name]["parameters"]
+            assert all(p.get("description") for p in parameters), (name, parameters)
+
+        # Refused when submitted, not when run: a plan that takes a Task object, an unknown
+        # gate, a name that is no device.
+        from bluesky_queueserver_api.comm_base import RequestFailedError
+
+        for plan, refusal in [
+            (BPlan("train", "dnpu", "XOR"), "Plan 'train' is not in the list of allowed plans"),
+            (BPlan("train_gate", "dnpu", "XORR"), "'NOR', 'XOR' or 'XNOR'"),
+            (BPlan("train_gate", "dnpu_c", "XOR"), "Input should be 'dnpu'"),
+        ]:
+            with pytest.raises(RequestFailedError, match=re.escape(refusal)):
+                RM.item_add(plan)
+        assert RM.queue_get()["items"] == []
 
         # A package plan and the queue wrapper that builds its task from a gate name, on one
         # device and on two side by side (the second added to the worker's namespace).
@@ -100,11 +118,13 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         RM.item_add(BPlan("train_gate", "dnpu", "AND", method="hge", max_iterations=40, seed=1))
         RM.item_add(BPlan("train_gate", ["dnpu", "dnpu_b"], "OR", max_iterations=3,
                           max_attempts=1, target_margin_na=1e6, inputs="e3,e4"))  # fmt: skip
+        RM.item_add(BPlan("count", ["dnpu"], num=2))  # a standard plan, by device name
         RM.queue_start()
         RM.wait_for_idle(timeout=180)
 
         history = RM.history_get()["items"]
-        assert [item["name"] for item in history] == ["hge_gradient", "train_gate", "train_gate"]
+        names = [item["name"] for item in history]
+        assert names == ["hge_gradient", "train_gate", "train_gate", "count"]
         for item in history:
             assert item["result"]["exit_status"] == "completed", (item["result"], _tail(log_path))
         (train_uid,) = history[1]["result"]["run_uids"]
@@ -123,6 +143,14 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         assert pair.metadata["start"]["detectors"] == ["dnpu", "dnpu_b"]
         for device in ("dnpu", "dnpu_b"):
             assert len(pair[f"train_{device}"]["train_loss"].read()) == 3
+        (count_uid,) = history[3]["result"]["run_uids"]
+        counted = _stored_run(_printed_uri(log_path), count_uid)
+        assert counted.metadata["start"]["plan_name"] == "count"
+        assert len(counted["primary"]["dnpu_current"].read()) == 2
+        # RE.md persists in the worker too: scan_id counts every run of the queue.
+        scan_ids = [_stored_run(_printed_uri(log_path), uid).metadata["start"]["scan_id"]
+                    for uid in (train_uid, pair_uid, count_uid)]  # fmt: skip
+        assert scan_ids == [2, 3, 4]
 
         # A deferred pause (the queue server's default) takes effect at the next training
         # step; the run is then stopped, with the electrodes parked, and stored.

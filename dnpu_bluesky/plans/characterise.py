@@ -26,6 +26,26 @@ def iv_sweep(
 
     Each point plays its own 0 V-to-0 V stream; the primary stream holds the current and the
     raw output waveform at each voltage. Out-of-range voltages are refused before the run.
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device.
+    electrode : Electrode
+        The swept electrode of ``dnpu`` (``dnpu.e2``; ``"dnpu.e2"`` in a queue item).
+    start : float
+        First voltage, within the electrode's limits.
+    stop : float
+        Last voltage, within the electrode's limits.
+    num : int
+        Number of points (at least 2).
+    md : dict, optional
+        Extra start-document metadata.
+
+    Returns
+    -------
+    str
+        The uid of the run.
     """
     if electrode not in dnpu.electrodes:
         raise ValueError(f"{electrode.name} is not an electrode of {dnpu.name}")
@@ -65,6 +85,23 @@ def noise_spectrum(
 
     Streams: ``primary`` (the raw waveform) and ``spectrum`` (one-sided PSD in nA^2/Hz by
     Welch's method with ``segment_s`` segments).
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device.
+    duration_s : float
+        Length of the recorded waveform, seconds.
+    segment_s : float
+        Length of Welch's segments, seconds (at most ``duration_s``); the spectrum's
+        resolution is ``1 / segment_s``.
+    md : dict, optional
+        Extra start-document metadata.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The frequencies (Hz) and the power spectral density (nA^2/Hz).
     """
     if not duration_s > 0 or not 0 < segment_s <= duration_s:
         raise ValueError(

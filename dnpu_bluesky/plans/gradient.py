@@ -53,16 +53,25 @@ def hge_gradient(
     One run with two streams: ``hge_raw`` (the raw output waveform of each measurement) and
     ``hge`` (per-tone X, Y, amplitude, phase, standard errors and the gradient per input case).
 
-    Args:
-        dnpu: The device; its control electrodes must carry tones (see ``configure_hge``).
-        mode: ``"parallel"`` (all tones in one window) or ``"sequential"`` (one per window).
-        input_cases: ``(n_cases, n_inputs)`` input voltages; None keeps the device's setting.
-        repeats: Number of measurements at the same point.
-        estimator: ``"projection"`` onto the calibrated in-phase axis, or ``"sign"``.
-        md: Extra start-document metadata.
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device; its control electrodes must carry tones (see ``configure_hge``).
+    mode : str
+        ``"parallel"`` (all tones in one window) or ``"sequential"`` (one per window).
+    input_cases : list of list of float, optional
+        ``(n_cases, n_inputs)`` input voltages; None keeps the device's setting.
+    repeats : int
+        Number of measurements at the same point.
+    estimator : str
+        ``"projection"`` onto the calibrated in-phase axis, or ``"sign"``.
+    md : dict, optional
+        Extra start-document metadata.
 
-    Returns:
-        The :class:`GradientEstimate` of the last measurement.
+    Returns
+    -------
+    GradientEstimate
+        The estimate of the last measurement.
     """
     check_choice("mode", mode, ("parallel", "sequential"))
     check_choice("estimator", estimator, ESTIMATORS)
@@ -109,8 +118,21 @@ def calibrate_phase(
     the in-phase axis. The fitted lag and gain go into the DNPU's configuration, so every
     later descriptor carries them.
 
-    Returns:
-        The fitted :class:`PhaseCalibration`.
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device; its control electrodes must carry tones (see ``configure_hge``).
+    n_points : int
+        Number of random operating points (at least 2).
+    seed : int
+        Seed of the random operating points.
+    md : dict, optional
+        Extra start-document metadata.
+
+    Returns
+    -------
+    PhaseCalibration
+        The fitted calibration.
     """
     if int(n_points) < 2:
         raise ValueError(f"n_points must be at least 2, got {n_points}")
@@ -187,8 +209,25 @@ def validate_gradients(
     point with every estimate and the cosine similarities), as in the paper's Fig. 3, and
     ``validation_summary``: one event with what the plan returns, so that the run keeps it.
 
-    Returns:
-        A dict with the median cosine similarities and the R^2 of HGE against the reference.
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device; every control electrode must carry a tone (see ``configure_hge``).
+    n_points : int
+        Number of random control settings (at least 1).
+    fd_step_v : float
+        Step of the central finite differences, volts.
+    compare_sequential : bool
+        Also measure each point by sequential HGE (one tone per window).
+    seed : int
+        Seed of the random control settings.
+    md : dict, optional
+        Extra start-document metadata.
+
+    Returns
+    -------
+    dict
+        The median cosine similarities and the R^2 of HGE against the reference.
     """
     if int(n_points) < 1:
         raise ValueError(f"n_points must be at least 1, got {n_points}")

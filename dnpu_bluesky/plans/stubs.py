@@ -27,10 +27,37 @@ def configure_hge(
     electrodes: str = "controls",
 ) -> Plan:
     """Give every control electrode (``electrodes="all"``: every electrode) its tone and
-    amplitude; returns the FrequencyPlan.
+    amplitude.
 
     The plan is checked (see :meth:`DNPU.plan_tones`) before anything changes, so an
     impossible request raises ``FrequencyPlanError`` with the failed constraint named.
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device.
+    window_s : float, optional
+        Analysis window, seconds; None keeps the device's.
+    amplitude_v : float
+        Tone amplitude on each electrode, volts; it caps the band so that no tone slews
+        faster than the setup allows.
+    order : int
+        Highest intermodulation order kept off the tones.
+    spacing_bins : int
+        Tone spacing in units of 1/T (T the analysis window).
+    band_hz : float, optional
+        Highest usable frequency, Hz (default and upper bound: the amplifier bandwidth, at
+        most 0.4 x the sample rate).
+    min_frequency_hz : float
+        Lowest tone, Hz.
+    electrodes : str
+        ``"controls"`` (one tone per control) or ``"all"`` (one per electrode, inputs
+        included: HGE then also measures each input's slope).
+
+    Returns
+    -------
+    FrequencyPlan
+        The tones given.
     """
     tones = dnpu.plan_tones(
         amplitude_v=amplitude_v,
@@ -49,7 +76,15 @@ def configure_hge(
 
 
 def set_input_cases(dnpu: DNPU, cases: np.ndarray | None) -> Plan:
-    """Set the input cases (``(n_cases, n_inputs)`` volts) or clear them with ``None``."""
+    """Set the input cases or clear them.
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device.
+    cases : array_like or None
+        ``(n_cases, n_inputs)`` input voltages, or None to clear them.
+    """
     value = [] if cases is None else np.asarray(cases, dtype=float).tolist()
     yield from bps.mv(dnpu.input_cases, value)
 
@@ -62,9 +97,27 @@ def measure_gradient(
     raw_stream: str = "hge_raw",
     stream: str = "hge",
 ) -> Plan:
-    """Trigger one HGE stream, wait for its demodulation and record it; returns the result.
+    """Trigger one HGE stream, wait for its demodulation and record it.
 
     The lock-in callback must be subscribed to the current run (see ``subs_wrapper``).
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device, staged, with its tones set.
+    lockin : LockInCallback
+        Demodulates the raw stream's waveform.
+    record : GradientRecord
+        Holds the result for the gradient stream.
+    raw_stream : str
+        Name of the stream of raw waveforms.
+    stream : str
+        Name of the stream of demodulated results.
+
+    Returns
+    -------
+    Demodulated
+        The demodulated measurement.
     """
     yield from bps.trigger_and_read([dnpu], name=raw_stream)
     return (yield from record_gradient(lockin, record, stream))
