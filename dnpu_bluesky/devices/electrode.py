@@ -67,8 +67,9 @@ class Electrode(Device):
     """A voltage electrode: DC setpoint, fixed limits and role, and its HGE tone.
 
     An electrode is a bluesky ``Movable``: ``set`` (and so ``mv``, ``scan``, ``rel_scan`` and
-    ``list_scan``) changes its DC setpoint, the level the DNPU's next stream holds it at. Setting applies no voltage: every stream starts
-    and ends at 0 V and the electrodes rest at 0 V between streams. A value outside the
+    ``list_scan``) changes its DC setpoint, the level the DNPU's next stream holds it at.
+    Setting applies no voltage: every stream starts and ends at 0 V and the electrodes rest at
+    0 V between streams. A value outside the
     limits, or any value for an input electrode (whose voltage the input cases give), is
     refused with nothing changed. ``position`` is the setpoint; ``readback`` is the DC level
     the last stream held the electrode at (0 V before the first), read with every measurement
