@@ -52,11 +52,16 @@ class FrequencyPlanError(ValueError):
 class FrequencyPlan:
     """Tone frequencies for one analysis window, checked against harmonics and IM products.
 
-    Attributes:
-        frequencies: Tone frequencies in Hz, ascending, one per perturbed electrode.
-        window_s: Analysis window in seconds; every tone has whole periods in it.
-        sample_rate: Samples per second.
-        order: Highest intermodulation order kept off the tones.
+    Attributes
+    ----------
+    frequencies : tuple of float
+        Tone frequencies in Hz, ascending, one per perturbed electrode.
+    window_s : float
+        Analysis window in seconds; every tone has whole periods in it.
+    sample_rate : float
+        Samples per second.
+    order : int
+        Highest intermodulation order kept off the tones.
     """
 
     frequencies: tuple[float, ...]
@@ -76,7 +81,7 @@ class FrequencyPlan:
         return tuple(round(f * self.window_s) for f in self.frequencies)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable description for start documents."""
+        """Return a JSON-serialisable description for start documents."""
         return {
             "frequencies": list(self.frequencies),
             "bins": list(self.bins),
@@ -102,23 +107,35 @@ def plan_frequencies(
     ``b0`` the first bin at or above the lowest frequency), each accepted when the set stays
     collision free.
 
-    Args:
-        n_tones: Number of tones (perturbed electrodes), at least 1.
-        window_s: Analysis window ``T`` in seconds; must hold a whole number of samples.
-        sample_rate: Samples per second.
-        band_hz: Upper end of the usable band (the current amplifier's bandwidth), or None.
-        order: Highest IM order ``sum |m_i|`` kept off the tones (1 = only harmonics).
-        spacing_bins: Spacing of the candidate bins, so tones are at least
-            ``spacing_bins / T`` apart.
-        min_frequency_hz: Lowest allowed tone. Default: the larger of
-            ``DEFAULT_MIN_BINS / T`` and ``DEFAULT_MIN_FREQUENCY_HZ`` (away from DC, drift and
-            the steepest 1/f noise).
+    Parameters
+    ----------
+    n_tones : int
+        Number of tones (perturbed electrodes), at least 1.
+    window_s : float
+        Analysis window ``T`` in seconds; must hold a whole number of samples.
+    sample_rate : float
+        Samples per second.
+    band_hz : float, optional
+        Upper end of the usable band (the current amplifier's bandwidth), or None.
+    order : int
+        Highest IM order ``sum |m_i|`` kept off the tones (1 = only harmonics).
+    spacing_bins : int
+        Spacing of the candidate bins, so tones are at least
+        ``spacing_bins / T`` apart.
+    min_frequency_hz : float, optional
+        Lowest allowed tone. Default: the larger of
+        ``DEFAULT_MIN_BINS / T`` and ``DEFAULT_MIN_FREQUENCY_HZ`` (away from DC, drift and
+        the steepest 1/f noise).
 
-    Returns:
+    Returns
+    -------
+    FrequencyPlan
         The plan, tones ascending.
 
-    Raises:
-        FrequencyPlanError: naming the constraint that cannot be met and the numbers involved.
+    Raises
+    ------
+    FrequencyPlanError
+        Naming the constraint that cannot be met and the numbers involved.
     """
     if isinstance(n_tones, bool) or not isinstance(n_tones, numbers.Integral) or n_tones < 1:
         raise FrequencyPlanError(f"n_tones must be an integer >= 1, got {n_tones!r}")
@@ -191,15 +208,23 @@ def check_frequencies(
     Zeros are ignored (electrodes without a tone), so a per-electrode frequency array can be
     passed directly.
 
-    Args:
-        frequencies: Tone frequencies in Hz.
-        window_s: Analysis window in seconds.
-        sample_rate: Samples per second.
-        band_hz: Upper end of the usable band, or None.
-        order: Highest IM order kept off the tones.
+    Parameters
+    ----------
+    frequencies : sequence of float or numpy.ndarray
+        Tone frequencies in Hz.
+    window_s : float
+        Analysis window in seconds.
+    sample_rate : float
+        Samples per second.
+    band_hz : float, optional
+        Upper end of the usable band, or None.
+    order : int
+        Highest IM order kept off the tones.
 
-    Raises:
-        FrequencyPlanError: naming the offending tone, pair or product.
+    Raises
+    ------
+    FrequencyPlanError
+        Naming the offending tone, pair or product.
     """
     n_samples = _window_samples(window_s, sample_rate)
     _check_order(order)
@@ -243,7 +268,7 @@ def check_frequencies(
 
 
 def _window_samples(window_s: float, sample_rate: float) -> int:
-    """Samples in one window; refuses non-positive or fractional figures."""
+    """Return the samples in one window; refuse non-positive or fractional figures."""
     if not (isinstance(window_s, numbers.Real) and math.isfinite(window_s)):
         raise FrequencyPlanError(f"window_s must be a finite number, got {window_s!r}")
     if not (isinstance(sample_rate, numbers.Real) and math.isfinite(sample_rate)):
@@ -268,7 +293,7 @@ def _check_order(order: int) -> None:
 
 
 def _upper_limit(sample_rate: float, band_hz: float | None) -> tuple[float, str, str]:
-    """The highest usable tone frequency, a noun phrase for it and a clause stating it."""
+    """Return the highest usable tone frequency, a noun phrase for it and a clause stating it."""
     nyquist_limit = NYQUIST_MARGIN * sample_rate
     detail = f"{NYQUIST_MARGIN:g}*fs = {nyquist_limit:g} Hz (Nyquist {sample_rate / 2:g} Hz)"
     if band_hz is not None:

@@ -44,12 +44,17 @@ SIGNIFICANCE = 4.0
 class PhaseCalibration:
     """Per-tone phase axis and magnitude of the measurement chain.
 
-    Attributes:
-        frequencies: ``(n_tones,)`` Hz.
-        lag_rad: ``(n_tones,)`` phase of the in-phase axis (0 = no lag, negative = lag).
-        gain: ``(n_tones,)`` magnitude response at each tone (1 = flat).
-        cutoff_hz: First-order cutoff the calibration was built from, or None if it is a
-            per-tone (model-free) or identity calibration.
+    Attributes
+    ----------
+    frequencies : numpy.ndarray
+        ``(n_tones,)`` Hz.
+    lag_rad : numpy.ndarray
+        ``(n_tones,)`` phase of the in-phase axis (0 = no lag, negative = lag).
+    gain : numpy.ndarray
+        ``(n_tones,)`` magnitude response at each tone (1 = flat).
+    cutoff_hz : float or None
+        First-order cutoff the calibration was built from, or None if it is a
+        per-tone (model-free) or identity calibration.
     """
 
     frequencies: np.ndarray
@@ -76,7 +81,18 @@ class PhaseCalibration:
 
     @classmethod
     def identity(cls, frequencies: Sequence[float] | np.ndarray) -> PhaseCalibration:
-        """No lag, unit gain at every tone."""
+        """Make a calibration with no lag and unit gain at every tone.
+
+        Parameters
+        ----------
+        frequencies : sequence of float or numpy.ndarray
+            Tone frequencies in Hz.
+
+        Returns
+        -------
+        PhaseCalibration
+            The identity calibration.
+        """
         freqs = np.atleast_1d(np.asarray(frequencies, dtype=float))
         return cls(freqs, np.zeros_like(freqs), np.ones_like(freqs))
 
@@ -84,7 +100,20 @@ class PhaseCalibration:
     def first_order(
         cls, frequencies: Sequence[float] | np.ndarray, cutoff_hz: float
     ) -> PhaseCalibration:
-        """A single-pole low-pass: ``lag = -atan(f / cutoff_hz)``, ``gain = cos(lag)``."""
+        """Model a single-pole low-pass: ``lag = -atan(f / cutoff_hz)``, ``gain = cos(lag)``.
+
+        Parameters
+        ----------
+        frequencies : sequence of float or numpy.ndarray
+            Tone frequencies in Hz.
+        cutoff_hz : float
+            The pole's cutoff frequency, Hz (> 0).
+
+        Returns
+        -------
+        PhaseCalibration
+            The calibration of that low-pass.
+        """
         if not (math.isfinite(cutoff_hz) and cutoff_hz > 0):
             raise ValueError(f"cutoff_hz must be > 0, got {cutoff_hz!r}")
         freqs = np.atleast_1d(np.asarray(frequencies, dtype=float))
@@ -105,15 +134,21 @@ class PhaseCalibration:
         ``gain = cos(lag)``: the magnitude of a single low- or high-pass pole at that phase,
         the only magnitude model the phase alone supports.
 
-        Args:
-            results: Lock-in results sharing one set of frequencies. Operating points should
-                give derivatives well above the noise; their signs do not matter.
+        Parameters
+        ----------
+        results : sequence of LockInResult
+            Lock-in results sharing one set of frequencies. Operating points should
+            give derivatives well above the noise; their signs do not matter.
 
-        Returns:
+        Returns
+        -------
+        PhaseCalibration
             The fitted calibration.
 
-        Raises:
-            ValueError: if ``results`` is empty, frequencies differ, or a tone has no signal.
+        Raises
+        ------
+        ValueError
+            If ``results`` is empty, frequencies differ, or a tone has no signal.
         """
         results = list(results)
         if not results:
@@ -153,7 +188,7 @@ class PhaseCalibration:
         return cls(freqs, axis, np.cos(axis))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (inverse of :meth:`from_dict`)."""
+        """Return a JSON-serialisable form (inverse of :meth:`from_dict`)."""
         return {
             "frequencies": self.frequencies.tolist(),
             "lag_rad": self.lag_rad.tolist(),
@@ -163,7 +198,18 @@ class PhaseCalibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PhaseCalibration:
-        """Rebuild a calibration written by :meth:`to_dict`."""
+        """Rebuild a calibration written by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            The output of :meth:`to_dict`.
+
+        Returns
+        -------
+        PhaseCalibration
+            An equal calibration.
+        """
         return cls(
             frequencies=np.asarray(d["frequencies"], dtype=float),
             lag_rad=np.asarray(d["lag_rad"], dtype=float),
@@ -176,11 +222,15 @@ class PhaseCalibration:
 class GradientEstimate:
     """Gradient of the output at each input case.
 
-    Attributes:
-        gradient: ``(n_cases, n_tones)`` dI/dV in signal units per volt (e.g. nA/V); tones are
-            the perturbed electrodes in electrode order. NaN where a case never perturbs a tone.
-        stderr: ``(n_cases, n_tones)`` standard error of ``gradient``.
-        current: ``(n_cases,)`` mean output of each case's windows.
+    Attributes
+    ----------
+    gradient : numpy.ndarray
+        ``(n_cases, n_tones)`` dI/dV in signal units per volt (e.g. nA/V); tones are
+        the perturbed electrodes in electrode order. NaN where a case never perturbs a tone.
+    stderr : numpy.ndarray
+        ``(n_cases, n_tones)`` standard error of ``gradient``.
+    current : numpy.ndarray
+        ``(n_cases,)`` mean output of each case's windows.
     """
 
     gradient: np.ndarray
@@ -203,18 +253,27 @@ def estimate_gradients(
     in which ``j`` carries a tone (one in parallel mode, its own in sequential mode; several
     are averaged).
 
-    Args:
-        lockin: Lock-in result, one row per segment of ``waveform``.
-        waveform: The waveform that was played, or just its segments (e.g. rebuilt from event
-            documents); then the tones are the electrodes with an amplitude in any segment.
-        calibration: Phase/gain of the chain at the tones; default identity (no lag).
-        estimator: ``"projection"`` (default, unbiased) or ``"sign"`` (sign times amplitude).
+    Parameters
+    ----------
+    lockin : LockInResult
+        Lock-in result, one row per segment of ``waveform``.
+    waveform : Waveform or sequence of Segment
+        The waveform that was played, or just its segments (e.g. rebuilt from event
+        documents); then the tones are the electrodes with an amplitude in any segment.
+    calibration : PhaseCalibration, optional
+        Phase/gain of the chain at the tones; default identity (no lag).
+    estimator : str
+        ``"projection"`` (default, unbiased) or ``"sign"`` (sign times amplitude).
 
-    Returns:
+    Returns
+    -------
+    GradientEstimate
         The estimate.
 
-    Raises:
-        ValueError: when lock-in, waveform and calibration do not belong together.
+    Raises
+    ------
+    ValueError
+        When lock-in, waveform and calibration do not belong together.
     """
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")

@@ -45,13 +45,19 @@ _WINDOWS = ("rect", "hann")
 class LockInResult:
     """Demodulated components of each tone in each analysis window.
 
-    Attributes:
-        frequencies: ``(n_tones,)`` demodulation frequencies in Hz.
-        x: ``(n_segments, n_tones)`` in-phase component (sine reference).
-        y: ``(n_segments, n_tones)`` quadrature component (cosine reference).
-        stderr: ``(n_segments, n_tones)`` standard error of one component (x or y), from the
-            window's own off-tone noise floor; NaN if the window has no clean bin.
-        dc: ``(n_segments,)`` mean of each window.
+    Attributes
+    ----------
+    frequencies : numpy.ndarray
+        ``(n_tones,)`` demodulation frequencies in Hz.
+    x : numpy.ndarray
+        ``(n_segments, n_tones)`` in-phase component (sine reference).
+    y : numpy.ndarray
+        ``(n_segments, n_tones)`` quadrature component (cosine reference).
+    stderr : numpy.ndarray
+        ``(n_segments, n_tones)`` standard error of one component (x or y), from the
+        window's own off-tone noise floor; NaN if the window has no clean bin.
+    dc : numpy.ndarray
+        ``(n_segments,)`` mean of each window.
     """
 
     frequencies: np.ndarray
@@ -81,30 +87,42 @@ def demodulate(
     noise_bins: int = 16,
     exclude_order: int = 3,
 ) -> LockInResult:
-    """Lock-in demodulation of a 1-D recording at every tone, one row per analysis window.
+    """Demodulate a 1-D recording at every tone, one row per analysis window.
 
-    Args:
-        signal: 1-D recording (e.g. output current in nA).
-        frequencies: Tone frequencies in Hz, each in ``(0, sample_rate / 2)``.
-        sample_rate: Samples per second.
-        windows: Analysis slices (e.g. ``Waveform.windows``); default: the whole signal.
-            The phase reference of each row is the start of its window.
-        window: ``"rect"`` (default; optimal for tones with whole periods in the window) or
-            ``"hann"`` (normalised by its coherent gain so amplitudes stay calibrated; use it
-            for tones off the window's grid; distinct tones must be >= 2 bins apart). Each
-            window's (weighted) mean is removed first.
-        noise_bins: Clean DFT bins used for each tone's noise floor: up to half of them on
-            each side of the tone (all of them on one side if the other has none).
-        exclude_order: IM products up to this order (and harmonics up to this multiple) are
-            kept out of the noise bins. Where they leave too few clean bins close to a tone on
-            both sides, that tone's floor excludes products of a lower order only (not below 2;
-            see the module docstring).
+    Parameters
+    ----------
+    signal : numpy.ndarray
+        1-D recording (e.g. output current in nA).
+    frequencies : sequence of float or numpy.ndarray
+        Tone frequencies in Hz, each in ``(0, sample_rate / 2)``.
+    sample_rate : float
+        Samples per second.
+    windows : sequence of slice, optional
+        Analysis slices (e.g. ``Waveform.windows``); default: the whole signal.
+        The phase reference of each row is the start of its window.
+    window : str
+        ``"rect"`` (default; optimal for tones with whole periods in the window) or
+        ``"hann"`` (normalised by its coherent gain so amplitudes stay calibrated; use it
+        for tones off the window's grid; distinct tones must be >= 2 bins apart). Each
+        window's (weighted) mean is removed first.
+    noise_bins : int
+        Clean DFT bins used for each tone's noise floor: up to half of them on
+        each side of the tone (all of them on one side if the other has none).
+    exclude_order : int
+        IM products up to this order (and harmonics up to this multiple) are
+        kept out of the noise bins. Where they leave too few clean bins close to a tone on
+        both sides, that tone's floor excludes products of a lower order only (not below 2;
+        see the module docstring).
 
-    Returns:
+    Returns
+    -------
+    LockInResult
         The lock-in result.
 
-    Raises:
-        ValueError: on a bad shape, frequency, window name or slice.
+    Raises
+    ------
+    ValueError
+        On a bad shape, frequency, window name or slice.
     """
     data = np.asarray(signal, dtype=float)
     if data.ndim != 1 or data.size < 2:

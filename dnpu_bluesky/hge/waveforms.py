@@ -25,10 +25,14 @@ _MODES = ("parallel", "sequential")
 class Segment:
     """One operating point held for one analysis window.
 
-    Attributes:
-        dc: ``(n_electrodes,)`` operating point in V, including the input voltages.
-        amplitudes: ``(n_electrodes,)`` sine amplitude in V, 0 where not perturbed here.
-        case: Index of the input case the segment belongs to.
+    Attributes
+    ----------
+    dc : numpy.ndarray
+        ``(n_electrodes,)`` operating point in V, including the input voltages.
+    amplitudes : numpy.ndarray
+        ``(n_electrodes,)`` sine amplitude in V, 0 where not perturbed here.
+    case : int
+        Index of the input case the segment belongs to.
     """
 
     dc: np.ndarray
@@ -58,14 +62,21 @@ class Segment:
 class Waveform:
     """A complete electrode stream and the bookkeeping needed to analyse its recording.
 
-    Attributes:
-        voltages: ``(n_samples, n_electrodes)`` in V; first and last sample exactly 0 V.
-        sample_rate: Samples per second.
-        frequencies: ``(n_electrodes,)`` tone frequency of each electrode in Hz, 0 = no tone.
-        windows: Analysis slice of each segment, in segment order.
-        segments: The segments, in playing order.
-        analysis_mask: ``(n_samples,)`` True inside analysis windows (ramps and settling
-            excluded).
+    Attributes
+    ----------
+    voltages : numpy.ndarray
+        ``(n_samples, n_electrodes)`` in V; first and last sample exactly 0 V.
+    sample_rate : float
+        Samples per second.
+    frequencies : numpy.ndarray
+        ``(n_electrodes,)`` tone frequency of each electrode in Hz, 0 = no tone.
+    windows : tuple of slice
+        Analysis slice of each segment, in segment order.
+    segments : tuple of Segment
+        The segments, in playing order.
+    analysis_mask : numpy.ndarray
+        ``(n_samples,)`` True inside analysis windows (ramps and settling
+        excluded).
     """
 
     voltages: np.ndarray
@@ -84,20 +95,28 @@ class Waveform:
 def hge_segments(
     operating_points: np.ndarray, amplitudes: np.ndarray, mode: str = "parallel"
 ) -> list[Segment]:
-    """Segments that measure the gradient at each operating point.
+    """Build the segments that measure the gradient at each operating point.
 
-    Args:
-        operating_points: ``(n_cases, n_electrodes)`` DC voltages, one row per input case.
-        amplitudes: ``(n_electrodes,)`` sine amplitudes in V; 0 = electrode not perturbed.
-            All zero gives plain evaluation segments (one per case, no tones).
-        mode: ``"parallel"``: one segment per case with every tone at once; ``"sequential"``:
-            one segment per (case, perturbed electrode), case-major, with only that tone.
+    Parameters
+    ----------
+    operating_points : numpy.ndarray
+        ``(n_cases, n_electrodes)`` DC voltages, one row per input case.
+    amplitudes : numpy.ndarray
+        ``(n_electrodes,)`` sine amplitudes in V; 0 = electrode not perturbed.
+        All zero gives plain evaluation segments (one per case, no tones).
+    mode : str
+        ``"parallel"``: one segment per case with every tone at once; ``"sequential"``:
+        one segment per (case, perturbed electrode), case-major, with only that tone.
 
-    Returns:
+    Returns
+    -------
+    list of Segment
         The segments in playing order.
 
-    Raises:
-        ValueError: on a bad shape, non-finite or negative value, or unknown mode.
+    Raises
+    ------
+    ValueError
+        On a bad shape, non-finite or negative value, or unknown mode.
     """
     points = np.asarray(operating_points, dtype=float)
     amps = np.asarray(amplitudes, dtype=float)
@@ -150,20 +169,31 @@ def synthesize_waveform(
     collisions are not checked here (a sequential stream may reuse one frequency); use
     :func:`~dnpu_bluesky.hge.check_frequencies` for parallel tones.
 
-    Args:
-        segments: Segments in playing order (see :func:`hge_segments`).
-        frequencies: ``(n_electrodes,)`` tone of each electrode in Hz, 0 = no tone.
-        sample_rate: Samples per second.
-        window_s: Analysis window per segment, in seconds.
-        settle_s: Settling time after each ramp, before the window.
-        ramp_s: Duration of each linear DC ramp (> 0).
+    Parameters
+    ----------
+    segments : sequence of Segment
+        Segments in playing order (see :func:`hge_segments`).
+    frequencies : numpy.ndarray
+        ``(n_electrodes,)`` tone of each electrode in Hz, 0 = no tone.
+    sample_rate : float
+        Samples per second.
+    window_s : float
+        Analysis window per segment, in seconds.
+    settle_s : float
+        Settling time after each ramp, before the window.
+    ramp_s : float
+        Duration of each linear DC ramp (> 0).
 
-    Returns:
+    Returns
+    -------
+    Waveform
         The waveform.
 
-    Raises:
-        ValueError: on inconsistent shapes, off-grid tones, an amplitude on an electrode
-            without a tone, or non-positive / fractional timing.
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes, off-grid tones, an amplitude on an electrode
+        without a tone, or non-positive / fractional timing.
     """
     segments = tuple(segments)
     if not segments or not all(isinstance(s, Segment) for s in segments):
