@@ -11,7 +11,7 @@ import numpy as np
 def as_cases(
     outputs_na: np.ndarray, targets: np.ndarray, *, need_both: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Outputs and 0/1 targets checked to describe the same cases.
+    """Check that outputs and 0/1 targets describe the same cases, and return them.
 
     Parameters
     ----------

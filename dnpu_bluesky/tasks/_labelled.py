@@ -57,7 +57,7 @@ def check_loss(loss_name: str, loss_params: Mapping[str, float]) -> None:
 
 
 def json_params(params: Mapping[str, Any]) -> dict[str, float | None]:
-    """A loss's parameters as a task's description holds them.
+    """Return a loss's parameters as a task's description holds them.
 
     Parameters
     ----------
@@ -117,7 +117,10 @@ class LabelledTask:
         indices: np.ndarray | None = None,
         threshold_na: float | None = None,
     ) -> TaskScore:
-        """Accuracy, threshold and separation margin; the threshold is ``threshold_na`` (one
-        chosen on another split) or, when None, the best one for these outputs."""
+        """Score the outputs: accuracy, threshold and separation margin.
+
+        The threshold is ``threshold_na`` (one chosen on another split) or, when None, the best
+        one for these outputs.
+        """
         targets, outputs = _select_cases(self.targets(split), outputs_na, indices)
         return score(outputs, targets, threshold_na)

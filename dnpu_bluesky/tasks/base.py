@@ -38,25 +38,70 @@ class Task(Protocol):
         ...
 
     def input_voltages(self, split: str = "train") -> np.ndarray:
-        """Voltages on the input electrodes, shape ``(n_cases, n_inputs)``."""
+        """Return the voltages on the input electrodes, shape ``(n_cases, n_inputs)``.
+
+        Parameters
+        ----------
+        split : str
+            One of :data:`SPLITS`.
+
+        Returns
+        -------
+        numpy.ndarray
+            One row of input voltages per case.
+        """
         ...
 
     def unit_inputs(self, split: str = "train") -> np.ndarray:
-        """Each case's inputs in [0, 1], shape ``(n_cases, n_inputs)``: 0 is an input's low
-        level (a logical 0), 1 its high level (see :mod:`dnpu_bluesky.tasks.levels`)."""
+        """Return each case's inputs in [0, 1], shape ``(n_cases, n_inputs)``.
+
+        0 is an input's low level (a logical 0), 1 its high level (see
+        :mod:`dnpu_bluesky.tasks.levels`).
+
+        Parameters
+        ----------
+        split : str
+            One of :data:`SPLITS`.
+
+        Returns
+        -------
+        numpy.ndarray
+            One row of unit inputs per case.
+        """
         ...
 
     def input_levels(self) -> np.ndarray:
-        """The task's own levels, ``(n_inputs, 2)``: the voltages of unit inputs 0 and 1."""
+        """Return the task's own levels, ``(n_inputs, 2)``: the voltages of unit inputs 0 and 1."""
         ...
 
     def targets(self, split: str = "train") -> np.ndarray:
-        """0/1 label per case, shape ``(n_cases,)``."""
+        """Return the 0/1 label per case, shape ``(n_cases,)``.
+
+        Parameters
+        ----------
+        split : str
+            One of :data:`SPLITS`.
+
+        Returns
+        -------
+        numpy.ndarray
+            The labels, in the order of :meth:`input_voltages`.
+        """
         ...
 
     def minibatch(self, rng: np.random.Generator) -> np.ndarray:
-        """Sorted indices into the training split for one step (all of them when
-        ``batch_size`` is None)."""
+        """Return sorted indices into the training split for one step.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            Source of the draw.
+
+        Returns
+        -------
+        numpy.ndarray
+            Indices of the step's training cases; all of them when ``batch_size`` is None.
+        """
         ...
 
     def loss(
@@ -66,8 +111,22 @@ class Task(Protocol):
         *,
         indices: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray]:
-        """Loss of the measured outputs (nA, one per case, or per ``indices`` case) and its
-        gradient dL/dI."""
+        """Return the loss of the measured outputs and its gradient dL/dI.
+
+        Parameters
+        ----------
+        outputs_na : numpy.ndarray
+            Measured output currents in nA, one per case of ``split``, or per ``indices`` case.
+        split : str
+            One of :data:`SPLITS`.
+        indices : numpy.ndarray, optional
+            The training cases of a minibatch (see :meth:`minibatch`); None for all cases.
+
+        Returns
+        -------
+        tuple of (float, numpy.ndarray)
+            ``(loss, dL/dI)``, the gradient with the shape of ``outputs_na``.
+        """
         ...
 
     def evaluate(
@@ -78,10 +137,27 @@ class Task(Protocol):
         indices: np.ndarray | None = None,
         threshold_na: float | None = None,
     ) -> TaskScore:
-        """Accuracy and separation margin of the outputs (one per case, or per ``indices``
-        case), at ``threshold_na`` or the best threshold."""
+        """Score the outputs: accuracy and separation margin.
+
+        Parameters
+        ----------
+        outputs_na : numpy.ndarray
+            Measured output currents in nA, one per case of ``split``, or per ``indices`` case.
+        split : str
+            One of :data:`SPLITS`.
+        indices : numpy.ndarray, optional
+            The training cases of a minibatch; None for all cases.
+        threshold_na : float, optional
+            Classify at this threshold (e.g. one chosen on another split); None picks the best
+            one for these outputs.
+
+        Returns
+        -------
+        TaskScore
+            Accuracy, threshold and margin.
+        """
         ...
 
     def describe(self) -> dict[str, Any]:
-        """JSON-serialisable description for a run's start document."""
+        """Return a JSON-serialisable description for a run's start document."""
         ...

@@ -43,16 +43,24 @@ class BooleanGate(LabelledTask):
     have no held-out data (``has_test_split`` is False) and no minibatches (``batch_size`` is
     None): every split returns the same four cases, and every step presents them all.
 
-    Attributes:
-        gate: One of :data:`GATES`, any case (stored upper-case).
-        input_low_v: Voltage of a logical 0 on an input electrode.
-        input_high_v: Voltage of a logical 1 on an input electrode.
-        loss_name: Key of :data:`dnpu_bluesky.tasks.losses.LOSSES` ("corrsig", "margin", ...).
-        loss_params: Keyword arguments of that loss (e.g. ``{"target_margin_na": 20.0}``).
+    Attributes
+    ----------
+    gate : str
+        One of :data:`GATES`, any case (stored upper-case).
+    input_low_v : float
+        Voltage of a logical 0 on an input electrode.
+    input_high_v : float
+        Voltage of a logical 1 on an input electrode.
+    loss_name : str
+        Key of :data:`dnpu_bluesky.tasks.losses.LOSSES` ("corrsig", "margin", ...).
+    loss_params : dict of {str: float}
+        Keyword arguments of that loss (e.g. ``{"target_margin_na": 20.0}``).
 
-    Raises:
-        ValueError: for an unknown gate (the message lists :data:`GATES`), input levels not
-            ordered, an unknown loss or parameters the loss does not take.
+    Raises
+    ------
+    ValueError
+        For an unknown gate (the message lists :data:`GATES`), input levels not
+        ordered, an unknown loss or parameters the loss does not take.
     """
 
     gate: str
@@ -84,27 +92,27 @@ class BooleanGate(LabelledTask):
         return f"boolean:{self.gate}"
 
     def input_voltages(self, split: str = "train") -> np.ndarray:
-        """The four cases' input voltages, shape ``(4, 2)``, order 00, 01, 10, 11."""
+        """Return the four cases' input voltages, shape ``(4, 2)``, order 00, 01, 10, 11."""
         check_split(split)
         levels = np.array([self.input_low_v, self.input_high_v])
         return levels[_BITS]
 
     def unit_inputs(self, split: str = "train") -> np.ndarray:
-        """The four cases' logical inputs as 0.0/1.0, shape ``(4, 2)``, order 00, 01, 10, 11."""
+        """Return the four cases' logical inputs as 0.0/1.0, shape ``(4, 2)``, order 00 .. 11."""
         check_split(split)
         return _BITS.astype(float)
 
     def input_levels(self) -> np.ndarray:
-        """``(2, 2)``: the voltage of a logical 0 and of a logical 1, per input."""
+        """Return ``(2, 2)``: the voltage of a logical 0 and of a logical 1, per input."""
         return np.array([[self.input_low_v, self.input_high_v]] * self.n_inputs, dtype=float)
 
     def targets(self, split: str = "train") -> np.ndarray:
-        """The gate's truth table as 0/1 integers, order 00, 01, 10, 11."""
+        """Return the gate's truth table as 0/1 integers, order 00, 01, 10, 11."""
         check_split(split)
         return np.array(_TRUTH_TABLES[self.gate])
 
     def minibatch(self, rng: np.random.Generator) -> np.ndarray:
-        """All four cases: a gate trains on every case at every step.
+        """Return all four cases: a gate trains on every case at every step.
 
         Parameters
         ----------
@@ -119,7 +127,7 @@ class BooleanGate(LabelledTask):
         return np.arange(len(_BITS))
 
     def describe(self) -> dict[str, Any]:
-        """Gate, input levels, truth table and loss, JSON-serialisable."""
+        """Describe gate, input levels, truth table and loss, JSON-serialisable."""
         return {
             "task": "boolean_gate",
             "name": self.name,

@@ -42,7 +42,7 @@ __all__ = [
 
 
 def apply_levels(unit_inputs: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Input voltages of each case from unit inputs and levels.
+    """Return the input voltages of each case from unit inputs and levels.
 
     Parameters
     ----------
@@ -63,7 +63,7 @@ def apply_levels(unit_inputs: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 
 def level_jacobian(input_slopes: np.ndarray, unit_inputs: np.ndarray) -> np.ndarray:
-    """dI_k/dlevels by the chain rule: each case's slope on an input, split over its levels.
+    """Return dI_k/dlevels by the chain rule: each case's slope on an input, split over its levels.
 
     Parameters
     ----------
@@ -118,7 +118,7 @@ def check_level_bounds(bounds: np.ndarray, min_swing_v: float) -> np.ndarray:
 
 
 def project_levels(levels: np.ndarray, bounds: np.ndarray, min_swing_v: float) -> np.ndarray:
-    """The nearest levels inside ``bounds`` with ``|V(1) - V(0)| >= min_swing_v``.
+    """Return the nearest levels inside ``bounds`` with ``|V(1) - V(0)| >= min_swing_v``.
 
     Each input keeps its polarity (which level is the higher one); levels closer than the swing
     are pushed apart about their midpoint, the midpoint moved in as far as the bounds need.
@@ -153,8 +153,9 @@ def project_levels(levels: np.ndarray, bounds: np.ndarray, min_swing_v: float) -
 
 
 def full_swing_levels(bounds: np.ndarray, descending: np.ndarray) -> np.ndarray:
-    """Levels at the two ends of each input's bounds: the widest swing, a start that lets the
-    descent move every input by its whole range.
+    """Return levels at the two ends of each input's bounds: the widest swing.
+
+    It is a start that lets the descent move every input by its whole range.
 
     Parameters
     ----------

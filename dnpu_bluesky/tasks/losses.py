@@ -77,7 +77,7 @@ def corrsig_loss(
     scale_na: float = 3.0,
     std_floor_na: float = STD_FLOOR_NA,
 ) -> tuple[float, np.ndarray]:
-    """The "corrsig" loss: correlation with the target over a sigmoid of the separation.
+    """Compute the "corrsig" loss: correlation with the target over a sigmoid of the separation.
 
     ``L = (1.1 - corr(I, t)) / (sigmoid((min I_high - max I_low - offset) / scale) + 0.05)``
     with ``corr`` the Pearson correlation over the cases. ``L`` lies between about 0.095 (perfect
@@ -87,19 +87,29 @@ def corrsig_loss(
     gradient vanishes and only the scale-free correlation drives the descent (see
     :func:`margin_loss`).
 
-    Args:
-        outputs_na: Output current per case, nA, shape ``(n_cases,)``.
-        targets: 0/1 label per case, both classes present.
-        offset_na: Separation (nA) at which the sigmoid is one half.
-        scale_na: Width (nA) of the sigmoid.
-        std_floor_na: Floor on the outputs' standard deviation inside the correlation, so that a
-            flat output (zero variance) has a finite loss (corr = 0) and gradient.
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA, shape ``(n_cases,)``.
+    targets : numpy.ndarray
+        0/1 label per case, both classes present.
+    offset_na : float
+        Separation (nA) at which the sigmoid is one half.
+    scale_na : float
+        Width (nA) of the sigmoid.
+    std_floor_na : float
+        Floor on the outputs' standard deviation inside the correlation, so that a
+        flat output (zero variance) has a finite loss (corr = 0) and gradient.
 
-    Returns:
+    Returns
+    -------
+    tuple of (float, numpy.ndarray)
         ``(loss, dL/dI)``, the gradient in 1/nA with the shape of ``outputs_na``.
 
-    Raises:
-        ValueError: on mismatched shapes, non-finite outputs, non-0/1 or one-class targets.
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, non-finite outputs, non-0/1 or one-class targets.
     """
     outputs, labels = as_cases(outputs_na, targets)
     corr, corr_grad = _pearson(outputs, labels, std_floor_na)
@@ -122,7 +132,7 @@ def margin_loss(
     corr_weight_na: float = 5.0,
     std_floor_na: float = STD_FLOOR_NA,
 ) -> tuple[float, np.ndarray]:
-    """Non-saturating loss in nA: a soft hinge on the separation plus a correlation term.
+    """Compute a non-saturating loss in nA: a soft hinge on the separation plus a correlation term.
 
     ``L = s * softplus((M - m_s) / s) + c * (1 - corr(I, t))`` where ``m_s`` is the separation
     ``min I_high - max I_low`` with min and max replaced by log-sum-exp at temperature ``s``
@@ -141,19 +151,30 @@ def margin_loss(
     the cases of each class together. Being smooth, it does not jump between cases as a hard
     argmin/argmax does.
 
-    Args:
-        outputs_na: Output current per case, nA, shape ``(n_cases,)``.
-        targets: 0/1 label per case, both classes present.
-        target_margin_na: Separation (nA) beyond which the hinge stops pushing.
-        softness_na: Temperature (nA) of the soft min/max and width of the hinge's knee.
-        corr_weight_na: Weight (nA) of ``1 - corr``.
-        std_floor_na: Floor on the outputs' standard deviation inside the correlation.
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA, shape ``(n_cases,)``.
+    targets : numpy.ndarray
+        0/1 label per case, both classes present.
+    target_margin_na : float
+        Separation (nA) beyond which the hinge stops pushing.
+    softness_na : float
+        Temperature (nA) of the soft min/max and width of the hinge's knee.
+    corr_weight_na : float
+        Weight (nA) of ``1 - corr``.
+    std_floor_na : float
+        Floor on the outputs' standard deviation inside the correlation.
 
-    Returns:
+    Returns
+    -------
+    tuple of (float, numpy.ndarray)
         ``(loss in nA, dL/dI)``, the gradient dimensionless with the shape of ``outputs_na``.
 
-    Raises:
-        ValueError: on mismatched shapes, non-finite outputs, non-0/1 or one-class targets.
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, non-finite outputs, non-0/1 or one-class targets.
     """
     outputs, labels = as_cases(outputs_na, targets)
     if softness_na <= 0:
@@ -169,15 +190,24 @@ def margin_loss(
 def mse_loss(
     outputs_na: np.ndarray, targets: np.ndarray, *, low_na: float, high_na: float
 ) -> tuple[float, np.ndarray]:
-    """Mean squared error to fixed target currents: ``mean((I - y)^2)``, ``y`` = low/high.
+    """Compute the mean squared error to fixed target currents: ``mean((I - y)^2)``.
 
-    Args:
-        outputs_na: Output current per case, nA.
-        targets: 0/1 label per case (one class alone is allowed).
-        low_na: Target current (nA) of the cases labelled 0.
-        high_na: Target current (nA) of the cases labelled 1.
+    ``y`` is ``low_na`` or ``high_na`` by label.
 
-    Returns:
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA.
+    targets : numpy.ndarray
+        0/1 label per case (one class alone is allowed).
+    low_na : float
+        Target current (nA) of the cases labelled 0.
+    high_na : float
+        Target current (nA) of the cases labelled 1.
+
+    Returns
+    -------
+    tuple of (float, numpy.ndarray)
         ``(loss in nA^2, dL/dI in nA)``.
     """
     outputs, labels = as_cases(outputs_na, targets, need_both=False)
@@ -192,20 +222,27 @@ def sigmoid_classification_loss(
     threshold_na: float | None = None,
     scale_na: float = 5.0,
 ) -> tuple[float, np.ndarray]:
-    """Binary cross-entropy of ``sigmoid((I - threshold) / scale)`` against the labels.
+    """Compute the binary cross-entropy of ``sigmoid((I - threshold) / scale)`` against the labels.
 
     With ``threshold_na=None`` the threshold is the midpoint of the two class means, a function
     of the outputs whose dependence is included in the gradient; the device then only has to
     order the classes, not reach fixed currents. A misclassified case contributes a gradient of
     nearly ``1 / (n scale)`` however wrong it is, so the loss does not saturate.
 
-    Args:
-        outputs_na: Output current per case, nA.
-        targets: 0/1 label per case, both classes present.
-        threshold_na: Fixed decision threshold (nA), or None for the midpoint of class means.
-        scale_na: Width (nA) of the sigmoid: ``threshold + scale_na`` gives 73%.
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA.
+    targets : numpy.ndarray
+        0/1 label per case, both classes present.
+    threshold_na : float, optional
+        Fixed decision threshold (nA), or None for the midpoint of class means.
+    scale_na : float
+        Width (nA) of the sigmoid: ``threshold + scale_na`` gives 73%.
 
-    Returns:
+    Returns
+    -------
+    tuple of (float, numpy.ndarray)
         ``(mean cross-entropy in nats, dL/dI in 1/nA)``.
     """
     outputs, labels = as_cases(outputs_na, targets)

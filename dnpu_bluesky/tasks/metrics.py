@@ -20,11 +20,16 @@ _END_THRESHOLD_OFFSET_NA = 1.0
 class TaskScore:
     """The evaluation of one set of outputs.
 
-    Attributes:
-        accuracy: Fraction of cases classified correctly at ``threshold_na``.
-        margin_na: ``min(I_high) - max(I_low)`` in nA; negative when the classes overlap.
-        threshold_na: The threshold (nA) that gives ``accuracy``.
-        solved: True when every case is classified correctly (accuracy 1).
+    Attributes
+    ----------
+    accuracy : float
+        Fraction of cases classified correctly at ``threshold_na``.
+    margin_na : float
+        ``min(I_high) - max(I_low)`` in nA; negative when the classes overlap.
+    threshold_na : float
+        The threshold (nA) that gives ``accuracy``.
+    solved : bool
+        True when every case is classified correctly (accuracy 1).
     """
 
     accuracy: float
@@ -33,7 +38,7 @@ class TaskScore:
     solved: bool
 
     def to_dict(self) -> dict[str, float | bool]:
-        """Plain-float dict, e.g. for an event document."""
+        """Return a plain-float dict, e.g. for an event document."""
         return {
             key: (value if isinstance(value, bool) else float(value))
             for key, value in asdict(self).items()
@@ -41,13 +46,18 @@ class TaskScore:
 
 
 def separation_margin(outputs_na: np.ndarray, targets: np.ndarray) -> float:
-    """``min(I_high) - max(I_low)`` in nA: positive when a threshold separates the classes.
+    """Return ``min(I_high) - max(I_low)`` in nA: positive when a threshold separates the classes.
 
-    Args:
-        outputs_na: Output current per case, nA.
-        targets: 0/1 label per case, both classes present.
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA.
+    targets : numpy.ndarray
+        0/1 label per case, both classes present.
 
-    Returns:
+    Returns
+    -------
+    float
         The margin in nA (negative means the classes overlap by that much).
     """
     outputs, labels = as_cases(outputs_na, targets)
@@ -55,18 +65,23 @@ def separation_margin(outputs_na: np.ndarray, targets: np.ndarray) -> float:
 
 
 def accuracy_and_threshold(outputs_na: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
-    """The best accuracy any threshold reaches, and that threshold.
+    """Return the best accuracy any threshold reaches, and that threshold.
 
     Thresholds lie midway between consecutive distinct outputs; among those giving the best
     accuracy the one in the widest gap wins, so a separable set gets the midpoint between
     ``max(I_low)`` and ``min(I_high)``. A threshold putting every case in one class lies 1 nA
     outside the outputs' range and is chosen only if nothing inside does better.
 
-    Args:
-        outputs_na: Output current per case, nA.
-        targets: 0/1 label per case, both classes present.
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA.
+    targets : numpy.ndarray
+        0/1 label per case, both classes present.
 
-    Returns:
+    Returns
+    -------
+    tuple of (float, float)
         ``(accuracy, threshold_na)``; a case counts as 1 when its output is above the threshold.
     """
     outputs, labels = as_cases(outputs_na, targets)
@@ -96,13 +111,17 @@ def accuracy_and_threshold(outputs_na: np.ndarray, targets: np.ndarray) -> tuple
 def score(
     outputs_na: np.ndarray, targets: np.ndarray, threshold_na: float | None = None
 ) -> TaskScore:
-    """Accuracy, threshold and margin of one set of outputs as a :class:`TaskScore`.
+    """Score one set of outputs: accuracy, threshold and margin as a :class:`TaskScore`.
 
-    Args:
-        outputs_na: Output current per case, nA.
-        targets: 0/1 label per case, both classes present.
-        threshold_na: Classify at this threshold, e.g. one chosen on the training split when
-            scoring held-out data; None picks the best threshold for these outputs.
+    Parameters
+    ----------
+    outputs_na : numpy.ndarray
+        Output current per case, nA.
+    targets : numpy.ndarray
+        0/1 label per case, both classes present.
+    threshold_na : float, optional
+        Classify at this threshold, e.g. one chosen on the training split when
+        scoring held-out data; None picks the best threshold for these outputs.
     """
     if threshold_na is None:
         accuracy, threshold = accuracy_and_threshold(outputs_na, targets)

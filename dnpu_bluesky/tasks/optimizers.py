@@ -14,10 +14,23 @@ import numpy as np
 
 @runtime_checkable
 class Optimizer(Protocol):
-    """Updates parameters from a gradient of the loss, within bounds."""
+    """An optimizer: it updates parameters from a gradient of the loss, within bounds."""
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        """The new parameters after one step, clipped into the bounds."""
+        """Return the new parameters after one step, clipped into the bounds.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            The parameters now, ``(n_params,)``.
+        grad : numpy.ndarray
+            The loss gradient at ``params``, ``(n_params,)``; it must be finite.
+
+        Returns
+        -------
+        numpy.ndarray
+            The new parameters.
+        """
         ...
 
     def reset(self) -> None:
@@ -25,7 +38,7 @@ class Optimizer(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]:
-        """Kind and settings, JSON-serialisable."""
+        """Return the kind and settings, JSON-serialisable."""
         ...
 
 
@@ -69,9 +82,12 @@ def _check_step_inputs(
 class GradientDescent:
     """Plain projected gradient descent: ``p <- clip(p - lr * grad, bounds)``.
 
-    Args:
-        lr: Step size, parameter units per gradient unit (e.g. V per (dL/dV)).
-        bounds: ``(n_params, 2)`` array of ``[min, max]`` per parameter.
+    Parameters
+    ----------
+    lr : float
+        Step size, parameter units per gradient unit (e.g. V per (dL/dV)).
+    bounds : numpy.ndarray
+        ``(n_params, 2)`` array of ``[min, max]`` per parameter.
     """
 
     def __init__(self, lr: float, bounds: np.ndarray) -> None:
@@ -79,15 +95,15 @@ class GradientDescent:
         self.bounds = _check_bounds(bounds)
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        """One descent step, clipped into the bounds."""
+        """Take one descent step, clipped into the bounds."""
         params, grad = _check_step_inputs(self.bounds, params, grad)
         return np.clip(params - self.lr * grad, self.bounds[:, 0], self.bounds[:, 1])
 
     def reset(self) -> None:
-        """Nothing to forget: plain descent has no state."""
+        """Forget nothing: plain descent has no state."""
 
     def describe(self) -> dict[str, Any]:
-        """Kind, learning rate and bounds."""
+        """Describe kind, learning rate and bounds."""
         return {"kind": "gd", "lr": self.lr, "bounds": self.bounds.tolist()}
 
 
@@ -99,12 +115,18 @@ class Adam:
     parameter therefore moves by at most about ``lr`` per step whatever the gradient's scale,
     which suits gradients measured in nA/V on one electrode and tens of nA/V on another.
 
-    Args:
-        lr: Step size in parameter units (V for control voltages).
-        bounds: ``(n_params, 2)`` array of ``[min, max]`` per parameter.
-        beta1: Decay of the first-moment (mean) estimate.
-        beta2: Decay of the second-moment (uncentred variance) estimate.
-        eps: Added to the root of the second moment against division by zero.
+    Parameters
+    ----------
+    lr : float
+        Step size in parameter units (V for control voltages).
+    bounds : numpy.ndarray
+        ``(n_params, 2)`` array of ``[min, max]`` per parameter.
+    beta1 : float
+        Decay of the first-moment (mean) estimate.
+    beta2 : float
+        Decay of the second-moment (uncentred variance) estimate.
+    eps : float
+        Added to the root of the second moment against division by zero.
     """
 
     def __init__(
@@ -139,7 +161,7 @@ class Adam:
         self._v = np.zeros(self.bounds.shape[0])
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        """One Adam step, clipped into the bounds."""
+        """Take one Adam step, clipped into the bounds."""
         params, grad = _check_step_inputs(self.bounds, params, grad)
         self._t += 1
         self._m = self.beta1 * self._m + (1.0 - self.beta1) * grad
@@ -150,7 +172,7 @@ class Adam:
         return np.clip(new, self.bounds[:, 0], self.bounds[:, 1])
 
     def describe(self) -> dict[str, Any]:
-        """Kind, hyperparameters and bounds."""
+        """Describe kind, hyperparameters and bounds."""
         return {
             "kind": "adam",
             "lr": self.lr,
@@ -167,14 +189,21 @@ _OPTIMIZERS: dict[str, type[GradientDescent] | type[Adam]] = {"gd": GradientDesc
 def make_optimizer(kind: str, lr: float, bounds: np.ndarray, **kwargs: float) -> Optimizer:
     """Build an optimizer by name: ``"adam"`` or ``"gd"`` (case-insensitive).
 
-    Args:
-        kind: Optimizer name.
-        lr: Learning rate.
-        bounds: ``(n_params, 2)`` array of ``[min, max]`` per parameter.
-        **kwargs: Further settings (Adam: ``beta1``, ``beta2``, ``eps``).
+    Parameters
+    ----------
+    kind : str
+        Optimizer name.
+    lr : float
+        Learning rate.
+    bounds : numpy.ndarray
+        ``(n_params, 2)`` array of ``[min, max]`` per parameter.
+    **kwargs : float
+        Further settings (Adam: ``beta1``, ``beta2``, ``eps``).
 
-    Raises:
-        ValueError: for an unknown name or a setting the optimizer does not take.
+    Raises
+    ------
+    ValueError
+        For an unknown name or a setting the optimizer does not take.
     """
     cls = _OPTIMIZERS.get(kind.lower())
     if cls is None:

@@ -15,17 +15,22 @@ _TASK_NAMES = "'boolean:<GATE>' (GATE one of " + ", ".join(GATES) + ") or 'spher
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
-    """The task named ``name``, built with ``kwargs`` as its fields.
+    """Make the task named ``name``, built with ``kwargs`` as its fields.
 
-    Args:
-        name: ``"boolean:<GATE>"`` (e.g. ``"boolean:XOR"``, gate case-insensitive) or
-            ``"sphere"``.
-        **kwargs: Fields of :class:`BooleanGate` (besides ``gate``) or of
-            :class:`SphereClassification`.
+    Parameters
+    ----------
+    name : str
+        ``"boolean:<GATE>"`` (e.g. ``"boolean:XOR"``, gate case-insensitive) or
+        ``"sphere"``.
+    **kwargs : object
+        Fields of :class:`BooleanGate` (besides ``gate``) or of
+        :class:`SphereClassification`.
 
-    Raises:
-        ValueError: for an unknown name or gate, or a keyword the task does not have (the
-            message lists the accepted ones).
+    Raises
+    ------
+    ValueError
+        For an unknown name or gate, or a keyword the task does not have (the
+        message lists the accepted ones).
     """
     kind, _, argument = name.strip().partition(":")
     kind = kind.lower()
@@ -57,12 +62,16 @@ _DESCRIBED_FIELDS = {
 def task_from_description(description: Mapping[str, Any]) -> Task:
     """Rebuild a task from its :meth:`~Task.describe` output, e.g. a run's start document.
 
-    Args:
-        description: The ``task`` entry of a training run's start document.
+    Parameters
+    ----------
+    description : mapping
+        The ``task`` entry of a training run's start document.
 
-    Raises:
-        ValueError: for a description this version cannot rebuild exactly (an unknown kind,
-            or one whose rebuilt task would describe itself differently).
+    Raises
+    ------
+    ValueError
+        For a description this version cannot rebuild exactly (an unknown kind,
+        or one whose rebuilt task would describe itself differently).
     """
     kind = description.get("task")
     if kind not in _DESCRIBED_FIELDS:

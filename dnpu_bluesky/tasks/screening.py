@@ -30,8 +30,9 @@ def reachable_margin(
     bounds: np.ndarray,
     reach_v: float = DEFAULT_REACH_V,
 ) -> float:
-    """The separation (nA) the linearised device reaches with every parameter moved at most
-    ``reach_v`` inside its bounds.
+    """Return the separation (nA) the linearised device reaches within ``reach_v``.
+
+    Every parameter moves at most ``reach_v``, inside its bounds.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Sphere classification: is a point of the 3-D input cube inside a sphere?"""
+"""Sphere classification: whether a point of the 3-D input cube lies inside a sphere."""
 
 from __future__ import annotations
 
@@ -36,16 +36,25 @@ class SphereClassification(LabelledTask):
     test keeps the class balance in both (``has_test_split`` is True: training classifies the
     test split at the end). Everything is fixed by ``seed``.
 
-    Attributes:
-        n_points: Number of points, train and test together (at least 8).
-        radius_fraction: Sphere radius over the cube's half-edge, in (0, 1].
-        test_fraction: Fraction of each class held out for the test split, in (0, 1).
-        seed: Seed of the points and the split.
-        input_range_v: ``(low, high)`` voltage range of each input electrode.
-        batch_size: Cases per step for stochastic training (see :meth:`minibatch`), or None
-            to present all training cases every step.
-        loss_name: Key of :data:`dnpu_bluesky.tasks.losses.LOSSES`.
-        loss_params: Keyword arguments of that loss.
+    Attributes
+    ----------
+    n_points : int
+        Number of points, train and test together (at least 8).
+    radius_fraction : float
+        Sphere radius over the cube's half-edge, in (0, 1].
+    test_fraction : float
+        Fraction of each class held out for the test split, in (0, 1).
+    seed : int
+        Seed of the points and the split.
+    input_range_v : tuple of (float, float)
+        ``(low, high)`` voltage range of each input electrode.
+    batch_size : int or None
+        Cases per step for stochastic training (see :meth:`minibatch`), or None
+        to present all training cases every step.
+    loss_name : str
+        Key of :data:`dnpu_bluesky.tasks.losses.LOSSES`.
+    loss_params : dict of {str: float}
+        Keyword arguments of that loss.
     """
 
     n_points: int = 120
@@ -147,26 +156,29 @@ class SphereClassification(LabelledTask):
         }
 
     def input_voltages(self, split: str = "train") -> np.ndarray:
-        """The split's points, shape ``(n_cases, 3)`` volts."""
+        """Return the split's points, shape ``(n_cases, 3)`` volts."""
         check_split(split)
         return self._points[self._split_indices[split]].copy()
 
     def unit_inputs(self, split: str = "train") -> np.ndarray:
-        """The split's points as fractions of the input range, shape ``(n_cases, 3)``."""
+        """Return the split's points as fractions of the input range, shape ``(n_cases, 3)``."""
         low, high = self.input_range_v
         return (self.input_voltages(split) - low) / (high - low)
 
     def input_levels(self) -> np.ndarray:
-        """``(3, 2)``: each input's range ``(low, high)``, the voltages of unit inputs 0 and 1."""
+        """Return each input's range ``(low, high)``, shape ``(3, 2)``.
+
+        These are the voltages of unit inputs 0 and 1.
+        """
         return np.array([self.input_range_v] * self.n_inputs, dtype=float)
 
     def targets(self, split: str = "train") -> np.ndarray:
-        """1 for a point inside the sphere, 0 outside, shape ``(n_cases,)``."""
+        """Return 1 for a point inside the sphere, 0 outside, shape ``(n_cases,)``."""
         check_split(split)
         return self._labels[self._split_indices[split]].copy()
 
     def minibatch(self, rng: np.random.Generator) -> np.ndarray:
-        """Indices into the training split for one stochastic step, both classes present.
+        """Return indices into the training split for one stochastic step, both classes present.
 
         Returns all training indices when ``batch_size`` is None; otherwise ``batch_size``
         distinct indices, sorted, with the classes in their training proportion (at least one
@@ -186,7 +198,7 @@ class SphereClassification(LabelledTask):
         return np.sort(chosen)
 
     def describe(self) -> dict[str, Any]:
-        """Parameters, geometry and split sizes (the points follow from the seed)."""
+        """Describe parameters, geometry and split sizes (the points follow from the seed)."""
         return {
             "task": "sphere_classification",
             "name": self.name,

@@ -62,7 +62,7 @@ class Score(Protocol):
 
 
 def rank(score: Score) -> tuple[float, float]:
-    """The order of scores: higher accuracy first, then the wider margin.
+    """Return the sort key of a score: higher accuracy first, then the wider margin.
 
     Parameters
     ----------
@@ -78,7 +78,7 @@ def rank(score: Score) -> tuple[float, float]:
 
 
 def reaches_target(score: Score, target_accuracy: float, target_margin_na: float) -> bool:
-    """Whether a score reaches the training's target.
+    """Tell whether a score reaches the training's target.
 
     Parameters
     ----------
@@ -183,7 +183,7 @@ class ArmProgress:
         self.best_point = np.array(point, dtype=float)
 
     def exhausted(self, patience: int) -> bool:
-        """Whether the descent has gone ``patience`` steps without improving.
+        """Tell whether the descent has gone ``patience`` steps without improving.
 
         Parameters
         ----------
@@ -281,7 +281,7 @@ class RunProgress(Generic[SettingT]):
         self.solved = (setting, score)
 
     def final(self) -> tuple[SettingT | None, Any]:
-        """The run's final setting and, when already measured, its evaluation.
+        """Return the run's final setting and, when already measured, its evaluation.
 
         Returns
         -------
