@@ -47,14 +47,17 @@ def unreadable(path: str, head: bytes, exc: BaseException) -> str:
 
 
 def refused_global(message: str) -> str | None:
-    """The dotted name the restricted unpickler refused, if that is why it failed."""
+    """Return the dotted name the restricted unpickler refused, if that is why it failed."""
     match = _GLOBAL.search(message)
     return match.group(1) if match else None
 
 
 def holds_global(path: str, dotted: str) -> bool:
-    """Whether the file names ``dotted`` in full, as a pickle GLOBAL or as the two strings of
-    a STACK_GLOBAL: a name that the end of the file cuts off is damage, not an object."""
+    """Tell whether the file names ``dotted`` in full.
+
+    It does as a pickle GLOBAL or as the two strings of a STACK_GLOBAL: a name that the end of
+    the file cuts off is damage, not an object.
+    """
     with open(path, "rb") as file:
         data = file.read()
     if zipfile.is_zipfile(path):

@@ -21,22 +21,34 @@ class SimulatedBackend:
     The noise continues from one acquisition to the next as one seeded stream, so the same
     sequence of calls on a DAQ built with the same seed records the same samples.
 
-    Args:
-        model: The device; default ``VirtualDNPU(seed=0)``.
-        electronics: The readout chain; default ``Electronics()``.
-        seed: Seeds the noise (not the device: pass a model for another device).
-        overhead_s: Fixed device seconds added per acquisition (task start-up, settling).
-        realtime: Take as long as the hardware would: each acquisition returns no sooner
-            than its device seconds after it started (to rehearse an experiment's timing).
-        limits: ``(n_electrodes, 2)`` volts every stream must stay within (default: the
-            model's voltage ranges); a setup profile's limits.
-        max_slew_v_per_s: The setup's slew limit, checked on every stream as the hardware
-            backend checks it (default: none).
+    Parameters
+    ----------
+    model : DeviceModel, optional
+        The device; default ``VirtualDNPU(seed=0)``.
+    electronics : Electronics, optional
+        The readout chain; default ``Electronics()``.
+    seed : int
+        Seeds the noise (not the device: pass a model for another device).
+    overhead_s : float
+        Fixed device seconds added per acquisition (task start-up, settling).
+    realtime : bool
+        Take as long as the hardware would: each acquisition returns no sooner
+        than its device seconds after it started (to rehearse an experiment's timing).
+    limits : numpy.ndarray, optional
+        ``(n_electrodes, 2)`` volts every stream must stay within (default: the
+        model's voltage ranges); a setup profile's limits.
+    max_slew_v_per_s : float, optional
+        The setup's slew limit, checked on every stream as the hardware
+        backend checks it (default: none).
 
-    Attributes:
-        model: The device model.
-        electronics: The readout chain.
-        dc_volts: The voltages the electrodes hold between streams (0 V after ``close``).
+    Attributes
+    ----------
+    model : DeviceModel
+        The device model.
+    electronics : Electronics
+        The readout chain.
+    dc_volts : numpy.ndarray
+        The voltages the electrodes hold between streams (0 V after ``close``).
     """
 
     name = "sim"
@@ -80,17 +92,25 @@ class SimulatedBackend:
     def play_and_record(self, ao_volts: np.ndarray, sample_rate: float) -> Acquisition:
         """Play ``ao_volts`` on the electrodes and record the amplifier output.
 
-        Args:
-            ao_volts: Stream of shape ``(n_samples, n_channels)`` in volts; it must start
-                and end at 0 V and stay inside ``model.voltage_ranges``.
-            sample_rate: Samples per second.
+        Parameters
+        ----------
+        ao_volts : numpy.ndarray
+            Stream of shape ``(n_samples, n_channels)`` in volts; it must start
+            and end at 0 V and stay inside ``model.voltage_ranges``.
+        sample_rate : float
+            Samples per second.
 
-        Returns:
+        Returns
+        -------
+        Acquisition
             The recorded ADC voltages, the device seconds spent and where the ADC clipped.
 
-        Raises:
-            UnsafeWaveformError: the stream breaks a safety rule; nothing was played.
-            RuntimeError: the DAQ is closed.
+        Raises
+        ------
+        UnsafeWaveformError
+            If the stream breaks a safety rule; nothing was played.
+        RuntimeError
+            If the DAQ is closed.
         """
         started = time.monotonic()
         self._check_open()
@@ -128,9 +148,12 @@ class SimulatedBackend:
     def set_dc(self, volts: np.ndarray) -> None:
         """Hold the electrodes at static voltages (inside the model's limits).
 
-        Raises:
-            UnsafeWaveformError: wrong shape, non-finite, or outside the limits.
-            RuntimeError: the DAQ is closed.
+        Raises
+        ------
+        UnsafeWaveformError
+            For the wrong shape, a non-finite value, or a value outside the limits.
+        RuntimeError
+            If the DAQ is closed.
         """
         self._check_open()
         v = np.asarray(volts, dtype=float).reshape(-1)
@@ -149,7 +172,7 @@ class SimulatedBackend:
         self.dc_volts = v.copy()
 
     def describe(self) -> dict[str, Any]:
-        """Backend, seed, overhead, model identity and electronics, JSON-serialisable."""
+        """Describe backend, seed, overhead, model identity and electronics, JSON-serialisable."""
         return {
             "name": self.name,
             "backend": "SimulatedBackend",

@@ -51,17 +51,27 @@ class Electronics:
     is 0.03 nA. The noise level is the one the HGE paper's model uses (1e-5 nA^2/Hz white,
     with a 1/f corner at 100 Hz).
 
-    Attributes:
-        gain_v_per_na: Amplifier gain in volts per nanoampere (0.01 V/nA = 1e7 V/A).
-        bandwidth_hz: -3 dB frequency of the amplifier's first-order low-pass response.
-        inverting: Whether the amplifier inverts (most transimpedance amplifiers do).
-        white_psd_na2_per_hz: White current-noise PSD, one-sided, in nA^2/Hz.
-        flicker_corner_hz: Frequency where the 1/f noise equals the white noise; 0 for none.
-        adc_bits: ADC resolution in bits.
-        adc_range_v: ADC input range is ``[-adc_range_v, +adc_range_v]``; beyond it clips.
-        drift_na_per_s: Linear drift of the output current offset, nA per device second.
-        capacitance_pf: Electrode-to-output capacitance per electrode in pF; each adds the
-            displacement current ``C dV/dt`` to the output current.
+    Attributes
+    ----------
+    gain_v_per_na : float
+        Amplifier gain in volts per nanoampere (0.01 V/nA = 1e7 V/A).
+    bandwidth_hz : float
+        -3 dB frequency of the amplifier's first-order low-pass response.
+    inverting : bool
+        Whether the amplifier inverts (most transimpedance amplifiers do).
+    white_psd_na2_per_hz : float
+        White current-noise PSD, one-sided, in nA^2/Hz.
+    flicker_corner_hz : float
+        Frequency where the 1/f noise equals the white noise; 0 for none.
+    adc_bits : int
+        ADC resolution in bits.
+    adc_range_v : float
+        ADC input range is ``[-adc_range_v, +adc_range_v]``; beyond it clips.
+    drift_na_per_s : float
+        Linear drift of the output current offset, nA per device second.
+    capacitance_pf : tuple of float
+        Electrode-to-output capacitance per electrode in pF; each adds the
+        displacement current ``C dV/dt`` to the output current.
     """
 
     gain_v_per_na: float = 0.01
@@ -94,12 +104,16 @@ class Electronics:
         return 2.0 * self.adc_range_v / 2**self.adc_bits
 
     def noise_psd(self, f_hz: np.ndarray | float) -> np.ndarray:
-        """One-sided current-noise PSD at the amplifier input, in nA^2/Hz.
+        """Return the one-sided current-noise PSD at the amplifier input, in nA^2/Hz.
 
-        Args:
-            f_hz: Frequencies in Hz (positive).
+        Parameters
+        ----------
+        f_hz : numpy.ndarray or float
+            Frequencies in Hz (positive).
 
-        Returns:
+        Returns
+        -------
+        numpy.ndarray
             ``white * (1 + corner / f)``, levelling off below ``corner / 1000``.
         """
         f = np.abs(np.asarray(f_hz, dtype=float))
@@ -118,11 +132,16 @@ class Electronics:
         ``+-gain / (1 + j f / bandwidth)``: phase lag ``atan(f / bandwidth)``, magnitude
         ``gain * cos(lag)``.
 
-        Args:
-            f_hz: Frequencies in Hz.
-            sample_rate: Samples per second.
+        Parameters
+        ----------
+        f_hz : numpy.ndarray or float
+            Frequencies in Hz.
+        sample_rate : float
+            Samples per second.
 
-        Returns:
+        Returns
+        -------
+        numpy.ndarray
             Complex array in V/nA.
         """
         b, a = _amplifier_filter(self.bandwidth_hz, float(sample_rate))
@@ -141,18 +160,27 @@ class Electronics:
     ) -> np.ndarray:
         """Amplifier output as the ADC reads it, for a device current and electrode stream.
 
-        Args:
-            current_na: Noiseless device current, shape ``(n_samples,)``, in nA.
-            volts: Electrode voltages, shape ``(n_samples, n_electrodes)``; their time
-                derivative drives the capacitive coupling.
-            sample_rate: Samples per second.
-            rng: Source of all randomness (noise).
-            t0_s: Device time at the first sample, for the drift.
-            state: A dict owned by the caller. Pass the same one on successive calls to
-                continue the 1/f noise processes from where the last call left them;
-                with None every call starts from a fresh (stationary) draw.
+        Parameters
+        ----------
+        current_na : numpy.ndarray
+            Noiseless device current, shape ``(n_samples,)``, in nA.
+        volts : numpy.ndarray
+            Electrode voltages, shape ``(n_samples, n_electrodes)``; their time
+            derivative drives the capacitive coupling.
+        sample_rate : float
+            Samples per second.
+        rng : numpy.random.Generator
+            Source of all randomness (noise).
+        t0_s : float
+            Device time at the first sample, for the drift.
+        state : dict, optional
+            A dict owned by the caller. Pass the same one on successive calls to
+            continue the 1/f noise processes from where the last call left them;
+            with None every call starts from a fresh (stationary) draw.
 
-        Returns:
+        Returns
+        -------
+        numpy.ndarray
             Recorded voltages, shape ``(n_samples,)``: filtered, scaled, clipped to the ADC
             range and quantised to its step.
         """
@@ -179,7 +207,7 @@ class Electronics:
         return self._adc(out)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable settings; ``Electronics(**d)`` rebuilds an equal object."""
+        """Return JSON-serialisable settings; ``Electronics(**d)`` rebuilds an equal object."""
         d = asdict(self)
         d["capacitance_pf"] = list(self.capacitance_pf)
         return d

@@ -32,24 +32,49 @@ _BLOCK = 512
 class DeviceModel(Protocol):
     """Anything that maps electrode voltages to an output current in nA.
 
-    Attributes:
-        n_electrodes: Number of voltage electrodes (7 for a DNPU).
-        voltage_ranges: ``(n_electrodes, 2)`` array of ``[min, max]`` volts per electrode.
+    Attributes
+    ----------
+    n_electrodes : int
+        Number of voltage electrodes (7 for a DNPU).
+    voltage_ranges : numpy.ndarray
+        ``(n_electrodes, 2)`` array of ``[min, max]`` volts per electrode.
     """
 
     n_electrodes: int
     voltage_ranges: np.ndarray
 
     def current(self, volts: np.ndarray) -> np.ndarray:
-        """Noiseless output current, ``(..., n_electrodes)`` volts -> ``(...)`` nA."""
+        """Return the noiseless output current, ``(..., n_electrodes)`` volts -> ``(...)`` nA.
+
+        Parameters
+        ----------
+        volts : numpy.ndarray
+            Electrode voltages, shape ``(..., n_electrodes)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Current in nA, shape ``(...)``.
+        """
         ...
 
     def jacobian(self, volts: np.ndarray) -> np.ndarray:
-        """Exact ``dI/dV``, ``(..., n_electrodes)`` -> ``(..., n_electrodes)`` nA/V."""
+        """Return the exact ``dI/dV``, ``(..., n_electrodes)`` -> ``(..., n_electrodes)`` nA/V.
+
+        Parameters
+        ----------
+        volts : numpy.ndarray
+            Electrode voltages, shape ``(..., n_electrodes)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Derivatives in nA/V, shape ``(..., n_electrodes)``.
+        """
         ...
 
     def describe(self) -> dict[str, Any]:
-        """JSON-serialisable identity: kind, seed, parameter hash, ranges."""
+        """Describe the model's identity, JSON-serialisable: kind, seed, parameter hash, ranges."""
         ...
 
 
@@ -69,12 +94,18 @@ class VirtualDNPU(DeviceModel):
     Different seeds give different devices. The conductance scale is set so that 99 % of
     random operating points inside the voltage ranges give ``|I|`` below ``max_current_na``.
 
-    Args:
-        seed: Selects the device.
-        n_sites: Number of dopant sites.
-        paths_per_electrode: Hopping paths from each voltage electrode to the output.
-        voltage_ranges: ``(7, 2)`` electrode limits; default :data:`DEFAULT_VOLTAGE_RANGES`.
-        max_current_na: 99th percentile of ``|I|`` over random operating points.
+    Parameters
+    ----------
+    seed : int
+        Selects the device.
+    n_sites : int
+        Number of dopant sites.
+    paths_per_electrode : int
+        Hopping paths from each voltage electrode to the output.
+    voltage_ranges : numpy.ndarray, optional
+        ``(7, 2)`` electrode limits; default :data:`DEFAULT_VOLTAGE_RANGES`.
+    max_current_na : float
+        99th percentile of ``|I|`` over random operating points.
     """
 
     n_electrodes: int = 7
@@ -103,12 +134,16 @@ class VirtualDNPU(DeviceModel):
         self._build(np.random.default_rng(self.seed))
 
     def current(self, volts: np.ndarray) -> np.ndarray:
-        """Noiseless output current in nA.
+        """Return the noiseless output current in nA.
 
-        Args:
-            volts: Electrode voltages, shape ``(..., 7)``.
+        Parameters
+        ----------
+        volts : numpy.ndarray
+            Electrode voltages, shape ``(..., 7)``.
 
-        Returns:
+        Returns
+        -------
+        numpy.ndarray
             Current, shape ``(...)``.
         """
         return self._evaluate(volts, jacobian=False)
@@ -116,10 +151,14 @@ class VirtualDNPU(DeviceModel):
     def jacobian(self, volts: np.ndarray) -> np.ndarray:
         """Exact derivative of :meth:`current` with respect to each electrode voltage.
 
-        Args:
-            volts: Electrode voltages, shape ``(..., 7)``.
+        Parameters
+        ----------
+        volts : numpy.ndarray
+            Electrode voltages, shape ``(..., 7)``.
 
-        Returns:
+        Returns
+        -------
+        numpy.ndarray
             ``dI/dV_j`` in nA/V, shape ``(..., 7)``.
         """
         return self._evaluate(volts, jacobian=True)
@@ -233,7 +272,7 @@ class VirtualDNPU(DeviceModel):
         )
 
     def _block(self, vt: np.ndarray, kind: str) -> np.ndarray:
-        """Current (or total conductance, or Jacobian) for voltages ``vt`` of shape (7, n)."""
+        """Compute the current (or total conductance, or Jacobian) for voltages ``vt`` (7, n)."""
         # x = E / 2w with site energies E = offset + lever @ V
         x = self._lever_x @ vt
         x += self._offset_x
@@ -350,7 +389,7 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _thread_pool(size: int) -> ThreadPoolExecutor:
-    """A lasting pool of ``size`` helper threads, made on first use and shared."""
+    """Return a lasting pool of ``size`` helper threads, made on first use and shared."""
     with _pool_lock:
         if size not in _pools:
             _pools[size] = ThreadPoolExecutor(size, thread_name_prefix="dnpu-model")
@@ -358,8 +397,10 @@ def _thread_pool(size: int) -> ThreadPoolExecutor:
 
 
 def _run_starts(flat: np.ndarray) -> np.ndarray | None:
-    """Indices of the rows that differ from the row before them (and of row 0), or None
-    when too few rows repeat for skipping them to pay off."""
+    """Return the indices of the rows that differ from the row before them (and of row 0).
+
+    None when too few rows repeat for skipping them to pay off.
+    """
     if flat.shape[0] < 2:
         return None
     repeats = np.all(flat[1:] == flat[:-1], axis=1)
