@@ -20,7 +20,22 @@ CLIPPING_FRACTION = 0.99
 
 
 def at_range_limit(ai_volts: np.ndarray, ai_range_v: float) -> np.ndarray:
-    """True for each AI reading at the end of the symmetric range ``+-ai_range_v`` (clipped)."""
+    """Return True for each AI reading at the end of the symmetric range ``+-ai_range_v``.
+
+    Such a reading is clipped.
+
+    Parameters
+    ----------
+    ai_volts : numpy.ndarray
+        AI readings in volts.
+    ai_range_v : float
+        The AI channel's symmetric range in volts.
+
+    Returns
+    -------
+    numpy.ndarray
+        Booleans with the shape of ``ai_volts``.
+    """
     return np.abs(np.asarray(ai_volts, dtype=float)) >= CLIPPING_FRACTION * ai_range_v
 
 
@@ -28,13 +43,17 @@ def at_range_limit(ai_volts: np.ndarray, ai_range_v: float) -> np.ndarray:
 class Acquisition:
     """What one synchronous play-and-record returned.
 
-    Attributes:
-        ai_volts: Amplifier output voltage, shape ``(n_samples,)``, one sample per AO sample.
-        device_seconds: Seconds the instrument spent (the waveform's duration plus any
-            fixed per-acquisition overhead a real setup would have), independent of wall time.
-        clipped: Shape ``(n_samples,)``, True where the recording reached the end of the AI
-            range (any of the AI samples behind that value), so the current read there is
-            wrong; None if the backend cannot tell.
+    Attributes
+    ----------
+    ai_volts : numpy.ndarray
+        Amplifier output voltage, shape ``(n_samples,)``, one sample per AO sample.
+    device_seconds : float
+        Seconds the instrument spent (the waveform's duration plus any
+        fixed per-acquisition overhead a real setup would have), independent of wall time.
+    clipped : numpy.ndarray or None
+        Shape ``(n_samples,)``, True where the recording reached the end of the AI
+        range (any of the AI samples behind that value), so the current read there is
+        wrong; None if the backend cannot tell.
     """
 
     ai_volts: np.ndarray
@@ -54,15 +73,33 @@ class DAQBackend(Protocol):
 
         Blocking; the caller keeps it off the RunEngine's event loop where that matters.
         The waveform must start and end at 0 V; backends refuse one that does not.
+
+        Parameters
+        ----------
+        ao_volts : numpy.ndarray
+            Stream of shape ``(n_samples, n_channels)`` in volts.
+        sample_rate : float
+            AO samples per second.
+
+        Returns
+        -------
+        Acquisition
+            The recording, the device seconds spent and where the AI range clipped.
         """
         ...
 
     def set_dc(self, volts: np.ndarray) -> None:
-        """Hold every channel at a static voltage (used to park the electrodes at 0 V)."""
+        """Hold every channel at a static voltage (used to park the electrodes at 0 V).
+
+        Parameters
+        ----------
+        volts : numpy.ndarray
+            One voltage per channel, in channel order.
+        """
         ...
 
     def describe(self) -> dict[str, Any]:
-        """Identity and settings for provenance (JSON-serialisable)."""
+        """Describe identity and settings for provenance (JSON-serialisable)."""
         ...
 
     def close(self) -> None:

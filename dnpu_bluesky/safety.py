@@ -27,15 +27,23 @@ def check_waveform(
 ) -> None:
     """Refuse a multichannel stream that breaks a safety rule.
 
-    Args:
-        ao_volts: Stream of shape ``(n_samples, n_channels)`` in volts.
-        sample_rate: Samples per second of the stream.
-        limits: ``(n_channels, 2)`` array of ``[min, max]`` volts per channel, or None.
-        max_slew_v_per_s: Largest allowed change between consecutive samples, in V/s.
-        channel_names: Names used in error messages (default ``ao0``, ``ao1``, ...).
+    Parameters
+    ----------
+    ao_volts : numpy.ndarray
+        Stream of shape ``(n_samples, n_channels)`` in volts.
+    sample_rate : float
+        Samples per second of the stream.
+    limits : numpy.ndarray, optional
+        ``(n_channels, 2)`` array of ``[min, max]`` volts per channel, or None.
+    max_slew_v_per_s : float, optional
+        Largest allowed change between consecutive samples, in V/s.
+    channel_names : list of str, optional
+        Names used in error messages (default ``ao0``, ``ao1``, ...).
 
-    Raises:
-        UnsafeWaveformError: naming the first rule broken and the channel and sample.
+    Raises
+    ------
+    UnsafeWaveformError
+        Naming the first rule broken and the channel and sample.
     """
     volts = np.asarray(ao_volts, dtype=float)
     if volts.ndim != 2 or volts.shape[0] < 2:

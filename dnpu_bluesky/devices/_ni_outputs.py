@@ -40,7 +40,7 @@ _locked_devices: set[Path] = set()
 
 
 def device_of(channel: str) -> str:
-    """The DAQmx device of a physical channel, as DAQmx compares names (ignoring case).
+    """Return the DAQmx device of a physical channel, as DAQmx compares names (ignoring case).
 
     Parameters
     ----------
@@ -85,7 +85,7 @@ class OutputRecords:
         self._lock_fds: dict[Path, int] = {}
 
     def _file(self, device: str, suffix: str) -> Path:
-        """The lock (``.lock``) or state (``.json``) file of one AO device."""
+        """Return the lock (``.lock``) or state (``.json``) file of one AO device."""
         return self.directory / (re.sub(r"[^a-z0-9._-]", "-", device) + suffix)
 
     def lock(self) -> None:

@@ -33,7 +33,7 @@ _TERMINAL_CONFIG = {
 
 
 def import_nidaqmx() -> ModuleType:
-    """The installed ``nidaqmx`` package with the submodules the backend uses.
+    """Import the installed ``nidaqmx`` package with the submodules the backend uses.
 
     Returns
     -------
@@ -79,7 +79,7 @@ class TaskBuilder:
             ) from exc
 
     def new_task(self) -> Any:
-        """A new, empty ``nidaqmx.Task`` (a context manager that closes it).
+        """Create a new, empty ``nidaqmx.Task`` (a context manager that closes it).
 
         Returns
         -------
@@ -90,7 +90,7 @@ class TaskBuilder:
             return self.daq.Task()
 
     def driver_version(self) -> str:
-        """The installed NI-DAQmx driver's version, ``major.minor.update``.
+        """Return the installed NI-DAQmx driver's version, ``major.minor.update``.
 
         Returns
         -------

@@ -29,7 +29,7 @@ def build_dnpu(
     name: str = "dnpu",
     backend: DAQBackend | None = None,
 ) -> DNPU:
-    """A DNPU device wired to the profile's backend, with limits, roles and default tones.
+    """Build a DNPU device wired to the profile's backend, with limits, roles and default tones.
 
     Parameters
     ----------
@@ -80,7 +80,7 @@ def build_dnpu(
 
 
 def make_backend(profile: SetupProfile) -> DAQBackend:
-    """The DAQ backend for ``profile``.
+    """Make the DAQ backend for ``profile``.
 
     ``backend: sim`` gives a :class:`~dnpu_bluesky.sim.SimulatedBackend` whose device is the
     seeded :class:`~dnpu_bluesky.sim.VirtualDNPU` with the profile's electrode limits (or the

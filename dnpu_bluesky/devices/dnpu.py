@@ -166,11 +166,22 @@ class DNPU(Device):
         self._timing_fixed = False
 
     def configure_timing(self, sample_rate: float, max_slew_v_per_s: float) -> None:
-        """Fix the sample rate and the slew limit (called once by the factory, from the
-        setup profile): a plan rehearsed on the virtual device must not rely on others.
+        """Fix the sample rate and the slew limit.
 
-        Raises:
-            RuntimeError: if they were fixed already; build a new device for other timing.
+        The factory calls this once, from the setup profile: a plan rehearsed on the virtual
+        device must not rely on others.
+
+        Parameters
+        ----------
+        sample_rate : float
+            AO samples per second.
+        max_slew_v_per_s : float
+            The fastest any electrode may change, V/s.
+
+        Raises
+        ------
+        RuntimeError
+            If they were fixed already; build a new device for other timing.
         """
         if self._timing_fixed:
             raise RuntimeError(
@@ -202,8 +213,19 @@ class DNPU(Device):
         return [getattr(self, name) for name in ELECTRODE_NAMES]
 
     def indices(self, role: str) -> np.ndarray:
-        """Electrode indices with the given role (``"input"`` or ``"control"``), as ``inputs``
-        assigns them now (the profile's roles until a plan assigns others)."""
+        """Return the indices of the electrodes with the given role.
+
+        Parameters
+        ----------
+        role : str
+            ``"input"`` or ``"control"``, as ``inputs`` assigns them now (the profile's roles
+            until a plan assigns others).
+
+        Returns
+        -------
+        numpy.ndarray
+            The electrodes' indices, ascending.
+        """
         names = self.inputs.get().split(",") if self.inputs.get() else []
         if not names:
             return np.array([i for i, e in enumerate(self.electrodes) if e.role.get() == role], int)
@@ -216,7 +238,7 @@ class DNPU(Device):
         return np.array([e.limits for e in self.electrodes], dtype=float)
 
     def setpoints(self) -> np.ndarray:
-        """The DC setpoints of all electrodes, volts."""
+        """Return the DC setpoints of all electrodes, volts."""
         return np.array([e.setpoint.get() for e in self.electrodes], dtype=float)
 
     def frequencies(self) -> np.ndarray:
@@ -240,22 +262,33 @@ class DNPU(Device):
     ) -> FrequencyPlan:
         """Plan one tone per control electrode (or per electrode); nothing is changed or applied.
 
-        Args:
-            amplitude_v: Tone amplitude the plan is for; it caps the band so that no tone
-                slews faster than the setup allows.
-            window_s: Analysis window (default: the current ``window_s``).
-            order: Highest intermodulation order kept off the tones.
-            spacing_bins: Tone spacing in units of 1/T.
-            band_hz: Highest usable frequency (default and upper bound: the amplifier
-                bandwidth, at most 0.4 x the sample rate).
-            min_frequency_hz: Lowest tone.
-            electrodes: ``"controls"`` (one tone per control) or ``"all"`` (one per electrode,
-                inputs included: HGE then also measures each input's slope, see
-                :mod:`dnpu_bluesky.tasks.levels`).
+        Parameters
+        ----------
+        amplitude_v : float
+            Tone amplitude the plan is for; it caps the band so that no tone
+            slews faster than the setup allows.
+        window_s : float, optional
+            Analysis window (default: the current ``window_s``).
+        order : int
+            Highest intermodulation order kept off the tones.
+        spacing_bins : int
+            Tone spacing in units of 1/T.
+        band_hz : float, optional
+            Highest usable frequency (default and upper bound: the amplifier
+            bandwidth, at most 0.4 x the sample rate).
+        min_frequency_hz : float
+            Lowest tone.
+        electrodes : str
+            ``"controls"`` (one tone per control) or ``"all"`` (one per electrode,
+            inputs included: HGE then also measures each input's slope, see
+            :mod:`dnpu_bluesky.tasks.levels`).
 
-        Raises:
-            ValueError: for a band above the amplifier bandwidth or 0.4 x the sample rate.
-            dnpu_bluesky.hge.FrequencyPlanError: naming the constraint that cannot be met.
+        Raises
+        ------
+        ValueError
+            For a band above the amplifier bandwidth or 0.4 x the sample rate.
+        dnpu_bluesky.hge.FrequencyPlanError
+            Naming the constraint that cannot be met.
         """
         if not amplitude_v > 0:
             raise ValueError(f"amplitude_v must be positive, got {amplitude_v}")
@@ -276,7 +309,7 @@ class DNPU(Device):
         )
 
     def _tone_band(self) -> tuple[float, str]:
-        """The highest tone frequency this setup can demodulate reliably, and why.
+        """Return the highest tone frequency this setup can demodulate reliably, and why.
 
         Above the amplifier's bandwidth each tone's gain and phase change fast with
         frequency, so an uncalibrated gradient there is badly off.
@@ -288,8 +321,11 @@ class DNPU(Device):
         return NYQUIST_MARGIN * rate, f"{NYQUIST_MARGIN:g} x the sample rate {rate:g} S/s"
 
     def _check_tones(self, frequencies: np.ndarray, amplitudes: np.ndarray, mode: str) -> None:
-        """Refuse tones above the usable band, and in parallel mode two tones that the
-        lock-in cannot tell apart (the same frequency, or one a harmonic of another)."""
+        """Refuse tones above the usable band, and in parallel mode tones too alike.
+
+        Two tones are too alike when the lock-in cannot tell them apart (the same frequency, or
+        one a harmonic of another).
+        """
         played = np.flatnonzero(amplitudes > 0)
         band, band_text = self._tone_band()
         above = [i for i in played if frequencies[i] > band * (1 + 1e-12)]
@@ -317,12 +353,27 @@ class DNPU(Device):
     def tone_settings(
         self, tones: FrequencyPlan, amplitude_v: float, electrodes: str = "controls"
     ) -> list[tuple[Signal, float]]:
-        """(signal, value) pairs that put ``tones`` on the controls (``electrodes="all"``: on
-        every electrode, the controls first), for ``mv`` or ``put``.
+        """Return (signal, value) pairs that put ``tones`` on the controls, for ``mv`` or ``put``.
 
-        Raises:
-            ValueError: for a non-positive amplitude, a tone that would slew too fast, or a
-                plan with another number of tones than the electrodes it is for.
+        Parameters
+        ----------
+        tones : FrequencyPlan
+            The tones, e.g. from :meth:`plan_tones`.
+        amplitude_v : float
+            Tone amplitude on each electrode, volts.
+        electrodes : str
+            ``"controls"`` or ``"all"``: every electrode, the controls first.
+
+        Returns
+        -------
+        list of tuple of (Signal, float)
+            The signals and their values.
+
+        Raises
+        ------
+        ValueError
+            For a non-positive amplitude, a tone that would slew too fast, or a
+            plan with another number of tones than the electrodes it is for.
         """
         if not amplitude_v > 0:
             raise ValueError(f"amplitude_v must be positive, got {amplitude_v}")
@@ -350,9 +401,11 @@ class DNPU(Device):
         return pairs
 
     def _toned(self, electrodes: str) -> np.ndarray:
-        """The electrodes a plan's tones go to, in order: the controls first, so that each
-        control keeps the tone (and the phase calibration) it has with control tones alone,
-        since the greedy plan of more tones begins with the plan of fewer."""
+        """Return the electrodes a plan's tones go to, in order: the controls first.
+
+        So each control keeps the tone (and the phase calibration) it has with control tones
+        alone, since the greedy plan of more tones begins with the plan of fewer.
+        """
         if electrodes == "controls":
             return self.indices("control")
         if electrodes == "all":
@@ -365,7 +418,7 @@ class DNPU(Device):
         return [self.electrodes[i].attr_name for i in self.indices("input")]
 
     def operating_points(self) -> np.ndarray:
-        """``(n_cases, 7)`` DC voltages: the setpoints with each input case applied."""
+        """Return ``(n_cases, 7)`` DC voltages: the setpoints with each input case applied."""
         base = self.setpoints()
         cases = np.asarray(self.input_cases.get(), dtype=float)
         if cases.size == 0:
@@ -383,9 +436,12 @@ class DNPU(Device):
     def build_waveform(self) -> Waveform:
         """Build and safety-check the stream the next trigger will play; no voltage is applied.
 
-        Raises:
-            ValueError: for a bad mode, input cases, or tone settings.
-            dnpu_bluesky.safety.UnsafeWaveformError: if the stream breaks a safety rule.
+        Raises
+        ------
+        ValueError
+            For a bad mode, input cases, or tone settings.
+        dnpu_bluesky.safety.UnsafeWaveformError
+            If the stream breaks a safety rule.
         """
         mode = self.mode.get()
         if mode not in MODES:
@@ -425,7 +481,7 @@ class DNPU(Device):
         return waveform
 
     def _ramp_time(self, amplitudes: np.ndarray) -> float:
-        """The configured ramp time, lengthened so that no sample can slew too fast.
+        """Return the configured ramp time, lengthened so that no sample can slew too fast.
 
         The ramp is sized for the largest step the limits allow (not the step at hand), so
         every stream of a configuration has the same length and each stream's data shape

@@ -21,7 +21,7 @@ class Measured(Signal):
         self.units = units
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """The data key of :meth:`ophyd.Signal.describe`, with units and numpy dtype."""
+        """Return the data key of :meth:`ophyd.Signal.describe`, with units and numpy dtype."""
         description = super().describe()
         key = description[self.name]
         value = self._readback

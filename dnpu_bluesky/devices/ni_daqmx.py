@@ -90,8 +90,11 @@ def _park_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _park_on_sigterm_from_now() -> None:
-    """Park on SIGTERM, unless the process has a SIGTERM handler of its own (which then
-    decides; the exit hooks still park on a normal exit) or this is not the main thread."""
+    """Park on SIGTERM, unless the process has a handler of its own or this is not the main thread.
+
+    A SIGTERM handler of the process's own then decides; the exit hooks still park on a normal
+    exit.
+    """
     if threading.current_thread() is threading.main_thread():
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _park_on_sigterm)
@@ -145,21 +148,27 @@ def _signals_deferred() -> Iterator[None]:
 class NIDAQmxBackend:
     """A :class:`~dnpu_bluesky.backend.DAQBackend` on NI-DAQmx hardware.
 
-    Args:
-        profile: A validated setup profile with ``backend: nidaqmx``.
-        nidaqmx_module: The ``nidaqmx`` module to use; a test double can be injected here.
-            Default: the installed ``nidaqmx`` package.
-
     Building it locks the AO devices and lets the driver verify both tasks (channels,
     clocks, trigger terminal) without generating anything (see the module docstring).
 
-    Raises:
-        ValueError: if the profile is not an NI-DAQmx profile, or the device cannot make its
-            sample rate exactly.
-        HardwareUnavailableError: if the NI-DAQmx driver is missing or refuses a channel or
-            the trigger terminal (one line naming it), another backend holds the AO devices,
-            or an earlier session ended without parking them (its state file names the
-            levels, which may or may not still be on the pins).
+    Parameters
+    ----------
+    profile : SetupProfile
+        A validated setup profile with ``backend: nidaqmx``.
+    nidaqmx_module : object, optional
+        The ``nidaqmx`` module to use; a test double can be injected here.
+        Default: the installed ``nidaqmx`` package.
+
+    Raises
+    ------
+    ValueError
+        If the profile is not an NI-DAQmx profile, or the device cannot make its
+        sample rate exactly.
+    HardwareUnavailableError
+        If the NI-DAQmx driver is missing or refuses a channel or
+        the trigger terminal (one line naming it), another backend holds the AO devices,
+        or an earlier session ended without parking them (its state file names the
+        levels, which may or may not still be on the pins).
     """
 
     name = "nidaqmx"
@@ -205,22 +214,32 @@ class NIDAQmxBackend:
     def play_and_record(self, ao_volts: np.ndarray, sample_rate: float) -> Acquisition:
         """Play a checked stream on the electrodes and record the output on the same clock.
 
-        Args:
-            ao_volts: Stream of shape ``(n_samples, n_channels)`` in volts; it must start and
-                end at 0 V, stay inside every electrode's limits and keep to the slew limit.
-            sample_rate: AO samples per second; AI runs ``readout_oversampling`` times faster.
+        Parameters
+        ----------
+        ao_volts : numpy.ndarray
+            Stream of shape ``(n_samples, n_channels)`` in volts; it must start and
+            end at 0 V, stay inside every electrode's limits and keep to the slew limit.
+        sample_rate : float
+            AO samples per second; AI runs ``readout_oversampling`` times faster.
 
-        Returns:
+        Returns
+        -------
+        Acquisition
             The AI voltage averaged back to one value per AO sample, the device seconds
             (measured time the instrument was busy, at least the stream's duration) and,
             per AO sample, whether any of its AI samples reached the end of the AI range.
 
-        Raises:
-            ValueError: for a stream of the wrong shape, a rate other than the profile's, or
-                a rate the driver cannot make exactly (nothing was generated).
-            UnsafeWaveformError: if the stream breaks a safety rule (no task was created).
-            HardwareUnavailableError: if the driver is missing.
-            nidaqmx.errors.DaqError: from the driver, after the electrodes were parked.
+        Raises
+        ------
+        ValueError
+            For a stream of the wrong shape, a rate other than the profile's, or
+            a rate the driver cannot make exactly (nothing was generated).
+        UnsafeWaveformError
+            If the stream breaks a safety rule (no task was created).
+        HardwareUnavailableError
+            If the driver is missing.
+        nidaqmx.errors.DaqError
+            From the driver, after the electrodes were parked.
         """
         volts = np.array(ao_volts, dtype=float)  # a copy: the caller's array may change later
         if volts.ndim != 2 or volts.shape[1] != self.n_channels:
@@ -259,13 +278,19 @@ class NIDAQmxBackend:
     def set_dc(self, volts: np.ndarray) -> None:
         """Ramp every electrode to a static voltage within the slew limit, then hold it.
 
-        Args:
-            volts: One voltage per electrode, in channel order.
+        Parameters
+        ----------
+        volts : numpy.ndarray
+            One voltage per electrode, in channel order.
 
-        Raises:
-            ValueError: for the wrong number of values.
-            UnsafeWaveformError: for a value outside an electrode's limits (nothing written).
-            RuntimeError: after ``close()``, unless the electrodes already hold ``volts``.
+        Raises
+        ------
+        ValueError
+            For the wrong number of values.
+        UnsafeWaveformError
+            For a value outside an electrode's limits (nothing written).
+        RuntimeError
+            After ``close()``, unless the electrodes already hold ``volts``.
         """
         target = np.array(volts, dtype=float)  # a copy: the caller's array may change later
         if target.shape != (self.n_channels,):
@@ -314,7 +339,7 @@ class NIDAQmxBackend:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The backend's lock, and a SIGTERM held off during the call delivered after it."""
+        """Hold the backend's lock, and deliver a SIGTERM held off during the call after it."""
         with self._lock:
             yield
         if _sigterm_pending and not self._lock._is_owned():
@@ -363,7 +388,9 @@ class NIDAQmxBackend:
     def _run_out(self, ao: Any, timeout: float, exc: BaseException) -> bool:
         """Let a finite generation run to its end after an input-side error.
 
-        Returns:
+        Returns
+        -------
+        bool
             ``True`` if it did (the electrodes are at 0 V), ``False`` if the wait failed.
         """
         try:

@@ -71,9 +71,11 @@ class CalibrationRecord(ResultRecord):
 
 
 class TrainRecord(ResultRecord):
-    """One descent step: loss, score of the measured outputs, the setting measured (controls,
-    input electrodes and their levels: ``input_levels[i]`` holds input ``i``'s logical-0 and
-    logical-1 volts) and the device time spent so far."""
+    """One descent step: loss, score, the setting measured and the device time spent so far.
+
+    The setting is the controls, the input electrodes and their levels: ``input_levels[i]``
+    holds input ``i``'s logical-0 and logical-1 volts.
+    """
 
     iteration = Cpt(Measured, value=0, kind="hinted")
     attempt = Cpt(Measured, value=0, kind="normal")
@@ -127,8 +129,10 @@ class GenerationRecord(ResultRecord):
 
 
 class ScreeningRecord(ResultRecord):
-    """One candidate of the screening (input electrodes and a start), as it was ranked:
-    ``promise_na`` is the margin its last measurement says a descent can reach."""
+    """One candidate of the screening (input electrodes and a start), as it was ranked.
+
+    ``promise_na`` is the margin its last measurement says a descent can reach.
+    """
 
     rank = Cpt(Measured, value=0, kind="hinted")
     inputs = Cpt(Signal, value="", kind="hinted")
