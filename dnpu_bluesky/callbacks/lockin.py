@@ -41,11 +41,16 @@ class LockInCallback(DocumentRouter):
     (the per-event pattern of bluesky-adaptive). Errors are raised as :class:`LockInError`,
     which the RunEngine turns into a failed run rather than a silent hang.
 
-    Args:
-        device_name: Name of the DNPU device whose fields the events carry.
-        stream_name: Event stream (or streams) holding the raw waveforms.
-        estimator: ``"projection"`` (default) or ``"sign"``, see :func:`estimate_gradients`.
-        window: Lock-in window, ``"rect"`` or ``"hann"``.
+    Parameters
+    ----------
+    device_name : str
+        Name of the DNPU device whose fields the events carry.
+    stream_name : str or tuple of str
+        Event stream (or streams) holding the raw waveforms.
+    estimator : str
+        ``"projection"`` (default) or ``"sign"``, see :func:`estimate_gradients`.
+    window : str
+        Lock-in window, ``"rect"`` or ``"hann"``.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class LockInCallback(DocumentRouter):
         self._settings: dict[str, dict[str, Any]] = {}
 
     def descriptor(self, doc: dict) -> None:
+        """Read the lock-in settings of a raw stream from its configuration."""
         if doc.get("name") not in self.stream_names:
             return
         try:
@@ -105,6 +111,7 @@ class LockInCallback(DocumentRouter):
         }
 
     def event(self, doc: dict) -> None:
+        """Demodulate a raw event of the stream and queue the result for :meth:`take`."""
         settings = self._settings.get(doc["descriptor"])
         if settings is None:
             return
@@ -153,7 +160,7 @@ class LockInCallback(DocumentRouter):
         )
 
     def take(self) -> Demodulated:
-        """The result for the latest raw event; raises if the callback produced none."""
+        """Return the result for the latest raw event; raise if the callback produced none."""
         try:
             return self.results.get_nowait()
         except queue.Empty:

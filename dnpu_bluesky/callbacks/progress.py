@@ -21,10 +21,12 @@ _STEP_FIELDS = {
 class TrainingProgress(DocumentRouter):
     """A tqdm bar per training run (loss, margin, device seconds) and an optional live plot.
 
-    Args:
-        plot: Draw the loss against the step in a matplotlib window as it arrives. Only
-            useful with an interactive matplotlib backend (the IPython profile enables it
-            when one is available).
+    Parameters
+    ----------
+    plot : bool
+        Draw the loss against the step in a matplotlib window as it arrives. Only
+        useful with an interactive matplotlib backend (the IPython profile enables it
+        when one is available).
     """
 
     def __init__(self, *, plot: bool = False) -> None:
@@ -36,6 +38,7 @@ class TrainingProgress(DocumentRouter):
         self._xy: tuple[list[float], list[float]] = ([], [])
 
     def start(self, doc: dict) -> None:
+        """Open a progress bar (and the plot) for a training run; ignore other runs."""
         args = doc.get("plan_args", {})
         if doc.get("plan_name") == "train":
             total = int(args.get("max_iterations", 0)) * int(args.get("max_attempts", 1))
@@ -52,6 +55,7 @@ class TrainingProgress(DocumentRouter):
             self._open_plot(label)
 
     def descriptor(self, doc: dict) -> None:
+        """Note which streams hold the training steps."""
         if self._bar is None:
             return
         for base in _STEP_FIELDS:  # devices trained side by side: "train_<device>", ...
@@ -59,6 +63,7 @@ class TrainingProgress(DocumentRouter):
                 self._streams[doc["uid"]] = base
 
     def event(self, doc: dict) -> None:
+        """Advance the bar by one step and show its loss, margin and device time."""
         stream = self._streams.get(doc["descriptor"])
         if stream is None:
             return
@@ -77,6 +82,7 @@ class TrainingProgress(DocumentRouter):
             axes.figure.canvas.draw_idle()
 
     def stop(self, doc: dict) -> None:
+        """Close the bar, full if the run ended early because it succeeded."""
         if self._bar is not None:
             if doc.get("exit_status") == "success" and self._bar.n:
                 # Done early (solved): a full bar, not "7/480" read as an aborted run.
