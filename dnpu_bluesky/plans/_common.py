@@ -50,7 +50,7 @@ def start_metadata(
 
 
 def device_setup(dnpu: DNPU) -> dict[str, Any]:
-    """The device's part of the start document.
+    """Return the device's part of the start document.
 
     Parameters
     ----------

@@ -96,16 +96,16 @@ def finite_differences(
         ``outputs_at(shifted)`` is a plan that applies ``shifted`` and returns the outputs
         measured there (a number, or one per case).
 
-    Yields
-    ------
-    Msg
-        The plan's messages.
-
     Returns
     -------
     tuple
         The derivatives, ``(n_outputs, n_params)`` (``(n_params,)`` for a single number), and
         the list of every evaluation's outputs in the order measured.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     columns, evaluated = [], []
     for j in range(point.size):
@@ -131,15 +131,15 @@ def hge_step(trainer: Trainer, point: np.ndarray, indices: np.ndarray | None) ->
     indices : numpy.ndarray or None
         The minibatch's cases, or None for all.
 
-    Yields
-    ------
-    Msg
-        The plan's messages (and a measurement request).
-
     Returns
     -------
     Step
         With the measured Jacobian.
+
+    Yields
+    ------
+    Msg
+        The plan's messages (and a measurement request).
     """
     dnpu = trainer.dnpu
     yield from bps.mv(dnpu.mode, "parallel")
@@ -172,15 +172,15 @@ def fd_step(trainer: Trainer, point: np.ndarray, indices: np.ndarray | None) -> 
     indices : numpy.ndarray or None
         The minibatch's cases, or None for all.
 
-    Yields
-    ------
-    Msg
-        The plan's messages (and measurement requests).
-
     Returns
     -------
     Step
         Outputs averaged over the evaluations, with the measured Jacobian.
+
+    Yields
+    ------
+    Msg
+        The plan's messages (and measurement requests).
     """
 
     def outputs_at(shifted: np.ndarray) -> Plan:
@@ -209,15 +209,15 @@ def spsa_step(trainer: Trainer, point: np.ndarray, indices: np.ndarray | None) -
     indices : numpy.ndarray or None
         The minibatch's cases, or None for all.
 
-    Yields
-    ------
-    Msg
-        The plan's messages (and measurement requests).
-
     Returns
     -------
     Step
         Outputs averaged over the two evaluations; no Jacobian.
+
+    Yields
+    ------
+    Msg
+        The plan's messages (and measurement requests).
     """
     c = trainer.settings["spsa_step_v"]
     delta = trainer.rng.choice([-1.0, 1.0], size=point.size)
@@ -244,7 +244,7 @@ METHODS: Mapping[str, GradientMethod] = MappingProxyType(
 
 
 def gradient_method(name: str) -> GradientMethod:
-    """The gradient method called ``name``, refused before any voltage if there is none.
+    """Return the gradient method called ``name``; refuse, before any voltage, if there is none.
 
     Parameters
     ----------

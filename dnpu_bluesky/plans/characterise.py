@@ -46,6 +46,11 @@ def iv_sweep(
     -------
     str
         The uid of the run.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     if electrode not in dnpu.electrodes:
         raise ValueError(f"{electrode.name} is not an electrode of {dnpu.name}")
@@ -102,6 +107,11 @@ def noise_spectrum(
     -------
     tuple of numpy.ndarray
         The frequencies (Hz) and the power spectral density (nA^2/Hz).
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     if not duration_s > 0 or not 0 < segment_s <= duration_s:
         raise ValueError(

@@ -90,8 +90,9 @@ def train_genetic(
     seed: int = 0,
     md: dict | None = None,
 ) -> Plan:
-    """Evolve the controls, input levels and input electrodes: every genome is one full
-    evaluation of the task's input cases.
+    """Evolve the controls, input levels and input electrodes.
+
+    Every genome is one full evaluation of the task's input cases.
 
     Defaults follow the group's earlier practice (population ~26, elitism, ~100 generations).
     The mutation width shrinks linearly to a tenth over the generations. Stops when a genome
@@ -137,15 +138,15 @@ def train_genetic(
     md : dict, optional
         Extra start-document metadata.
 
-    Yields
-    ------
-    Msg
-        The plan's messages.
-
     Returns
     -------
     TrainResult or list of TrainResult
         ``iterations`` counts generations; one per device for a list of DNPUs.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     if int(population) < n_elite + 2 or int(n_elite) < 1:
         raise ValueError(

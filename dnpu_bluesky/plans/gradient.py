@@ -20,8 +20,11 @@ ESTIMATORS = ("projection", "sign")
 
 
 class ValidationSummaryRecord(ResultRecord):
-    """A gradient validation in numbers: median cosine similarity and R^2 of HGE against
-    finite differences (and against the model's exact Jacobian when simulated)."""
+    """A gradient validation in numbers.
+
+    The median cosine similarity and R^2 of HGE against finite differences (and against the
+    model's exact Jacobian when simulated).
+    """
 
     cosine_hge_fd_median = Cpt(Signal, value=0.0, kind="hinted")
     r2_hge_vs_fd = Cpt(Signal, value=0.0, kind="hinted")
@@ -30,7 +33,7 @@ class ValidationSummaryRecord(ResultRecord):
 
 
 def _random_controls(dnpu: DNPU, rng: np.random.Generator, margin_v: float) -> np.ndarray:
-    """A random operating point for the controls, ``margin_v`` inside their limits."""
+    """Draw a random operating point for the controls, ``margin_v`` inside their limits."""
     controls = dnpu.indices("control")
     limits = dnpu.limits[controls]
     low, high = limits[:, 0] + margin_v, limits[:, 1] - margin_v
@@ -72,6 +75,11 @@ def hge_gradient(
     -------
     GradientEstimate
         The estimate of the last measurement.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     check_choice("mode", mode, ("parallel", "sequential"))
     check_choice("estimator", estimator, ESTIMATORS)
@@ -133,6 +141,11 @@ def calibrate_phase(
     -------
     PhaseCalibration
         The fitted calibration.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     if int(n_points) < 2:
         raise ValueError(f"n_points must be at least 2, got {n_points}")
@@ -228,6 +241,11 @@ def validate_gradients(
     -------
     dict
         The median cosine similarities and the R^2 of HGE against the reference.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     if int(n_points) < 1:
         raise ValueError(f"n_points must be at least 1, got {n_points}")

@@ -47,7 +47,7 @@ _GATE = {"annotation": "Gate", "enums": {"Gate": list(GATES)}}
 
 
 def queue_parameters(electrodes: Collection[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The parameters of the package's plans that take names, as the queue server checks them.
+    """Return the parameters of the package's plans that take names, as the queue checks them.
 
     Parameters
     ----------
@@ -144,6 +144,11 @@ def train_gate(
     -------
     TrainResult or list of TrainResult
         The result of the run (a list for a list of devices).
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     settings = _training_settings(locals(), "gate")
     return (yield from train(dnpu, BooleanGate(gate), **settings))
@@ -210,6 +215,11 @@ def train_sphere(
     -------
     TrainResult or list of TrainResult
         The result of the run (a list for a list of devices).
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     settings = _training_settings(locals(), "batch_size", "n_points", "input_range_v", "data_seed")
     options = {} if input_range_v is None else {"input_range_v": tuple(input_range_v)}
@@ -223,5 +233,5 @@ def train_sphere(
 
 
 def _training_settings(arguments: dict[str, Any], *task_arguments: str) -> dict[str, Any]:
-    """A wrapper's arguments that :func:`train` takes: all but the device and the task's."""
+    """Return a wrapper's arguments that :func:`train` takes: all but the device and the task's."""
     return {k: v for k, v in arguments.items() if k != "dnpu" and k not in task_arguments}

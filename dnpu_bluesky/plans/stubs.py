@@ -26,8 +26,7 @@ def configure_hge(
     min_frequency_hz: float = DEFAULT_MIN_FREQUENCY_HZ,
     electrodes: str = "controls",
 ) -> Plan:
-    """Give every control electrode (``electrodes="all"``: every electrode) its tone and
-    amplitude.
+    """Give every control electrode (``electrodes="all"``: every electrode) its tone and amplitude.
 
     The plan is checked (see :meth:`DNPU.plan_tones`) before anything changes, so an
     impossible request raises ``FrequencyPlanError`` with the failed constraint named.
@@ -58,6 +57,11 @@ def configure_hge(
     -------
     FrequencyPlan
         The tones given.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     tones = dnpu.plan_tones(
         amplitude_v=amplitude_v,
@@ -84,6 +88,11 @@ def set_input_cases(dnpu: DNPU, cases: np.ndarray | None) -> Plan:
         The device.
     cases : array_like or None
         ``(n_cases, n_inputs)`` input voltages, or None to clear them.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     value = [] if cases is None else np.asarray(cases, dtype=float).tolist()
     yield from bps.mv(dnpu.input_cases, value)
@@ -118,13 +127,38 @@ def measure_gradient(
     -------
     Demodulated
         The demodulated measurement.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     yield from bps.trigger_and_read([dnpu], name=raw_stream)
     return (yield from record_gradient(lockin, record, stream))
 
 
 def record_gradient(lockin: LockInCallback, record: GradientRecord, stream: str = "hge") -> Plan:
-    """Take the lock-in's result for the raw event just saved and record it in ``stream``."""
+    """Take the lock-in's result for the raw event just saved and record it in ``stream``.
+
+    Parameters
+    ----------
+    lockin : LockInCallback
+        The callback that demodulated the raw event.
+    record : GradientRecord
+        The record device that holds the result, read into the stream.
+    stream : str
+        Name of the event stream the result goes to.
+
+    Returns
+    -------
+    Demodulated
+        The demodulated measurement.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
+    """
     result: Demodulated = lockin.take()
     lockin_result = result.lockin
     record.record(
@@ -143,7 +177,22 @@ def record_gradient(lockin: LockInCallback, record: GradientRecord, stream: str 
 
 
 def new_gradient_record(dnpu: DNPU, estimator: str, name: str = "hge") -> GradientRecord:
-    """A record device labelled with the DNPU's current tones."""
+    """Make a record device labelled with the DNPU's current tones.
+
+    Parameters
+    ----------
+    dnpu : DNPU
+        The device whose tones label the record.
+    estimator : str
+        The gradient estimator, recorded with the results.
+    name : str
+        The record's name after the device's, e.g. ``"<dnpu>_hge"``.
+
+    Returns
+    -------
+    GradientRecord
+        The record device.
+    """
     record = GradientRecord(name=f"{dnpu.name}_{name}")
     tones = np.flatnonzero(dnpu.frequencies() > 0)
     record.tone_electrodes.put(",".join(dnpu.electrodes[i].attr_name for i in tones))
@@ -168,6 +217,27 @@ def within_run(
     the messages since the last checkpoint. The plans keep state in Python (optimizer,
     lock-in results, records), so a replay would store a measurement twice and let its repeat
     steer the training. Every stream starts and ends at 0 V, so going on is safe.
+
+    Parameters
+    ----------
+    body : Plan
+        The plan run inside the run.
+    md : dict
+        Start-document metadata.
+    stage : list
+        The devices staged for the run.
+    subs : list, optional
+        Callbacks subscribed for the run.
+
+    Returns
+    -------
+    object
+        What ``body`` returned.
+
+    Yields
+    ------
+    Msg
+        The plan's messages.
     """
     # A run without a dimensions hint leaves bluesky's BestEffortCallback in a state in which
     # the next run's primary stream raises in it (bluesky 1.15: the flag is never reset).
