@@ -16,9 +16,11 @@ CONSOLE_NOTE = {"console_note": True}
 
 
 class _ToStderr(logging.Handler):
-    """Records to whatever ``sys.stderr`` is now, as Python's last-resort handler prints them
-    (the message alone): warnings and errors, and notes (INFO with ``CONSOLE_NOTE``); not what
-    the RunEngine logs on every abort (``_ABORT_NOISE``)."""
+    """Records to whatever ``sys.stderr`` is now, as Python's last-resort handler prints them.
+
+    It prints the message alone: warnings and errors, and notes (INFO with ``CONSOLE_NOTE``);
+    not what the RunEngine logs on every abort (``_ABORT_NOISE``).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and not getattr(record, "console_note", False):
@@ -33,10 +35,13 @@ class _ToStderr(logging.Handler):
 
 
 def set_up_console_log() -> None:
-    """Show bluesky's warnings and errors (e.g. a device that failed to unstage) but not the
-    "Run aborted" traceback, which would repeat or bury the error reported to the user; and
-    show this package's notes (``CONSOLE_NOTE``) as well as its warnings, e.g. that storage is
-    waiting for its writer, so that a long wait is not taken for a hang."""
+    """Show bluesky's warnings and errors and this package's notes on the console.
+
+    Bluesky's warnings and errors (e.g. a device that failed to unstage) are shown, but not the
+    "Run aborted" traceback, which would repeat or bury the error reported to the user; this
+    package's notes (``CONSOLE_NOTE``) are shown as well as its warnings, e.g. that storage is
+    waiting for its writer, so that a long wait is not taken for a hang.
+    """
     for name, level in (("bluesky", logging.WARNING), ("dnpu_bluesky", logging.INFO)):
         log = logging.getLogger(name)
         if not any(isinstance(handler, _ToStderr) for handler in log.handlers):

@@ -1,6 +1,9 @@
-"""Errors the command line reports in one line, in a module light enough to import before
-knowing which command runs (``storage`` and ``devices`` take seconds to import). Use them
-from :mod:`dnpu_bluesky.storage` and :mod:`dnpu_bluesky.devices.ni_daqmx`."""
+"""Errors the command line reports in one line.
+
+The module is light enough to import before knowing which command runs (``storage`` and
+``devices`` take seconds to import). Use them from :mod:`dnpu_bluesky.storage` and
+:mod:`dnpu_bluesky.devices.ni_daqmx`.
+"""
 
 
 class StorageError(RuntimeError):
@@ -23,5 +26,7 @@ class HardwareUnavailableError(RuntimeError):
 
 
 class MissingDependencyError(ImportError):
-    """An optional dependency that the asked-for feature needs is not installed; the message
-    names the install command (e.g. torch for brains-py surrogate files)."""
+    """An optional dependency that the asked-for feature needs is not installed.
+
+    The message names the install command (e.g. torch for brains-py surrogate files).
+    """

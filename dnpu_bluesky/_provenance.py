@@ -11,7 +11,7 @@ _STACK = ("bluesky", "ophyd", "event-model", "tiled", "bluesky-tiled-plugins", "
 
 
 def software_versions() -> dict[str, str]:
-    """What produced a run, for its start document.
+    """Return what produced a run, for its start document.
 
     Returns
     -------

@@ -75,15 +75,17 @@ TONE_SLEW_SHARE = 0.9
 
 
 def _not_a_boolean(value: Any) -> Any:
-    """YAML reads ``true`` as a boolean, which pydantic would take as 1.0 where a number is
-    meant: refused."""
+    """Refuse a boolean where a number is meant.
+
+    YAML reads ``true`` as a boolean, which pydantic would take as 1.0.
+    """
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {str(value).lower()}")
     return value
 
 
 def _not_blank(value: str) -> str:
-    """A name that is only spaces names nothing: refused."""
+    """Refuse a name that is only spaces: it names nothing."""
     if not value.strip():
         raise ValueError("must not be empty")
     return value
@@ -116,12 +118,18 @@ class _Model(BaseModel):
 class ElectrodeConfig(_Model):
     """One voltage electrode: its name, DAQ output channel, role and voltage limits.
 
-    Attributes:
-        name: Identifier (letters, digits, underscore), unique within the profile.
-        channel: Physical AO channel, e.g. ``cDAQ1Mod1/ao0``.
-        role: ``"input"`` (data) or ``"control"`` (trained parameter).
-        min_v: Lowest allowed voltage; must be below 0 V and not below -10 V.
-        max_v: Highest allowed voltage; must be above 0 V and above ``min_v``, not above 10 V.
+    Attributes
+    ----------
+    name : str
+        Identifier (letters, digits, underscore), unique within the profile.
+    channel : str
+        Physical AO channel, e.g. ``cDAQ1Mod1/ao0``.
+    role : {"input", "control"}
+        ``"input"`` (data) or ``"control"`` (trained parameter).
+    min_v : float
+        Lowest allowed voltage; must be below 0 V and not below -10 V.
+    max_v : float
+        Highest allowed voltage; must be above 0 V and above ``min_v``, not above 10 V.
     """
 
     name: _Name
@@ -167,10 +175,14 @@ class ElectrodeConfig(_Model):
 class OutputConfig(_Model):
     """The AI channel that reads the current amplifier's output voltage.
 
-    Attributes:
-        channel: Physical AI channel, e.g. ``cDAQ1Mod3/ai0``.
-        ai_range_v: Symmetric input range in volts (``-ai_range_v .. +ai_range_v``).
-        terminal_config: ``default``, ``rse``, ``nrse``, ``diff`` or ``pseudo_diff``.
+    Attributes
+    ----------
+    channel : str
+        Physical AI channel, e.g. ``cDAQ1Mod3/ai0``.
+    ai_range_v : float
+        Symmetric input range in volts (``-ai_range_v .. +ai_range_v``).
+    terminal_config : {"default", "rse", "nrse", "diff", "pseudo_diff"}
+        ``default``, ``rse``, ``nrse``, ``diff`` or ``pseudo_diff``.
     """
 
     channel: _Channel
@@ -181,10 +193,14 @@ class OutputConfig(_Model):
 class Amplifier(_Model):
     """The transimpedance amplifier between the device output and the AI channel.
 
-    Attributes:
-        gain_v_per_a: Transimpedance gain in V/A (1e8 V/A = 0.1 V/nA).
-        bandwidth_hz: -3 dB bandwidth in Hz.
-        inverting: True if the output voltage has the opposite sign of the current.
+    Attributes
+    ----------
+    gain_v_per_a : float
+        Transimpedance gain in V/A (1e8 V/A = 0.1 V/nA).
+    bandwidth_hz : float
+        -3 dB bandwidth in Hz.
+    inverting : bool
+        True if the output voltage has the opposite sign of the current.
     """
 
     gain_v_per_a: _Positive
@@ -195,10 +211,12 @@ class Amplifier(_Model):
 class TriggerConfig(_Model):
     """Trigger routing that starts the AI acquisition together with the AO generation.
 
-    Attributes:
-        start_trigger_source: Fully qualified terminal of the AO start trigger, e.g.
-            ``/cDAQ1/ao/StartTrigger`` (cDAQ: the chassis, not the module) or
-            ``/Dev1/ao/StartTrigger`` (PCIe/PXI).
+    Attributes
+    ----------
+    start_trigger_source : str
+        Fully qualified terminal of the AO start trigger, e.g.
+        ``/cDAQ1/ao/StartTrigger`` (cDAQ: the chassis, not the module) or
+        ``/Dev1/ao/StartTrigger`` (PCIe/PXI).
     """
 
     start_trigger_source: Annotated[str, Field(pattern=r"^/\S+$")]
@@ -207,9 +225,12 @@ class TriggerConfig(_Model):
 class SimConfig(_Model):
     """Settings of the simulated setup.
 
-    Attributes:
-        seed: Seed of the virtual device and of the noise.
-        surrogate: Path of a brains-py surrogate model file, or None for the built-in device.
+    Attributes
+    ----------
+    seed : int
+        Seed of the virtual device and of the noise.
+    surrogate : str or None
+        Path of a brains-py surrogate model file, or None for the built-in device.
     """
 
     seed: Annotated[int, Field(ge=0, strict=True)] = 0
@@ -221,20 +242,32 @@ class SetupProfile(_Model):
 
     Build one with :func:`load_profile` (YAML) or :func:`default_sim_profile`.
 
-    Attributes:
-        name: Name of the setup, recorded with every run.
-        backend: ``"sim"`` or ``"nidaqmx"``.
-        sample_rate: AO (write) sample rate in S/s.
-        readout_oversampling: AI samples per AO sample; AI runs at
-            ``readout_oversampling * sample_rate`` and is averaged back to ``sample_rate``.
-        max_slew_v_per_s: No electrode may change faster than this.
-        electrodes: The voltage electrodes in channel order.
-        output: The AI channel.
-        amplifier: The current amplifier.
-        trigger: AO-to-AI start trigger routing; required for ``nidaqmx``.
-        sim: Simulation settings; only for ``sim`` (defaults apply when omitted).
-        sample: The sample on the setup (chip, device), recorded with every run of a session
-            that uses the profile; optional.
+    Attributes
+    ----------
+    name : str
+        Name of the setup, recorded with every run.
+    backend : {"sim", "nidaqmx"}
+        ``"sim"`` or ``"nidaqmx"``.
+    sample_rate : float
+        AO (write) sample rate in S/s.
+    readout_oversampling : int
+        AI samples per AO sample; AI runs at
+        ``readout_oversampling * sample_rate`` and is averaged back to ``sample_rate``.
+    max_slew_v_per_s : float
+        No electrode may change faster than this.
+    electrodes : tuple of ElectrodeConfig
+        The voltage electrodes in channel order.
+    output : OutputConfig
+        The AI channel.
+    amplifier : Amplifier
+        The current amplifier.
+    trigger : TriggerConfig or None
+        AO-to-AI start trigger routing; required for ``nidaqmx``.
+    sim : SimConfig or None
+        Simulation settings; only for ``sim`` (defaults apply when omitted).
+    sample : str or None
+        The sample on the setup (chip, device), recorded with every run of a session
+        that uses the profile; optional.
     """
 
     name: Annotated[str, Field(min_length=1)]
@@ -306,30 +339,66 @@ class SetupProfile(_Model):
         return np.array([[e.min_v, e.max_v] for e in self.electrodes], dtype=float)
 
     def indices(self, role: Literal["input", "control"]) -> tuple[int, ...]:
-        """Positions (in channel order) of the electrodes with the given role."""
+        """Return the positions (in channel order) of the electrodes with the given role.
+
+        Parameters
+        ----------
+        role : {"input", "control"}
+            The role.
+
+        Returns
+        -------
+        tuple of int
+            The positions, ascending.
+        """
         return tuple(i for i, e in enumerate(self.electrodes) if e.role == role)
 
     def to_dict(self) -> dict[str, Any]:
-        """The profile as plain JSON-serialisable data, for provenance in start documents."""
+        """Return the profile as plain JSON-serialisable data, for provenance in start documents."""
         return self.model_dump(mode="json")
 
 
 def slew_limited_frequency_hz(max_slew_v_per_s: float, amplitude_v: float) -> float:
-    """The fastest tone of amplitude ``amplitude_v`` that keeps within the slew limit's share."""
+    """Return the fastest tone of amplitude ``amplitude_v`` within the slew limit's share.
+
+    Parameters
+    ----------
+    max_slew_v_per_s : float
+        The setup's slew limit, V/s.
+    amplitude_v : float
+        Tone amplitude, volts.
+
+    Returns
+    -------
+    float
+        The frequency in Hz at which the tone uses :data:`TONE_SLEW_SHARE` of the limit.
+    """
     return TONE_SLEW_SHARE * max_slew_v_per_s / (2 * math.pi * amplitude_v)
 
 
 def default_tone_plan(profile: SetupProfile) -> FrequencyPlan:
-    """The tones :func:`~dnpu_bluesky.devices.build_dnpu` puts on the profile's controls.
+    """Return the tones :func:`~dnpu_bluesky.devices.build_dnpu` puts on the profile's controls.
 
     One tone of :data:`DEFAULT_AMPLITUDE_V` per control electrode, in a
     :data:`DEFAULT_WINDOW_S` window, from :data:`DEFAULT_MIN_FREQUENCY_HZ` up to the lowest of
     the amplifier bandwidth, the slew limit's fastest tone and 0.4 x ``sample_rate``.
 
-    Raises:
-        dnpu_bluesky.hge.FrequencyPlanError: one line per profile field that keeps the tones
-            from fitting (``amplifier.bandwidth_hz``, ``max_slew_v_per_s`` or ``sample_rate``),
-            saying which value would do.
+    Parameters
+    ----------
+    profile : SetupProfile
+        The setup profile.
+
+    Returns
+    -------
+    FrequencyPlan
+        The tones, one per control electrode.
+
+    Raises
+    ------
+    dnpu_bluesky.hge.FrequencyPlanError
+        One line per profile field that keeps the tones
+        from fitting (``amplifier.bandwidth_hz``, ``max_slew_v_per_s`` or ``sample_rate``),
+        saying which value would do.
     """
     # Imported here: check-profile stays fast when nothing needs the signal core.
     from .hge.frequencies import FrequencyPlanError, plan_frequencies
@@ -379,12 +448,22 @@ def default_tone_plan(profile: SetupProfile) -> FrequencyPlan:
 
 
 def dnpu_problems(profile: SetupProfile) -> list[str]:
-    """What keeps a valid profile from being built into a DNPU; one line per problem.
+    """List what keeps a valid profile from being built into a DNPU; one line per problem.
 
     These are the checks :func:`~dnpu_bluesky.devices.build_dnpu` makes before it opens the
     backend: seven electrodes, at least one input electrode, and room for the default tones
     (:func:`default_tone_plan`). None touches hardware; channel names and trigger terminals
     are checked only when the NI-DAQmx backend opens them.
+
+    Parameters
+    ----------
+    profile : SetupProfile
+        A validated setup profile.
+
+    Returns
+    -------
+    list of str
+        One line per problem, naming the profile field; empty if there is none.
     """
     from .hge.frequencies import FrequencyPlanError
 
@@ -414,12 +493,17 @@ def check_dnpu_profile(profile: SetupProfile, source: str | None = None) -> None
     :func:`load_profile`, whose profile was just validated, asks :func:`dnpu_problems` alone,
     so both refuse a profile with the same lines.
 
-    Args:
-        profile: The profile.
-        source: Where the profile came from, for the message (default: its name).
+    Parameters
+    ----------
+    profile : SetupProfile
+        The profile.
+    source : str, optional
+        Where the profile came from, for the message (default: its name).
 
-    Raises:
-        ProfileError: one line per problem, naming the profile field to change.
+    Raises
+    ------
+    ProfileError
+        One line per problem, naming the profile field to change.
     """
     source = source if source is not None else repr(profile.name)
     # No serializer warnings: an unchecked value is what the validation below is for.
@@ -488,16 +572,22 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
 
     A relative ``sim.surrogate`` path is taken relative to the profile's folder and must exist.
 
-    Args:
-        path: The YAML file.
+    Parameters
+    ----------
+    path : str or os.PathLike[str]
+        The YAML file.
 
-    Returns:
+    Returns
+    -------
+    SetupProfile
         The validated profile.
 
-    Raises:
-        ProfileError: if the file is missing, is not YAML, has duplicate or unknown keys,
-            breaks any rule, or could not be built into a DNPU (:func:`dnpu_problems`); the
-            message has one line per problem naming the field.
+    Raises
+    ------
+    ProfileError
+        If the file is missing, is not YAML, has duplicate or unknown keys,
+        breaks any rule, or could not be built into a DNPU (:func:`dnpu_problems`); the
+        message has one line per problem naming the field.
     """
     file = Path(path)
     source = str(file)
@@ -533,21 +623,27 @@ def default_sim_profile(
     inputs: Sequence[int] = (3, 4),
     limits: Sequence[Sequence[float]] | None = None,
 ) -> SetupProfile:
-    """The built-in simulated setup: seven electrodes, inputs on e3 and e4.
+    """Return the built-in simulated setup: seven electrodes, inputs on e3 and e4.
 
     Controls span -1.2 .. 0.6 V and inputs the tighter -0.7 .. 0.3 V, as typical DNPU
     settings. The readout matches :class:`dnpu_bluesky.sim.Electronics`' defaults: an
     inverting 1e7 V/A amplifier (300 nA give 3 V on a +-10 V ADC) with 2 kHz bandwidth,
     sampled at 10 kS/s without oversampling (the simulation reads one sample per AO sample).
 
-    Args:
-        seed: Seed of the virtual device and of its noise.
-        inputs: Positions of the input electrodes (the rest are controls); three for the
-            sphere task, e.g. ``(1, 2, 4)``.
-        limits: ``[min_v, max_v]`` of each of the seven electrodes instead of the ranges
-            above, e.g. a surrogate model's ``voltage_ranges``.
+    Parameters
+    ----------
+    seed : int
+        Seed of the virtual device and of its noise.
+    inputs : sequence of int
+        Positions of the input electrodes (the rest are controls); three for the
+        sphere task, e.g. ``(1, 2, 4)``.
+    limits : sequence of sequence of float, optional
+        ``[min_v, max_v]`` of each of the seven electrodes instead of the ranges
+        above, e.g. a surrogate model's ``voltage_ranges``.
 
-    Returns:
+    Returns
+    -------
+    SetupProfile
         The validated profile (backend ``"sim"``).
     """
     if limits is None:

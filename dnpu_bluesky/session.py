@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def setup_profile_from_env() -> SetupProfile:
-    """The setup named by ``DNPU_SETUP``, or the virtual DNPU seeded by ``DNPU_SEED``."""
+    """Return the setup named by ``DNPU_SETUP``, or the virtual DNPU seeded by ``DNPU_SEED``."""
     path = os.environ.get("DNPU_SETUP")
     if path:
         return load_profile(path)
@@ -49,7 +49,7 @@ def storage_config_from_env() -> StorageConfig:
 
 
 def persistent_metadata_from_env(config: StorageConfig) -> PersistentDict:
-    """``RE.md`` kept on disk, so that ``scan_id`` and ``sample`` carry over to the next session.
+    """Return ``RE.md`` kept on disk, so ``scan_id`` and ``sample`` carry over to the next session.
 
     Bluesky's :class:`~bluesky.utils.PersistentDict` in ``DNPU_METADATA_DIR`` when set, else
     in the ``md`` folder of the embedded Tiled server's directory (so each run store counts its
@@ -81,7 +81,7 @@ def persistent_metadata_from_env(config: StorageConfig) -> PersistentDict:
 
 
 def make_best_effort_callback() -> BestEffortCallback:
-    """Bluesky's best-effort table, with live plots where a figure can update during a run.
+    """Make Bluesky's best-effort table, with live plots where a figure can update during a run.
 
     Plots are on for a GUI matplotlib backend (or ipympl) and off for file backends, Jupyter's
     inline backend and in the Bluesky queue server's worker; ``bec.enable_plots()`` and
@@ -108,7 +108,7 @@ def make_run_engine(
     md: MutableMapping[str, Any] | None = None,
     best_effort: BestEffortCallback | None = None,
 ) -> RunEngine:
-    """A RunEngine writing every document to ``storage``.
+    """Make a RunEngine writing every document to ``storage``.
 
     Parameters
     ----------
@@ -187,8 +187,11 @@ def annotate_plans_for_queue_server(namespace: dict[str, Any]) -> None:
 
 
 class _ExceptTraining:
-    """A callback that sees every run but training runs, whose progress bar says more than
-    the best-effort table (whose "New stream" lines would break the bar)."""
+    """A callback that sees every run but training runs.
+
+    A training run's progress bar says more than the best-effort table (whose "New stream"
+    lines would break the bar).
+    """
 
     def __init__(self, callback: Any) -> None:
         self._callback = callback
@@ -202,9 +205,11 @@ class _ExceptTraining:
 
 
 def _progress_bar_of_other_devices(statuses: Any) -> ProgressBarBase:
-    """bluesky's progress bar for what the RunEngine waits on, leaving out DNPU acquisitions:
-    they cannot report progress (bluesky would print "No progress bar available" for each)
-    and a training run has its own bar."""
+    """Make bluesky's progress bar for what the RunEngine waits on, leaving out DNPU acquisitions.
+
+    They cannot report progress (bluesky would print "No progress bar available" for each)
+    and a training run has its own bar.
+    """
     from .devices import DNPU
 
     others = [s for s in statuses if not isinstance(getattr(s, "device", None), DNPU)]
@@ -212,8 +217,11 @@ def _progress_bar_of_other_devices(statuses: Any) -> ProgressBarBase:
 
 
 class _PrintValidationSummary:
-    """Print the one event of a ``validation_summary`` stream: the best-effort table shows
-    the "primary" stream only, and this is a gradient validation's verdict."""
+    """Print the one event of a ``validation_summary`` stream.
+
+    The best-effort table shows the "primary" stream only, and this is a gradient
+    validation's verdict.
+    """
 
     def __init__(self) -> None:
         self._descriptors: set[str] = set()
@@ -246,7 +254,7 @@ class _WakefulDuringTask(DefaultDuringTask):
 
 
 def _matplotlib_waits_itself() -> bool:
-    """True when matplotlib is in use with a backend for which bluesky runs its own wait."""
+    """Tell whether matplotlib is in use with a backend for which bluesky runs its own wait."""
     if "matplotlib" not in sys.modules:
         return False
     backend = sys.modules["matplotlib"].get_backend().lower()
@@ -254,13 +262,16 @@ def _matplotlib_waits_itself() -> bool:
 
 
 def _live_plots() -> bool:
-    """True when plots drawn during a run can be seen: an interactive matplotlib backend,
-    outside the queue server's worker (which has no one watching its figures)."""
+    """Tell whether plots drawn during a run can be seen.
+
+    They can with an interactive matplotlib backend, outside the queue server's worker (which
+    has no one watching its figures).
+    """
     return _interactive_matplotlib() and not _in_queue_server_worker()
 
 
 def _in_queue_server_worker() -> bool:
-    """True in the Bluesky queue server's RE worker (which has imported the queue server)."""
+    """Tell whether this is the Bluesky queue server's RE worker (which imported the server)."""
     if "bluesky_queueserver" not in sys.modules:
         return False
     from bluesky_queueserver import is_re_worker_active
@@ -269,9 +280,12 @@ def _in_queue_server_worker() -> bool:
 
 
 def _interactive_matplotlib() -> bool:
-    """True when matplotlib draws where a figure can update during a run (a GUI window, or
-    ipympl's widget in Jupyter), so a live plot is useful; False for file backends and for
-    Jupyter's inline backend, which shows a figure only once the cell has finished."""
+    """Tell whether matplotlib draws where a figure can update during a run.
+
+    True for a GUI window, or ipympl's widget in Jupyter, so a live plot is useful; False for
+    file backends and for Jupyter's inline backend, which shows a figure only once the cell has
+    finished.
+    """
     import matplotlib
     from matplotlib.backends import BackendFilter, backend_registry
 
