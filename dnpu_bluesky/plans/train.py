@@ -27,7 +27,12 @@ from .hge import _check_choice, _check_positive
 from .stubs import Plan, configure_hge
 
 __all__ = [
+    "DEFAULT_LR",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_ITERATIONS",
+    "DEFAULT_OPTIMIZER",
     "DEFAULT_SCREEN_BUDGET_S",
+    "DEFAULT_TARGET_MARGIN_NA",
     "GRADIENT_METHODS",
     "TrainResult",
     "evaluate_controls",
@@ -36,6 +41,12 @@ __all__ = [
 ]
 
 GRADIENT_METHODS = ("hge", "fd", "spsa")
+#: :func:`train`'s optimizer, steps per attempt and attempts when none are given.
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_MAX_ITERATIONS = 120
+DEFAULT_MAX_ATTEMPTS = 4
+#: Separation (nA) at which :func:`train` counts a gate as trained when none is asked for.
+DEFAULT_TARGET_MARGIN_NA = 2.0
 
 #: Distance kept between a trained voltage's bound and the point its perturbation may reach.
 _GUARD_V = 1e-6
@@ -46,12 +57,12 @@ def train(
     task: Task,
     *,
     method: str = "hge",
-    optimizer: str = "adam",
+    optimizer: str = DEFAULT_OPTIMIZER,
     lr: float = DEFAULT_LR,
-    max_iterations: int = 120,
-    max_attempts: int = 4,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     patience: int = 25,
-    target_margin_na: float = 2.0,
+    target_margin_na: float = DEFAULT_TARGET_MARGIN_NA,
     target_accuracy: float = 1.0,
     fd_step_v: float = 0.01,
     spsa_step_v: float = 0.02,
