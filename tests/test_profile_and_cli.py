@@ -657,26 +657,6 @@ def _one_error(err: str) -> str:
     return line
 
 
-def test_the_defaults_the_cli_states_are_the_plans_own():
-    import inspect
-
-    from dnpu_bluesky import cli
-    from dnpu_bluesky.plans import train, train_genetic
-    from dnpu_bluesky.tasks.losses import corrsig_loss
-
-    def default(function, name):
-        return inspect.signature(function).parameters[name].default
-
-    assert cli._DEFAULT_TARGET_MARGIN_NA == default(train, "target_margin_na")
-    assert cli._DEFAULT_TARGET_MARGIN_NA == default(train_genetic, "target_margin_na")
-    assert cli._DEFAULT_LOSS_OFFSET_NA == default(corrsig_loss, "offset_na")
-    assert cli._DEFAULT_MAX_ITERATIONS == default(train, "max_iterations")
-    assert cli._DEFAULT_MAX_ATTEMPTS == default(train, "max_attempts")
-    assert cli._DEFAULT_GENERATIONS == default(train_genetic, "generations")
-    assert cli.DEFAULT_LR == default(train, "lr")
-    assert cli._DEFAULT_OPTIMIZER == default(train, "optimizer")
-
-
 def test_cli_sets_the_learning_rate_and_optimizer(tmp_path, capsys, tiled_server):
     data = ["--tiled-uri", tiled_server.uri, "--quiet"]
     for args, message in [

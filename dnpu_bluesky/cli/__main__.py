@@ -1,0 +1,7 @@
+"""``python -m dnpu_bluesky.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
