@@ -7,7 +7,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import platformdirs
 
@@ -145,6 +145,33 @@ def check_writable(directory: Path, what: str = "Tiled storage") -> None:
             reason = f"[Errno {err.errno}] {err.strerror}" if err.strerror else str(err)
         message = f"cannot write the {what} directory {directory}: {reason}"
         raise StorageError(message) from None
+
+
+def split_api_key(uri: str, api_key: str | None) -> tuple[str, str | None]:
+    """Move an ``api_key`` query parameter out of ``uri``.
+
+    A key in a URL lands in the server's access log; the tiled client sends a key given
+    separately as a header.
+
+    Parameters
+    ----------
+    uri : str
+        A Tiled URI, perhaps with ``?api_key=...``.
+    api_key : str or None
+        The key given separately, which wins over one in ``uri``.
+
+    Returns
+    -------
+    tuple of (str, str or None)
+        ``uri`` without the parameter, and the key.
+    """
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    keys = [value for name, value in query if name == "api_key"]
+    if not keys:
+        return uri, api_key
+    rest = urlencode([(name, value) for name, value in query if name != "api_key"])
+    return parts._replace(query=rest).geturl(), api_key or keys[-1]
 
 
 _API_KEY_PARAMETER = re.compile(r"([?&])api_key=[^&#\s'\"]*(&?)")

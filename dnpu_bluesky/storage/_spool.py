@@ -8,6 +8,7 @@ format keeps numpy arrays bit for bit (raw bytes with dtype and shape).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -142,6 +143,68 @@ def append_whole(file: Any, record: bytes, length: int, *, fsync: bool) -> None:
         with contextlib.suppress(OSError):
             os.ftruncate(file.fileno(), length)
         raise
+
+
+#: Disk space set aside per open run for its stop document (and an abort stop of ours), so
+#: that a run stopped by a full spool disk still gets its own stop document spooled.
+RESERVED_BYTES = 64 * 1024
+#: ``errno`` values that mean the spool's disk (or the user's share of it) is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def reserve_path(path: Path) -> Path:
+    """Give the path of the file that holds a spool file's reserved space.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run's spool file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<start uid>.reserve`` beside it.
+    """
+    return path.with_suffix(".reserve")
+
+
+def reserve_space(path: Path) -> None:
+    """Set aside :data:`RESERVED_BYTES` on the spool's disk for a run's last documents.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run's spool file.
+
+    Raises
+    ------
+    OSError
+        The disk has no room for it (the file is removed again).
+    """
+    reserve = reserve_path(path)
+    descriptor = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(descriptor, 0, RESERVED_BYTES)
+        else:  # written out, so that the blocks are really taken
+            os.write(descriptor, bytes(RESERVED_BYTES))
+    except BaseException:
+        os.close(descriptor)
+        release_space(path)
+        raise
+    os.close(descriptor)
+
+
+def release_space(path: Path) -> None:
+    """Give back the space that :func:`reserve_space` set aside (if any).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run's spool file.
+    """
+    with contextlib.suppress(OSError):
+        reserve_path(path).unlink(missing_ok=True)
 
 
 def fsync_directory(directory: Path) -> None:

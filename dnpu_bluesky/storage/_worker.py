@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def _worker_process() -> None:
         connect, batch_size, retry = conn.recv()
     except EOFError:
         return
-    worker_main(conn, connect, batch_size, retry)
+    worker_main(conn, connect, batch_size, retry, exit_when_orphaned=True)
 
 
 def worker_main(
@@ -104,14 +105,35 @@ def worker_main(
     connect: Callable[[], CatalogOfBlueskyRuns],
     batch_size: int,
     retry: tuple[float, float],
+    *,
+    exit_when_orphaned: bool = False,
 ) -> None:
-    """The writer's worker: spool files -> TiledWriter, in a process or on a thread."""
-    _SpoolWorker(conn, connect, batch_size, retry).run()
+    """Run the writer's worker: spool files -> TiledWriter, in a process or on a thread.
+
+    Parameters
+    ----------
+    conn : multiprocessing.connection.Connection
+        The pipe to the writer.
+    connect : callable
+        Returns a client of the runs container.
+    batch_size : int
+        ``TiledWriter``'s batch size.
+    retry : tuple of (float, float)
+        First and longest wait between retries, in seconds.
+    exit_when_orphaned : bool
+        End this process at once when the writer's process is gone (its pipe closed without
+        a ``quit``): what is not in Tiled yet stays spooled for the next session, and a
+        request to Tiled in flight would otherwise keep the process alive for its retries.
+    """
+    _SpoolWorker(conn, connect, batch_size, retry, exit_when_orphaned).run()
 
 
 class _SpoolWorker:
-    def __init__(self, conn: Any, connect: Callable, batch_size: int, retry: tuple) -> None:
+    def __init__(
+        self, conn: Any, connect: Callable, batch_size: int, retry: tuple, exit_when_orphaned: bool
+    ) -> None:
         self._conn = conn
+        self._exit_when_orphaned = exit_when_orphaned
         self._connect = connect
         self._batch_size = batch_size
         self._retry = retry
@@ -135,6 +157,8 @@ class _SpoolWorker:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
+                if self._exit_when_orphaned:
+                    os._exit(0)
                 message = ("abandon",)
             with self._cond:
                 kind = message[0]
@@ -226,7 +250,10 @@ class _SpoolWorker:
                 return
         self._send(("progress", run.uid, run.sent))
         if run.leftover and run.sent >= end:  # the crashed session never sent its stop
-            reason = "replayed from the spool of a session that ended before the run's stop"
+            reason = (
+                "the run's spool file ends before its stop document (the session ended, or its "
+                "spool disk was full, before it was spooled); closed on replay"
+            )
             run.tiled_writer("stop", abort_stop(run.uid, reason))
             self._done(run, "done")
 
