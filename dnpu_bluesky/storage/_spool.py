@@ -48,7 +48,20 @@ def close_quietly(file: Any) -> None:
 
 
 def abort_stop(run_start: str, reason: str) -> dict[str, Any]:
-    """A stop document (``exit_status="abort"``) for a run whose own never came."""
+    """Make a stop document (``exit_status="abort"``) for a run whose own never came.
+
+    Parameters
+    ----------
+    run_start : str
+        The run's start uid.
+    reason : str
+        Why the run is closed so.
+
+    Returns
+    -------
+    dict
+        The stop document.
+    """
     return {
         "uid": str(uuid.uuid4()),
         "time": time.time(),
@@ -64,7 +77,20 @@ _HEADER = struct.Struct("<Q")
 
 
 def encode(name: str, doc: dict[str, Any]) -> bytes:
-    """One spool record (header included) of the document ``(name, doc)``."""
+    """Encode the document ``(name, doc)`` as one spool record, header included.
+
+    Parameters
+    ----------
+    name : str
+        The document's name.
+    doc : dict
+        The document.
+
+    Returns
+    -------
+    bytes
+        The record.
+    """
     payload = msgpack.packb([name, doc], default=_pack_default, use_bin_type=True)
     return _HEADER.pack(len(payload)) + payload
 
@@ -90,7 +116,23 @@ def _unpack_hook(obj: dict[str, Any]) -> Any:
 
 
 def decode(record: bytes) -> tuple[str, dict[str, Any]]:
-    """``(name, doc)`` from one whole record (header included), as ``encode`` wrote it."""
+    """Decode one whole record (header included), as ``encode`` wrote it.
+
+    Parameters
+    ----------
+    record : bytes
+        The record.
+
+    Returns
+    -------
+    tuple of (str, dict)
+        The document's name and the document.
+
+    Raises
+    ------
+    CorruptSpool
+        The bytes are not a spooled document.
+    """
     try:
         (size,) = _HEADER.unpack_from(record)
         if len(record) != _HEADER.size + size:
@@ -104,7 +146,18 @@ def decode(record: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def read_record(file: Any) -> bytes:
-    """The next record of ``file``, header included (shorter than announced at a cut end)."""
+    """Read the next record of ``file``, header included.
+
+    Parameters
+    ----------
+    file : binary file
+        A spool file open for reading, at a record's start.
+
+    Returns
+    -------
+    bytes
+        The record; shorter than its header announced at a cut end, empty at the end.
+    """
     header = file.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return header
@@ -112,7 +165,18 @@ def read_record(file: Any) -> bytes:
 
 
 def complete_length(path: Path) -> int:
-    """Bytes of whole records at the start of a spool file (a crash may cut the last one)."""
+    """Count the bytes of whole records at the start of a spool file.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The spool file (a crash may have cut its last record).
+
+    Returns
+    -------
+    int
+        Where the last whole record ends.
+    """
     size = path.stat().st_size
     end = 0
     with open(path, "rb") as file:
@@ -220,7 +284,18 @@ def fsync_directory(directory: Path) -> None:
 
 
 def mtime_or_zero(path: Path) -> float:
-    """``path``'s modification time, 0 for a file removed meanwhile (replay order)."""
+    """Give ``path``'s modification time, 0 for a file removed meanwhile (replay order).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        A spool file.
+
+    Returns
+    -------
+    float
+        Seconds since the epoch.
+    """
     try:
         return path.stat().st_mtime
     except FileNotFoundError:  # removed since it was listed; skipped when opened

@@ -413,14 +413,14 @@ class _Writer:
 
 
 def _connect_runs(uri: str, api_key: str | None, container: str) -> CatalogOfBlueskyRuns:
-    """A fresh client of a runs container (the background writer's ``connect``)."""
+    """Connect a fresh client of a runs container (the background writer's ``connect``)."""
     from tiled.client import from_uri
 
     return _runs_container(from_uri(uri, api_key=api_key), container)
 
 
 def storage_of(client: Any) -> Storage | None:
-    """The storage whose runs container ``client`` is (see :attr:`Storage.client`), or None.
+    """Find the storage whose runs container ``client`` is (see :attr:`Storage.client`).
 
     Parameters
     ----------
@@ -478,7 +478,7 @@ _PROBE_TIMEOUT_S = 5.0
 
 
 def _reason(err: BaseException) -> str:
-    """A short reason: "connection refused" for ``[Errno 111] Connection refused``."""
+    """Shorten an error to its reason: "connection refused" for ``[Errno 111] ...``."""
     text = " ".join(str(err).split())
     match = re.fullmatch(r"\[Errno -?\d+\] (.+)", text)
     if match:
@@ -522,7 +522,7 @@ def _check_reachable(uri: str, api_key: str | None) -> None:
 
 
 def _connect(uri: str, api_key: str | None) -> Container:
-    """``from_uri`` with its failures as StorageErrors that show no API key."""
+    """Connect with ``from_uri``, its failures as StorageErrors that show no API key."""
     from tiled.client import from_uri
 
     try:
@@ -542,7 +542,7 @@ def _connect(uri: str, api_key: str | None) -> Container:
 
 
 def _runs_container(root: Container, path: str) -> CatalogOfBlueskyRuns:
-    """The ``CatalogOfBlueskyRuns`` container at ``path`` under ``root``, created if missing."""
+    """Open the ``CatalogOfBlueskyRuns`` container at ``path`` under ``root``, made if missing."""
     path = path.strip("/")
     try:
         node = root[path]

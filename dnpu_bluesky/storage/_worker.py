@@ -18,10 +18,11 @@ the client from the run's metadata and data. Either way they validate against ev
 schemas. Event uids are not stored by ``TiledWriter``; rebuilt events get uids derived from
 their descriptor uid and sequence number, so two exports of one run are identical.
 
-Example:
-    >>> run = load_run(storage.client, uid)                           # doctest: +SKIP
-    >>> for name, doc in export_documents(run): ...                   # doctest: +SKIP
-    >>> copy_run(run, other_storage)                                  # doctest: +SKIP
+Examples
+--------
+>>> run = load_run(storage.client, uid)                           # doctest: +SKIP
+>>> for name, doc in export_documents(run): ...                   # doctest: +SKIP
+>>> copy_run(run, other_storage)                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -291,7 +292,20 @@ class _SpoolWorker:
 
 
 def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
-    """The ``TiledWriter`` of one run (or of the direct writer) into the runs container."""
+    """Make the ``TiledWriter`` of one run (or of the direct writer) into the runs container.
+
+    Parameters
+    ----------
+    client : CatalogOfBlueskyRuns
+        The runs container.
+    batch_size : int
+        Events per stream held before they are written.
+
+    Returns
+    -------
+    TiledWriter
+        The writer.
+    """
     # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
     # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
     from bluesky_tiled_plugins import TiledWriter

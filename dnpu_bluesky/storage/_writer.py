@@ -176,8 +176,11 @@ class BackgroundWriter:
             )
 
     def _start_worker(self) -> None:
-        """Start the worker and its receiver on the first message: a storage that only
-        reads (listing runs, drawing figures) never pays the worker's start-up."""
+        """Start the worker and its receiver on the first message.
+
+        A storage that only reads (listing runs, drawing figures) never pays the worker's
+        start-up.
+        """
         with self._start_lock:
             if self._worker is not None:
                 return
@@ -374,7 +377,7 @@ class BackgroundWriter:
             logger.error("Storage: %s", died)
 
     def _worker_death(self) -> str:
-        """What to tell the user when the worker ended without being told to quit."""
+        """Say what to tell the user when the worker ended without being told to quit."""
         status = ""
         if isinstance(self._worker, subprocess.Popen):
             try:
@@ -406,7 +409,7 @@ class BackgroundWriter:
         return self._ready.wait(timeout)
 
     def _drop(self, uid: str, *, corrupt: bool) -> None:
-        """The run is in Tiled (or unreadable): delete (or set aside) its spool file."""
+        """Delete (or set aside, when unreadable) the spool file of a run that is in Tiled."""
         with self._cond:
             run = self._runs.get(uid)
         if run is None:
@@ -569,9 +572,25 @@ class BackgroundWriter:
 
 
 def _wait_note(noted: int, pending: int, waited_s: float) -> str | None:
-    """What a flush says while waiting: that it waits, once it has for a while, then a count
-    down of the runs left, so that a long wait is not taken for a hang. ``noted``: the runs
-    pending when it last said something (0: nothing said yet)."""
+    """Say what a flush tells while waiting, if anything.
+
+    That it waits, once it has for a while, then a count down of the runs left, so that a
+    long wait is not taken for a hang.
+
+    Parameters
+    ----------
+    noted : int
+        The runs pending when it last said something (0: nothing said yet).
+    pending : int
+        The runs pending now.
+    waited_s : float
+        How long it has waited.
+
+    Returns
+    -------
+    str or None
+        The note, or None for nothing to say.
+    """
     if not noted:
         if waited_s > _NOTE_WAITS_AFTER_S:
             return f"Waiting for {pending} run(s) to reach Tiled..."
