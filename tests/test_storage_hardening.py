@@ -184,10 +184,14 @@ _SESSION = textwrap.dedent(
     engine = RunEngine({})
     engine.subscribe(storage.writer)
     (uid,) = engine(count([det], 3))
-    print(uid, storage.writer._worker.pid, flush=True)
-    if sys.argv[2] == "die":
+    if sys.argv[2] == "die":  # while the worker waits on a server that is gone
         import os, signal
+        os.kill(storage._server._process.pid, signal.SIGKILL)
+        engine(count([det], 3))
+        time.sleep(1.0)  # the worker's write is failing: tiled's client retries it
+        print(uid, storage.writer._worker.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+    print(uid, storage.writer._worker.pid, flush=True)
     storage.close()
     print("closed", flush=True)
     """
