@@ -82,9 +82,24 @@ def tiled_server(tmp_path_factory) -> Iterator[Storage]:
 
     store = open_storage(StorageConfig(directory=tmp_path_factory.mktemp("tiled")))
     try:
-        yield store
+        yield _KeyedServer(store)  # type: ignore[misc]
     finally:
         store.close()
+
+
+class _KeyedServer:
+    """The session's storage, whose ``uri`` carries the API key as a user would paste it.
+
+    ``storage.uri`` has no key (clients send it as a header); the tests connect like a remote
+    user given ``http://...?api_key=...``, which the tiled client and StorageConfig accept.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self.uri = f"{storage.uri}?api_key={storage.api_key}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
 
 
 @pytest.fixture

@@ -129,26 +129,27 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
             assert item["result"]["exit_status"] == "completed", (item["result"], _tail(log_path))
         (train_uid,) = history[1]["result"]["run_uids"]
 
-        # The run is in the worker's embedded Tiled: ask the worker where that is.
-        RM.script_upload("print('DNPU_TILED_URI=' + storage.uri)")
+        # The run is in the worker's embedded Tiled: ask the worker where that is (its data
+        # directory; a storage opened on it uses the worker's server, API key included).
+        RM.script_upload("print('DNPU_TILED_DIR=' + str(storage.config.directory))")
         RM.wait_for_idle(timeout=30)
-        stored = _stored_run(_printed_uri(log_path), train_uid)
+        stored = _stored_run(_printed_directory(log_path), train_uid)
         assert stored.metadata["stop"]["exit_status"] == "success"
         assert stored.metadata["start"]["gate"] == "AND"
         assert stored.metadata["start"]["plan_name"] == "train"
         assert {"train", "evaluation", "hge"} <= set(stored)
         assert len(stored["train"]["train_loss"].read()) >= 1
         (pair_uid,) = history[2]["result"]["run_uids"]
-        pair = _stored_run(_printed_uri(log_path), pair_uid)
+        pair = _stored_run(_printed_directory(log_path), pair_uid)
         assert pair.metadata["start"]["detectors"] == ["dnpu", "dnpu_b"]
         for device in ("dnpu", "dnpu_b"):
             assert len(pair[f"train_{device}"]["train_loss"].read()) == 3
         (count_uid,) = history[3]["result"]["run_uids"]
-        counted = _stored_run(_printed_uri(log_path), count_uid)
+        counted = _stored_run(_printed_directory(log_path), count_uid)
         assert counted.metadata["start"]["plan_name"] == "count"
         assert len(counted["primary"]["dnpu_current"].read()) == 2
         # RE.md persists in the worker too: scan_id counts every run of the queue.
-        scan_ids = [_stored_run(_printed_uri(log_path), uid).metadata["start"]["scan_id"]
+        scan_ids = [_stored_run(_printed_directory(log_path), uid).metadata["start"]["scan_id"]
                     for uid in (train_uid, pair_uid, count_uid)]  # fmt: skip
         assert scan_ids == [2, 3, 4]
 
@@ -166,14 +167,14 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         stopped = RM.history_get()["items"][-1]
         assert stopped["result"]["exit_status"] == "stopped", stopped["result"]
         (stopped_uid,) = stopped["result"]["run_uids"]
-        run = _stored_run(_printed_uri(log_path), stopped_uid)
+        run = _stored_run(_printed_directory(log_path), stopped_uid)
         assert 0 < len(run["train"]["train_loss"].read()) < 480  # stopped, not finished
         # bluesky ends a stopped run as a success; the listing says what happened.
         from dnpu_bluesky.cli import main
 
         capsys.readouterr()
         listed = ["runs", "--gate", "XNOR", "--limit", "1"]
-        assert main([*listed, "--tiled-uri", _printed_uri(log_path)]) == 0
+        assert main([*listed, "--data-dir", _printed_directory(log_path)]) == 0
         (line,) = capsys.readouterr().out.splitlines()[1:]
         assert line.startswith(stopped_uid[:8]) and line.split()[3:] == [
             "train",
@@ -186,6 +187,9 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         RM.wait_for_idle(timeout=60)
         assert not RM.status()["worker_environment_exists"]
     finally:
+        for reader in _readers:
+            reader.close()
+        _readers.clear()
         try:
             RM.close()
         finally:
@@ -198,23 +202,27 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
             log.close()
 
 
-def _printed_uri(log: Path, timeout: float = 10) -> str:
+def _printed_directory(log: Path, timeout: float = 10) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = re.findall(r"DNPU_TILED_URI=(\S+)", log.read_text(errors="replace"))
+        found = re.findall(r"DNPU_TILED_DIR=(\S+)", log.read_text(errors="replace"))
         if found:
             return found[-1]
         time.sleep(0.2)
-    raise AssertionError(f"The worker did not print its Tiled URI:\n{_tail(log)}")
+    raise AssertionError(f"The worker did not print its data directory:\n{_tail(log)}")
 
 
-def _stored_run(uri: str, uid: str, timeout: float = 60):
+#: Storages opened by the test on the worker's data directory, closed at its end.
+_readers: list = []
+
+
+def _stored_run(directory: str, uid: str, timeout: float = 60):
     """The run from Tiled once its stop document is there (the writer may still be busy)."""
-    from tiled.client import from_uri
+    from dnpu_bluesky.storage import StorageConfig, load_run, open_storage
 
-    from dnpu_bluesky.storage import load_run
-
-    client = from_uri(uri)["runs"]
+    reader = open_storage(StorageConfig(directory=Path(directory)))  # the worker's server
+    _readers.append(reader)
+    client = reader.client
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -224,7 +232,7 @@ def _stored_run(uri: str, uid: str, timeout: float = 60):
         except KeyError:
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"Run {uid} did not reach Tiled at {uri} within {timeout} s")
+            raise AssertionError(f"Run {uid} did not reach Tiled in {directory} within {timeout} s")
         time.sleep(0.5)
 
 

@@ -194,6 +194,7 @@ def test_databroker_reads_the_run(stored_RE, storage, tmp_path, monkeypatch, hw)
     (profiles / "dnpu.yml").write_text(yaml.safe_dump({"dnpu_test": {"uri": storage.uri}}))
     with monkeypatch.context() as patch:
         patch.setattr(tiled.profiles, "paths", [profiles])
+        patch.setenv("TILED_API_KEY", storage.api_key)  # the client sends it as a header
         tiled.profiles.load_profiles.cache_clear()
         try:
             root = databroker.from_profile("dnpu_test")
@@ -227,7 +228,7 @@ def test_remote_server_by_uri_and_api_key(storage, RE, hw):
     _, det, _, _ = hw
     parts = urlsplit(storage.uri)
     base = f"{parts.scheme}://{parts.netloc}"
-    key = parse_qs(parts.query)["api_key"][0]
+    key = storage.api_key
 
     with pytest.raises(Exception, match="API key"):
         open_storage(StorageConfig(uri=base, api_key="wrong-key"))
@@ -241,7 +242,7 @@ def test_remote_server_by_uri_and_api_key(storage, RE, hw):
         assert [r.metadata["start"]["uid"] for r in find_runs(remote.client).values()] == [uid]
 
     # Written through that connection, visible to any other client of the server.
-    root = from_uri(storage.uri)
+    root = from_uri(storage.uri, api_key=storage.api_key)
     try:
         seen = load_run(root[container], uid)
         assert seen.metadata["start"]["tags"] == ["remote"]
@@ -252,13 +253,13 @@ def test_remote_server_by_uri_and_api_key(storage, RE, hw):
 
 def test_existing_container_without_the_catalog_spec_is_refused(storage):
     name = f"plain_{uuid.uuid4().hex}"
-    root = from_uri(storage.uri)
+    root = from_uri(storage.uri, api_key=storage.api_key)
     try:
         root.create_container(key=name)
     finally:
         root.context.close()
     with pytest.raises(ValueError, match="CatalogOfBlueskyRuns"):
-        open_storage(StorageConfig(uri=storage.uri, container=name))
+        open_storage(StorageConfig(uri=storage.uri, api_key=storage.api_key, container=name))
 
 
 def test_close_is_idempotent_and_final(storage):
@@ -306,7 +307,7 @@ desc = unfinished.compose_descriptor(name="primary", data_keys={{"det": det_key}
 storage.writer("descriptor", desc.descriptor_doc)
 for k in range(3):  # fewer than batch_size: only in the writer's memory
     storage.writer("event", desc.compose_event(data={{"det": float(k)}}, timestamps={{"det": 0.0}}))
-print(json.dumps([str(storage.config.directory), storage.uri]))
+print(json.dumps([str(storage.config.directory), storage.uri, storage.api_key]))
 # Exit without close(): must neither hang nor lose the buffered events.
 """
 
@@ -323,9 +324,9 @@ def test_runs_persist_and_an_unclosed_server_exits_cleanly(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    directory, uri = json.loads(done.stdout.strip().splitlines()[-1])
+    directory, uri, key = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(directory) == tmp_path / "dnpu-bluesky" / "tiled"
-    assert parse_qs(urlsplit(uri).query)["api_key"] == ["aKnownKey123"]
+    assert key == "aKnownKey123" and "api_key" not in uri  # the key goes in a header
 
     with open_storage(StorageConfig(directory=Path(directory))) as reopened:
         unfinished, finished = find_runs(reopened.client).values()

@@ -483,7 +483,7 @@ def test_a_document_the_full_disk_refused_costs_that_document_only(tiled_server,
             storage.writer("event", event(k))
         spool = storage.writer._runs[run.start_doc["uid"]]
         spool.file = _DiskFullOnce(spool.file)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(StorageError, match=r"spool disk is full.*No space left"):
             storage.writer("event", event(3))
         for k in range(4, 6):  # space again (another run's spool file went to Tiled)
             storage.writer("event", event(k))
@@ -507,7 +507,7 @@ def test_a_document_the_full_disk_refused_costs_that_document_only(tiled_server,
         writer_module.append_whole = full_once
         try:
             refused = compose_run(metadata={"plan_name": "full disk at start"})
-            with pytest.raises(OSError, match="No space left"):
+            with pytest.raises(StorageError, match=r"spool disk is full.*No space left"):
                 storage.writer("start", refused.start_doc)
         finally:
             writer_module.append_whole = real_append

@@ -74,6 +74,7 @@ def train_and_store(
     figures : list of Path
         The ``--figures`` written.
     """
+    from .._errors import StorageError
     from ..callbacks import TrainingProgress
     from ..plans import train, train_genetic
     from ..session import make_run_engine
@@ -109,6 +110,12 @@ def train_and_store(
                 if rows:
                     _report(args, rows)
                 raise
+            except StorageError as exc:  # the spool disk is full: the run was stopped
+                _report(args, rows)
+                raise StorageError(
+                    f"{exc}; the run stopped with exit status 'fail' (every electrode parked "
+                    "at 0 V)"
+                ) from None
             wall = time.perf_counter() - started
             results = outcome.plan_result if several else [outcome.plan_result]
             (uid,) = outcome.run_start_uids

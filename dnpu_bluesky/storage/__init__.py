@@ -21,11 +21,12 @@ The modules are private; every public name is here. ``_config`` (:class:`Storage
 (:class:`BackgroundWriter`), ``_worker`` (its worker; :func:`export_documents`), ``_server``
 (the embedded server's process) and ``_patches`` (what touches other libraries' internals).
 
-Example:
-    >>> with open_storage() as storage:                       # doctest: +SKIP
-    ...     RE.subscribe(storage.writer)
-    ...     (uid,) = RE(count([det])).run_start_uids
-    ...     load_run(storage.client, uid)["primary"]["det"].read()
+Examples
+--------
+>>> with open_storage() as storage:                       # doctest: +SKIP
+...     RE.subscribe(storage.writer)
+...     (uid,) = RE(count([det])).run_start_uids
+...     load_run(storage.client, uid)["primary"]["det"].read()
 """
 
 from .._errors import StorageError

@@ -7,7 +7,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import platformdirs
 
@@ -104,7 +104,21 @@ class StorageConfig:
 
 
 def default_spool(config: StorageConfig, uri: str) -> Path:
-    """The spool directory of ``config`` when it names none, for the server at ``uri``."""
+    """Give the spool directory of ``config`` when it names none, for the server at ``uri``.
+
+    Parameters
+    ----------
+    config : StorageConfig
+        The storage's configuration.
+    uri : str
+        The server's URI (for a remote server, its host, port and path name the directory).
+
+    Returns
+    -------
+    pathlib.Path
+        ``<directory>/spool/<container>`` for the embedded server, else under the user's
+        data directory.
+    """
     container = _safe_name(config.container)
     if config.uri is None:
         return Path(config.directory) / "spool" / container
@@ -118,7 +132,7 @@ def _safe_name(name: str) -> str:
 
 
 def default_directory() -> Path:
-    """The embedded server's directory when ``StorageConfig.directory`` is ``None``.
+    """Give the embedded server's directory when ``StorageConfig.directory`` is ``None``.
 
     Returns
     -------
@@ -133,6 +147,18 @@ def check_writable(directory: Path, what: str = "Tiled storage") -> None:
 
     Done before starting the embedded server, whose own failure would be less clear, and
     for the spool before any run, whose start document would fail instead.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The directory to check.
+    what : str
+        What it is, for the message.
+
+    Raises
+    ------
+    StorageError
+        It cannot be created or written.
     """
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -147,11 +173,51 @@ def check_writable(directory: Path, what: str = "Tiled storage") -> None:
         raise StorageError(message) from None
 
 
+def split_api_key(uri: str, api_key: str | None) -> tuple[str, str | None]:
+    """Move an ``api_key`` query parameter out of ``uri``.
+
+    A key in a URL lands in the server's access log; the tiled client sends a key given
+    separately as a header.
+
+    Parameters
+    ----------
+    uri : str
+        A Tiled URI, perhaps with ``?api_key=...``.
+    api_key : str or None
+        The key given separately, which wins over one in ``uri``.
+
+    Returns
+    -------
+    tuple of (str, str or None)
+        ``uri`` without the parameter, and the key.
+    """
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    keys = [value for name, value in query if name == "api_key"]
+    if not keys:
+        return uri, api_key
+    rest = urlencode([(name, value) for name, value in query if name != "api_key"])
+    return parts._replace(query=rest).geturl(), api_key or keys[-1]
+
+
 _API_KEY_PARAMETER = re.compile(r"([?&])api_key=[^&#\s'\"]*(&?)")
 
 
 def redact(text: str, api_key: str | None = None) -> str:
-    """``text`` without ``api_key`` query parameters in URIs, nor the key itself."""
+    """Remove ``api_key`` query parameters of URIs, and the key itself, from ``text``.
+
+    Parameters
+    ----------
+    text : str
+        A message.
+    api_key : str or None
+        A key to mask wherever it appears (keys shorter than 4 characters are not).
+
+    Returns
+    -------
+    str
+        The message, safe to show.
+    """
     text = _API_KEY_PARAMETER.sub(lambda m: m.group(1) if m.group(2) else "", text)
     if api_key and len(api_key) >= 4:
         text = text.replace(api_key, "***")

@@ -176,8 +176,9 @@ def cache_fastapi_dependants() -> bool:
 
 
 def register_json_seq_export() -> None:
-    """Offer runs as ``application/json-seq`` (their Bluesky documents) from this process's
-    Tiled server, as a server configuration's ``media_types`` section would.
+    """Offer runs as ``application/json-seq`` (their documents) from this process's server.
+
+    As a server configuration's ``media_types`` section would.
 
     Uses tiled's process-wide ``default_serialization_registry``, which ``build_app`` (and so
     ``SimpleTiledServer``) serves when given no registry of its own; the exporter is

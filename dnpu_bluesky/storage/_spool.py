@@ -8,6 +8,7 @@ format keeps numpy arrays bit for bit (raw bytes with dtype and shape).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -47,7 +48,20 @@ def close_quietly(file: Any) -> None:
 
 
 def abort_stop(run_start: str, reason: str) -> dict[str, Any]:
-    """A stop document (``exit_status="abort"``) for a run whose own never came."""
+    """Make a stop document (``exit_status="abort"``) for a run whose own never came.
+
+    Parameters
+    ----------
+    run_start : str
+        The run's start uid.
+    reason : str
+        Why the run is closed so.
+
+    Returns
+    -------
+    dict
+        The stop document.
+    """
     return {
         "uid": str(uuid.uuid4()),
         "time": time.time(),
@@ -63,7 +77,20 @@ _HEADER = struct.Struct("<Q")
 
 
 def encode(name: str, doc: dict[str, Any]) -> bytes:
-    """One spool record (header included) of the document ``(name, doc)``."""
+    """Encode the document ``(name, doc)`` as one spool record, header included.
+
+    Parameters
+    ----------
+    name : str
+        The document's name.
+    doc : dict
+        The document.
+
+    Returns
+    -------
+    bytes
+        The record.
+    """
     payload = msgpack.packb([name, doc], default=_pack_default, use_bin_type=True)
     return _HEADER.pack(len(payload)) + payload
 
@@ -89,7 +116,23 @@ def _unpack_hook(obj: dict[str, Any]) -> Any:
 
 
 def decode(record: bytes) -> tuple[str, dict[str, Any]]:
-    """``(name, doc)`` from one whole record (header included), as ``encode`` wrote it."""
+    """Decode one whole record (header included), as ``encode`` wrote it.
+
+    Parameters
+    ----------
+    record : bytes
+        The record.
+
+    Returns
+    -------
+    tuple of (str, dict)
+        The document's name and the document.
+
+    Raises
+    ------
+    CorruptSpool
+        The bytes are not a spooled document.
+    """
     try:
         (size,) = _HEADER.unpack_from(record)
         if len(record) != _HEADER.size + size:
@@ -103,7 +146,18 @@ def decode(record: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def read_record(file: Any) -> bytes:
-    """The next record of ``file``, header included (shorter than announced at a cut end)."""
+    """Read the next record of ``file``, header included.
+
+    Parameters
+    ----------
+    file : binary file
+        A spool file open for reading, at a record's start.
+
+    Returns
+    -------
+    bytes
+        The record; shorter than its header announced at a cut end, empty at the end.
+    """
     header = file.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return header
@@ -111,7 +165,18 @@ def read_record(file: Any) -> bytes:
 
 
 def complete_length(path: Path) -> int:
-    """Bytes of whole records at the start of a spool file (a crash may cut the last one)."""
+    """Count the bytes of whole records at the start of a spool file.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The spool file (a crash may have cut its last record).
+
+    Returns
+    -------
+    int
+        Where the last whole record ends.
+    """
     size = path.stat().st_size
     end = 0
     with open(path, "rb") as file:
@@ -144,6 +209,68 @@ def append_whole(file: Any, record: bytes, length: int, *, fsync: bool) -> None:
         raise
 
 
+#: Disk space set aside per open run for its stop document (and an abort stop of ours), so
+#: that a run stopped by a full spool disk still gets its own stop document spooled.
+RESERVED_BYTES = 64 * 1024
+#: ``errno`` values that mean the spool's disk (or the user's share of it) is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def reserve_path(path: Path) -> Path:
+    """Give the path of the file that holds a spool file's reserved space.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run's spool file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<start uid>.reserve`` beside it.
+    """
+    return path.with_suffix(".reserve")
+
+
+def reserve_space(path: Path) -> None:
+    """Set aside :data:`RESERVED_BYTES` on the spool's disk for a run's last documents.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run's spool file.
+
+    Raises
+    ------
+    OSError
+        The disk has no room for it (the file is removed again).
+    """
+    reserve = reserve_path(path)
+    descriptor = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(descriptor, 0, RESERVED_BYTES)
+        else:  # written out, so that the blocks are really taken
+            os.write(descriptor, bytes(RESERVED_BYTES))
+    except BaseException:
+        os.close(descriptor)
+        release_space(path)
+        raise
+    os.close(descriptor)
+
+
+def release_space(path: Path) -> None:
+    """Give back the space that :func:`reserve_space` set aside (if any).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run's spool file.
+    """
+    with contextlib.suppress(OSError):
+        reserve_path(path).unlink(missing_ok=True)
+
+
 def fsync_directory(directory: Path) -> None:
     """Sync ``directory`` (a new file's name), warning instead of failing where it cannot."""
     try:
@@ -157,7 +284,18 @@ def fsync_directory(directory: Path) -> None:
 
 
 def mtime_or_zero(path: Path) -> float:
-    """``path``'s modification time, 0 for a file removed meanwhile (replay order)."""
+    """Give ``path``'s modification time, 0 for a file removed meanwhile (replay order).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        A spool file.
+
+    Returns
+    -------
+    float
+        Seconds since the epoch.
+    """
     try:
         return path.stat().st_mtime
     except FileNotFoundError:  # removed since it was listed; skipped when opened

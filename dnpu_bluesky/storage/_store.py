@@ -6,6 +6,7 @@ import atexit
 import functools
 import logging
 import re
+import secrets
 import socket
 import threading
 import time
@@ -22,9 +23,24 @@ import httpx
 from tiled.structures.core import Spec
 
 from .._errors import StorageError
-from ._config import StorageConfig, check_writable, default_directory, default_spool, redact
+from ._config import (
+    StorageConfig,
+    check_writable,
+    default_directory,
+    default_spool,
+    redact,
+    split_api_key,
+)
 from ._patches import register_before_thread_join
-from ._server import ServerBusy, ServerProcess, running_server
+from ._server import (
+    ServerAddress,
+    ServerBusy,
+    ServerProcess,
+    running_server,
+    server_alive,
+    stop_using_server,
+    use_server,
+)
 from ._worker import tiled_writer
 from ._writer import BackgroundWriter
 
@@ -40,6 +56,8 @@ _STORAGE_ATTRIBUTE = "_dnpu_storage"
 
 _CATALOG_SPEC = "CatalogOfBlueskyRuns"
 _CATALOG_SPEC_VERSION = "3.0"  # the SQL-backed layout TiledWriter writes and v3 clients read
+#: How often a storage checks that its embedded server still runs.
+_WATCH_INTERVAL_S = 1.0
 
 
 class Storage:
@@ -68,8 +86,11 @@ class Storage:
     errors : list of str
         Storage errors so far (see :class:`BackgroundWriter`).
     uri : str
-        Where the server is: for an embedded server its loopback URI including the API key
-        (``tiled.client.from_uri(storage.uri)`` connects); otherwise ``config.uri``.
+        Where the server is, without any API key: for an embedded server its loopback URI;
+        otherwise ``config.uri`` (less an ``api_key`` query parameter).
+    api_key : str or None
+        The key to send: ``tiled.client.from_uri(storage.uri, api_key=storage.api_key)``
+        connects. The client sends it as a header, so it appears in no URL or log.
 
     Raises
     ------
@@ -80,32 +101,30 @@ class Storage:
     config: StorageConfig
     writer: BackgroundWriter | _Writer
     uri: str
+    api_key: str | None
 
     def __init__(self, config: StorageConfig | None = None) -> None:
         config = config or StorageConfig()
-        self._server: Any = None
+        self._server: ServerProcess | None = None
+        self._server_user: int | None = None
+        self._watchdog: threading.Thread | None = None
         self._closed = False
+        self._closing = threading.Event()
         if config.uri is None:
             directory = Path(config.directory or default_directory()).expanduser()
             config = replace(config, directory=directory)
-            self.uri = running_server(directory)  # another session's, on this directory
-            if self.uri is None:
-                try:
-                    self._server = ServerProcess(directory, api_key=config.api_key)
-                    self.uri = self._server.uri
-                except ServerBusy:  # another session started it at the same moment
-                    self.uri = running_server(directory)
-                    if self.uri is None:
-                        raise StorageError(
-                            f"the embedded Tiled server of {directory} was started and stopped "
-                            "by another process meanwhile; try again"
-                        ) from None
-            api_key = None  # already in the embedded server's URI
+            check_writable(directory)
+            self._server_user = use_server(directory)
+            try:
+                address = self._embedded_server(directory, config.api_key)
+            except BaseException:
+                stop_using_server(self._server_user)
+                raise
+            self.uri, api_key = address.uri, address.api_key
         else:
-            self.uri = config.uri
-            api_key = config.api_key
+            self.uri, api_key = split_api_key(config.uri, config.api_key)
             _check_reachable(self.uri, api_key)
-        self._api_key = api_key
+        self.api_key = api_key
         try:
             self._root = _connect(self.uri, api_key)
         except BaseException:
@@ -142,11 +161,67 @@ class Storage:
             # find_runs and load_run, given this client, ask this storage to wait for its
             # writes (also through a client taken from ``storage.client`` long before).
             setattr(self._client, _STORAGE_ATTRIBUTE, weakref.ref(self))
+            if config.uri is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch_server, name="dnpu-tiled-server-watchdog", daemon=True
+                )
+                self._watchdog.start()
         except BaseException:
             self._root.context.close()
             self._shutdown_server()
             raise
         _register_open(self)
+
+    def _embedded_server(
+        self, directory: Path, api_key: str | None, port: int = 0
+    ) -> ServerAddress:
+        """Find the server that another process runs on ``directory``, or start one."""
+        address = running_server(directory)
+        if address is not None:
+            return address
+        try:
+            self._server = ServerProcess(
+                directory, api_key=api_key or secrets.token_hex(16), port=port
+            )
+            return self._server.address
+        except ServerBusy:  # another session started it at the same moment
+            address = running_server(directory)
+            if address is None:
+                raise StorageError(
+                    f"the embedded Tiled server of {directory} was started and stopped "
+                    "by another process meanwhile; try again"
+                ) from None
+            return address
+
+    def _watch_server(self) -> None:
+        """Restart the embedded server, on the same port and key, when it has died.
+
+        A server that another session started stops only once every storage using it has
+        closed, so one that is gone while this storage is open has died (killed, crashed).
+        Restarted at the same address, it is found again by every client of this storage,
+        the writer's worker included, which retries what failed meanwhile.
+        """
+        directory = Path(self.config.directory)
+        port = urlsplit(self.uri).port or 0
+        while not self._closing.wait(_WATCH_INTERVAL_S):
+            if server_alive(directory):
+                continue
+            logger.error("The embedded Tiled server of %s has died; restarting it", directory)
+            dead, self._server = self._server, None
+            if dead is not None:
+                dead.close()
+            try:
+                address = self._embedded_server(directory, self.api_key, port)
+            except StorageError as err:
+                logger.error("Could not restart the embedded Tiled server: %s", err)
+                continue
+            if address.uri != self.uri:  # another session restarted it elsewhere
+                logger.error(
+                    "The embedded Tiled server of %s came back at another address; close "
+                    "and reopen the storage",
+                    directory,
+                )
+                return
 
     @property
     def client(self) -> CatalogOfBlueskyRuns:
@@ -248,8 +323,13 @@ class Storage:
                 self._shutdown_server()
 
     def _shutdown_server(self) -> None:
+        self._closing.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join()
         server, self._server = self._server, None
+        user, self._server_user = self._server_user, None
         _unregister_open(self)
+        stop_using_server(user)  # first: the server stops only when no storage uses it
         if server is not None:
             server.close()
 
@@ -268,7 +348,7 @@ class Storage:
         if self.config.uri is None:
             where = f"directory={self.config.directory}"
         else:
-            where = urlsplit(self.uri)._replace(query="").geturl()  # no API key in reprs
+            where = self.uri
         state = "closed" if self._closed else "open"
         return f"<Storage {state} {where} container={self.config.container!r}>"
 
@@ -333,14 +413,14 @@ class _Writer:
 
 
 def _connect_runs(uri: str, api_key: str | None, container: str) -> CatalogOfBlueskyRuns:
-    """A fresh client of a runs container (the background writer's ``connect``)."""
+    """Connect a fresh client of a runs container (the background writer's ``connect``)."""
     from tiled.client import from_uri
 
     return _runs_container(from_uri(uri, api_key=api_key), container)
 
 
 def storage_of(client: Any) -> Storage | None:
-    """The storage whose runs container ``client`` is (see :attr:`Storage.client`), or None.
+    """Find the storage whose runs container ``client`` is (see :attr:`Storage.client`).
 
     Parameters
     ----------
@@ -398,7 +478,7 @@ _PROBE_TIMEOUT_S = 5.0
 
 
 def _reason(err: BaseException) -> str:
-    """A short reason: "connection refused" for ``[Errno 111] Connection refused``."""
+    """Shorten an error to its reason: "connection refused" for ``[Errno 111] ...``."""
     text = " ".join(str(err).split())
     match = re.fullmatch(r"\[Errno -?\d+\] (.+)", text)
     if match:
@@ -442,7 +522,7 @@ def _check_reachable(uri: str, api_key: str | None) -> None:
 
 
 def _connect(uri: str, api_key: str | None) -> Container:
-    """``from_uri`` with its failures as StorageErrors that show no API key."""
+    """Connect with ``from_uri``, its failures as StorageErrors that show no API key."""
     from tiled.client import from_uri
 
     try:
@@ -462,16 +542,21 @@ def _connect(uri: str, api_key: str | None) -> Container:
 
 
 def _runs_container(root: Container, path: str) -> CatalogOfBlueskyRuns:
-    """The ``CatalogOfBlueskyRuns`` container at ``path`` under ``root``, created if missing."""
+    """Open the ``CatalogOfBlueskyRuns`` container at ``path`` under ``root``, made if missing."""
     path = path.strip("/")
     try:
         node = root[path]
     except KeyError:
         parent_path, _, key = path.rpartition("/")
         parent = root[parent_path] if parent_path else root
-        node = parent.create_container(
-            key=key, specs=[Spec(_CATALOG_SPEC, version=_CATALOG_SPEC_VERSION)]
-        )
+        try:
+            node = parent.create_container(
+                key=key, specs=[Spec(_CATALOG_SPEC, version=_CATALOG_SPEC_VERSION)]
+            )
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code != httpx.codes.CONFLICT:
+                raise
+            node = root[path]  # another session created it meanwhile
     if not any(spec.name == _CATALOG_SPEC for spec in node.specs):
         raise ValueError(
             f"Tiled container {path!r} exists but lacks the {_CATALOG_SPEC} spec "

@@ -18,14 +18,16 @@ the client from the run's metadata and data. Either way they validate against ev
 schemas. Event uids are not stored by ``TiledWriter``; rebuilt events get uids derived from
 their descriptor uid and sequence number, so two exports of one run are identical.
 
-Example:
-    >>> run = load_run(storage.client, uid)                           # doctest: +SKIP
-    >>> for name, doc in export_documents(run): ...                   # doctest: +SKIP
-    >>> copy_run(run, other_storage)                                  # doctest: +SKIP
+Examples
+--------
+>>> run = load_run(storage.client, uid)                           # doctest: +SKIP
+>>> for name, doc in export_documents(run): ...                   # doctest: +SKIP
+>>> copy_run(run, other_storage)                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -96,7 +98,7 @@ def _worker_process() -> None:
         connect, batch_size, retry = conn.recv()
     except EOFError:
         return
-    worker_main(conn, connect, batch_size, retry)
+    worker_main(conn, connect, batch_size, retry, exit_when_orphaned=True)
 
 
 def worker_main(
@@ -104,14 +106,35 @@ def worker_main(
     connect: Callable[[], CatalogOfBlueskyRuns],
     batch_size: int,
     retry: tuple[float, float],
+    *,
+    exit_when_orphaned: bool = False,
 ) -> None:
-    """The writer's worker: spool files -> TiledWriter, in a process or on a thread."""
-    _SpoolWorker(conn, connect, batch_size, retry).run()
+    """Run the writer's worker: spool files -> TiledWriter, in a process or on a thread.
+
+    Parameters
+    ----------
+    conn : multiprocessing.connection.Connection
+        The pipe to the writer.
+    connect : callable
+        Returns a client of the runs container.
+    batch_size : int
+        ``TiledWriter``'s batch size.
+    retry : tuple of (float, float)
+        First and longest wait between retries, in seconds.
+    exit_when_orphaned : bool
+        End this process at once when the writer's process is gone (its pipe closed without
+        a ``quit``): what is not in Tiled yet stays spooled for the next session, and a
+        request to Tiled in flight would otherwise keep the process alive for its retries.
+    """
+    _SpoolWorker(conn, connect, batch_size, retry, exit_when_orphaned).run()
 
 
 class _SpoolWorker:
-    def __init__(self, conn: Any, connect: Callable, batch_size: int, retry: tuple) -> None:
+    def __init__(
+        self, conn: Any, connect: Callable, batch_size: int, retry: tuple, exit_when_orphaned: bool
+    ) -> None:
         self._conn = conn
+        self._exit_when_orphaned = exit_when_orphaned
         self._connect = connect
         self._batch_size = batch_size
         self._retry = retry
@@ -135,6 +158,8 @@ class _SpoolWorker:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
+                if self._exit_when_orphaned:
+                    os._exit(0)
                 message = ("abandon",)
             with self._cond:
                 kind = message[0]
@@ -226,7 +251,10 @@ class _SpoolWorker:
                 return
         self._send(("progress", run.uid, run.sent))
         if run.leftover and run.sent >= end:  # the crashed session never sent its stop
-            reason = "replayed from the spool of a session that ended before the run's stop"
+            reason = (
+                "the run's spool file ends before its stop document (the session ended, or its "
+                "spool disk was full, before it was spooled); closed on replay"
+            )
             run.tiled_writer("stop", abort_stop(run.uid, reason))
             self._done(run, "done")
 
@@ -264,7 +292,20 @@ class _SpoolWorker:
 
 
 def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
-    """The ``TiledWriter`` of one run (or of the direct writer) into the runs container."""
+    """Make the ``TiledWriter`` of one run (or of the direct writer) into the runs container.
+
+    Parameters
+    ----------
+    client : CatalogOfBlueskyRuns
+        The runs container.
+    batch_size : int
+        Events per stream held before they are written.
+
+    Returns
+    -------
+    TiledWriter
+        The writer.
+    """
     # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
     # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
     from bluesky_tiled_plugins import TiledWriter

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import StorageError
 from ._spool import (
+    DISK_FULL,
     abort_stop,
     append_whole,
     close_quietly,
@@ -23,6 +24,8 @@ from ._spool import (
     fsync_directory,
     lock_file,
     mtime_or_zero,
+    release_space,
+    reserve_space,
 )
 from ._worker import start_worker_process, worker_main
 
@@ -173,8 +176,11 @@ class BackgroundWriter:
             )
 
     def _start_worker(self) -> None:
-        """Start the worker and its receiver on the first message: a storage that only
-        reads (listing runs, drawing figures) never pays the worker's start-up."""
+        """Start the worker and its receiver on the first message.
+
+        A storage that only reads (listing runs, drawing figures) never pays the worker's
+        start-up.
+        """
         with self._start_lock:
             if self._worker is not None:
                 return
@@ -210,11 +216,19 @@ class BackgroundWriter:
             run = self._route(name, doc)
         if run is None:
             return  # a document of a run whose start could not be spooled
+        if name == "stop":  # the space set aside at the start is for this document
+            release_space(run.path)
         try:
             append_whole(run.file, record, run.written, fsync=self._fsync)
-        except BaseException:
+        except BaseException as err:
             if name == "start":  # no run to speak of: forget it, and what comes after it
                 self._forget(run)
+            if isinstance(err, OSError) and err.errno in DISK_FULL:
+                raise StorageError(
+                    f"the spool disk is full: cannot write the {name} document of run "
+                    f"{run.uid[:8]} to {self.spool_directory} ({err.strerror}); what was "
+                    "spooled before reaches Tiled"
+                ) from err
             raise
         now = time.monotonic()
         with self._cond:
@@ -258,6 +272,7 @@ class BackgroundWriter:
             self._runs.pop(run.uid, None)
             self._unspooled.add(run.uid)
         close_quietly(run.file)
+        release_space(run.path)
         with contextlib.suppress(OSError):
             run.path.unlink(missing_ok=True)
 
@@ -272,6 +287,19 @@ class BackgroundWriter:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
             file = os.fdopen(os.open(path, flags, 0o600), "ab", buffering=0)
             lock_file(file)
+            try:
+                reserve_space(path)
+            except OSError as err:
+                close_quietly(file)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                self._unspooled.add(uid)  # the rest of this run has nowhere to go
+                if err.errno in DISK_FULL:
+                    raise StorageError(
+                        f"the spool disk is full: no room for a new run in "
+                        f"{self.spool_directory} ({err.strerror})"
+                    ) from err
+                raise
             if self._fsync and os.name == "posix":  # the new file's name, not only its data
                 fsync_directory(self.spool_directory)
             run = self._runs[uid] = _RunSpool(uid, path, file, leftover=False)
@@ -349,7 +377,7 @@ class BackgroundWriter:
             logger.error("Storage: %s", died)
 
     def _worker_death(self) -> str:
-        """What to tell the user when the worker ended without being told to quit."""
+        """Say what to tell the user when the worker ended without being told to quit."""
         status = ""
         if isinstance(self._worker, subprocess.Popen):
             try:
@@ -381,12 +409,13 @@ class BackgroundWriter:
         return self._ready.wait(timeout)
 
     def _drop(self, uid: str, *, corrupt: bool) -> None:
-        """The run is in Tiled (or unreadable): delete (or set aside) its spool file."""
+        """Delete (or set aside, when unreadable) the spool file of a run that is in Tiled."""
         with self._cond:
             run = self._runs.get(uid)
         if run is None:
             return
         try:
+            release_space(run.path)  # a run that never got its stop (a leftover)
             if corrupt:
                 run.path.rename(run.path.with_suffix(".corrupt"))
             else:
@@ -471,7 +500,7 @@ class BackgroundWriter:
         for uid in open_runs:
             try:
                 self("stop", abort_stop(uid, "storage closed before the run's stop document"))
-            except OSError as err:  # a full disk: replay closes the run from its spool file
+            except (OSError, StorageError) as err:  # replay closes it from its spool file
                 logger.error("could not spool the abort stop of run %s: %s", uid, err)
         self._closed = True
         try:
@@ -543,9 +572,25 @@ class BackgroundWriter:
 
 
 def _wait_note(noted: int, pending: int, waited_s: float) -> str | None:
-    """What a flush says while waiting: that it waits, once it has for a while, then a count
-    down of the runs left, so that a long wait is not taken for a hang. ``noted``: the runs
-    pending when it last said something (0: nothing said yet)."""
+    """Say what a flush tells while waiting, if anything.
+
+    That it waits, once it has for a while, then a count down of the runs left, so that a
+    long wait is not taken for a hang.
+
+    Parameters
+    ----------
+    noted : int
+        The runs pending when it last said something (0: nothing said yet).
+    pending : int
+        The runs pending now.
+    waited_s : float
+        How long it has waited.
+
+    Returns
+    -------
+    str or None
+        The note, or None for nothing to say.
+    """
     if not noted:
         if waited_s > _NOTE_WAITS_AFTER_S:
             return f"Waiting for {pending} run(s) to reach Tiled..."
