@@ -12,13 +12,38 @@ def devices_of(run: Any) -> list[str]:
     return list(run.metadata["start"]["detectors"])
 
 
+#: Names the ``primary`` stream of training runs had in runs stored by earlier versions.
+_EARLIER_PRIMARY = ("train", "generation")
+
+
 def stream_of(run: Any, base: str, device: str) -> Any:
-    """A device's stream: runs training several devices name them ``<base>_<device>``."""
+    """A device's stream of a run.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+    base : str
+        The stream's name, e.g. ``"primary"`` or ``"evaluation"``.
+    device : str
+        The device; runs training several devices name its streams ``<base>_<device>``.
+
+    Returns
+    -------
+    BlueskyEventStream
+        The stream (for ``"primary"``: also the ``train`` or ``generation`` stream of runs
+        stored before training steps went to ``primary``).
+    """
     return run[_stream_name(run, base, device)]
 
 
 def _stream_name(run: Any, base: str, device: str) -> str:
-    return base + run.metadata["start"].get("stream_suffixes", {}).get(device, "")
+    suffix = run.metadata["start"].get("stream_suffixes", {}).get(device, "")
+    if base == "primary" and base + suffix not in run:
+        for earlier in _EARLIER_PRIMARY:
+            if earlier + suffix in run:
+                return earlier + suffix
+    return base + suffix
 
 
 def has_stream(run: Any, base: str) -> bool:

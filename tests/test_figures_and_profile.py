@@ -98,7 +98,7 @@ def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summar
     assert "Validation summary:\n  dnpu_validation_cosine_hge_fd_median = 0." in printed
     # A training run has its progress bar instead of the table, whose lines would break it.
     assert "New stream: 'validation_summary'" in printed
-    assert "AND fd" in printed and "New stream: 'train'" not in printed
+    assert "AND fd" in printed and "New stream: 'primary'" not in printed
     # Reading a few scalars back shows no tiled "Fetching data..." bar.
     assert "accuracy 1.0" in printed and "Fetching data" not in printed
 

@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_profile_startup_files_run_a_plan_into_tiled(run_profile):
     code = (
         "(uid,) = RE(hge_gradient(dnpu)); run = load_run(runs, uid); "
-        "print('STREAMS', sorted(run), run['hge']['dnpu_hge_gradient'].read().shape)"
+        "print('STREAMS', sorted(run), run.primary['dnpu_hge_gradient'].read().shape)"
     )
     completed = run_profile("-c", code)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert "STREAMS ['hge', 'hge_raw'] (1, 1, 5)" in completed.stdout
+    assert "STREAMS ['hge_raw', 'primary'] (1, 1, 5)" in completed.stdout
 
 
 def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server, monkeypatch):
@@ -164,7 +164,7 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     # Its random restarts must not replay the past run's own starts.
     assert start["seed"] == past.metadata["start"]["seed"] + 1 == second["seed"]
     # The first step is taken where the past run ended.
-    assert continued["train"]["train_controls"].read()[0] == pytest.approx(ended)
+    assert continued.primary["train_controls"].read()[0] == pytest.approx(ended)
 
     for extra, message in (
         (["--gates", "AND"], "drop --gates"),
@@ -478,7 +478,7 @@ def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server, tmp_path, capsys)
     assert last.startswith("dnpu-bluesky train: interrupted; run ") and "aborted and stored" in last
     run = load_run(tiled_server.client, last.split("run ")[1].split()[0])
     assert run.metadata["stop"]["exit_status"] == "abort"
-    assert 0 < run["train"]["train_iteration"].read().size < 100
+    assert 0 < run.primary["train_iteration"].read().size < 100
     assert "Traceback" not in b"".join(err).decode()
     assert not any("No open traces" in line for line in lines)  # bluesky's noise on abort
     (row,) = json.loads(out.read_text())["results"]

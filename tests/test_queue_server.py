@@ -116,8 +116,8 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         assert stored.metadata["stop"]["exit_status"] == "success"
         assert stored.metadata["start"]["gate"] == "AND"
         assert stored.metadata["start"]["plan_name"] == "train"
-        assert {"train", "evaluation", "hge"} <= set(stored)
-        assert len(stored["train"]["train_loss"].read()) >= 1
+        assert {"primary", "evaluation", "hge"} <= set(stored)
+        assert len(stored.primary["train_loss"].read()) >= 1
         (pair_uid,) = history[2]["result"]["run_uids"]
         pair = _stored_run(_printed_uri(log_path), pair_uid)
         assert pair.metadata["start"]["detectors"] == ["dnpu", "dnpu_b"]
@@ -139,7 +139,7 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         assert stopped["result"]["exit_status"] == "stopped", stopped["result"]
         (stopped_uid,) = stopped["result"]["run_uids"]
         run = _stored_run(_printed_uri(log_path), stopped_uid)
-        assert 0 < len(run["train"]["train_loss"].read()) < 480  # stopped, not finished
+        assert 0 < len(run.primary["train_loss"].read()) < 480  # stopped, not finished
         # bluesky ends a stopped run as a success; the listing says what happened.
         from dnpu_bluesky.cli import main
 

@@ -7,15 +7,12 @@ from typing import Any
 from event_model import DocumentRouter
 from tqdm.auto import tqdm
 
-#: Streams whose events are training steps, with the fields shown for each.
-_STEP_FIELDS = {
-    "train": ("train_loss", "train_margin_na", "train_device_seconds"),
-    "generation": (
-        "generation_best_loss",
-        "generation_best_margin_na",
-        "generation_device_seconds",
-    ),
-}
+#: The fields shown for a training step, by the record that holds them: the ``primary``
+#: stream of ``train`` (iterations) and of ``train_genetic`` (generations).
+_STEP_FIELDS = (
+    ("train_loss", "train_margin_na", "train_device_seconds"),
+    ("generation_best_loss", "generation_best_margin_na", "generation_device_seconds"),
+)
 
 
 class TrainingProgress(DocumentRouter):
@@ -54,15 +51,18 @@ class TrainingProgress(DocumentRouter):
     def descriptor(self, doc: dict) -> None:
         if self._bar is None:
             return
-        for base in _STEP_FIELDS:  # devices trained side by side: "train_<device>", ...
-            if doc["name"] == base or doc["name"].startswith(f"{base}_"):
-                self._streams[doc["uid"]] = base
+        # Devices trained side by side: "primary_<device>".
+        if doc["name"] != "primary" and not doc["name"].startswith("primary_"):
+            return
+        for fields in _STEP_FIELDS:
+            if fields[0] in doc["data_keys"]:
+                self._streams[doc["uid"]] = fields
 
     def event(self, doc: dict) -> None:
-        stream = self._streams.get(doc["descriptor"])
-        if stream is None:
+        fields = self._streams.get(doc["descriptor"])
+        if fields is None:
             return
-        loss, margin, seconds = (doc["data"][key] for key in _STEP_FIELDS[stream])
+        loss, margin, seconds = (doc["data"][key] for key in fields)
         self._bar.set_postfix(
             loss=f"{loss:.3f}", margin_nA=f"{margin:.2f}", device_s=f"{seconds:.1f}"
         )

@@ -283,7 +283,7 @@ class Trainer:
         indices: np.ndarray | None,
         clipped: int,
     ) -> Plan:
-        """Save one step to the ``train`` stream; returns the score of its outputs."""
+        """Save one step to the ``primary`` stream; returns the score of its outputs."""
         score = self.score(step.outputs, indices)
         self.train_record.record(
             iteration=iteration,
@@ -300,7 +300,7 @@ class Trainer:
             measurements=self.measurements,
             clipped_samples=clipped,
         )
-        yield from bps.trigger_and_read([self.train_record], name=self.stream("train"))
+        yield from bps.trigger_and_read([self.train_record], name=self.stream("primary"))
         return score
 
     def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):

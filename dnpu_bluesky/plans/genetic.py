@@ -99,7 +99,7 @@ def train_genetic(
     ``target_margin_na`` apart), as :func:`~dnpu_bluesky.plans.train` does. A genome whose
     output left the AI range (clipped) ranks below every other and cannot end the run.
 
-    Streams: ``eval_raw`` (every genome's raw waveform), ``generation`` (best and median loss,
+    Streams: ``eval_raw`` (every genome's raw waveform), ``primary`` (best and median loss,
     score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
     of DNPUs evolves side by side in one run, as in :func:`~dnpu_bluesky.plans.train`.
 
@@ -250,7 +250,7 @@ def _evolve(
             measurements=trainer.measurements,
             clipped_genomes=int(clipped.sum()),
         )
-        yield from bps.trigger_and_read([record], name=trainer.stream("generation"))
+        yield from bps.trigger_and_read([record], name=trainer.stream("primary"))
         winners = [
             i
             for i, s in enumerate(scores)

@@ -241,7 +241,7 @@ def train(
         metadata.update(
             optimizer=new_optimizer(trainers[0]).describe(),
             seed=seed,
-            hints={"dimensions": [(["train_iteration"], trainers[0].stream("train"))]},
+            hints={"dimensions": [(["train_iteration"], trainers[0].stream("primary"))]},
         )
         loop = {
             "max_iterations": int(max_iterations),
