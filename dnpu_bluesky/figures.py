@@ -21,7 +21,8 @@ def _label(run: Any, device: str) -> str:
     label = start.get("gate") or start.get("task", {}).get("name", start["plan_name"])
     method = start.get("method")
     label = " ".join(part for part in (label, method, start["uid"][:8]) if part)
-    return f"{label} ({device})" if len(_devices(run)) > 1 else label
+    several = len(_devices(run)) > 1 or "side_by_side" in start
+    return f"{label} ({device})" if several else label
 
 
 def _panels(runs: Sequence[Any]) -> list[tuple[Any, str]]:

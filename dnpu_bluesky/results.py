@@ -8,7 +8,19 @@ from typing import Any
 
 
 def devices_of(run: Any) -> list[str]:
-    """Names of the devices a run measured (several when trained side by side)."""
+    """Names of the devices a run measured.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+
+    Returns
+    -------
+    list of str
+        The start document's ``detectors``: one device (runs stored by earlier versions that
+        trained devices side by side in one run: several).
+    """
     return list(run.metadata["start"]["detectors"])
 
 
@@ -26,7 +38,8 @@ def stream_of(run: Any, base: str, device: str) -> Any:
     base : str
         The stream's name, e.g. ``"primary"`` or ``"evaluation"``.
     device : str
-        The device; runs training several devices name its streams ``<base>_<device>``.
+        The device (runs stored by earlier versions that trained several devices in one run
+        named its streams ``<base>_<device>``).
 
     Returns
     -------

@@ -33,6 +33,15 @@ def test_hge_training_solves_xor_and_records_every_step(stored_RE, storage, dnpu
     assert run.metadata["start"]["gate"] == "XOR"
     loss = run.primary["train_loss"].read()
     assert loss.size == result.iterations
+    # The usual read: the primary stream as an xarray Dataset, with named dimensions.
+    steps = run.primary.read()
+    assert steps["train_loss"].dims == ("time",)
+    assert steps["train_outputs"].dims == ("time", "case")
+    assert steps["train_controls"].dims == ("time", "control")
+    assert steps["train_input_zero_v"].dims == ("time", "input")
+    assert steps.sizes["control"] == dnpu.indices("control").size
+    assert not any(dim.startswith("dim_") for dim in run.hge.read().dims)
+    assert run.hge_raw.read()["dnpu_output"].dims == ("time", "sample")
     # The device time counts every stream: one HGE stream per step plus the evaluations.
     durations = [doc["data"]["dnpu_device_seconds"] for name, doc in documents if name == "event"
                  and "dnpu_device_seconds" in doc["data"]]  # fmt: skip

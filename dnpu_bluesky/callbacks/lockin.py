@@ -67,6 +67,8 @@ class LockInCallback(DocumentRouter):
     def descriptor(self, doc: dict) -> None:
         if doc.get("name") not in self.stream_names:
             return
+        if self.device_name not in doc.get("object_keys", {self.device_name: []}):
+            return  # another device's stream (devices trained side by side, each in its run)
         try:
             config = doc["configuration"][self.device_name]["data"]
         except KeyError as exc:

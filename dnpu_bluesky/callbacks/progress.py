@@ -27,9 +27,10 @@ class TrainingProgress(DocumentRouter):
     def __init__(self, *, plot: bool = False) -> None:
         super().__init__()
         self.plot = plot
-        self._bar: Any = None
-        self._streams: dict[str, str] = {}
+        self._bars: dict[str, Any] = {}  # run uid -> bar (side by side: a run per device)
+        self._streams: dict[str, tuple[str, tuple[str, ...]]] = {}  # descriptor -> run, fields
         self._line: Any = None
+        self._line_run = ""
         self._xy: tuple[list[float], list[float]] = ([], [])
 
     def start(self, doc: dict) -> None:
@@ -40,34 +41,33 @@ class TrainingProgress(DocumentRouter):
             total = int(args.get("generations", 0))
         else:
             return
-        total *= len(doc.get("detectors", [])) or 1  # devices trained side by side
         label = doc.get("gate") or doc.get("task", {}).get("name", "")
-        self._bar = tqdm(total=total or None, desc=f"{label} {doc.get('method', '')}", leave=True)
-        self._streams.clear()
-        self._xy = ([], [])
-        if self.plot:
+        if "side_by_side" in doc:
+            label = f"{label} {doc['detectors'][0]}"
+        bar = tqdm(total=total or None, desc=f"{label} {doc.get('method', '')}", leave=True)
+        self._bars[doc["uid"]] = bar
+        if self.plot and self._line is None:  # one plot: the first device's loss
+            self._line_run = doc["uid"]
+            self._xy = ([], [])
             self._open_plot(label)
 
     def descriptor(self, doc: dict) -> None:
-        if self._bar is None:
-            return
-        # Devices trained side by side: "primary_<device>".
-        if doc["name"] != "primary" and not doc["name"].startswith("primary_"):
+        if doc["run_start"] not in self._bars or doc["name"] != "primary":
             return
         for fields in _STEP_FIELDS:
             if fields[0] in doc["data_keys"]:
-                self._streams[doc["uid"]] = fields
+                self._streams[doc["uid"]] = (doc["run_start"], fields)
 
     def event(self, doc: dict) -> None:
-        fields = self._streams.get(doc["descriptor"])
-        if fields is None:
+        found = self._streams.get(doc["descriptor"])
+        if found is None:
             return
+        run, fields = found
         loss, margin, seconds = (doc["data"][key] for key in fields)
-        self._bar.set_postfix(
-            loss=f"{loss:.3f}", margin_nA=f"{margin:.2f}", device_s=f"{seconds:.1f}"
-        )
-        self._bar.update(1)
-        if self._line is not None:
+        bar = self._bars[run]
+        bar.set_postfix(loss=f"{loss:.3f}", margin_nA=f"{margin:.2f}", device_s=f"{seconds:.1f}")
+        bar.update(1)
+        if self._line is not None and run == self._line_run:
             self._xy[0].append(len(self._xy[0]) + 1)
             self._xy[1].append(loss)
             self._line.set_data(*self._xy)
@@ -77,14 +77,16 @@ class TrainingProgress(DocumentRouter):
             axes.figure.canvas.draw_idle()
 
     def stop(self, doc: dict) -> None:
-        if self._bar is not None:
-            if doc.get("exit_status") == "success" and self._bar.n:
+        bar = self._bars.pop(doc["run_start"], None)
+        if bar is not None:
+            if doc.get("exit_status") == "success" and bar.n:
                 # Done early (solved): a full bar, not "7/480" read as an aborted run.
-                self._bar.total = self._bar.n
-                self._bar.refresh()
-            self._bar.close()
-            self._bar = None
-        self._line = None
+                bar.total = bar.n
+                bar.refresh()
+            bar.close()
+        if doc["run_start"] == self._line_run:
+            self._line = None
+            self._line_run = ""
 
     def _open_plot(self, label: str) -> None:
         import matplotlib.pyplot as plt

@@ -10,6 +10,7 @@ signal, which a trainer may change between steps (screening).
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
-from bluesky.utils import Msg, short_uid
+from bluesky.utils import Msg, RunEngineControlException, short_uid
 
 from ..callbacks.lockin import LockInCallback
 from ..devices.dnpu import DNPU
@@ -102,8 +103,6 @@ class Trainer:
         ``perturbation_margin_v`` (how far inside the limits every voltage stays),
         ``learn_levels`` (bool), ``min_swing_v``, ``input_levels`` (fixed levels other than
         the task's own), and the method's step sizes.
-    suffix : str
-        Appended to stream names when devices train side by side.
     """
 
     def __init__(
@@ -113,10 +112,8 @@ class Trainer:
         method: str,
         seed: int | list[int],
         settings: dict,
-        suffix: str = "",
     ) -> None:
         self.dnpu = dnpu
-        self.suffix = suffix
         self.task = task
         self.method = method
         self.settings = settings
@@ -126,7 +123,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.fixed_levels = np.asarray(settings.get("input_levels", task.input_levels()), float)
         self.refresh_roles()
-        self.lockin = LockInCallback(dnpu.name, stream_name=self.stream("hge_raw"))
+        self.lockin = LockInCallback(dnpu.name, stream_name="hge_raw")
         self.gradient_record = new_gradient_record(dnpu, "projection")
         self.train_record = TrainRecord(name="train")
         self.eval_record = EvaluationRecord(name="evaluation")
@@ -221,10 +218,6 @@ class Trainer:
                 )
 
     # -- talking to the device --------------------------------------------------------------
-    def stream(self, base: str) -> str:
-        """This device's name for a stream (devices trained side by side each have their own)."""
-        return base + self.suffix
-
     def use_inputs(self, names: str) -> Plan:
         """Make ``names`` the device's input electrodes (no voltage is applied)."""
         if names != self.input_names:
@@ -248,7 +241,7 @@ class Trainer:
 
     def measure(self, stream: str) -> Plan:
         """Play the device's stream once (together with the other devices' requests)."""
-        reading = yield Measure(self.stream(stream))
+        reading = yield Measure(stream)
         self.measurements += 1
         self.clipped_samples += int(reading[self.dnpu.clipped_samples.name]["value"])
         return reading
@@ -300,7 +293,7 @@ class Trainer:
             measurements=self.measurements,
             clipped_samples=clipped,
         )
-        yield from bps.trigger_and_read([self.train_record], name=self.stream("primary"))
+        yield from bps.trigger_and_read([self.train_record], name="primary")
         return score
 
     def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
@@ -342,7 +335,7 @@ class Trainer:
             solved=bool(score.solved) and not clipped,
             clipped_samples=clipped,
         )
-        yield from bps.trigger_and_read([self.eval_record], name=self.stream(f"evaluation{suffix}"))
+        yield from bps.trigger_and_read([self.eval_record], name=f"evaluation{suffix}")
         return score, clipped
 
     def finish(
@@ -461,10 +454,9 @@ def make_trainers(
     check_devices(dnpus, task)
     trainers = []
     for index, device in enumerate(dnpus):
-        suffix = f"_{device.name}" if len(dnpus) > 1 else ""
         device_settings = {**settings, "perturbation_margin_v": perturbation_margin(device)}
         device_seed = seed if index == 0 else [seed, index]
-        trainers.append(Trainer(device, task, method, device_seed, device_settings, suffix))
+        trainers.append(Trainer(device, task, method, device_seed, device_settings))
     return trainers
 
 
@@ -488,15 +480,9 @@ def device_names(dnpus: list[DNPU], several_given: bool) -> str | list[str]:
 def run_metadata(
     trainers: list[Trainer], plan_name: str, plan_args: dict[str, Any], md: dict | None
 ) -> dict[str, Any]:
-    """Start-document metadata; for several devices, their setups keyed by device name."""
-    dnpus = [t.dnpu for t in trainers]
-    metadata = start_metadata(dnpus[0], plan_name, plan_args, md)
-    if len(dnpus) > 1:
-        setups = {d.name: device_setup(d) for d in dnpus}
-        metadata["detectors"] = list(setups)
-        for key in ("dnpu_backend", "hge"):
-            metadata[key] = {name: setup[key] for name, setup in setups.items()}
-        metadata["stream_suffixes"] = {t.dnpu.name: t.suffix for t in trainers}
+    """Start-document metadata of the first device's run (:func:`run_side_by_side` gives each
+    other device's run its own ``detectors``, ``dnpu_backend`` and ``hge``)."""
+    metadata = start_metadata(trainers[0].dnpu, plan_name, plan_args, md)
     task = trainers[0].task
     metadata.update(task=task.describe(), method=trainers[0].method)
     if isinstance(task, BooleanGate):
@@ -505,9 +491,51 @@ def run_metadata(
 
 
 def run_side_by_side(bodies: dict[Trainer, Plan], metadata: dict[str, Any], subs: list[Any]):
-    """One run in which each trainer's loop runs; returns their results in order."""
+    """Run each trainer's loop, each device in a run of its own; returns their results in order.
+
+    One device: one run, as :func:`~dnpu_bluesky.plans.stubs.within_run` makes it. Several:
+    one run per device, open at the same time (bluesky's run keys: the device's name), each
+    with the streams a device trained alone has and the device's own ``detectors``,
+    ``dnpu_backend`` and ``hge`` in its start document, plus ``side_by_side``: the
+    ``devices`` in the order given and a ``group`` uid shared by the runs.
+    """
     stage = [trainer.dnpu for trainer in bodies]
-    return (yield from within_run(_side_by_side(bodies), md=metadata, stage=stage, subs=subs))
+    if len(bodies) == 1:
+        return (yield from within_run(_side_by_side(bodies), md=metadata, stage=stage, subs=subs))
+    group = {"devices": [t.dnpu.name for t in bodies], "group": str(uuid.uuid4())}
+    plan: Plan = _side_by_side(bodies, keyed=True)
+    for trainer in reversed(list(bodies)):
+        device = trainer.dnpu
+        md = {**metadata, **device_setup(device), "detectors": [device.name]}
+        md["side_by_side"] = group
+        plan = _keyed_run(plan, md, device.name)
+    plan = bpp.stage_wrapper(plan, stage)
+    plan = bpp.rewindable_wrapper(plan, False)  # see within_run
+    if subs:
+        plan = bpp.subs_wrapper(plan, subs)
+    return (yield from plan)
+
+
+def _keyed_run(plan: Plan, md: dict[str, Any], key: str) -> Plan:
+    """``bpp.run_wrapper`` for the run of key ``key``; returns what ``plan`` returned."""
+    returned: list[Any] = []
+
+    def body() -> Plan:
+        returned.append((yield from plan))
+
+    def close(error: BaseException | None = None) -> Plan:
+        if error is None:
+            yield Msg("close_run", run=key)
+        elif isinstance(error, RunEngineControlException):
+            yield Msg("close_run", exit_status=error.exit_status, run=key)
+        else:
+            yield Msg("close_run", exit_status="fail", reason=str(error), run=key)
+
+    hints = dict(md.get("hints", {}))
+    hints.setdefault("dimensions", [(["time"], "primary")])  # see within_run
+    yield Msg("open_run", run=key, **{**md, "hints": hints})
+    yield from bpp.contingency_wrapper(body(), except_plan=close, else_plan=close)
+    return returned[0]
 
 
 def check_devices(dnpus: list[DNPU], task: Task) -> None:
@@ -535,9 +563,10 @@ def check_target_accuracy(target_accuracy: float) -> None:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
 
 
-def _side_by_side(bodies: dict[Trainer, Plan]) -> Plan:
+def _side_by_side(bodies: dict[Trainer, Plan], keyed: bool = False) -> Plan:
     """Run each device's loop, passing its plan messages through and playing the devices'
-    :class:`Measure` requests together; returns the loops' results in order."""
+    :class:`Measure` requests together; returns the loops' results in order. ``keyed``:
+    each device's messages go to its own run (run key: the device's name)."""
     results: dict[Trainer, Any] = {}
     ready: dict[Trainer, Any] = dict.fromkeys(bodies)
     while ready:
@@ -553,20 +582,24 @@ def _side_by_side(bodies: dict[Trainer, Plan]) -> Plan:
                 if isinstance(item, Measure):
                     requests[trainer] = item
                     break
+                if keyed and isinstance(item, Msg):
+                    item = item._replace(run=trainer.dnpu.name)
                 reply = yield item
-        ready = (yield from _measure_together(requests)) if requests else {}
+        ready = (yield from _measure_together(requests, keyed)) if requests else {}
     return [results[trainer] for trainer in bodies]
 
 
-def _measure_together(requests: dict[Trainer, Measure]) -> Plan:
-    """Trigger every requesting device at once, then save each reading to its own stream."""
+def _measure_together(requests: dict[Trainer, Measure], keyed: bool = False) -> Plan:
+    """Trigger every requesting device at once, then save each reading to its stream (of its
+    own run when ``keyed``)."""
     group = short_uid("measure")
     for trainer in requests:
         yield from bps.trigger(trainer.dnpu, group=group)
     yield from bps.wait(group=group)
     readings = {}
     for trainer, request in requests.items():
-        yield from bps.create(name=request.stream)
-        readings[trainer] = yield from bps.read(trainer.dnpu)
-        yield from bps.save()
+        run = trainer.dnpu.name if keyed else None
+        yield Msg("create", name=request.stream, run=run)
+        readings[trainer] = yield Msg("read", trainer.dnpu, run=run)
+        yield Msg("save", run=run)
     return readings

@@ -101,7 +101,7 @@ def train_genetic(
 
     Streams: ``eval_raw`` (every genome's raw waveform), ``primary`` (best and median loss,
     score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
-    of DNPUs evolves side by side in one run, as in :func:`~dnpu_bluesky.plans.train`.
+    of DNPUs evolves side by side, a run per device, as in :func:`~dnpu_bluesky.plans.train`.
 
     A genome holds the controls and, with ``learn_levels``, each input's logical-0 and
     logical-1 voltage; with ``inputs=None`` (a Boolean gate) or ``"screen"`` each genome also
@@ -250,7 +250,7 @@ def _evolve(
             measurements=trainer.measurements,
             clipped_genomes=int(clipped.sum()),
         )
-        yield from bps.trigger_and_read([record], name=trainer.stream("primary"))
+        yield from bps.trigger_and_read([record], name="primary")
         winners = [
             i
             for i, s in enumerate(scores)

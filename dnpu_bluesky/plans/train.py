@@ -106,14 +106,16 @@ def train(
     start (at most ``max_attempts``).
 
     Streams: the raw waveforms (``hge_raw``/``fd_raw``/``spsa_raw``/``eval_raw``), ``hge``
-    (gradients, HGE only), ``train`` (loss, score, controls, inputs and levels, device seconds
-    per iteration, screening included), ``screening`` (the candidates as ranked) and
-    ``evaluation`` (unperturbed evaluations).
+    (gradients, HGE only), ``primary`` (loss, score, controls, inputs and levels, device
+    seconds per iteration, screening included: ``run.primary.read()``), ``screening`` (the
+    candidates as ranked) and ``evaluation`` (unperturbed evaluations).
 
-    Several devices: given a list of DNPUs, trains each on the task side by side in one run.
-    Their measurements are triggered together; each device keeps its own loop and its own
-    streams, named with the device's name appended (``train_dnpu2``, ...). The first device
-    draws its random starts from ``seed``, device ``k`` from the seed sequence ``[seed, k]``.
+    Several devices: given a list of DNPUs, trains each on the task side by side, each in a
+    run of its own (the runs are open at the same time; their start documents share
+    ``side_by_side["group"]``). Their measurements are triggered together; each device keeps
+    its own loop, and its run has the streams and start-document keys of a device trained
+    alone. The first device draws its random starts from ``seed``, device ``k`` from the seed
+    sequence ``[seed, k]``.
 
     Parameters
     ----------
@@ -241,7 +243,7 @@ def train(
         metadata.update(
             optimizer=new_optimizer(trainers[0]).describe(),
             seed=seed,
-            hints={"dimensions": [(["train_iteration"], trainers[0].stream("primary"))]},
+            hints={"dimensions": [(["train_iteration"], "primary")]},
         )
         loop = {
             "max_iterations": int(max_iterations),
