@@ -270,25 +270,24 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     rows = json.loads(out.read_text())["results"]
     assert [row["device"] for row in rows] == ["dnpu1", "dnpu2"]
     assert [row["device_seed"] for row in rows] == [0, 1]  # --seed 0, then one seed each
-    assert len({row["run_uid"] for row in rows}) == 1  # one run, both devices
-    uid = rows[0]["run_uid"]
+    uids = [row["run_uid"] for row in rows]
+    assert len(set(uids)) == 2  # a run per device
     assert all(row["accuracy"] == 1.0 for row in rows)
     table = capsys.readouterr().out
     assert "dnpu1" in table and "dnpu2" in table
     assert main(["runs", "--gate", "AND", *data]) == 0
-    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(uid[:8])]
-    worst = min(row["margin_nA"] for row in rows)
-    assert line.split()[7:] == ["100%", f"{worst:.2f}", "(2", "devices)"]
-    # Re-measuring a side-by-side run names the device; dnpu2 was the virtual DNPU of seed 1.
-    assert main(["evaluate", uid, *data]) == 2
-    assert "choose one with --device" in capsys.readouterr().err
-    assert main(["evaluate", uid, "--device", "dnpu3", *data]) == 2
+    listed = capsys.readouterr().out.splitlines()
+    for row in rows:
+        (line,) = [line for line in listed if line.startswith(row["run_uid"][:8])]
+        assert line.split()[7:9] == ["100%", f"{row['margin_nA']:.2f}"]
+    # Re-measuring a device's run; dnpu2 was the virtual DNPU of seed 1.
+    assert main(["evaluate", uids[1], "--device", "dnpu3", *data]) == 2
     assert "not 'dnpu3'" in capsys.readouterr().err
-    assert main(["evaluate", uid, "--device", "dnpu2", "--seed", "1", *data]) == 0
+    assert main(["evaluate", uids[1], "--seed", "1", *data]) == 0
     then, now = capsys.readouterr().out.strip().splitlines()[-2:]
     assert then.split()[2] == now.split()[2] == "100%"
     check = find_runs(tiled_server.client, plan_name="evaluate_controls").values().first()
-    assert (check.start["source_run"], check.start["source_device"]) == (uid, "dnpu2")
+    assert (check.start["source_run"], check.start["source_device"]) == (uids[1], "dnpu2")
 
     assert main(["train", "--devices", "0", "--quiet", *data]) == 2
     assert "--devices must be at least 1" in capsys.readouterr().err

@@ -118,11 +118,13 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         assert stored.metadata["start"]["plan_name"] == "train"
         assert {"primary", "evaluation", "hge"} <= set(stored)
         assert len(stored.primary["train_loss"].read()) >= 1
-        (pair_uid,) = history[2]["result"]["run_uids"]
-        pair = _stored_run(_printed_uri(log_path), pair_uid)
-        assert pair.metadata["start"]["detectors"] == ["dnpu", "dnpu_b"]
-        for device in ("dnpu", "dnpu_b"):
-            assert len(pair[f"train_{device}"]["train_loss"].read()) == 3
+        pair_uids = history[2]["result"]["run_uids"]  # a run per device
+        assert len(pair_uids) == 2
+        for uid, device in zip(pair_uids, ("dnpu", "dnpu_b"), strict=True):
+            run = _stored_run(_printed_uri(log_path), uid)
+            assert run.metadata["start"]["detectors"] == [device]
+            assert run.metadata["start"]["side_by_side"]["devices"] == ["dnpu", "dnpu_b"]
+            assert len(run.primary["train_loss"].read()) == 3
 
         # A deferred pause (the queue server's default) takes effect at the next training
         # step; the run is then stopped, with the electrodes parked, and stored.
