@@ -37,8 +37,15 @@ TARGETS = {"visible_after_stop_s_p95": 1.0, "demo_wall_over_train_wall": 1.5}
 
 
 class _StopClock:
-    """A RunEngine callback (after the storage's writer) that times each run from its stop
-    document until the writer reports it in Tiled."""
+    """Time each run from its stop document until the storage's writer reports it in Tiled.
+
+    A RunEngine callback, subscribed after the writer.
+
+    Parameters
+    ----------
+    writer : BackgroundWriter
+        The storage's writer.
+    """
 
     def __init__(self, writer: Any) -> None:
         self._writer = writer

@@ -287,6 +287,18 @@ def _reopen_times(directory: Path, rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the storage benchmark and print its table and ``RESULT`` line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    dict
+        The ``RESULT`` figures.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 steps instead of 200")
     parser.add_argument("--steps", type=int, default=None)

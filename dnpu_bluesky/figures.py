@@ -349,6 +349,17 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
 
 
 def _steps_stream(run: Any) -> str:
-    """The stream of a run's training steps; evaluate_controls runs have none."""
+    """Name the stream of a run's training steps; evaluate_controls runs have none.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+
+    Returns
+    -------
+    str
+        ``"primary"`` for training runs, else ``""``.
+    """
     plan = run.metadata["start"]["plan_name"]
     return "primary" if plan in ("train", "train_genetic") else ""

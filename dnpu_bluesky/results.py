@@ -29,7 +29,7 @@ _EARLIER_PRIMARY = ("train", "generation")
 
 
 def stream_of(run: Any, base: str, device: str) -> Any:
-    """A device's stream of a run.
+    """Look up a device's stream of a run.
 
     Parameters
     ----------

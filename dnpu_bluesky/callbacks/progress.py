@@ -34,6 +34,13 @@ class TrainingProgress(DocumentRouter):
         self._xy: tuple[list[float], list[float]] = ([], [])
 
     def start(self, doc: dict) -> None:
+        """Open a bar for a training run (``train``, ``train_genetic``); ignore other runs.
+
+        Parameters
+        ----------
+        doc : dict
+            A start document.
+        """
         args = doc.get("plan_args", {})
         if doc.get("plan_name") == "train":
             total = int(args.get("max_iterations", 0)) * int(args.get("max_attempts", 1))
@@ -52,6 +59,13 @@ class TrainingProgress(DocumentRouter):
             self._open_plot(label)
 
     def descriptor(self, doc: dict) -> None:
+        """Note a training run's ``primary`` stream and the fields its steps show.
+
+        Parameters
+        ----------
+        doc : dict
+            An event descriptor.
+        """
         if doc["run_start"] not in self._bars or doc["name"] != "primary":
             return
         for fields in _STEP_FIELDS:
@@ -59,6 +73,13 @@ class TrainingProgress(DocumentRouter):
                 self._streams[doc["uid"]] = (doc["run_start"], fields)
 
     def event(self, doc: dict) -> None:
+        """Advance the run's bar (and the loss plot) by one training step.
+
+        Parameters
+        ----------
+        doc : dict
+            An event; only those of a training run's ``primary`` stream count.
+        """
         found = self._streams.get(doc["descriptor"])
         if found is None:
             return
@@ -77,6 +98,13 @@ class TrainingProgress(DocumentRouter):
             axes.figure.canvas.draw_idle()
 
     def stop(self, doc: dict) -> None:
+        """Close the run's bar: full when it ended early with success (solved).
+
+        Parameters
+        ----------
+        doc : dict
+            A stop document.
+        """
         bar = self._bars.pop(doc["run_start"], None)
         if bar is not None:
             if doc.get("exit_status") == "success" and bar.n:

@@ -37,7 +37,7 @@ class Measured(Signal):
         self.dims = tuple(dims)
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """The data key of :meth:`ophyd.Signal.describe`, with units, numpy dtype and dims.
+        """Describe the signal as :meth:`ophyd.Signal.describe` does, with units, dtype, dims.
 
         Returns
         -------

@@ -480,8 +480,27 @@ def device_names(dnpus: list[DNPU], several_given: bool) -> str | list[str]:
 def run_metadata(
     trainers: list[Trainer], plan_name: str, plan_args: dict[str, Any], md: dict | None
 ) -> dict[str, Any]:
-    """Start-document metadata of the first device's run (:func:`run_side_by_side` gives each
-    other device's run its own ``detectors``, ``dnpu_backend`` and ``hge``)."""
+    """Build the start-document metadata of the first device's run.
+
+    :func:`run_side_by_side` gives each other device's run its own ``detectors``,
+    ``dnpu_backend`` and ``hge``.
+
+    Parameters
+    ----------
+    trainers : list of Trainer
+        The devices' trainers, in order.
+    plan_name : str
+        The plan's name.
+    plan_args : dict
+        The plan's arguments, as the start document shows them.
+    md : dict or None
+        The caller's extra metadata.
+
+    Returns
+    -------
+    dict
+        The metadata, with the task's description, the method and (Boolean gates) the gate.
+    """
     metadata = start_metadata(trainers[0].dnpu, plan_name, plan_args, md)
     task = trainers[0].task
     metadata.update(task=task.describe(), method=trainers[0].method)
@@ -491,13 +510,27 @@ def run_metadata(
 
 
 def run_side_by_side(bodies: dict[Trainer, Plan], metadata: dict[str, Any], subs: list[Any]):
-    """Run each trainer's loop, each device in a run of its own; returns their results in order.
+    """Run each trainer's loop, each device in a run of its own.
 
     One device: one run, as :func:`~dnpu_bluesky.plans.stubs.within_run` makes it. Several:
     one run per device, open at the same time (bluesky's run keys: the device's name), each
     with the streams a device trained alone has and the device's own ``detectors``,
     ``dnpu_backend`` and ``hge`` in its start document, plus ``side_by_side``: the
     ``devices`` in the order given and a ``group`` uid shared by the runs.
+
+    Parameters
+    ----------
+    bodies : dict
+        Each trainer's loop, in the order of the devices.
+    metadata : dict
+        The start document's metadata (:func:`run_metadata`).
+    subs : list
+        Callbacks subscribed for the run(s), e.g. the lock-in callbacks.
+
+    Returns
+    -------
+    list
+        The loops' results, in order.
     """
     stage = [trainer.dnpu for trainer in bodies]
     if len(bodies) == 1:
@@ -517,7 +550,22 @@ def run_side_by_side(bodies: dict[Trainer, Plan], metadata: dict[str, Any], subs
 
 
 def _keyed_run(plan: Plan, md: dict[str, Any], key: str) -> Plan:
-    """``bpp.run_wrapper`` for the run of key ``key``; returns what ``plan`` returned."""
+    """Run ``plan`` inside the run of key ``key``, as ``bpp.run_wrapper`` does for one run.
+
+    Parameters
+    ----------
+    plan : generator
+        The plan.
+    md : dict
+        The run's start-document metadata.
+    key : str
+        The run key.
+
+    Returns
+    -------
+    object
+        What ``plan`` returned.
+    """
     returned: list[Any] = []
 
     def body() -> Plan:
@@ -564,9 +612,20 @@ def check_target_accuracy(target_accuracy: float) -> None:
 
 
 def _side_by_side(bodies: dict[Trainer, Plan], keyed: bool = False) -> Plan:
-    """Run each device's loop, passing its plan messages through and playing the devices'
-    :class:`Measure` requests together; returns the loops' results in order. ``keyed``:
-    each device's messages go to its own run (run key: the device's name)."""
+    """Run each device's loop, playing the devices' :class:`Measure` requests together.
+
+    Parameters
+    ----------
+    bodies : dict
+        Each trainer's loop.
+    keyed : bool
+        Send each device's messages to its own run (run key: the device's name).
+
+    Returns
+    -------
+    list
+        The loops' results, in order.
+    """
     results: dict[Trainer, Any] = {}
     ready: dict[Trainer, Any] = dict.fromkeys(bodies)
     while ready:
@@ -590,8 +649,20 @@ def _side_by_side(bodies: dict[Trainer, Plan], keyed: bool = False) -> Plan:
 
 
 def _measure_together(requests: dict[Trainer, Measure], keyed: bool = False) -> Plan:
-    """Trigger every requesting device at once, then save each reading to its stream (of its
-    own run when ``keyed``)."""
+    """Trigger every requesting device at once, then save each reading to its stream.
+
+    Parameters
+    ----------
+    requests : dict
+        Each requesting trainer's :class:`Measure`.
+    keyed : bool
+        Save each reading in its device's own run (run key: the device's name).
+
+    Returns
+    -------
+    dict
+        Each trainer's reading.
+    """
     group = short_uid("measure")
     for trainer in requests:
         yield from bps.trigger(trainer.dnpu, group=group)

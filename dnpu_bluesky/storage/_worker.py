@@ -265,7 +265,7 @@ class _SpoolWorker:
 
 
 def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
-    """The ``TiledWriter`` of one run (or of the direct writer) into the runs container.
+    """Make the ``TiledWriter`` of one run (or of the direct writer) into the runs container.
 
     Parameters
     ----------
