@@ -22,6 +22,7 @@ from ..tasks.training import (
     reaches_target,
 )
 from ._common import check_positive
+from ._side_by_side import run_side_by_side
 from ._training import (
     Setting,
     Trainer,
@@ -33,7 +34,6 @@ from ._training import (
     prepare,
     resolve_inputs,
     run_metadata,
-    run_side_by_side,
 )
 from .stubs import Plan
 

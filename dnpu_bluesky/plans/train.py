@@ -23,6 +23,7 @@ from ..tasks.training import (
 from ._common import check_positive
 from ._descent import descend
 from ._gradients import METHODS, gradient_method
+from ._side_by_side import run_side_by_side
 from ._training import (
     Setting,
     Trainer,
@@ -34,7 +35,6 @@ from ._training import (
     prepare,
     resolve_inputs,
     run_metadata,
-    run_side_by_side,
 )
 from .stubs import Plan, configure_hge
 
