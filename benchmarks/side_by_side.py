@@ -1,4 +1,4 @@
-"""Several DNPUs trained side by side in one run against one after another (issue 6, part 4).
+"""Several DNPUs trained side by side (one ``train`` call) against one after another (issue 6).
 
 Run ``python -m benchmarks.side_by_side`` (1, 2 and 4 devices, about 2 minutes) or
 ``--quick`` (1 and 2 devices, under 60 s). Ends with one line ``RESULT {json}``.
@@ -9,7 +9,8 @@ number of HGE training steps on XOR (no stopping: ``target_margin_na`` out of re
 attempt), plus the final evaluation. Two ways, measured in one process, alternating:
 
 * ``sequential``: one ``train`` run per device, one after the other;
-* ``side_by_side``: one ``train`` run given the list of devices.
+* ``side_by_side``: one ``train`` call given the list of devices (a run per device, their
+  measurements triggered together).
 
 Figures: wall seconds of each, device seconds summed over the devices, ``speedup`` =
 sequential wall / side-by-side wall, and ``efficiency`` = speedup / number of devices (1 is

@@ -21,7 +21,8 @@ def _label(run: Any, device: str) -> str:
     label = start.get("gate") or start.get("task", {}).get("name", start["plan_name"])
     method = start.get("method")
     label = " ".join(part for part in (label, method, start["uid"][:8]) if part)
-    return f"{label} ({device})" if len(_devices(run)) > 1 else label
+    several = len(_devices(run)) > 1 or "side_by_side" in start
+    return f"{label} ({device})" if several else label
 
 
 def _panels(runs: Sequence[Any]) -> list[tuple[Any, str]]:
@@ -60,7 +61,7 @@ def evaluation_trace(run: Any, device: str | None = None) -> dict[str, np.ndarra
 
 
 def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
-    """Loss per iteration (``train`` stream) or best loss per generation (genetic runs).
+    """Loss per iteration or best loss per generation (genetic runs): the ``primary`` stream.
 
     ``device`` picks one of the devices of a run that trained several (default: the first).
     Besides ``iteration``, ``loss`` and ``device_s``, ``attempt`` numbers the random start
@@ -68,14 +69,14 @@ def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
     """
     name = device or _devices(run)[0]
     if run.metadata["start"]["plan_name"] != "train_genetic":
-        stream = _stream(run, "train", name)
+        stream = _stream(run, "primary", name)
         return {
             "iteration": stream["train_iteration"].read(),
             "loss": stream["train_loss"].read(),
             "device_s": stream["train_device_seconds"].read(),
             "attempt": stream["train_attempt"].read(),
         }
-    stream = _stream(run, "generation", name)
+    stream = _stream(run, "primary", name)
     generations = stream["generation_generation"].read()
     return {
         "iteration": generations,
@@ -348,6 +349,17 @@ def save_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
 
 
 def _steps_stream(run: Any) -> str:
-    """The stream of a run's training steps; evaluate_controls runs have none."""
+    """Name the stream of a run's training steps; evaluate_controls runs have none.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+
+    Returns
+    -------
+    str
+        ``"primary"`` for training runs, else ``""``.
+    """
     plan = run.metadata["start"]["plan_name"]
-    return {"train": "train", "train_genetic": "generation"}.get(plan, "")
+    return "primary" if plan in ("train", "train_genetic") else ""

@@ -8,17 +8,59 @@ from typing import Any
 
 
 def devices_of(run: Any) -> list[str]:
-    """Names of the devices a run measured (several when trained side by side)."""
+    """Names of the devices a run measured.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+
+    Returns
+    -------
+    list of str
+        The start document's ``detectors``: one device (runs stored by earlier versions that
+        trained devices side by side in one run: several).
+    """
     return list(run.metadata["start"]["detectors"])
 
 
+#: Names the ``primary`` stream of training runs had in runs stored by earlier versions.
+_EARLIER_PRIMARY = ("train", "generation")
+
+
 def stream_of(run: Any, base: str, device: str) -> Any:
-    """A device's stream: runs training several devices name them ``<base>_<device>``."""
-    return run[_stream_name(run, base, device)]
+    """Look up a device's stream of a run.
+
+    Parameters
+    ----------
+    run : BlueskyRun
+        A run as stored in Tiled.
+    base : str
+        The stream's name, e.g. ``"primary"`` or ``"evaluation"``.
+    device : str
+        The device (runs stored by earlier versions that trained several devices in one run
+        named its streams ``<base>_<device>``).
+
+    Returns
+    -------
+    BlueskyEventStream
+        The stream (for ``"primary"``: also the ``train`` or ``generation`` stream of runs
+        stored before training steps went to ``primary``).
+    """
+    names = _stream_names(run, base, device)
+    for name in names[:-1]:
+        try:
+            return run[name]
+        except KeyError:
+            pass
+    return run[names[-1]]
 
 
-def _stream_name(run: Any, base: str, device: str) -> str:
-    return base + run.metadata["start"].get("stream_suffixes", {}).get(device, "")
+def _stream_names(run: Any, base: str, device: str) -> list[str]:
+    """The names the stream may have, the current one first."""
+    suffix = run.metadata["start"].get("stream_suffixes", {}).get(device, "")
+    earlier = _EARLIER_PRIMARY if base == "primary" else ()
+    return [name + suffix for name in (base, *earlier)]
 
 
 def has_stream(run: Any, base: str) -> bool:
@@ -37,7 +79,9 @@ def has_stream(run: Any, base: str) -> bool:
         False when a device lacks it (a run aborted, failed or stopped early may not have its
         ``evaluation``).
     """
-    return all(_stream_name(run, base, device) in run for device in devices_of(run))
+    return all(
+        any(name in run for name in _stream_names(run, base, device)) for device in devices_of(run)
+    )
 
 
 def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
@@ -62,7 +106,7 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
             a training run); the message lists the devices or streams it has.
     """
     name = _checked_device(run, device)
-    if _stream_name(run, "evaluation", name) not in run:
+    if _stream_names(run, "evaluation", name)[0] not in run:
         start = run.metadata["start"]
         raise KeyError(
             f"run {start['uid'][:8]} ({start.get('plan_name', 'unknown plan')}) has no "
@@ -124,7 +168,7 @@ def electrode_label(name: str, channel: str) -> str:
 def held_out_accuracy(run: Any, device: str) -> float | None:
     """Accuracy on the held-out points of ``device``'s last ``evaluation_test`` (one small
     read), or None for a task without held-out data."""
-    if _stream_name(run, "evaluation_test", device) not in run:
+    if _stream_names(run, "evaluation_test", device)[0] not in run:
         return None
     return float(last_evaluation(run, device, ("accuracy",), "evaluation_test")["accuracy"])
 

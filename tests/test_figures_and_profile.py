@@ -9,7 +9,7 @@ from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.figures import gates_figure, loss_curve, loss_figure
 from dnpu_bluesky.plans import iv_sweep, train
 from dnpu_bluesky.results import trained_setting
-from dnpu_bluesky.storage import load_run
+from dnpu_bluesky.storage import find_runs, load_run
 from dnpu_bluesky.tasks import BooleanGate
 
 
@@ -71,9 +71,9 @@ def test_an_interrupted_genetic_run_is_drawn_as_its_loss_curve(stored_RE, storag
     plan = train_genetic(dnpu, BooleanGate("XNOR"), population=6, n_elite=2, generations=5)
     with pytest.raises(RuntimeError, match="interrupted"):
         stored_RE(plan, {"event": stop_after_the_first_generation})
-    (run,) = [
-        r for r in storage.client.values() if r.metadata["start"]["plan_name"] == "train_genetic"
-    ]
+    # load_run: a v3 run even if another test in this process switched clients to v2.
+    (uid,) = find_runs(storage.client, plan_name="train_genetic")
+    run = load_run(storage.client, uid)
     assert "eval_raw" in run and "evaluation" not in run  # genomes measured, none final
     paths = save_figures([run], tmp_path)
     assert [path.name for path in paths] == ["gates_loss.png"]
@@ -98,7 +98,7 @@ def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summar
     assert "Validation summary:\n  dnpu_validation_cosine_hge_fd_median = 0." in printed
     # A training run has its progress bar instead of the table, whose lines would break it.
     assert "New stream: 'validation_summary'" in printed
-    assert "AND fd" in printed and "New stream: 'train'" not in printed
+    assert "AND fd" in printed and "New stream: 'primary'" not in printed
     # Reading a few scalars back shows no tiled "Fetching data..." bar.
     assert "accuracy 1.0" in printed and "Fetching data" not in printed
 

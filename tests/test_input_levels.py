@@ -147,7 +147,7 @@ def test_training_learns_levels_on_pinned_inputs_and_records_them(stored_RE, sto
     assert np.all(levels >= limits[:, [0]] + 0.02) and np.all(levels <= limits[:, [1]] - 0.02)
     run = load_run(storage.client, outcome.run_start_uids[0])
     assert "screening" not in run
-    train_stream = run["train"].read()
+    train_stream = run.primary.read()
     assert set(train_stream["train_inputs"].values) == {"e1,e2"}
     zero = train_stream["train_input_zero_v"].values
     assert zero.shape == (result.iterations, 2) and np.ptp(zero[:, 0]) > 0  # the levels moved
@@ -175,7 +175,7 @@ def test_screening_ranks_every_pair_and_training_continues_the_best(stored_RE, s
     # Every pair, once per polarity class (the second input in the first's order, or not).
     assert ranking["screening_rank"].values.tolist() == list(range(1, 43))
     assert len(set(ranking["screening_inputs"].values)) == 21
-    steps = run["train"].read()
+    steps = run.primary.read()
     screened = int(np.sum(steps["train_attempt"].values == -1))
     # Screening stops at its budget: the step that crossed it is its last.
     seconds = steps["train_device_seconds"].values

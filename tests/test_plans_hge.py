@@ -43,11 +43,15 @@ def test_hge_gradient_run_lands_in_tiled_and_matches_the_model(stored_RE, storag
     estimate = result.plan_result
     (uid,) = result.run_start_uids
     run = load_run(storage.client, uid)
-    assert set(run) >= {"hge_raw", "hge"}
+    assert set(run) >= {"hge_raw", "primary"}
     raw = run["hge_raw"]["dnpu_output"].read()
     assert raw.shape == (1, dnpu.last_waveform.voltages.shape[0])
-    gradient = run["hge"]["dnpu_hge_gradient"].read()
+    gradient = run.primary["dnpu_hge_gradient"].read()
     assert gradient.shape == (1, 4, 5)
+    measured = run.primary.read()  # the usual read, dimensions named
+    assert measured["dnpu_hge_gradient"].dims == ("time", "case", "tone")
+    assert measured["dnpu_hge_x"].dims == ("time", "segment", "tone")
+    assert measured["dnpu_hge_case_currents"].dims == ("time", "case")
     np.testing.assert_allclose(gradient[0], estimate.gradient)
     assert run.metadata["start"]["plan_name"] == "hge_gradient"
     assert run.metadata["stop"]["exit_status"] == "success"

@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_profile_startup_files_run_a_plan_into_tiled(run_profile):
     code = (
         "(uid,) = RE(hge_gradient(dnpu)); run = load_run(runs, uid); "
-        "print('STREAMS', sorted(run), run['hge']['dnpu_hge_gradient'].read().shape)"
+        "print('STREAMS', sorted(run), run.primary['dnpu_hge_gradient'].read().shape)"
     )
     completed = run_profile("-c", code)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert "STREAMS ['hge', 'hge_raw'] (1, 1, 5)" in completed.stdout
+    assert "STREAMS ['hge_raw', 'primary'] (1, 1, 5)" in completed.stdout
 
 
 def test_cli_train_runs_report_and_errors(tmp_path, capsys, tiled_server, monkeypatch):
@@ -164,7 +164,7 @@ def test_cli_continues_a_past_run_from_its_final_controls(tmp_path, capsys, tile
     # Its random restarts must not replay the past run's own starts.
     assert start["seed"] == past.metadata["start"]["seed"] + 1 == second["seed"]
     # The first step is taken where the past run ended.
-    assert continued["train"]["train_controls"].read()[0] == pytest.approx(ended)
+    assert continued.primary["train_controls"].read()[0] == pytest.approx(ended)
 
     for extra, message in (
         (["--gates", "AND"], "drop --gates"),
@@ -270,25 +270,24 @@ def test_cli_trains_several_devices_side_by_side(tmp_path, capsys, tiled_server)
     rows = json.loads(out.read_text())["results"]
     assert [row["device"] for row in rows] == ["dnpu1", "dnpu2"]
     assert [row["device_seed"] for row in rows] == [0, 1]  # --seed 0, then one seed each
-    assert len({row["run_uid"] for row in rows}) == 1  # one run, both devices
-    uid = rows[0]["run_uid"]
+    uids = [row["run_uid"] for row in rows]
+    assert len(set(uids)) == 2  # a run per device
     assert all(row["accuracy"] == 1.0 for row in rows)
     table = capsys.readouterr().out
     assert "dnpu1" in table and "dnpu2" in table
     assert main(["runs", "--gate", "AND", *data]) == 0
-    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(uid[:8])]
-    worst = min(row["margin_nA"] for row in rows)
-    assert line.split()[7:] == ["100%", f"{worst:.2f}", "(2", "devices)"]
-    # Re-measuring a side-by-side run names the device; dnpu2 was the virtual DNPU of seed 1.
-    assert main(["evaluate", uid, *data]) == 2
-    assert "choose one with --device" in capsys.readouterr().err
-    assert main(["evaluate", uid, "--device", "dnpu3", *data]) == 2
+    listed = capsys.readouterr().out.splitlines()
+    for row in rows:
+        (line,) = [line for line in listed if line.startswith(row["run_uid"][:8])]
+        assert line.split()[7:9] == ["100%", f"{row['margin_nA']:.2f}"]
+    # Re-measuring a device's run; dnpu2 was the virtual DNPU of seed 1.
+    assert main(["evaluate", uids[1], "--device", "dnpu3", *data]) == 2
     assert "not 'dnpu3'" in capsys.readouterr().err
-    assert main(["evaluate", uid, "--device", "dnpu2", "--seed", "1", *data]) == 0
+    assert main(["evaluate", uids[1], "--seed", "1", *data]) == 0
     then, now = capsys.readouterr().out.strip().splitlines()[-2:]
     assert then.split()[2] == now.split()[2] == "100%"
     check = find_runs(tiled_server.client, plan_name="evaluate_controls").values().first()
-    assert (check.start["source_run"], check.start["source_device"]) == (uid, "dnpu2")
+    assert (check.start["source_run"], check.start["source_device"]) == (uids[1], "dnpu2")
 
     assert main(["train", "--devices", "0", "--quiet", *data]) == 2
     assert "--devices must be at least 1" in capsys.readouterr().err
@@ -478,7 +477,7 @@ def test_cli_ctrl_c_aborts_the_run_between_steps(tiled_server, tmp_path, capsys)
     assert last.startswith("dnpu-bluesky train: interrupted; run ") and "aborted and stored" in last
     run = load_run(tiled_server.client, last.split("run ")[1].split()[0])
     assert run.metadata["stop"]["exit_status"] == "abort"
-    assert 0 < run["train"]["train_iteration"].read().size < 100
+    assert 0 < run.primary["train_iteration"].read().size < 100
     assert "Traceback" not in b"".join(err).decode()
     assert not any("No open traces" in line for line in lines)  # bluesky's noise on abort
     (row,) = json.loads(out.read_text())["results"]

@@ -137,21 +137,23 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         assert stored.metadata["stop"]["exit_status"] == "success"
         assert stored.metadata["start"]["gate"] == "AND"
         assert stored.metadata["start"]["plan_name"] == "train"
-        assert {"train", "evaluation", "hge"} <= set(stored)
-        assert len(stored["train"]["train_loss"].read()) >= 1
-        (pair_uid,) = history[2]["result"]["run_uids"]
-        pair = _stored_run(_printed_directory(log_path), pair_uid)
-        assert pair.metadata["start"]["detectors"] == ["dnpu", "dnpu_b"]
-        for device in ("dnpu", "dnpu_b"):
-            assert len(pair[f"train_{device}"]["train_loss"].read()) == 3
+        assert {"primary", "evaluation", "hge"} <= set(stored)
+        assert len(stored.primary["train_loss"].read()) >= 1
+        pair_uids = history[2]["result"]["run_uids"]  # a run per device
+        assert len(pair_uids) == 2
+        for uid, device in zip(pair_uids, ("dnpu", "dnpu_b"), strict=True):
+            run = _stored_run(_printed_directory(log_path), uid)
+            assert run.metadata["start"]["detectors"] == [device]
+            assert run.metadata["start"]["side_by_side"]["devices"] == ["dnpu", "dnpu_b"]
+            assert len(run.primary["train_loss"].read()) == 3
         (count_uid,) = history[3]["result"]["run_uids"]
         counted = _stored_run(_printed_directory(log_path), count_uid)
         assert counted.metadata["start"]["plan_name"] == "count"
         assert len(counted["primary"]["dnpu_current"].read()) == 2
         # RE.md persists in the worker too: scan_id counts every run of the queue.
         scan_ids = [_stored_run(_printed_directory(log_path), uid).metadata["start"]["scan_id"]
-                    for uid in (train_uid, pair_uid, count_uid)]  # fmt: skip
-        assert scan_ids == [2, 3, 4]
+                    for uid in (train_uid, *pair_uids, count_uid)]  # fmt: skip
+        assert scan_ids == [2, 3, 4, 5]
 
         # A deferred pause (the queue server's default) takes effect at the next training
         # step; the run is then stopped, with the electrodes parked, and stored.
@@ -168,7 +170,7 @@ def test_profile_runs_a_training_plan_through_the_queue_server(tmp_path, capsys)
         assert stopped["result"]["exit_status"] == "stopped", stopped["result"]
         (stopped_uid,) = stopped["result"]["run_uids"]
         run = _stored_run(_printed_directory(log_path), stopped_uid)
-        assert 0 < len(run["train"]["train_loss"].read()) < 480  # stopped, not finished
+        assert 0 < len(run.primary["train_loss"].read()) < 480  # stopped, not finished
         # bluesky ends a stopped run as a success; the listing says what happened.
         from dnpu_bluesky.cli import main
 

@@ -196,8 +196,8 @@ def test_remote_postgres_tiled_stores_replays_and_copies_a_run(remote_tiled, RE)
     # The same package code reads it back from the remote server.
     with open_storage(config) as storage:
         run = load_run(storage.client, uid)
-        assert sorted(run) == ["hge", "hge_raw"]
-        gradient = run["hge"]["dnpu_hge_gradient"].read()
+        assert sorted(run) == ["hge_raw", "primary"]
+        gradient = run.primary["dnpu_hge_gradient"].read()
         sent = [
             doc for name, doc in emitted if name == "event" and "dnpu_hge_gradient" in doc["data"]
         ]
@@ -234,8 +234,8 @@ def test_remote_postgres_tiled_stores_replays_and_copies_a_run(remote_tiled, RE)
             assert copy_run(run, copy) == uid
         with open_storage(StorageConfig(**{**_fields(config), "container": "replayed"})) as copy:
             again = load_run(copy.client, uid)
-            assert sorted(again) == ["hge", "hge_raw"]
-            np.testing.assert_allclose(again["hge"]["dnpu_hge_gradient"].read(), gradient)
+            assert sorted(again) == ["hge_raw", "primary"]
+            np.testing.assert_allclose(again.primary["dnpu_hge_gradient"].read(), gradient)
             np.testing.assert_allclose(
                 again["hge_raw"]["dnpu_output"].read(), run["hge_raw"]["dnpu_output"].read()
             )

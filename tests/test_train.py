@@ -28,11 +28,20 @@ def test_hge_training_solves_xor_and_records_every_step(stored_RE, storage, dnpu
     outcome = stored_RE(train(dnpu, BooleanGate("XOR"), seed=1))
     result = outcome.plan_result
     assert result.solved and result.accuracy == 1.0 and result.margin_na >= 2.0
-    assert {"hge_raw", "hge", "train", "evaluation", "eval_raw"} <= _streams(documents)
+    assert {"hge_raw", "hge", "primary", "evaluation", "eval_raw"} <= _streams(documents)
     run = load_run(storage.client, outcome.run_start_uids[0])
     assert run.metadata["start"]["gate"] == "XOR"
-    loss = run["train"]["train_loss"].read()
+    loss = run.primary["train_loss"].read()
     assert loss.size == result.iterations
+    # The usual read: the primary stream as an xarray Dataset, with named dimensions.
+    steps = run.primary.read()
+    assert steps["train_loss"].dims == ("time",)
+    assert steps["train_outputs"].dims == ("time", "case")
+    assert steps["train_controls"].dims == ("time", "control")
+    assert steps["train_input_zero_v"].dims == ("time", "input")
+    assert steps.sizes["control"] == dnpu.indices("control").size
+    assert not any(dim.startswith("dim_") for dim in run.hge.read().dims)
+    assert run.hge_raw.read()["dnpu_output"].dims == ("time", "sample")
     # The device time counts every stream: one HGE stream per step plus the evaluations.
     durations = [doc["data"]["dnpu_device_seconds"] for name, doc in documents if name == "event"
                  and "dnpu_device_seconds" in doc["data"]]  # fmt: skip
@@ -332,7 +341,7 @@ def test_a_ctrl_c_delivered_to_another_thread_still_pauses_training(collect_vali
     sent: list[int] = []
 
     def ctrl_c_to_a_thread(name, doc):
-        if name == "event" and not sent and _event_counts(documents).get("train", 0) == 3:
+        if name == "event" and not sent and _event_counts(documents).get("primary", 0) == 3:
             sent.append(len(documents))
             to_itself = threading.Thread(
                 target=lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)
@@ -344,7 +353,7 @@ def test_a_ctrl_c_delivered_to_another_thread_still_pauses_training(collect_vali
         with pytest.raises(RunEngineInterrupted):  # no margin is reachable: 480 iterations
             RE(train(dnpu, BooleanGate("XNOR"), seed=2, target_margin_na=1e6, max_attempts=1))
         assert RE.state == "paused"
-        assert sent and 3 <= _event_counts(documents)["train"] < 50
+        assert sent and 3 <= _event_counts(documents)["primary"] < 50
         RE.abort("stopped by the operator")
     finally:
         if RE.state != "idle":
@@ -362,7 +371,7 @@ def test_the_first_ctrl_c_pauses_training_between_steps(RE, documents, dnpu):
         RE(train(dnpu, BooleanGate("XNOR"), seed=2))
     assert RE.state == "paused"
     # Paused at the next step's checkpoint: the step that was measuring finished first.
-    assert _event_counts(documents)["train"] == _event_counts(documents)["hge_raw"] == 3
+    assert _event_counts(documents)["primary"] == _event_counts(documents)["hge_raw"] == 3
     RE.abort("stopped by the operator")
     (stop,) = [doc for name, doc in documents if name == "stop"]
     assert stop["exit_status"] == "abort"
@@ -384,7 +393,7 @@ def test_an_attempt_whose_output_clips_starts_again_elsewhere(
                  learn_levels=False)  # fmt: skip
     with caplog.at_level("WARNING", logger="dnpu_bluesky.plans.train"):
         result = RE(plan).plan_result
-    steps = [event["data"] for event in _stream_events(documents, "train")]
+    steps = [event["data"] for event in _stream_events(documents, "primary")]
     # The first step clipped and ended the first attempt there; the next began elsewhere.
     assert steps[0]["train_attempt"] == 0 and steps[0]["train_clipped_samples"] > 0
     assert steps[1]["train_attempt"] == 1
@@ -414,7 +423,7 @@ def test_genomes_whose_output_clips_rank_last(RE, clipping_dnpu, documents):
                          learn_levels=False)  # fmt: skip
     RE(plan)
     genomes = [event["data"] for event in _stream_events(documents, "eval_raw")]
-    generations = [event["data"] for event in _stream_events(documents, "generation")]
+    generations = [event["data"] for event in _stream_events(documents, "primary")]
     control_columns = clipping_dnpu.indices("control")
     clipped_seen = 0
     for index, generation in enumerate(generations):
@@ -490,7 +499,7 @@ def test_stored_runs_keep_integer_arrays_and_state_their_units(stored_RE, storag
         assert run[stream][key].read().dtype.kind == "i", key
     units = {
         key: spec.get("units")
-        for stream in ("hge_raw", "hge", "train", "evaluation")
+        for stream in ("hge_raw", "hge", "primary", "evaluation")
         for key, spec in run[stream].metadata["data_keys"].items()
     }
     assert units["dnpu_output"] == units["train_outputs"] == units["evaluation_margin_na"] == "nA"

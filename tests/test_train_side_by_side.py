@@ -1,4 +1,4 @@
-"""Several DNPUs trained side by side in one run, through a real RunEngine and Tiled."""
+"""Several DNPUs trained side by side, a run per device, through a real RunEngine and Tiled."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from tiled.queries import Key
 
 from dnpu_bluesky.callbacks import TrainingProgress
 from dnpu_bluesky.config import default_sim_profile
@@ -14,7 +15,7 @@ from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.figures import gates_figure, loss_curve
 from dnpu_bluesky.plans import train, train_boolean_gates, train_genetic
 from dnpu_bluesky.sim import SimulatedBackend, VirtualDNPU
-from dnpu_bluesky.storage import load_run
+from dnpu_bluesky.storage import find_runs, load_run
 from dnpu_bluesky.tasks import BooleanGate
 
 #: Runs to a fixed number of steps: no measured margin reaches it.
@@ -36,19 +37,31 @@ def _stream_names(documents):
     return {doc["name"] for name, doc in documents if name == "descriptor"}
 
 
+def _streams_per_run(documents):
+    streams = {}
+    for name, doc in documents:
+        if name == "descriptor":
+            streams.setdefault(doc["run_start"], set()).add(doc["name"])
+    return streams
+
+
 def test_each_device_trains_as_it_would_alone(stored_RE, storage, pair, documents):
     outcome = stored_RE(train(pair, BooleanGate("XOR"), seed=3))
     results = outcome.plan_result
     assert [r.device for r in results] == ["dnpu_a", "dnpu_b"]
     assert all(r.solved and r.margin_na >= 2.0 for r in results)
-    for device in ("dnpu_a", "dnpu_b"):
-        streams = {f"{base}_{device}" for base in ("hge_raw", "hge", "train", "eval_raw")}
-        assert streams | {f"evaluation_{device}"} <= _stream_names(documents)
+    # A run per device, with the streams of a device trained alone.
+    uids = outcome.run_start_uids
+    assert len(uids) == 2
+    streams = _streams_per_run(documents)
+    for uid in uids:
+        assert {"primary", "hge_raw", "hge", "eval_raw", "evaluation"} <= streams[uid]
 
     # The first device, alone and with the same seed, measures and decides exactly the same.
     alone = build_dnpu(default_sim_profile(seed=0), name="dnpu_a")
     try:
-        single = stored_RE(train(alone, BooleanGate("XOR"), seed=3)).plan_result
+        outcome_alone = stored_RE(train(alone, BooleanGate("XOR"), seed=3))
+        single = outcome_alone.plan_result
     finally:
         alone.backend.close()
     assert single.controls == results[0].controls
@@ -58,18 +71,32 @@ def test_each_device_trains_as_it_would_alone(stored_RE, storage, pair, document
     )
     assert single.device_s == pytest.approx(results[0].device_s)
 
-    # Tiled holds every device's streams; figures and loss curves come from them alone.
-    run = load_run(storage.client, outcome.run_start_uids[0])
-    start = run.metadata["start"]
-    assert start["detectors"] == ["dnpu_a", "dnpu_b"]
-    assert set(start["dnpu_backend"]) == {"dnpu_a", "dnpu_b"}
-    for result in results:
-        curve = loss_curve(run, result.device)
+    # Each run reads as a single device's run: primary steps, its own device's setup.
+    runs = [load_run(storage.client, uid) for uid in uids]
+    group = {run.metadata["start"]["side_by_side"]["group"] for run in runs}
+    assert len(group) == 1
+    for run, result in zip(runs, results, strict=True):
+        start = run.metadata["start"]
+        assert start["detectors"] == [result.device]
+        assert start["side_by_side"]["devices"] == ["dnpu_a", "dnpu_b"]
+        assert "model" in start["dnpu_backend"]  # the device's own description
+        steps = run.primary.read()
+        assert steps["train_loss"].shape == (result.iterations,)
+        assert steps["train_controls"].dims == ("time", "control")
+        curve = loss_curve(run)
         assert curve["loss"].size == result.iterations
         assert curve["device_s"][-1] <= result.device_s
-    figure = gates_figure([run])
+    figure = gates_figure(runs)
     titles = [ax.get_title() for ax in figure.axes if ax.get_visible()]
     assert len(titles) == 2 and "(dnpu_b)" in titles[1]
+
+    # One query finds every run of a device: alone or side by side, the same key.
+    identity = runs[0].metadata["start"]["dnpu_backend"]["model"]["parameter_hash"]
+    found = find_runs(storage.client).search(
+        Key("start.dnpu_backend.model.parameter_hash") == identity
+    )
+    single_uid = outcome_alone.run_start_uids[0]
+    assert set(found) == {uids[0], single_uid}
 
 
 class _TimedDAQ(SimulatedBackend):
@@ -141,8 +168,11 @@ def test_genetic_algorithm_side_by_side_with_progress(RE, pair, documents, capsy
         ("dnpu_a", 2, 17),
         ("dnpu_b", 2, 17),
     ]
-    assert {"generation_dnpu_a", "generation_dnpu_b"} <= _stream_names(documents)
-    assert "4/4" in capsys.readouterr().err  # 2 generations of each device
+    per_run = _streams_per_run(documents)
+    assert len(per_run) == 2 and all("primary" in streams for streams in per_run.values())
+    printed = capsys.readouterr().err  # a bar per device's run, 2 generations each
+    assert "OR dnpu_a ga: 100%" in printed and "OR dnpu_b ga: 100%" in printed
+    assert printed.count("| 2/2 [") >= 2
 
 
 def test_train_boolean_gates_on_a_list_gives_a_list_per_gate(RE, pair):

@@ -70,9 +70,23 @@ class LockInCallback(DocumentRouter):
         self._settings: dict[str, dict[str, Any]] = {}
 
     def descriptor(self, doc: dict) -> None:
-        """Read the lock-in settings of a raw stream from its configuration."""
+        """Read the lock-in settings of a raw-waveform stream of this callback's device.
+
+        Parameters
+        ----------
+        doc : dict
+            An event descriptor; other streams, and other devices' streams (devices trained
+            side by side, each in its run), are left out.
+
+        Raises
+        ------
+        LockInError
+            The stream's configuration lacks the device or its lock-in settings.
+        """
         if doc.get("name") not in self.stream_names:
             return
+        if self.device_name not in doc.get("object_keys", {self.device_name: []}):
+            return  # another device's stream (devices trained side by side, each in its run)
         try:
             config = doc["configuration"][self.device_name]["data"]
         except KeyError as exc:

@@ -118,8 +118,9 @@ def train_and_store(
                 ) from None
             wall = time.perf_counter() - started
             results = outcome.plan_result if several else [outcome.plan_result]
-            (uid,) = outcome.run_start_uids
-            for result in results:
+            # Side by side, each device has its run; they open in the order of the devices.
+            uids = outcome.run_start_uids
+            for result, uid in zip(results, uids, strict=True):
                 row = {
                     "task": "sphere" if task.name == "sphere" else "boolean",
                     "gate": getattr(task, "gate", None),

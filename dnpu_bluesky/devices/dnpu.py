@@ -132,12 +132,16 @@ class DNPU(Device):
     e6 = Cpt(Electrode)
     amplifier = Cpt(CurrentAmplifier)
 
-    output = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
-    case_currents = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
-    window_start = Cpt(Measured, value=np.zeros(1, dtype=int), kind="normal")
-    segment_case = Cpt(Measured, value=np.zeros(1, dtype=int), kind="normal")
-    segment_dc = Cpt(Measured, value=np.zeros((1, 7)), kind="normal", units="V")
-    segment_amplitudes = Cpt(Measured, value=np.zeros((1, 7)), kind="normal", units="V")
+    output = Cpt(Measured, value=np.zeros(1), dims=("sample",), kind="normal", units="nA")
+    case_currents = Cpt(Measured, value=np.zeros(1), dims=("case",), kind="normal", units="nA")
+    window_start = Cpt(Measured, value=np.zeros(1, dtype=int), dims=("segment",), kind="normal")
+    segment_case = Cpt(Measured, value=np.zeros(1, dtype=int), dims=("segment",), kind="normal")
+    segment_dc = Cpt(
+        Measured, value=np.zeros((1, 7)), dims=("segment", "electrode"), kind="normal", units="V"
+    )
+    segment_amplitudes = Cpt(
+        Measured, value=np.zeros((1, 7)), dims=("segment", "electrode"), kind="normal", units="V"
+    )
     device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
     clipped_samples = Cpt(Measured, value=0, kind="normal")
 

@@ -27,14 +27,24 @@ class GradientRecord(ResultRecord):
     """One demodulated HGE measurement: per-segment lock-in output and per-case gradients."""
 
     raw_seq_num = Cpt(Measured, value=0, kind="normal")
-    x = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
-    y = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
-    amplitude = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
-    phase = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="rad")
-    lockin_stderr = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA")
-    gradient = Cpt(Measured, value=np.zeros((1, 1)), kind="hinted", units="nA/V")
-    gradient_stderr = Cpt(Measured, value=np.zeros((1, 1)), kind="normal", units="nA/V")
-    case_currents = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
+    x = Cpt(Measured, value=np.zeros((1, 1)), dims=("segment", "tone"), kind="normal", units="nA")
+    y = Cpt(Measured, value=np.zeros((1, 1)), dims=("segment", "tone"), kind="normal", units="nA")
+    amplitude = Cpt(
+        Measured, value=np.zeros((1, 1)), dims=("segment", "tone"), kind="normal", units="nA"
+    )
+    phase = Cpt(
+        Measured, value=np.zeros((1, 1)), dims=("segment", "tone"), kind="normal", units="rad"
+    )
+    lockin_stderr = Cpt(
+        Measured, value=np.zeros((1, 1)), dims=("segment", "tone"), kind="normal", units="nA"
+    )
+    gradient = Cpt(
+        Measured, value=np.zeros((1, 1)), dims=("case", "tone"), kind="hinted", units="nA/V"
+    )
+    gradient_stderr = Cpt(
+        Measured, value=np.zeros((1, 1)), dims=("case", "tone"), kind="normal", units="nA/V"
+    )
+    case_currents = Cpt(Measured, value=np.zeros(1), dims=("case",), kind="normal", units="nA")
     tone_electrodes = Cpt(Signal, value="", kind="config")
     tone_frequencies = Cpt(Signal, value=[0.0], kind="config")
     estimator = Cpt(Signal, value="projection", kind="config")
@@ -44,12 +54,16 @@ class ValidationRecord(ResultRecord):
     """HGE against finite differences (and the model's exact Jacobian when simulated)."""
 
     point = Cpt(Measured, value=0, kind="hinted")
-    operating_point = Cpt(Measured, value=np.zeros(7), kind="normal", units="V")
-    hge = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
-    hge_stderr = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
-    hge_sequential = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
-    finite_difference = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
-    true_gradient = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA/V")
+    operating_point = Cpt(
+        Measured, value=np.zeros(7), dims=("electrode",), kind="normal", units="V"
+    )
+    hge = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="nA/V")
+    hge_stderr = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="nA/V")
+    hge_sequential = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="nA/V")
+    finite_difference = Cpt(
+        Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="nA/V"
+    )
+    true_gradient = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="nA/V")
     cosine_hge_fd = Cpt(Measured, value=0.0, kind="hinted")
     cosine_hge_true = Cpt(Measured, value=0.0, kind="hinted")
 
@@ -57,17 +71,17 @@ class ValidationRecord(ResultRecord):
 class SpectrumRecord(ResultRecord):
     """A one-sided current-noise spectrum."""
 
-    frequency = Cpt(Measured, value=np.zeros(1), kind="normal", units="Hz")
-    psd = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA^2/Hz")
+    frequency = Cpt(Measured, value=np.zeros(1), dims=("frequency",), kind="normal", units="Hz")
+    psd = Cpt(Measured, value=np.zeros(1), dims=("frequency",), kind="normal", units="nA^2/Hz")
     dc_current = Cpt(Measured, value=0.0, kind="hinted", units="nA")
 
 
 class CalibrationRecord(ResultRecord):
     """The phase calibration fitted for each tone."""
 
-    tone_frequencies = Cpt(Measured, value=np.zeros(1), kind="normal", units="Hz")
-    lag_rad = Cpt(Measured, value=np.zeros(1), kind="normal", units="rad")
-    gain = Cpt(Measured, value=np.zeros(1), kind="normal")
+    tone_frequencies = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="Hz")
+    lag_rad = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal", units="rad")
+    gain = Cpt(Measured, value=np.zeros(1), dims=("tone",), kind="normal")
 
 
 class TrainRecord(ResultRecord):
@@ -82,12 +96,12 @@ class TrainRecord(ResultRecord):
     loss = Cpt(Measured, value=0.0, kind="hinted")
     accuracy = Cpt(Measured, value=0.0, kind="hinted")
     margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
-    outputs = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
-    controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    outputs = Cpt(Measured, value=np.zeros(1), dims=("case",), kind="normal", units="nA")
+    controls = Cpt(Measured, value=np.zeros(1), dims=("control",), kind="normal", units="V")
     inputs = Cpt(Signal, value="", kind="normal")
-    input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
-    input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
-    gradient = Cpt(Measured, value=np.zeros(1), kind="normal")
+    input_zero_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
+    input_one_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
+    gradient = Cpt(Measured, value=np.zeros(1), dims=("parameter",), kind="normal")
     device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
     measurements = Cpt(Measured, value=0, kind="normal")
     clipped_samples = Cpt(Measured, value=0, kind="normal")
@@ -98,12 +112,12 @@ class EvaluationRecord(ResultRecord):
 
     attempt = Cpt(Measured, value=0, kind="normal")
     split = Cpt(Signal, value="train", kind="normal")
-    outputs = Cpt(Measured, value=np.zeros(1), kind="normal", units="nA")
-    targets = Cpt(Measured, value=np.zeros(1), kind="normal")
-    controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    outputs = Cpt(Measured, value=np.zeros(1), dims=("case",), kind="normal", units="nA")
+    targets = Cpt(Measured, value=np.zeros(1), dims=("case",), kind="normal")
+    controls = Cpt(Measured, value=np.zeros(1), dims=("control",), kind="normal", units="V")
     inputs = Cpt(Signal, value="", kind="normal")
-    input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
-    input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    input_zero_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
+    input_one_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
     accuracy = Cpt(Measured, value=0.0, kind="hinted")
     margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     threshold_na = Cpt(Measured, value=0.0, kind="normal", units="nA")
@@ -119,10 +133,10 @@ class GenerationRecord(ResultRecord):
     median_loss = Cpt(Measured, value=0.0, kind="normal")
     best_accuracy = Cpt(Measured, value=0.0, kind="hinted")
     best_margin_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
-    best_controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    best_controls = Cpt(Measured, value=np.zeros(1), dims=("control",), kind="normal", units="V")
     best_inputs = Cpt(Signal, value="", kind="normal")
-    best_input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
-    best_input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    best_input_zero_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
+    best_input_one_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
     device_seconds = Cpt(Measured, value=0.0, kind="normal", units="s")
     measurements = Cpt(Measured, value=0, kind="normal")
     clipped_genomes = Cpt(Measured, value=0, kind="normal")
@@ -140,6 +154,6 @@ class ScreeningRecord(ResultRecord):
     loss = Cpt(Measured, value=0.0, kind="hinted")
     promise_na = Cpt(Measured, value=0.0, kind="hinted", units="nA")
     best_margin_na = Cpt(Measured, value=0.0, kind="normal", units="nA")
-    controls = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
-    input_zero_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
-    input_one_v = Cpt(Measured, value=np.zeros(1), kind="normal", units="V")
+    controls = Cpt(Measured, value=np.zeros(1), dims=("control",), kind="normal", units="V")
+    input_zero_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")
+    input_one_v = Cpt(Measured, value=np.zeros(1), dims=("input",), kind="normal", units="V")

@@ -217,7 +217,7 @@ def _record_ranking(trainer: Trainer, ranked: list[_Arm]) -> Plan:
             controls=arm.point[: trainer.controls.size],
             **level_fields(trainer.levels_of(arm.point), ""),
         )
-        yield from bps.trigger_and_read([record], name=trainer.stream("screening"))
+        yield from bps.trigger_and_read([record], name="screening")
     return ranked
 
 

@@ -144,9 +144,7 @@ def hge_step(trainer: Trainer, point: np.ndarray, indices: np.ndarray | None) ->
     dnpu = trainer.dnpu
     yield from bps.mv(dnpu.mode, "parallel")
     yield from trainer.measure("hge_raw")
-    result = yield from record_gradient(
-        trainer.lockin, trainer.gradient_record, trainer.stream("hge")
-    )
+    result = yield from record_gradient(trainer.lockin, trainer.gradient_record, "hge")
     outputs = result.gradient.current
     loss, d_loss = trainer.loss_of(outputs, indices)
     slopes = np.zeros((outputs.size, len(dnpu.electrodes)))

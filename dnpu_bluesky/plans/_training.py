@@ -1,4 +1,4 @@
-"""What the training plans share: one device's trainer, its settings and the side-by-side loop.
+"""What the training plans share: one device's trainer and its settings.
 
 Internal to :mod:`dnpu_bluesky.plans`; the plans (``train``, ``train_genetic``,
 ``evaluate_controls``) are the API. A trainer works on a *point*: the control voltages, followed,
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
-from bluesky.utils import Msg, short_uid
+from bluesky.utils import Msg
 
 from ..callbacks.lockin import LockInCallback
 from ..devices.dnpu import DNPU
@@ -29,9 +29,10 @@ from ..tasks.levels import (
     full_swing_levels,
     project_levels,
 )
-from ._common import device_setup, start_metadata
+from ._common import start_metadata
 from ._gradients import METHODS, Step
-from .stubs import new_gradient_record, set_input_cases, within_run
+from ._side_by_side import Measure
+from .stubs import new_gradient_record, set_input_cases
 
 Plan = Generator[Msg, Any, Any]
 
@@ -69,14 +70,6 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class Measure:
-    """Asked by one device's training loop: play the device's stream once, save it to
-    ``stream`` and send back the reading. Requests of several devices are played together."""
-
-    stream: str
-
-
-@dataclass(frozen=True)
 class Setting:
     """A point together with the input electrodes it was found on."""
 
@@ -102,8 +95,6 @@ class Trainer:
         ``perturbation_margin_v`` (how far inside the limits every voltage stays),
         ``learn_levels`` (bool), ``min_swing_v``, ``input_levels`` (fixed levels other than
         the task's own), and the method's step sizes.
-    suffix : str
-        Appended to stream names when devices train side by side.
     """
 
     def __init__(
@@ -113,10 +104,8 @@ class Trainer:
         method: str,
         seed: int | list[int],
         settings: dict,
-        suffix: str = "",
     ) -> None:
         self.dnpu = dnpu
-        self.suffix = suffix
         self.task = task
         self.method = method
         self.settings = settings
@@ -126,7 +115,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.fixed_levels = np.asarray(settings.get("input_levels", task.input_levels()), float)
         self.refresh_roles()
-        self.lockin = LockInCallback(dnpu.name, stream_name=self.stream("hge_raw"))
+        self.lockin = LockInCallback(dnpu.name, stream_name="hge_raw")
         self.gradient_record = new_gradient_record(dnpu, "projection")
         self.train_record = TrainRecord(name="train")
         self.eval_record = EvaluationRecord(name="evaluation")
@@ -221,10 +210,6 @@ class Trainer:
                 )
 
     # -- talking to the device --------------------------------------------------------------
-    def stream(self, base: str) -> str:
-        """This device's name for a stream (devices trained side by side each have their own)."""
-        return base + self.suffix
-
     def use_inputs(self, names: str) -> Plan:
         """Make ``names`` the device's input electrodes (no voltage is applied)."""
         if names != self.input_names:
@@ -248,7 +233,7 @@ class Trainer:
 
     def measure(self, stream: str) -> Plan:
         """Play the device's stream once (together with the other devices' requests)."""
-        reading = yield Measure(self.stream(stream))
+        reading = yield Measure(stream)
         self.measurements += 1
         self.clipped_samples += int(reading[self.dnpu.clipped_samples.name]["value"])
         return reading
@@ -283,7 +268,7 @@ class Trainer:
         indices: np.ndarray | None,
         clipped: int,
     ) -> Plan:
-        """Save one step to the ``train`` stream; returns the score of its outputs."""
+        """Save one step to the ``primary`` stream; returns the score of its outputs."""
         score = self.score(step.outputs, indices)
         self.train_record.record(
             iteration=iteration,
@@ -300,7 +285,7 @@ class Trainer:
             measurements=self.measurements,
             clipped_samples=clipped,
         )
-        yield from bps.trigger_and_read([self.train_record], name=self.stream("train"))
+        yield from bps.trigger_and_read([self.train_record], name="primary")
         return score
 
     def score(self, outputs: np.ndarray, indices: np.ndarray | None = None, split: str = "train"):
@@ -342,7 +327,7 @@ class Trainer:
             solved=bool(score.solved) and not clipped,
             clipped_samples=clipped,
         )
-        yield from bps.trigger_and_read([self.eval_record], name=self.stream(f"evaluation{suffix}"))
+        yield from bps.trigger_and_read([self.eval_record], name=f"evaluation{suffix}")
         return score, clipped
 
     def finish(
@@ -461,10 +446,9 @@ def make_trainers(
     check_devices(dnpus, task)
     trainers = []
     for index, device in enumerate(dnpus):
-        suffix = f"_{device.name}" if len(dnpus) > 1 else ""
         device_settings = {**settings, "perturbation_margin_v": perturbation_margin(device)}
         device_seed = seed if index == 0 else [seed, index]
-        trainers.append(Trainer(device, task, method, device_seed, device_settings, suffix))
+        trainers.append(Trainer(device, task, method, device_seed, device_settings))
     return trainers
 
 
@@ -488,26 +472,33 @@ def device_names(dnpus: list[DNPU], several_given: bool) -> str | list[str]:
 def run_metadata(
     trainers: list[Trainer], plan_name: str, plan_args: dict[str, Any], md: dict | None
 ) -> dict[str, Any]:
-    """Start-document metadata; for several devices, their setups keyed by device name."""
-    dnpus = [t.dnpu for t in trainers]
-    metadata = start_metadata(dnpus[0], plan_name, plan_args, md)
-    if len(dnpus) > 1:
-        setups = {d.name: device_setup(d) for d in dnpus}
-        metadata["detectors"] = list(setups)
-        for key in ("dnpu_backend", "hge"):
-            metadata[key] = {name: setup[key] for name, setup in setups.items()}
-        metadata["stream_suffixes"] = {t.dnpu.name: t.suffix for t in trainers}
+    """Build the start-document metadata of the first device's run.
+
+    :func:`run_side_by_side` gives each other device's run its own ``detectors``,
+    ``dnpu_backend`` and ``hge``.
+
+    Parameters
+    ----------
+    trainers : list of Trainer
+        The devices' trainers, in order.
+    plan_name : str
+        The plan's name.
+    plan_args : dict
+        The plan's arguments, as the start document shows them.
+    md : dict or None
+        The caller's extra metadata.
+
+    Returns
+    -------
+    dict
+        The metadata, with the task's description, the method and (Boolean gates) the gate.
+    """
+    metadata = start_metadata(trainers[0].dnpu, plan_name, plan_args, md)
     task = trainers[0].task
     metadata.update(task=task.describe(), method=trainers[0].method)
     if isinstance(task, BooleanGate):
         metadata["gate"] = task.gate
     return metadata
-
-
-def run_side_by_side(bodies: dict[Trainer, Plan], metadata: dict[str, Any], subs: list[Any]):
-    """One run in which each trainer's loop runs; returns their results in order."""
-    stage = [trainer.dnpu for trainer in bodies]
-    return (yield from within_run(_side_by_side(bodies), md=metadata, stage=stage, subs=subs))
 
 
 def check_devices(dnpus: list[DNPU], task: Task) -> None:
@@ -533,40 +524,3 @@ def check_target_accuracy(target_accuracy: float) -> None:
     """Refuse a target accuracy outside (0, 1]."""
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
-
-
-def _side_by_side(bodies: dict[Trainer, Plan]) -> Plan:
-    """Run each device's loop, passing its plan messages through and playing the devices'
-    :class:`Measure` requests together; returns the loops' results in order."""
-    results: dict[Trainer, Any] = {}
-    ready: dict[Trainer, Any] = dict.fromkeys(bodies)
-    while ready:
-        requests: dict[Trainer, Measure] = {}
-        for trainer, reply in ready.items():
-            body = bodies[trainer]
-            while True:
-                try:
-                    item = body.send(reply)
-                except StopIteration as done:
-                    results[trainer] = done.value
-                    break
-                if isinstance(item, Measure):
-                    requests[trainer] = item
-                    break
-                reply = yield item
-        ready = (yield from _measure_together(requests)) if requests else {}
-    return [results[trainer] for trainer in bodies]
-
-
-def _measure_together(requests: dict[Trainer, Measure]) -> Plan:
-    """Trigger every requesting device at once, then save each reading to its own stream."""
-    group = short_uid("measure")
-    for trainer in requests:
-        yield from bps.trigger(trainer.dnpu, group=group)
-    yield from bps.wait(group=group)
-    readings = {}
-    for trainer, request in requests.items():
-        yield from bps.create(name=request.stream)
-        readings[trainer] = yield from bps.read(trainer.dnpu)
-        yield from bps.save()
-    return readings

@@ -22,6 +22,7 @@ from ..tasks.training import (
     reaches_target,
 )
 from ._common import check_positive
+from ._side_by_side import run_side_by_side
 from ._training import (
     Setting,
     Trainer,
@@ -33,7 +34,6 @@ from ._training import (
     prepare,
     resolve_inputs,
     run_metadata,
-    run_side_by_side,
 )
 from .stubs import Plan
 
@@ -100,9 +100,9 @@ def train_genetic(
     ``target_margin_na`` apart), as :func:`~dnpu_bluesky.plans.train` does. A genome whose
     output left the AI range (clipped) ranks below every other and cannot end the run.
 
-    Streams: ``eval_raw`` (every genome's raw waveform), ``generation`` (best and median loss,
+    Streams: ``eval_raw`` (every genome's raw waveform), ``primary`` (best and median loss,
     score of the best genome, device seconds) and ``evaluation`` (the final genome). A list
-    of DNPUs evolves side by side in one run, as in :func:`~dnpu_bluesky.plans.train`.
+    of DNPUs evolves side by side, a run per device, as in :func:`~dnpu_bluesky.plans.train`.
 
     A genome holds the controls and, with ``learn_levels``, each input's logical-0 and
     logical-1 voltage; with ``inputs=None`` (a Boolean gate) or ``"screen"`` each genome also
@@ -251,7 +251,7 @@ def _evolve(
             measurements=trainer.measurements,
             clipped_genomes=int(clipped.sum()),
         )
-        yield from bps.trigger_and_read([record], name=trainer.stream("generation"))
+        yield from bps.trigger_and_read([record], name="primary")
         winners = [
             i
             for i, s in enumerate(scores)

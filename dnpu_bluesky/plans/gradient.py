@@ -54,7 +54,8 @@ def hge_gradient(
     """Measure the output and its gradient w.r.t. the controls at the current setpoints.
 
     One run with two streams: ``hge_raw`` (the raw output waveform of each measurement) and
-    ``hge`` (per-tone X, Y, amplitude, phase, standard errors and the gradient per input case).
+    ``primary`` (per-tone X, Y, amplitude, phase, standard errors and the gradient per input
+    case: ``run.primary.read()``).
 
     Parameters
     ----------
@@ -97,13 +98,13 @@ def hge_gradient(
         {"dnpu": repr(dnpu.name), "mode": mode, "repeats": repeats, "estimator": estimator},
         md,
     )
-    metadata.setdefault("hints", {"dimensions": [(["time"], "hge")]})
+    metadata.setdefault("hints", {"dimensions": [(["time"], "primary")]})
 
     def inner() -> Plan:
         result: Demodulated | None = None
         for _ in range(int(repeats)):
             yield from bps.checkpoint()  # a Ctrl-C pauses here, between two measurements
-            result = yield from measure_gradient(dnpu, lockin, record)
+            result = yield from measure_gradient(dnpu, lockin, record, stream="primary")
         return result.gradient
 
     estimate: GradientEstimate = yield from within_run(

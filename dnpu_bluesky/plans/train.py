@@ -23,6 +23,7 @@ from ..tasks.training import (
 from ._common import check_positive
 from ._descent import descend
 from ._gradients import METHODS, gradient_method
+from ._side_by_side import run_side_by_side
 from ._training import (
     Setting,
     Trainer,
@@ -34,7 +35,6 @@ from ._training import (
     prepare,
     resolve_inputs,
     run_metadata,
-    run_side_by_side,
 )
 from .stubs import Plan, configure_hge
 
@@ -106,14 +106,16 @@ def train(
     start (at most ``max_attempts``).
 
     Streams: the raw waveforms (``hge_raw``/``fd_raw``/``spsa_raw``/``eval_raw``), ``hge``
-    (gradients, HGE only), ``train`` (loss, score, controls, inputs and levels, device seconds
-    per iteration, screening included), ``screening`` (the candidates as ranked) and
-    ``evaluation`` (unperturbed evaluations).
+    (gradients, HGE only), ``primary`` (loss, score, controls, inputs and levels, device
+    seconds per iteration, screening included: ``run.primary.read()``), ``screening`` (the
+    candidates as ranked) and ``evaluation`` (unperturbed evaluations).
 
-    Several devices: given a list of DNPUs, trains each on the task side by side in one run.
-    Their measurements are triggered together; each device keeps its own loop and its own
-    streams, named with the device's name appended (``train_dnpu2``, ...). The first device
-    draws its random starts from ``seed``, device ``k`` from the seed sequence ``[seed, k]``.
+    Several devices: given a list of DNPUs, trains each on the task side by side, each in a
+    run of its own (the runs are open at the same time; their start documents share
+    ``side_by_side["group"]``). Their measurements are triggered together; each device keeps
+    its own loop, and its run has the streams and start-document keys of a device trained
+    alone. The first device draws its random starts from ``seed``, device ``k`` from the seed
+    sequence ``[seed, k]``.
 
     Parameters
     ----------
@@ -241,7 +243,7 @@ def train(
         metadata.update(
             optimizer=new_optimizer(trainers[0]).describe(),
             seed=seed,
-            hints={"dimensions": [(["train_iteration"], trainers[0].stream("train"))]},
+            hints={"dimensions": [(["train_iteration"], "primary")]},
         )
         loop = {
             "max_iterations": int(max_iterations),

@@ -191,8 +191,9 @@ class ServerProcess:
     """The embedded Tiled server (``SimpleTiledServer``) in a process of its own.
 
     Ingesting documents costs the server CPU (decoding arrays, writing SQLite, DuckDB and
-    Zarr); on its own process at nice +10 that work neither holds this process's GIL nor
-    delays the RunEngine's wake-ups. The server runs until ``close()`` or until this process
+    Zarr); in its own process that work does not hold this process's GIL. It runs at this
+    process's priority, as it answers the reads a user waits for (the writer's worker, which
+    paces the ingest, runs at nice +10). The server runs until ``close()`` or until this process
     ends (it reads its stdin until EOF), and then for as long as other storages use it (see
     :func:`use_server`). It runs in its own session so that a Ctrl-C meant for the RunEngine
     does not stop it. The API key goes over the pipe, not the command line.
@@ -311,7 +312,7 @@ class ServerProcess:
 
 def _server_process() -> None:
     """Run the embedded server (the entry point of :class:`ServerProcess`'s process)."""
-    become_background_process()
+    become_background_process(nice=0)
     from tiled.server import SimpleTiledServer
 
     api_key = sys.stdin.readline().strip()
@@ -332,6 +333,7 @@ def _server_process() -> None:
         cache_fastapi_dependants()
         with no_catalog_init_if_current(directory):
             server = SimpleTiledServer(directory, api_key=api_key, port=port)
+        _write_ahead_log(directory / "catalog.db")
     except Exception as err:
         # One line for the parent's StorageError, no traceback on the session's terminal.
         print("error:", " ".join(f"{type(err).__name__}: {err}".split()), flush=True)
@@ -472,13 +474,45 @@ def _old_directory(uris: list[str]) -> str | None:
     return None
 
 
-def become_background_process() -> None:
-    """Ignore Ctrl-C (the parent decides when we stop) and yield the CPU to the RunEngine.
+def _write_ahead_log(catalog: Path) -> None:
+    """Put the catalog in SQLite's write-ahead-log mode (it stays so, in the file).
+
+    tiled 0.2.20 means to (``initialize_database`` runs ``PRAGMA journal_mode=WAL``), but
+    inside a transaction, where SQLite ignores it: the catalog stays in rollback-journal
+    mode, in which every commit (several per write request) syncs the journal and the
+    database. Called once the server has opened the catalog and before any client knows
+    its address, so no other connection is in a transaction.
+
+    Parameters
+    ----------
+    catalog : pathlib.Path
+        The server's ``catalog.db``.
+    """
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(catalog)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except sqlite3.Error:  # a catalog in use elsewhere: keep its mode
+        pass
+
+
+def become_background_process(nice: int = 10) -> None:
+    """Ignore Ctrl-C (the parent decides when we stop) and lower our CPU priority.
 
     Called first by the embedded server's process and by the writer's worker process.
+
+    Parameters
+    ----------
+    nice : int
+        Added to the process's nice value: the worker (10) yields the CPU to the RunEngine;
+        the server (0) does not, since it also answers the reads a user waits for.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        os.nice(10)
+        os.nice(nice)
     except (AttributeError, OSError):  # no nice on Windows
         pass

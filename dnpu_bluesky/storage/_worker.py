@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._patches import tiled_writer as patched_tiled_writer
 from ._server import become_background_process
 from ._spool import CorruptSpool, abort_stop, close_quietly, decode, read_record
 
@@ -299,18 +300,17 @@ def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
     client : CatalogOfBlueskyRuns
         The runs container.
     batch_size : int
-        Events per stream held before they are written.
+        Events per table append or array extension.
 
     Returns
     -------
     TiledWriter
-        The writer.
+        bluesky-tiled-plugins' writer with named dimensions and one live-stream close per
+        stream (see :func:`dnpu_bluesky.storage._patches.tiled_writer`).
     """
     # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
     # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
-    from bluesky_tiled_plugins import TiledWriter
-
-    return TiledWriter(client, batch_size=batch_size, max_array_size=0)
+    return patched_tiled_writer(client, batch_size, max_array_size=0)
 
 
 # -- replay: a stored run as Bluesky documents ---------------------------------------------
