@@ -31,13 +31,18 @@ def _panels(runs: Sequence[Any]) -> list[tuple[Any, str]]:
 
 
 def evaluation_trace(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
-    """The last unperturbed evaluation of a training run, ramps removed (as in the paper).
+    """Return the last unperturbed evaluation of a training run, ramps removed (as in the paper).
 
-    Args:
-        run: The run as stored in Tiled.
-        device: Which device, for runs that trained several (default: the first).
+    Parameters
+    ----------
+    run : Any
+        The run as stored in Tiled.
+    device : str, optional
+        Which device, for runs that trained several (default: the first).
 
-    Returns:
+    Returns
+    -------
+    dict of str to numpy.ndarray
         ``time_s`` and ``current_na`` of the concatenated analysis windows, ``case`` index
         per sample, the ``targets`` and the ``threshold_na`` of that evaluation.
     """
@@ -87,8 +92,11 @@ def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
 
 
 def input_levels_text(run: Any, device: str) -> str:
-    """``inputs e4 -0.39/+0.28 V, e5 +0.41/-0.22 V`` (logical 0/1) of the last evaluation,
-    or "" for a run that does not record them."""
+    """Describe the input levels (logical 0/1) of the last evaluation.
+
+    The text reads like ``inputs (0/1, V): e4 -0.39/+0.28, e5 +0.41/-0.22``, or is "" for a
+    run that does not record them.
+    """
     if "evaluation_inputs" not in _stream(run, "evaluation", device):
         return ""
     last = last_evaluation(run, device, ("inputs", "input_zero_v", "input_one_v"))
@@ -120,8 +128,10 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
 
 
 def gates_figure(runs: Sequence[Any]) -> Figure:
-    """Output current of each trained gate (and device) over its input cases (red: target 1,
-    blue: 0)."""
+    """Plot the output current of each trained gate (and device) over its input cases.
+
+    Red marks target 1, blue target 0.
+    """
     panels = _panels(runs)
     columns = min(3, len(panels))
     rows = int(np.ceil(len(panels) / columns))
@@ -136,9 +146,11 @@ def gates_figure(runs: Sequence[Any]) -> Figure:
 
 
 def loss_figure(runs: Sequence[Any]) -> Figure:
-    """Loss against device seconds for each run (and each device of a run); a dotted line in
-    the run's colour marks where an attempt was abandoned for a new start, and faint points
-    are the steps that screened the input electrodes."""
+    """Plot the loss against device seconds for each run (and each device of a run).
+
+    A dotted line in the run's colour marks where an attempt was abandoned for a new start,
+    and faint points are the steps that screened the input electrodes.
+    """
     figure = Figure(figsize=(8.5, 4))
     axes = figure.subplots()
     restarted = screened = False
@@ -191,9 +203,12 @@ def _is_sphere(run: Any) -> bool:
 def _task_points(
     raw: Any, device: str, inputs: list[str], evaluation: dict[str, Any], task_range: Any
 ) -> np.ndarray:
-    """The task's own points behind the last evaluation: the input voltages the device was
-    given (its segments' DC levels) mapped back through the evaluation's input levels onto
-    the task's input range, so that the sphere is a sphere whatever levels were trained."""
+    """Return the task's own points behind the last evaluation.
+
+    These are the input voltages the device was given (its segments' DC levels) mapped back
+    through the evaluation's input levels onto the task's input range, so that the sphere is
+    a sphere whatever levels were trained.
+    """
     dc = raw[f"{device}_segment_dc"].read()[-1]
     cases = raw[f"{device}_segment_case"].read()[-1].astype(int)
     columns = [int(name.removeprefix("e")) for name in inputs]
@@ -205,17 +220,22 @@ def _task_points(
 
 
 def sphere_outputs(run: Any, device: str | None = None) -> dict[str, Any]:
-    """A sphere-classification run's final unperturbed outputs against the input points.
+    """Return a sphere-classification run's final unperturbed outputs against the input points.
 
     The points are those of the task, found from what the device was given (the DC levels of
     the ``eval_raw`` and ``eval_test_raw`` streams' last events, through the evaluation's
     input levels), so nothing is recomputed from the task's seed.
 
-    Args:
-        run: The run as stored in Tiled.
-        device: Which device, for runs that trained several (default: the first).
+    Parameters
+    ----------
+    run : Any
+        The run as stored in Tiled.
+    device : str, optional
+        Which device, for runs that trained several (default: the first).
 
-    Returns:
+    Returns
+    -------
+    dict of str to Any
         Per split (``"train"``, ``"test"``): ``points_v`` ``(n, 3)``, ``distance_v`` from the
         sphere's centre, ``current_na``, ``targets`` (1 inside) and ``accuracy``; besides,
         ``threshold_na`` (chosen on the training split, used for both), ``radius_v`` and
@@ -303,10 +323,13 @@ def _draw_sphere(radial: Axes, cloud: Axes, run: Any, device: str) -> None:
 
 
 def sphere_figure(runs: Sequence[Any]) -> Figure:
-    """For each sphere run (and device): output current against the distance of each point
+    """Plot each sphere run's outputs against the sphere, as in the HGE paper's Fig. 4b-c.
+
+    For each sphere run (and device): output current against the distance of each point
     from the sphere's centre (red: inside, blue: outside; dots train, diamonds test; dashed:
     the threshold, dotted: the radius), and the test points in input space coloured by the
-    current (red edge: inside), as in the HGE paper's Fig. 4b-c."""
+    current (red edge: inside).
+    """
     panels = _panels(runs)
     figure = Figure(figsize=(10, 3.8 * len(panels)))
     for row, (run, device) in enumerate(panels):

@@ -57,7 +57,7 @@ def stream_of(run: Any, base: str, device: str) -> Any:
 
 
 def _stream_names(run: Any, base: str, device: str) -> list[str]:
-    """The names the stream may have, the current one first."""
+    """Return the names the stream may have, the current one first."""
     suffix = run.metadata["start"].get("stream_suffixes", {}).get(device, "")
     earlier = _EARLIER_PRIMARY if base == "primary" else ()
     return [name + suffix for name in (base, *earlier)]
@@ -85,13 +85,18 @@ def has_stream(run: Any, base: str) -> bool:
 
 
 def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
-    """The controls a run ended with and how they scored, from its last unperturbed evaluation.
+    """Return a run's final controls and how they scored, from its last unperturbed evaluation.
 
-    Args:
-        run: A ``train``, ``train_genetic`` or ``evaluate_controls`` run as stored in Tiled.
-        device: Which device, for runs that trained several (default: the first).
+    Parameters
+    ----------
+    run : BlueskyRun
+        A ``train``, ``train_genetic`` or ``evaluate_controls`` run as stored in Tiled.
+    device : str, optional
+        Which device, for runs that trained several (default: the first).
 
-    Returns:
+    Returns
+    -------
+    dict of str to Any
         ``controls`` (volts, one per control electrode), ``threshold_na``, ``accuracy``,
         ``margin_na`` and ``solved`` of that evaluation; ``test_accuracy`` for tasks with
         held-out data (else None); the run's ``task`` description (the start document's
@@ -101,9 +106,11 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         and ``input_levels`` (each input's logical-0 and logical-1 volts), None for runs that
         do not record them, and ``learned_levels``, whether the run trained the levels.
 
-    Raises:
-        KeyError: The run did not measure ``device``, or has no unperturbed evaluation (not
-            a training run); the message lists the devices or streams it has.
+    Raises
+    ------
+    KeyError
+        The run did not measure ``device``, or has no unperturbed evaluation (not a training
+        run); the message lists the devices or streams it has.
     """
     name = _checked_device(run, device)
     if _stream_names(run, "evaluation", name)[0] not in run:
@@ -143,9 +150,12 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
 
 
 def _control_electrodes(run: Any, device: str, inputs: str | None) -> list[str]:
-    """The control electrodes of ``device`` in the run: every electrode but ``inputs`` (the
-    evaluation's input electrodes), or, for runs that do not record them, those built as
-    controls; with channels from the measured stream's configuration."""
+    """Return the control electrodes of ``device`` in the run.
+
+    These are every electrode but ``inputs`` (the evaluation's input electrodes), or, for runs
+    that do not record them, those built as controls; with channels from the measured
+    stream's configuration.
+    """
     config = stream_of(run, "eval_raw", device).metadata["configuration"][device]["data"]
     prefix, suffix = f"{device}_", "_role"
     roles = {
@@ -161,13 +171,18 @@ def _control_electrodes(run: Any, device: str, inputs: str | None) -> list[str]:
 
 
 def electrode_label(name: str, channel: str) -> str:
-    """An electrode's name, with its DAQ channel if it has one: ``"e0 (cDAQ1Mod1/ao0)"``."""
+    """Label an electrode by its name, with its DAQ channel if it has one.
+
+    For example ``"e0 (cDAQ1Mod1/ao0)"``.
+    """
     return f"{name} ({channel})" if channel else name
 
 
 def held_out_accuracy(run: Any, device: str) -> float | None:
-    """Accuracy on the held-out points of ``device``'s last ``evaluation_test`` (one small
-    read), or None for a task without held-out data."""
+    """Return the accuracy on the held-out points of ``device``'s last ``evaluation_test``.
+
+    It takes one small read; None for a task without held-out data.
+    """
     if _stream_names(run, "evaluation_test", device)[0] not in run:
         return None
     return float(last_evaluation(run, device, ("accuracy",), "evaluation_test")["accuracy"])
@@ -189,7 +204,9 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
 
     Cheaper than :func:`trained_setting` (one small read per device), e.g. to list many runs.
 
-    Returns:
+    Returns
+    -------
+    dict of str to tuple of (float, float) or None
         ``{device: (accuracy, margin_na)}``, or None for a run without an ``evaluation``
         stream (not a training run, or one stopped before its final evaluation).
     """
@@ -205,7 +222,7 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
 def last_evaluation(
     run: Any, device: str, keys: tuple[str, ...], stream: str = "evaluation"
 ) -> dict[str, Any]:
-    """The last unperturbed evaluation of a device, read in one request.
+    """Read the last unperturbed evaluation of a device in one request.
 
     Parameters
     ----------
@@ -231,8 +248,11 @@ def last_evaluation(
 
 @contextlib.contextmanager
 def _no_progress_bar(node: Any) -> Iterator[None]:
-    """Without tiled's "Fetching data..." bar, which an interactive session shows for reads
-    of several chunks: for a few scalars it is noise."""
+    """Hide tiled's "Fetching data..." bar while the block runs.
+
+    An interactive session shows it for reads of several chunks: for a few scalars it is
+    noise.
+    """
     context = getattr(node, "context", None)
     shown = getattr(context, "show_progress", None)
     if shown is None:

@@ -27,8 +27,11 @@ _log = logging.getLogger("dnpu_bluesky.plans.train")
 
 @dataclass
 class _Arm:
-    """One candidate of the screening, or one attempt: where it is, its own optimizer, how it
-    has done (:class:`~dnpu_bluesky.tasks.training.ArmProgress`) and its last step."""
+    """One candidate of the screening, or one attempt.
+
+    It holds where it is, its own optimizer, how it has done
+    (:class:`~dnpu_bluesky.tasks.training.ArmProgress`) and its last step.
+    """
 
     inputs: str
     point: np.ndarray
@@ -139,9 +142,11 @@ def descend(
 
 
 def _promise(trainer: Trainer, arm: _Arm) -> float:
-    """How far the arm's last measurement says a descent from there can go: the reachable
-    margin where the method measured each output's derivatives, else minus the loss; -inf
-    for an arm not measured or whose last step clipped."""
+    """Return how far the arm's last measurement says a descent from there can go.
+
+    That is the reachable margin where the method measured each output's derivatives, else
+    minus the loss; -inf for an arm not measured or whose last step clipped.
+    """
     if arm.last is None:
         return -np.inf
     step, indices, point, bounds = arm.last
@@ -228,9 +233,12 @@ def _next_arm(
     ranked: list[_Arm],
     attempt: int,
 ) -> Plan:
-    """Attempt ``attempt``'s arm: the given start, the next screened candidate (continued
-    where its screening left it, with its own optimizer), or a random start on the best
-    candidate's inputs (without screening: the device's)."""
+    """Return attempt ``attempt``'s arm.
+
+    That is the given start, the next screened candidate (continued where its screening left
+    it, with its own optimizer), or a random start on the best candidate's inputs (without
+    screening: the device's).
+    """
     if start is None and attempt < len(ranked):
         yield from trainer.use_inputs(ranked[attempt].inputs)
         return ranked[attempt]

@@ -148,7 +148,7 @@ class Trainer:
         return np.asarray(point[self.controls.size :], dtype=float).reshape(-1, 2)
 
     def project(self, point: np.ndarray) -> np.ndarray:
-        """The point clipped into its bounds, the levels at least the minimum swing apart."""
+        """Clip the point into its bounds, the levels at least the minimum swing apart."""
         point = np.clip(point, self.bounds[:, 0], self.bounds[:, 1])
         if self.learn_levels:
             levels = project_levels(self.levels_of(point), self.level_bounds, self.min_swing_v)
@@ -156,9 +156,11 @@ class Trainer:
         return point
 
     def random_point(self, descending: np.ndarray | None = None) -> np.ndarray:
-        """Random controls within their bounds and, when trained, levels at the ends of each
-        input's bounds, logical 1 at the lower end where ``descending`` says so (default: at
-        random)."""
+        """Draw random controls within their bounds and, when trained, levels.
+
+        The levels sit at the ends of each input's bounds, logical 1 at the lower end where
+        ``descending`` says so (default: at random).
+        """
         controls = self.rng.uniform(self.control_bounds[:, 0], self.control_bounds[:, 1])
         if not self.learn_levels:
             return controls
@@ -168,7 +170,7 @@ class Trainer:
         return np.concatenate([controls, levels.ravel()])
 
     def with_levels(self, controls: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
-        """A point from controls and (when trained) levels; None takes the task's levels."""
+        """Make a point from controls and (when trained) levels; None takes the task's levels."""
         if not self.learn_levels:
             return np.asarray(controls, dtype=float)
         levels = self.fixed_levels if levels is None else np.asarray(levels, dtype=float)
@@ -244,19 +246,21 @@ class Trainer:
         return self.dnpu.total_device_seconds - self.device_seconds_at_start
 
     def evaluate_outputs(self, name: str = "eval_raw") -> Plan:
-        """Outputs per case with no tones applied (one stream)."""
+        """Measure the outputs per case with no tones applied (one stream)."""
         yield from bps.mv(self.dnpu.mode, "off")
         reading = yield from self.measure(name)
         return np.asarray(reading[self.dnpu.case_currents.name]["value"], dtype=float)
 
     # -- one descent step -------------------------------------------------------------------
     def loss_of(self, outputs: np.ndarray, indices: np.ndarray | None) -> tuple[float, Any]:
-        """The task's loss and dL/dI of the measured cases."""
+        """Return the task's loss and dL/dI of the measured cases."""
         return self.task.loss(outputs, indices=indices)
 
     def step(self, point: np.ndarray, indices: np.ndarray | None) -> Plan:
-        """Measure the loss and its gradient w.r.t. the point (already applied) by the
-        trainer's gradient method; returns the :class:`Step`."""
+        """Measure the loss and its gradient w.r.t. the point (already applied).
+
+        The trainer's gradient method measures them; the plan returns the :class:`Step`.
+        """
         return (yield from METHODS[self.method].step(self, point, indices))
 
     def record_step(
@@ -340,9 +344,12 @@ class Trainer:
         attempts: int,
         threshold_na: float | None = None,
     ) -> Plan:
-        """The run's :class:`TrainResult`: ``setting`` evaluated without tones (unless ``final``
-        already holds that evaluation; at ``threshold_na`` if given), then, for tasks with
-        held-out data, the test split classified at the training split's threshold."""
+        """Evaluate ``setting`` and return the run's :class:`TrainResult`.
+
+        ``setting`` is evaluated without tones (unless ``final`` already holds that evaluation;
+        at ``threshold_na`` if given), then, for tasks with held-out data, the test split is
+        classified at the training split's threshold.
+        """
         clipped = 0
         if final is None:
             final, clipped = yield from self.evaluate(setting, attempt, threshold_na=threshold_na)
@@ -372,16 +379,20 @@ class Trainer:
 
 
 def level_fields(levels: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
-    """A record's ``input_zero_v`` and ``input_one_v`` (with ``prefix``) from ``(n, 2)``
-    levels."""
+    """Return a record's ``input_zero_v`` and ``input_one_v`` (with ``prefix``).
+
+    The fields come from ``(n, 2)`` levels.
+    """
     levels = np.asarray(levels, dtype=float)
     return {f"{prefix}input_zero_v": levels[:, 0], f"{prefix}input_one_v": levels[:, 1]}
 
 
 def resolve_inputs(inputs: str | Sequence[str] | None, task: Task) -> tuple[bool, str | None]:
-    """(screen or not, pinned names or None) from a plan's ``inputs`` argument: None screens
-    for a Boolean gate and keeps the device's inputs otherwise, ``"screen"`` screens, names
-    pin them."""
+    """Return (screen or not, pinned names or None) from a plan's ``inputs`` argument.
+
+    None screens for a Boolean gate and keeps the device's inputs otherwise, ``"screen"``
+    screens, names pin them.
+    """
     if inputs is None:
         return isinstance(task, BooleanGate), None
     if isinstance(inputs, str) and inputs == "screen":
@@ -397,7 +408,7 @@ def resolve_inputs(inputs: str | Sequence[str] | None, task: Task) -> tuple[bool
 
 
 def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
-    """A plan factory that puts back the tones and input electrodes the devices had."""
+    """Make a plan factory that puts back the tones and input electrodes the devices had."""
     saved = []
     for device in dnpus:
         for electrode in device.electrodes:
@@ -418,8 +429,10 @@ def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
 
 
 def on_inputs(dnpus: list[DNPU], pinned: str | None, body: Callable[[], Plan]) -> Plan:
-    """Run ``body()`` with the devices' inputs set to ``pinned`` (if given); the tones and
-    inputs the devices had come back however it ends, refusals included."""
+    """Run ``body()`` with the devices' inputs set to ``pinned`` (if given).
+
+    The tones and inputs the devices had come back however it ends, refusals included.
+    """
     restore = _device_state(dnpus)
 
     def pinned_body() -> Plan:

@@ -267,7 +267,7 @@ def train(
 def _first_start(
     trainer: Trainer, controls: list[float] | None, levels: list[list[float]] | None
 ) -> Setting | None:
-    """The given first start, refused before the run opens if it does not fit the device."""
+    """Return the given first start, refused before the run opens if it does not fit the device."""
     if controls is None and levels is None:
         return None
     if controls is None:
@@ -294,8 +294,10 @@ def evaluate_controls(
     threshold_na: float | None = None,
     md: dict | None = None,
 ) -> Plan:
-    """Measure a task at a fixed setting, without training: e.g. re-check today a gate trained
-    earlier (the setting of :func:`dnpu_bluesky.results.trained_setting`) for drift.
+    """Measure a task at a fixed setting, without training.
+
+    E.g. re-check today a gate trained earlier (the setting of
+    :func:`dnpu_bluesky.results.trained_setting`) for drift.
 
     One run with the streams of a training run's final evaluation: ``eval_raw`` and
     ``evaluation`` on the training cases and, for tasks with held-out data, ``eval_test_raw``
@@ -364,8 +366,11 @@ def evaluate_controls(
 
 
 def _check_controls(trainer: Trainer, point: np.ndarray, name: str) -> None:
-    """Refuse, before the run opens, controls of the wrong number or outside the electrode
-    limits, with the electrode's own limit check (a ``LimitError``, which is a ValueError)."""
+    """Refuse, before the run opens, controls of the wrong number or outside the electrode limits.
+
+    The limits are checked by the electrode's own limit check (a ``LimitError``, which is a
+    ValueError).
+    """
     if point.shape != trainer.controls.shape:
         raise ValueError(
             f"{name} needs {trainer.controls.size} values for {trainer.dnpu.name}, "
