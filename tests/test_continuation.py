@@ -75,7 +75,7 @@ def test_continue_from_gives_train_the_past_runs_end_and_targets(storage, stored
     start = run.metadata["start"]
     assert start["source_run"] == uid and start["seed"] == 6
     assert start["plan_args"]["initial_controls"] == pytest.approx(options["initial_controls"])
-    assert run["train"]["train_controls"].read()[0] == pytest.approx(options["initial_controls"])
+    assert run.primary["train_controls"].read()[0] == pytest.approx(options["initial_controls"])
 
 
 def test_a_run_with_fixed_levels_is_continued_with_fixed_levels(storage, stored_RE, devices):
@@ -114,19 +114,18 @@ def test_check_same_device_tells_devices_apart_and_refuses_other_channels(
 
 def test_past_training_of_runs_side_by_side_names_the_device(storage, stored_RE, devices):
     pair = [devices(seed=0, name="dnpu1"), devices(seed=1, name="dnpu2")]
-    (uid,) = stored_RE(train(pair, BooleanGate("NAND"), seed=3, **SHORT)).run_start_uids
-    run = load_run(storage.client, uid)
+    uids = stored_RE(train(pair, BooleanGate("NAND"), seed=3, **SHORT)).run_start_uids
+    first, other = (load_run(storage.client, uid) for uid in uids)  # a run per device
 
-    with pytest.raises(ValueError, match=r"trained \['dnpu1', 'dnpu2'\]: choose one as device"):
-        past_training(run)
-    with pytest.raises(ValueError, match="not 'dnpu3'"):
-        past_training(run, "dnpu3")
-    second = past_training(run, "dnpu2")
+    with pytest.raises(ValueError, match="not 'dnpu1'"):
+        past_training(other, "dnpu1")
+    second = past_training(other)
     assert second["device"] == "dnpu2" and virtual_dnpu_seed(second) == 1
-    assert virtual_dnpu_seed(past_training(run, "dnpu1")) == 0
+    assert past_training(other, "dnpu2")["device"] == "dnpu2"
+    assert virtual_dnpu_seed(past_training(first)) == 0
     assert check_same_device(pair[1], second) and not check_same_device(pair[0], second)
-    assert continue_from(storage, uid, pair[1], device="dnpu2")["md"] == {
-        "source_run": uid,
+    assert continue_from(storage, uids[1], pair[1])["md"] == {
+        "source_run": uids[1],
         "source_device": "dnpu2",
     }
     # The seed names the virtual DNPU only: not a device of another kind.
