@@ -132,7 +132,7 @@ BAD_FIELDS = [
     ("sample_rate", 1e12, "sample_rate:", "less than or equal to 4000000: the fastest DAQmx"),
     ("readout_oversampling", 10**11, "readout_oversampling:", "less than or equal to 1000"),
     ("max_slew_v_per_s", 1e300, "max_slew_v_per_s:", "less than or equal to 80000000"),
-    ("amplifier.gain_v_per_a", 1e20, "amplifier.gain_v_per_a:", "less than or equal to 10000000000000"),
+    ("amplifier.gain_v_per_a", 1e20, "amplifier.gain_v_per_a:", "or equal to 10000000000000"),
     ("amplifier.gain_v_per_a", 0, "amplifier.gain_v_per_a:", "greater than 0"),
     ("amplifier.bandwidth_hz", -1, "amplifier.bandwidth_hz:", "greater than 0"),
     ("amplifier.bandwidth_hz", 30_000, "amplifier.bandwidth_hz:", "readout_oversampling >= 6"),
@@ -411,7 +411,7 @@ def test_the_ai_rate_is_bounded(tmp_path: Path) -> None:
 def test_sim_seed_is_bounded(tmp_path: Path) -> None:
     data = yaml.safe_load((SETUPS / "sim.yaml").read_text())
     data["sim"]["seed"] = 2**64
-    with pytest.raises(ProfileError, match="sim.seed: .* 4294967295: seeds are 32-bit"):
+    with pytest.raises(ProfileError, match=r"sim\.seed: .* 4294967295: seeds are 32-bit"):
         load_profile(_write(tmp_path, data))
 
 
