@@ -111,7 +111,10 @@ def _surrogate_ranges(path: str) -> list[list[float]]:
     """The electrode ranges a brains-py surrogate file was trained on, one per electrode."""
     from ..sim import load_brainspy_surrogate
 
-    model = load_brainspy_surrogate(path)
+    try:
+        model = load_brainspy_surrogate(path)
+    except OSError as exc:  # a file that cannot be read to its end (e.g. [Errno 22])
+        raise UsageError(f"--model {path}: cannot read it ({exc.strerror or exc})") from None
     if model.n_electrodes != 7:
         raise UsageError(
             f"--model {path}: the surrogate has {model.n_electrodes} electrodes; "

@@ -122,8 +122,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from ..continuation import RESULT_PLANS
     from ..results import final_scores, held_out_accuracy
 
-    if args.limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {args.limit}")
     with open_storage(args) as storage:
         runs = _find_runs(storage.client, args)
         more = len(runs) > args.limit

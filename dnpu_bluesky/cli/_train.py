@@ -13,6 +13,7 @@ from typing import Any
 
 from ._common import (
     Interrupted,
+    RunFailed,
     UsageError,
     gates_of,
     label,
@@ -105,7 +106,7 @@ def train_and_store(
             started = time.perf_counter()
             try:
                 outcome = run_plan(engine, plan)
-            except Interrupted:
+            except (Interrupted, RunFailed):
                 if rows:
                     _report(args, rows)
                 raise
@@ -375,6 +376,8 @@ def _input_range(
         raise UsageError(
             f"--input-range takes LOW,HIGH in volts, e.g. --input-range=-0.5,0.3; got {text!r}"
         ) from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"--input-range takes finite volts, got {text!r}")
     if not low < high:
         raise UsageError(f"--input-range: LOW must be below HIGH, got {text!r}")
     return low, high

@@ -150,9 +150,15 @@ def check_writable(directory: Path, what: str = "Tiled storage") -> None:
 _API_KEY_PARAMETER = re.compile(r"([?&])api_key=[^&#\s'\"]*(&?)")
 
 
+# The password of a URI's user information: http://user:PASSWORD@host
+_USERINFO_PASSWORD = re.compile(r"(\w[\w+.-]*://[^/?#@\s:'\"]*):[^/?#\s'\"]*@")
+
+
 def redact(text: str, api_key: str | None = None) -> str:
-    """``text`` without ``api_key`` query parameters in URIs, nor the key itself."""
+    """``text`` without ``api_key`` query parameters in URIs, nor the key itself, nor the
+    password of a URI's user information (``http://user:***@host``)."""
     text = _API_KEY_PARAMETER.sub(lambda m: m.group(1) if m.group(2) else "", text)
+    text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
     if api_key and len(api_key) >= 4:
         text = text.replace(api_key, "***")
     return text
