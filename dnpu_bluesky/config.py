@@ -129,13 +129,20 @@ _Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _Channel = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
 
 
+# Most problem lines in a ProfileError's message (``problems`` holds them all).
+_SHOWN_PROBLEMS = 10
+
+
 class ProfileError(ValueError):
     """A setup profile could not be loaded; ``problems`` holds one readable line per problem."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = list(problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
+        shown = self.problems[:_SHOWN_PROBLEMS]
+        if len(self.problems) > _SHOWN_PROBLEMS:  # e.g. 1000 electrodes that repeat a name
+            shown[-1] = f"... and {len(self.problems) - _SHOWN_PROBLEMS + 1} more problems"
+        lines = "\n".join(f"  {p}" for p in shown)
         super().__init__(f"invalid setup profile {source}:\n{lines}")
 
 

@@ -20,6 +20,7 @@ from ._common import (
     UsageError,
     check_numbers,
     check_output_paths,
+    check_tiled_uri,
     redact_uri_password,
     seed_of,
 )
@@ -69,6 +70,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if hasattr(args, "seed"):
             seed_of(args)  # a bad seed is refused before anything else
         check_numbers(args)
+        check_tiled_uri(args)
         check_output_paths(args)
         return args.handler(args)
     except Interrupted as exc:

@@ -255,6 +255,34 @@ def redact_uri_password(text: str, args: argparse.Namespace) -> str:
     return text.replace(password, "***") if password else text
 
 
+def check_tiled_uri(args: argparse.Namespace) -> None:
+    """Refuse a ``--tiled-uri`` that is no HTTP(S) address, before the storage is opened.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+
+    Raises
+    ------
+    UsageError
+        Not ``http://HOST[:PORT][/PATH]`` or ``https://...``.
+    """
+    from urllib.parse import urlsplit
+
+    uri = getattr(args, "tiled_uri", None)
+    if uri is None:
+        return
+    try:
+        parts = urlsplit(uri)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError(f"--tiled-uri {uri!r}: expected http://HOST[:PORT][/PATH] or https://...")
+
+
 def check_output_paths(args: argparse.Namespace) -> None:
     """Refuse, before anything is measured, a ``--json`` file or a ``--figures``/``--out``
     folder that cannot be written (a folder is created here if missing).

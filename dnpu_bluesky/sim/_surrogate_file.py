@@ -56,13 +56,12 @@ def is_plain_pickle(path: str, head: bytes) -> bool:
     """
     if head.startswith(b"PK") or LEGACY_MAGIC in head:
         return False
-    with open(path, "rb") as file:
-        data = file.read()
-    try:
-        last = deque(pickletools.genops(data), maxlen=1)
-    except Exception:  # not a pickle, or one cut short
-        return False
-    return bool(last) and last[0][2] == len(data) - 1  # the STOP opcode is the last byte
+    with open(path, "rb") as file:  # read opcode by opcode: a huge file is not read whole
+        try:
+            deque(pickletools.genops(file), maxlen=0)
+        except Exception:  # not a pickle, or one cut short
+            return False
+        return file.read(1) == b""  # the STOP opcode ended the file
 
 
 def refused_global(message: str) -> str | None:
