@@ -1,8 +1,8 @@
 """Hostile input: CLI arguments, setup profiles and model files a careless or hostile user gives.
 
-Each must be refused with a non-zero exit status and a short message on stderr (one line; the
-documented forms are argparse's usage line and a profile's one line per problem), with no
-traceback, before any voltage is applied (no device built, no stream played), and with no
+Each must be refused with a non-zero exit status and a short message on stderr (one line; a
+bad profile's problems come one line each, at most ten, under the line naming the file), with
+no traceback, before any voltage is applied (no device built, no stream played), and with no
 run lost (none was started: the data directory is never created). A pickle that would run
 code never runs it: its payload would create a marker file.
 
