@@ -105,7 +105,7 @@ def _storage_config(args: argparse.Namespace) -> Any:
 
 
 def open_storage(args: argparse.Namespace) -> Any:
-    """The storage of ``args``, announced on stderr: starting it takes seconds.
+    """Return the storage of ``args``, announced on stderr: starting it takes seconds.
 
     Parameters
     ----------
@@ -125,7 +125,7 @@ def open_storage(args: argparse.Namespace) -> Any:
 
 
 def where(config: Any) -> str:
-    """The data directory, or the Tiled server's URI without its query (an API key).
+    """Return the data directory, or the Tiled server's URI without its query (an API key).
 
     Parameters
     ----------
@@ -284,8 +284,10 @@ def check_tiled_uri(args: argparse.Namespace) -> None:
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
-    """Refuse, before anything is measured, a ``--json`` file or a ``--figures``/``--out``
-    folder that cannot be written (a folder is created here if missing).
+    """Refuse an output path that cannot be written, before anything is measured.
+
+    The paths are the ``--json`` file and the ``--figures`` or ``--out`` folder (a folder is
+    created here if missing).
 
     Parameters
     ----------
@@ -318,7 +320,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
 
 
 def gates_of(text: str, option: str = "--gates") -> list[str]:
-    """The gates named in ``text`` (comma-separated, any case).
+    """Return the gates named in ``text`` (comma-separated, any case).
 
     Parameters
     ----------
@@ -347,7 +349,7 @@ def gates_of(text: str, option: str = "--gates") -> list[str]:
 
 
 def one_gate(text: str, option: str) -> str:
-    """The one gate named in ``text``; see :func:`gates_of`.
+    """Return the one gate named in ``text``; see :func:`gates_of`.
 
     Parameters
     ----------
@@ -373,7 +375,7 @@ def one_gate(text: str, option: str) -> str:
 
 
 def label(task: Any) -> str:
-    """A task as the messages name it: the gate, else the task's name.
+    """Return a task as the messages name it: the gate, else the task's name.
 
     Parameters
     ----------
@@ -389,8 +391,10 @@ def label(task: Any) -> str:
 
 
 def write_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
-    """The runs' figures drawn into ``directory``; [] if they cannot be written, said in one
-    line, so that the results printed after them are not lost (the runs are in Tiled).
+    """Draw the runs' figures into ``directory``.
+
+    Figures that cannot be written are reported in one line, so that the results printed
+    after them are not lost (the runs are in Tiled).
 
     Parameters
     ----------

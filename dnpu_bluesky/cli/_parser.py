@@ -25,7 +25,7 @@ METHODS = (*GRADIENT_METHODS, "ga")
 
 
 def _default_of(function: Callable[..., Any], name: str) -> Any:
-    """The default of a parameter that its function defines only in its signature."""
+    """Return the default of a parameter that its function defines only in its signature."""
     return inspect.signature(function).parameters[name].default
 
 
@@ -44,7 +44,7 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dnpu-bluesky`` argument parser; each command's ``handler`` runs it.
+    """Return the ``dnpu-bluesky`` argument parser; each command's ``handler`` runs it.
 
     Returns
     -------
