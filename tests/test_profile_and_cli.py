@@ -553,6 +553,14 @@ def test_cli_redacts_the_password_of_a_tiled_uri(capsys):
     assert "s3cret-pw" not in err and err.count("\n") == 1, err
 
 
+def test_storage_messages_redact_a_uris_password():
+    from dnpu_bluesky.storage._config import redact
+
+    message = "cannot reach Tiled at http://alice:p@ss:w0rd@host:8000/api?api_key=k1 (refused)"
+    assert redact(message, "k1") == "cannot reach Tiled at http://alice:***@host:8000/api (refused)"
+    assert redact("Tiled at https://bob@host/x") == "Tiled at https://bob@host/x"  # no password
+
+
 def test_package_warnings_are_one_line_without_the_callers_source(capsys):
     import warnings
 
