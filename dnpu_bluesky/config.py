@@ -23,10 +23,9 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,13 +35,26 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-if TYPE_CHECKING:
-    from .hge.frequencies import FrequencyPlan
+from ._profile_reading import FIELD_LINES, ProfileReadError, describe_error, read_profile_yaml
+from ._tones import (
+    DEFAULT_AMPLITUDE_V,
+    DEFAULT_MIN_FREQUENCY_HZ,
+    DEFAULT_TONE_ORDER,
+    DEFAULT_WINDOW_S,
+    TONE_SLEW_SHARE,
+    default_tone_plan,
+    slew_limited_frequency_hz,
+)
 
 __all__ = [
     "DAQ_LIMIT_V",
+    "DEFAULT_AMPLITUDE_V",
+    "DEFAULT_MIN_FREQUENCY_HZ",
+    "DEFAULT_TONE_ORDER",
+    "DEFAULT_WINDOW_S",
+    "TONE_SLEW_SHARE",
     "Amplifier",
     "ElectrodeConfig",
     "OutputConfig",
@@ -51,27 +63,33 @@ __all__ = [
     "SimConfig",
     "TriggerConfig",
     "default_sim_profile",
+    "default_tone_plan",
     "dnpu_problems",
     "load_profile",
+    "slew_limited_frequency_hz",
 ]
 
 #: Output range of the DAQ's analog outputs, volts; no electrode limit may lie beyond it.
 DAQ_LIMIT_V = 10.0
 #: Voltage electrodes of a DNPU; a profile lists exactly this many.
 N_ELECTRODES = 7
-
-# The tones a freshly built DNPU puts on its controls (see :func:`default_tone_plan`); the
-# device's own defaults (``dnpu_bluesky.devices.dnpu``) are these same numbers.
-#: Default analysis window, seconds.
-DEFAULT_WINDOW_S = 0.1
-#: Lowest default tone: above the 1/f corner of a typical setup, so tones see white noise.
-DEFAULT_MIN_FREQUENCY_HZ = 150.0
-#: Default tone amplitude on each control electrode, volts (METHOD.md: 5 to 30 mV).
-DEFAULT_AMPLITUDE_V = 0.02
-#: Highest intermodulation order the default tones are kept clear of.
-DEFAULT_TONE_ORDER = 3
-#: Share of the slew limit a tone may use (a sine of amplitude a at f slews 2 pi f a).
-TONE_SLEW_SHARE = 0.9
+#: Fastest AO sample rate, S/s. NI's fastest DAQmx analog outputs update at a few MS/s
+#: (X Series: 3.3 MS/s on one channel); the example setup's NI 9264 does 25 kS/s per channel.
+#: At this rate one HGE stream (about 0.55 s) of seven electrodes takes 120 MB.
+MAX_SAMPLE_RATE = 4e6
+#: Fastest AI sample rate (``readout_oversampling * sample_rate``), S/s: NI's fastest DAQmx
+#: analog inputs (NI 9775: 20 MS/s). One HGE stream's readout then takes 90 MB.
+MAX_AI_SAMPLE_RATE = 20e6
+#: Most AI samples averaged into one AO sample.
+MAX_READOUT_OVERSAMPLING = 1000
+#: Fastest slew limit, V/s: a step across the DAQ's whole range in one sample at the
+#: fastest rate; a larger limit limits nothing.
+MAX_SLEW_V_PER_S = 2 * DAQ_LIMIT_V * MAX_SAMPLE_RATE
+#: Largest transimpedance gain, V/A (the most sensitive femtoampere amplifiers: 1e13 V/A).
+MAX_GAIN_V_PER_A = 1e13
+#: Largest seed of a simulated setup: seeds are recorded in the runs' documents as integers,
+#: and 32 bits name plenty of virtual devices.
+MAX_SEED = 2**32 - 1
 
 
 def _not_a_boolean(value: Any) -> Any:
@@ -92,12 +110,27 @@ def _not_blank(value: str) -> str:
 
 
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(_not_a_boolean)]
+
+
+def _at_most(bound: float) -> Any:
+    """Return the type of a positive, finite number up to ``bound``; booleans refused."""
+    return Annotated[
+        float, Field(gt=0, le=bound, allow_inf_nan=False), BeforeValidator(_not_a_boolean)
+    ]
+
+
+_SampleRate = _at_most(MAX_SAMPLE_RATE)
+_SlewRate = _at_most(MAX_SLEW_V_PER_S)
+_Gain = _at_most(MAX_GAIN_V_PER_A)
+
+
 _Volts = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_a_boolean)]
 _Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _Channel = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
-# Error type of a model validator's problems, one ``field: message`` line each, reported under
-# the model's own path (``electrodes.2`` + ``max_v: ...``).
-_FIELD_LINES = "field_lines"
+
+
+# Most problem lines in a ProfileError's message (``problems`` holds them all).
+_SHOWN_PROBLEMS = 10
 
 
 class ProfileError(ValueError):
@@ -106,7 +139,10 @@ class ProfileError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = list(problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
+        shown = self.problems[:_SHOWN_PROBLEMS]
+        if len(self.problems) > _SHOWN_PROBLEMS:  # e.g. 1000 electrodes that repeat a name
+            shown[-1] = f"... and {len(self.problems) - _SHOWN_PROBLEMS + 1} more problems"
+        lines = "\n".join(f"  {p}" for p in shown)
         super().__init__(f"invalid setup profile {source}:\n{lines}")
 
 
@@ -168,7 +204,7 @@ class ElectrodeConfig(_Model):
                     f"max_v: must be above 0 V so that 0 V is a safe state, got {high:g}"
                 )
         if problems:
-            raise PydanticCustomError(_FIELD_LINES, "{lines}", {"lines": "\n".join(problems)})
+            raise PydanticCustomError(FIELD_LINES, "{lines}", {"lines": "\n".join(problems)})
         return self
 
 
@@ -203,7 +239,7 @@ class Amplifier(_Model):
         True if the output voltage has the opposite sign of the current.
     """
 
-    gain_v_per_a: _Positive
+    gain_v_per_a: _Gain
     bandwidth_hz: _Positive
     inverting: bool = False
 
@@ -233,7 +269,7 @@ class SimConfig(_Model):
         Path of a brains-py surrogate model file, or None for the built-in device.
     """
 
-    seed: Annotated[int, Field(ge=0, strict=True)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)] = 0
     surrogate: str | None = None
 
 
@@ -272,9 +308,9 @@ class SetupProfile(_Model):
 
     name: Annotated[str, Field(min_length=1)]
     backend: Literal["sim", "nidaqmx"]
-    sample_rate: _Positive
-    readout_oversampling: Annotated[int, Field(ge=1, strict=True)] = 1
-    max_slew_v_per_s: _Positive
+    sample_rate: _SampleRate
+    readout_oversampling: Annotated[int, Field(ge=1, le=MAX_READOUT_OVERSAMPLING, strict=True)] = 1
+    max_slew_v_per_s: _SlewRate
     electrodes: Annotated[tuple[ElectrodeConfig, ...], Field(min_length=1)]
     output: OutputConfig
     amplifier: Amplifier
@@ -306,6 +342,12 @@ class SetupProfile(_Model):
                 )
         if not any(e.role == "control" for e in self.electrodes):
             problems.append("electrodes: at least one electrode must have role 'control'")
+        if self.ai_sample_rate > MAX_AI_SAMPLE_RATE:
+            problems.append(
+                f"readout_oversampling: {self.readout_oversampling} * sample_rate "
+                f"{self.sample_rate:g} S/s is {self.ai_sample_rate:g} S/s of AI, above the "
+                f"fastest DAQmx input ({MAX_AI_SAMPLE_RATE:g} S/s)"
+            )
         nyquist = self.ai_sample_rate / 2
         if self.amplifier.bandwidth_hz > nyquist:
             needed = math.ceil(2 * self.amplifier.bandwidth_hz / self.sample_rate)
@@ -356,95 +398,6 @@ class SetupProfile(_Model):
     def to_dict(self) -> dict[str, Any]:
         """Return the profile as plain JSON-serialisable data, for provenance in start documents."""
         return self.model_dump(mode="json")
-
-
-def slew_limited_frequency_hz(max_slew_v_per_s: float, amplitude_v: float) -> float:
-    """Return the fastest tone of amplitude ``amplitude_v`` within the slew limit's share.
-
-    Parameters
-    ----------
-    max_slew_v_per_s : float
-        The setup's slew limit, V/s.
-    amplitude_v : float
-        Tone amplitude, volts.
-
-    Returns
-    -------
-    float
-        The frequency in Hz at which the tone uses :data:`TONE_SLEW_SHARE` of the limit.
-    """
-    return TONE_SLEW_SHARE * max_slew_v_per_s / (2 * math.pi * amplitude_v)
-
-
-def default_tone_plan(profile: SetupProfile) -> FrequencyPlan:
-    """Return the tones :func:`~dnpu_bluesky.devices.build_dnpu` puts on the profile's controls.
-
-    One tone of :data:`DEFAULT_AMPLITUDE_V` per control electrode, in a
-    :data:`DEFAULT_WINDOW_S` window, from :data:`DEFAULT_MIN_FREQUENCY_HZ` up to the lowest of
-    the amplifier bandwidth, the slew limit's fastest tone and 0.4 x ``sample_rate``.
-
-    Parameters
-    ----------
-    profile : SetupProfile
-        The setup profile.
-
-    Returns
-    -------
-    FrequencyPlan
-        The tones, one per control electrode.
-
-    Raises
-    ------
-    dnpu_bluesky.hge.FrequencyPlanError
-        One line per profile field that keeps the tones
-        from fitting (``amplifier.bandwidth_hz``, ``max_slew_v_per_s`` or ``sample_rate``),
-        saying which value would do.
-    """
-    # Imported here: check-profile stays fast when nothing needs the signal core.
-    from .hge.frequencies import FrequencyPlanError, plan_frequencies
-
-    n_controls = len(profile.indices("control"))
-    slew_hz = slew_limited_frequency_hz(profile.max_slew_v_per_s, DEFAULT_AMPLITUDE_V)
-    bandwidth_hz = profile.amplifier.bandwidth_hz
-
-    def plan(band_hz: float | None) -> FrequencyPlan:
-        return plan_frequencies(
-            n_controls,
-            DEFAULT_WINDOW_S,
-            profile.sample_rate,
-            band_hz=band_hz,
-            order=DEFAULT_TONE_ORDER,
-            min_frequency_hz=DEFAULT_MIN_FREQUENCY_HZ,
-        )
-
-    try:
-        return plan(min(bandwidth_hz, slew_hz))
-    except FrequencyPlanError:
-        pass
-    # The tones are chosen lowest first, so a band that is too narrow only cuts the plan the
-    # sample rate alone allows: its highest tone is what the other limits must reach.
-    tones = f"the perturbation tones of the {n_controls} controls"
-    try:
-        top_hz = max(plan(None).frequencies)
-    except FrequencyPlanError as exc:
-        raise FrequencyPlanError(
-            f"sample_rate: {profile.sample_rate:g} S/s cannot carry {tones}: {exc}"
-        ) from None
-    need = f"{tones} need up to {top_hz:g} Hz (from {DEFAULT_MIN_FREQUENCY_HZ:g} Hz up)"
-    problems = []
-    if bandwidth_hz < top_hz:
-        problems.append(
-            f"amplifier.bandwidth_hz: {bandwidth_hz:g} Hz is too narrow: {need}; "
-            f"the amplifier's bandwidth must be at least {top_hz:g} Hz"
-        )
-    if slew_hz < top_hz:
-        slew_needed = math.ceil(top_hz * 2 * math.pi * DEFAULT_AMPLITUDE_V / TONE_SLEW_SHARE)
-        problems.append(
-            f"max_slew_v_per_s: {profile.max_slew_v_per_s:g} V/s lets a "
-            f"{DEFAULT_AMPLITUDE_V * 1e3:g} mV tone reach only {slew_hz:.4g} Hz, but {need}: "
-            f"raise max_slew_v_per_s to at least {slew_needed:g} V/s"
-        )
-    raise FrequencyPlanError("\n".join(problems))
 
 
 def dnpu_problems(profile: SetupProfile) -> list[str]:
@@ -513,48 +466,6 @@ def check_dnpu_profile(profile: SetupProfile, source: str | None = None) -> None
         raise ProfileError(source, problems)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _describe_error(error: ErrorDetails) -> list[str]:
-    """One line per problem: ``field.path: message``."""
-    path = ".".join(str(part) for part in error["loc"])
-    kind = error["type"]
-    message = error["msg"]
-    if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        if not path:
-            return message.splitlines()
-        return [f"{path}: {message}"]
-    if kind == _FIELD_LINES:
-        return [f"{path}.{line}" for line in message.splitlines()]
-    if kind == "extra_forbidden":
-        return [f"{path}: unknown key"]
-    if kind == "missing":
-        return [f"{path}: missing required key"]
-    got = repr(error["input"])
-    if len(got) > 60:
-        got = got[:57] + "..."
-    return [f"{path or '<profile>'}: {message} (got {got})"]
-
-
 def _validate(data: Any, source: str) -> SetupProfile:
     if not isinstance(data, dict):
         raise ProfileError(
@@ -563,7 +474,7 @@ def _validate(data: Any, source: str) -> SetupProfile:
     try:
         return SetupProfile.model_validate(data)
     except ValidationError as exc:
-        problems = [line for error in exc.errors() for line in _describe_error(error)]
+        problems = [line for error in exc.errors() for line in describe_error(error)]
         raise ProfileError(source, problems) from None
 
 
@@ -592,17 +503,11 @@ def load_profile(path: str | os.PathLike[str]) -> SetupProfile:
     file = Path(path)
     source = str(file)
     try:
-        with file.open(encoding="utf-8") as stream:
-            data = yaml.load(stream, Loader=_UniqueKeyLoader)
+        data = read_profile_yaml(file)
     except FileNotFoundError:
         raise ProfileError(source, ["file not found"]) from None
-    except OSError as exc:
-        raise ProfileError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ProfileError(source, ["not UTF-8 text"]) from None
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise ProfileError(source, [f"not valid YAML: {detail}"]) from None
+    except ProfileReadError as exc:
+        raise ProfileError(source, [str(exc)]) from None
     profile = _validate(data, source)
     problems = dnpu_problems(profile)
     if problems:

@@ -37,7 +37,7 @@ RESULT_PLANS = ("train", "train_genetic", "evaluate_controls")
 
 
 def past_training(run: Any, device: str | None = None) -> dict[str, Any]:
-    """What a past training run ended with, and what it trained for.
+    """Return what a past training run ended with, and what it trained for.
 
     Parameters
     ----------
@@ -89,8 +89,11 @@ def past_training(run: Any, device: str | None = None) -> dict[str, Any]:
 
 
 def _target_margin(start: dict[str, Any], task: Any) -> float:
-    """The margin (nA) a run trained for; an ``evaluate_controls`` run has none of its own,
-    its task's loss is centred on the one its controls were trained for (if one was asked)."""
+    """Return the margin (nA) a run trained for.
+
+    An ``evaluate_controls`` run has none of its own: its task's loss is centred on the one
+    its controls were trained for (if one was asked).
+    """
     plan_args = start.get("plan_args", {})
     if "target_margin_na" in plan_args:
         return float(plan_args["target_margin_na"])
@@ -99,7 +102,7 @@ def _target_margin(start: dict[str, Any], task: Any) -> float:
 
 
 def asked_margin(past: dict[str, Any]) -> float | None:
-    """The margin a past gate run was asked to train for.
+    """Return the margin a past gate run was asked to train for.
 
     Parameters
     ----------
@@ -122,7 +125,7 @@ def asked_margin(past: dict[str, Any]) -> float | None:
 
 
 def virtual_dnpu_seed(past: dict[str, Any]) -> int | None:
-    """The seed of the built-in virtual DNPU a past run measured.
+    """Return the seed of the built-in virtual DNPU a past run measured.
 
     Parameters
     ----------
@@ -181,8 +184,10 @@ def check_same_device(dnpu: DNPU, past: dict[str, Any]) -> bool:
 
 
 def _device_identity(backend: dict[str, Any]) -> Any:
-    """What tells devices apart in a backend's description: a simulated model's parameters,
-    or the setup's name and channels."""
+    """Return what tells devices apart in a backend's description.
+
+    That is a simulated model's parameters, or the setup's name and channels.
+    """
     if "model" in backend:
         return backend["model"].get("parameter_hash")
     profile = backend.get("profile", {})
@@ -191,7 +196,7 @@ def _device_identity(backend: dict[str, Any]) -> Any:
 
 
 def continuation_options(past: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`~dnpu_bluesky.plans.train` that continue a past run.
+    """Return the keyword arguments of :func:`~dnpu_bluesky.plans.train` that continue a run.
 
     Parameters
     ----------
@@ -226,7 +231,7 @@ def continuation_options(past: dict[str, Any]) -> dict[str, Any]:
 def continue_from(
     storage: Storage | Any, uid: str, dnpu: DNPU, *, device: str | None = None
 ) -> dict[str, Any]:
-    """The keyword arguments of :func:`~dnpu_bluesky.plans.train` that continue a past run.
+    """Return the keyword arguments of :func:`~dnpu_bluesky.plans.train` continuing a run.
 
     ``RE(train(dnpu, **continue_from(runs, uid, dnpu)))`` trains as
     ``dnpu-bluesky train --from UID`` does; add ``method=``, ``max_iterations=``, ... as for

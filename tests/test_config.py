@@ -128,6 +128,11 @@ BAD_FIELDS = [
     ("readout_oversampling", 2.5, "readout_oversampling:", "integer"),
     ("readout_oversampling", 0, "readout_oversampling:", "greater than or equal to 1"),
     ("max_slew_v_per_s", -20, "max_slew_v_per_s:", "greater than 0"),
+    # Bounded by what the hardware can do: a typo must not allocate terabytes at the first run.
+    ("sample_rate", 1e12, "sample_rate:", "less than or equal to 4000000: the fastest DAQmx"),
+    ("readout_oversampling", 10**11, "readout_oversampling:", "less than or equal to 1000"),
+    ("max_slew_v_per_s", 1e300, "max_slew_v_per_s:", "less than or equal to 80000000"),
+    ("amplifier.gain_v_per_a", 1e20, "amplifier.gain_v_per_a:", "or equal to 10000000000000"),
     ("amplifier.gain_v_per_a", 0, "amplifier.gain_v_per_a:", "greater than 0"),
     ("amplifier.bandwidth_hz", -1, "amplifier.bandwidth_hz:", "greater than 0"),
     ("amplifier.bandwidth_hz", 30_000, "amplifier.bandwidth_hz:", "readout_oversampling >= 6"),
@@ -360,6 +365,54 @@ def test_not_yaml(tmp_path: Path) -> None:
     path.write_text("name: x\nelectrodes: [\n")
     with pytest.raises(ProfileError, match="not valid YAML"):
         load_profile(path)
+
+
+def test_deep_nesting_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: " + "[" * 300 + "]" * 300 + "\n")
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith("not valid YAML: nested more than 20 levels deep at line 1"), problem
+
+
+def test_a_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "comments.yaml"
+    with path.open("w") as file:  # 200 MB of comments took a minute to parse
+        file.write(("# " + "x" * 1021 + "\n") * 200_000)
+    with pytest.raises(ProfileError, match="larger than 1 MiB; a setup profile is a few kB"):
+        load_profile(path)
+
+
+def test_aliases_nested_in_themselves_are_reported_briefly(tmp_path: Path) -> None:
+    text, previous = "a: &a [x, x, x, x, x, x, x, x, x]\n", "a"
+    for name in "bcdefghij":  # 9**10 leaves, if anything walked them all
+        text += f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+        previous = name
+    path = tmp_path / "laughs.yaml"
+    path.write_text(text + f"name: *{previous}\nsample: *{previous}\n")
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    assert any(p.startswith("name: Input should be a valid string") for p in caught.value.problems)
+    assert all(len(p) < 200 for p in caught.value.problems)
+
+
+def test_the_ai_rate_is_bounded(tmp_path: Path) -> None:
+    data = _example()
+    data.update(sample_rate=1e6, readout_oversampling=40)
+    with pytest.raises(ProfileError) as caught:
+        load_profile(_write(tmp_path, data))
+    assert caught.value.problems == [
+        "readout_oversampling: 40 * sample_rate 1e+06 S/s is 4e+07 S/s of AI, above the fastest "
+        "DAQmx input (2e+07 S/s)"
+    ]
+
+
+def test_sim_seed_is_bounded(tmp_path: Path) -> None:
+    data = yaml.safe_load((SETUPS / "sim.yaml").read_text())
+    data["sim"]["seed"] = 2**64
+    with pytest.raises(ProfileError, match=r"sim\.seed: .* 4294967295: seeds are 32-bit"):
+        load_profile(_write(tmp_path, data))
 
 
 def test_not_a_mapping(tmp_path: Path) -> None:

@@ -510,10 +510,72 @@ def test_cli_reports_a_device_failure_mid_run_by_its_cause(capsys, monkeypatch, 
     argv = ["train", "--gates", "XNOR", "--quiet", "--tiled-uri", tiled_server.uri]
     assert main(argv) == 1
     error = _one_error(capsys.readouterr().err)
-    assert error.startswith("dnpu-bluesky train: the device failed during the run")
-    assert error.endswith("RuntimeError: AI buffer overflow (injected)")
     run = find_runs(tiled_server.client, plan_name="train", gate="XNOR").values().first()
     assert run.metadata["stop"]["exit_status"] == "fail"
+    uid = run.metadata["start"]["uid"][:8]
+    assert error.startswith(
+        f"dnpu-bluesky train: run {uid} failed and was stored with exit status 'fail'"
+    ), error
+    assert error.endswith("RuntimeError: AI buffer overflow (injected)")
+
+
+def test_cli_a_run_that_fails_in_the_plan_exits_1_saying_it_was_stored(
+    capsys, monkeypatch, tiled_server
+):
+    from dnpu_bluesky.sim import VirtualDNPU
+
+    # A model that gives NaN currents (as a surrogate with a NaN amplification did): the
+    # plan refuses the outputs with a ValueError, which is not a bad argument (exit 2).
+    monkeypatch.setattr(
+        VirtualDNPU, "current", lambda self, volts: np.full(volts.shape[:-1], np.nan)
+    )
+    argv = ["train", "--gates", "NAND", "--quiet", "--tiled-uri", tiled_server.uri]
+    assert main(argv) == 1
+    error = _one_error(capsys.readouterr().err)
+    run = find_runs(tiled_server.client, plan_name="train", gate="NAND").values().first()
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    uid = run.metadata["start"]["uid"][:8]
+    assert error.startswith(
+        f"dnpu-bluesky train: run {uid} failed and was stored with exit status 'fail'"
+    ), error
+    assert "ValueError: outputs must be finite" in error
+
+
+def test_cli_redacts_the_password_of_a_tiled_uri(capsys):
+    uri = "http://alice:s3cret-pw@127.0.0.1:9/api"
+    assert main(["runs", "--tiled-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "s3cret-pw" not in err
+    assert "alice:***@127.0.0.1:9" in _one_error(err)
+    assert main(["runs", "--tiled-uri", "http://alice:s3cret-pw@[::1/api"]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret-pw" not in err and err.count("\n") == 1, err
+
+
+def test_storage_messages_redact_a_uris_password():
+    from dnpu_bluesky.storage._config import redact
+
+    message = "cannot reach Tiled at http://alice:p@ss:w0rd@host:8000/api?api_key=k1 (refused)"
+    assert redact(message, "k1") == "cannot reach Tiled at http://alice:***@host:8000/api (refused)"
+    assert redact("Tiled at https://bob@host/x") == "Tiled at https://bob@host/x"  # no password
+
+
+def test_package_warnings_are_one_line_without_the_callers_source(capsys):
+    import warnings
+
+    from dnpu_bluesky._console_log import set_up_console_log
+    from dnpu_bluesky.storage import StorageWarning
+
+    showwarning = warnings.showwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            set_up_console_log()
+            warnings.warn("Writing to Tiled failed: 503 (injected)", StorageWarning, stacklevel=1)
+    finally:
+        warnings.showwarning = showwarning
+    err = capsys.readouterr().err
+    assert err == "StorageWarning: Writing to Tiled failed: 503 (injected)\n"
 
 
 def test_cli_reports_an_unreachable_storage_or_driver_in_one_line(capsys, tiled_server):

@@ -1,10 +1,12 @@
 """brains-py surrogate files: read with torch, evaluated with numpy, checked against torch."""
 
 import builtins
+import contextlib
 import itertools
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -360,6 +362,62 @@ def test_anything_but_a_surrogate_is_refused_in_one_line(tmp_path):
             cut.write_bytes(data[:end])
             message = _refusal(cut)
             assert "torch cannot read it" in message, message
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_plain_pickle_of_any_protocol_is_named_and_never_run(tmp_path, protocol):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    for name, saved in (("dict", {"info": {}}), ("payload", {"info": Payload()})):
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(pickle.dumps(saved, protocol=protocol))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            message = _refusal(path)
+        assert message.endswith("(a plain pickle, not written by torch.save)"), message
+        assert not caught, [str(w.message) for w in caught]
+    assert not marker.exists()
+
+
+def test_a_damaged_file_is_refused_without_torch_warnings(tmp_path):
+    path = tmp_path / "good.pt"
+    torch.save({"model_state_dict": _network(seed=3).state_dict(), "info": _info()}, path)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    damaged = tmp_path / "damaged.pt"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for position in rng.integers(0, len(data), 300):
+            flipped = bytearray(data)
+            flipped[position] ^= 0xFF
+            damaged.write_bytes(flipped)
+            with contextlib.suppress(ValueError):  # a flip in a weight still loads
+                load_brainspy_surrogate(damaged)
+    assert not [str(w.message) for w in caught if "torch" in w.filename], caught
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["amplification", "weight", "range"])
+def test_nan_or_infinite_parameters_are_refused_at_load(tmp_path, bad, where):
+    state, info = _network(seed=5).state_dict(), _info()
+    if where == "amplification":
+        info["electrode_info"]["output_electrodes"]["amplification"] = bad
+    elif where == "weight":
+        state["raw_model.2.weight"][0, 0] = bad
+    else:
+        info["electrode_info"]["activation_electrodes"]["voltage_ranges"][2] = [-1.0, bad]
+    path = tmp_path / "bad.pt"
+    torch.save({"model_state_dict": state, "info": info}, path)
+    with pytest.raises(ValueError) as caught:
+        load_brainspy_surrogate(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a brains-py surrogate: "), message
+    assert len(message.splitlines()) == 1
+    assert any(word in message for word in ("nan", "inf", "NaN", "finite")), message
 
 
 def test_whole_module_pickle_needs_trust(tmp_path):

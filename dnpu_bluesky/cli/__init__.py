@@ -14,7 +14,16 @@ import sys
 from collections.abc import Sequence
 
 from .._console_log import set_up_console_log
-from ._common import Interrupted, UsageError, check_numbers, check_output_paths, seed_of
+from ._common import (
+    Interrupted,
+    RunFailed,
+    UsageError,
+    check_numbers,
+    check_output_paths,
+    check_tiled_uri,
+    redact_uri_password,
+    seed_of,
+)
 from ._parser import build_parser
 
 __all__ = ["main"]
@@ -31,8 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 done, 1 a gate not solved or the setting failed, 2 a bad argument,
-        130 interrupted.
+        The exit status: 0 done; 1 a gate not solved, the setting failed (storage, driver)
+        or a run failed (it is stored with exit status 'fail'); 2 a bad argument or input
+        file; 130 interrupted.
     """
     args = build_parser().parse_args(argv)
     set_up_console_log()
@@ -48,38 +58,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; report its failure in one line, and return the exit status."""
     from .._errors import HardwareUnavailableError, MissingDependencyError, StorageError
     from ..config import ProfileError
+
+    def say(message: object) -> None:
+        text = redact_uri_password(str(message), args)
+        print(f"dnpu-bluesky {args.command}: {text}", file=sys.stderr)
 
     try:
         if hasattr(args, "seed"):
             seed_of(args)  # a bad seed is refused before anything else
         check_numbers(args)
+        check_tiled_uri(args)
         check_output_paths(args)
         return args.handler(args)
     except Interrupted as exc:
-        print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)
+        say(exc)
         return 130
+    except RunFailed as exc:  # the run is stored; what failed was the device or the plan
+        say(exc)
+        return 1
     except (UsageError, ProfileError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         if not str(message):  # a bare KeyError() of a library: say at least what it was
             message = f"{type(exc).__name__} {exc!r}"
-        print(f"dnpu-bluesky {args.command}: {message}", file=sys.stderr)
+        say(message)
         return 2
     except (StorageError, HardwareUnavailableError, MissingDependencyError) as exc:
-        # the setting, not the arguments
-        print(f"dnpu-bluesky {args.command}: {exc}", file=sys.stderr)
+        say(exc)  # the setting, not the arguments
         return 1
     except Exception as exc:
-        # Only a plan can fail a status, so bluesky is imported by then (not for check-profile).
+        # Only a device can fail a status, so bluesky is imported by then (not for check-profile).
         failed_status = getattr(sys.modules.get("bluesky.utils"), "FailedStatus", ())
         if not isinstance(exc, failed_status):
             raise
-        cause = exc.__cause__ or exc  # the instrument failed mid-run: its cause, not the stack
-        print(
-            f"dnpu-bluesky {args.command}: the device failed during the run, which was stored "
-            "with exit status 'fail' (unstaging parks every electrode at 0 V; a failure to do "
-            f"so is logged above): {type(cause).__name__}: {cause}",
-            file=sys.stderr,
+        cause = exc.__cause__ or exc  # before any run opened (a run's failure is RunFailed)
+        say(
+            "the device failed before the run opened (every electrode is parked at 0 V when "
+            f"its backend closes): {type(cause).__name__}: {cause}"
         )
         return 1

@@ -20,8 +20,22 @@ class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
 
+#: Most virtual DNPUs trained side by side (``--devices``). Every step measures each of them
+#: in turn in this process, so N devices take N times as long as one; more than this is a
+#: typo, not a plan.
+MAX_DEVICES = 16
+#: Most iterations per attempt (``--max-iterations``): a million HGE steps take weeks.
+MAX_ITERATIONS = 1_000_000
+#: Most runs listed (``runs --limit``).
+MAX_LIMIT = 1_000_000
+
+
 class Interrupted(Exception):
     """Ctrl-C: the run was aborted (and stored as such); exit status 130."""
+
+
+class RunFailed(Exception):
+    """A run failed while open: it was stored with exit status 'fail'; exit status 1."""
 
 
 def run_plan(engine: Any, plan: Any) -> Any:
@@ -46,9 +60,13 @@ def run_plan(engine: Any, plan: Any) -> Any:
     ------
     Interrupted
         On Ctrl-C, once the run is aborted.
+    RunFailed
+        The plan failed after its run opened (the run is stored with exit status 'fail').
     """
-    from bluesky.utils import RunEngineInterrupted
+    from bluesky.utils import FailedStatus, RunEngineInterrupted
 
+    started: list[str] = []
+    token = engine.subscribe(lambda name, doc: started.append(doc["uid"]), "start")
     try:
         return engine(plan)
     except RunEngineInterrupted:
@@ -58,6 +76,21 @@ def run_plan(engine: Any, plan: Any) -> Any:
             f"interrupted; run {uids} aborted and stored (unstaging the devices parked "
             "every electrode at 0 V; a failure to do so is reported above)"
         ) from None
+    except Exception as exc:
+        if not started:  # refused before any run opened: the plan's own error
+            raise
+        # A failed status (the instrument failed mid-run) says only that: its cause tells.
+        cause = (exc.__cause__ or exc) if isinstance(exc, FailedStatus) else exc
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        uids = ", ".join(uid[:8] for uid in started)
+        raise RunFailed(
+            f"run {uids} failed and was stored with exit status 'fail' (unstaging the devices "
+            f"parked every electrode at 0 V; a failure to do so is reported above): "
+            f"{type(cause).__name__}: {reason}"
+        ) from exc
+    finally:
+        engine.unsubscribe(token)
 
 
 def _storage_config(args: argparse.Namespace) -> Any:
@@ -72,7 +105,7 @@ def _storage_config(args: argparse.Namespace) -> Any:
 
 
 def open_storage(args: argparse.Namespace) -> Any:
-    """The storage of ``args``, announced on stderr: starting it takes seconds.
+    """Return the storage of ``args``, announced on stderr: starting it takes seconds.
 
     Parameters
     ----------
@@ -92,7 +125,7 @@ def open_storage(args: argparse.Namespace) -> Any:
 
 
 def where(config: Any) -> str:
-    """The data directory, or the Tiled server's URI without its query (an API key).
+    """Return the data directory, or the Tiled server's URI without its query (an API key).
 
     Parameters
     ----------
@@ -173,19 +206,88 @@ def check_numbers(args: argparse.Namespace) -> None:
     Raises
     ------
     UsageError
-        ``--max-iterations`` below 1, or ``--lr`` not positive.
+        A count out of its range (``--devices``, ``--max-iterations``, ``--batch-size``,
+        ``--limit``), or ``--lr`` or ``--screen-budget`` not positive and finite.
     """
-    iterations = getattr(args, "max_iterations", None)
-    if iterations is not None and iterations < 1:
-        raise UsageError(f"--max-iterations must be at least 1, got {iterations}")
-    lr = getattr(args, "lr", None)
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise UsageError(f"--lr must be positive (V per step), got {lr:g}")
+    for option, low, high in (
+        ("devices", 1, MAX_DEVICES),
+        ("max_iterations", 1, MAX_ITERATIONS),
+        ("batch_size", 1, None),
+        ("limit", 1, MAX_LIMIT),
+    ):
+        count = getattr(args, option, None)
+        flag = "--" + option.replace("_", "-")
+        if count is None:
+            continue
+        if count < low:
+            raise UsageError(f"{flag} must be at least {low}, got {count}")
+        if high is not None and count > high:
+            raise UsageError(f"{flag} must be at most {high}, got {count}")
+    for option, unit in (("lr", "V per step"), ("screen_budget", "device seconds")):
+        value = getattr(args, option, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(f"{flag} must be positive ({unit}), got {value:g}")
+
+
+def redact_uri_password(text: str, args: argparse.Namespace) -> str:
+    """``text`` without the password of ``--tiled-uri`` (``http://user:PASSWORD@host``).
+
+    Parameters
+    ----------
+    text : str
+        A message about to be printed.
+    args : argparse.Namespace
+        The parsed arguments.
+
+    Returns
+    -------
+    str
+        The message, the password replaced by ``***``.
+    """
+    from urllib.parse import urlsplit
+
+    uri = getattr(args, "tiled_uri", None)
+    try:
+        password = urlsplit(uri).password if uri else None
+    except ValueError:  # not a URI at all: its text after "//" up to the last "@" may be one
+        password = uri.partition("//")[2].rpartition("@")[0].partition(":")[2] or None
+    return text.replace(password, "***") if password else text
+
+
+def check_tiled_uri(args: argparse.Namespace) -> None:
+    """Refuse a ``--tiled-uri`` that is no HTTP(S) address, before the storage is opened.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+
+    Raises
+    ------
+    UsageError
+        Not ``http://HOST[:PORT][/PATH]`` or ``https://...``.
+    """
+    from urllib.parse import urlsplit
+
+    uri = getattr(args, "tiled_uri", None)
+    if uri is None:
+        return
+    try:
+        parts = urlsplit(uri)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError(f"--tiled-uri {uri!r}: expected http://HOST[:PORT][/PATH] or https://...")
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
-    """Refuse, before anything is measured, a ``--json`` file or a ``--figures``/``--out``
-    folder that cannot be written (a folder is created here if missing).
+    """Refuse an output path that cannot be written, before anything is measured.
+
+    The paths are the ``--json`` file and the ``--figures`` or ``--out`` folder (a folder is
+    created here if missing).
 
     Parameters
     ----------
@@ -218,7 +320,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
 
 
 def gates_of(text: str, option: str = "--gates") -> list[str]:
-    """The gates named in ``text`` (comma-separated, any case).
+    """Return the gates named in ``text`` (comma-separated, any case).
 
     Parameters
     ----------
@@ -247,7 +349,7 @@ def gates_of(text: str, option: str = "--gates") -> list[str]:
 
 
 def one_gate(text: str, option: str) -> str:
-    """The one gate named in ``text``; see :func:`gates_of`.
+    """Return the one gate named in ``text``; see :func:`gates_of`.
 
     Parameters
     ----------
@@ -273,7 +375,7 @@ def one_gate(text: str, option: str) -> str:
 
 
 def label(task: Any) -> str:
-    """A task as the messages name it: the gate, else the task's name.
+    """Return a task as the messages name it: the gate, else the task's name.
 
     Parameters
     ----------
@@ -289,8 +391,10 @@ def label(task: Any) -> str:
 
 
 def write_figures(runs: Sequence[Any], directory: Path) -> list[Path]:
-    """The runs' figures drawn into ``directory``; [] if they cannot be written, said in one
-    line, so that the results printed after them are not lost (the runs are in Tiled).
+    """Draw the runs' figures into ``directory``.
+
+    Figures that cannot be written are reported in one line, so that the results printed
+    after them are not lost (the runs are in Tiled).
 
     Parameters
     ----------

@@ -18,7 +18,7 @@ SPHERE_INPUTS = (1, 2, 4)
 
 
 def setups_of(args: argparse.Namespace) -> list[str]:
-    """The setup profiles asked for: each ``--setup``, else ``DNPU_SETUP`` for one device.
+    """Return the setup profiles asked for: each ``--setup``, else ``DNPU_SETUP`` for one device.
 
     Parameters
     ----------
@@ -40,8 +40,10 @@ def setups_of(args: argparse.Namespace) -> list[str]:
 def profiles_of(
     args: argparse.Namespace, seed: int, sphere: bool = False
 ) -> tuple[list[Any], tuple[float, float] | None]:
-    """One setup profile per device: each setup (:func:`setups_of`), or ``--devices`` virtual
-    DNPUs of seeds ``seed``, ``seed + 1``, ...; with ``--model``, simulating that surrogate.
+    """Return one setup profile per device, each simulating ``--model`` if given.
+
+    The devices are each setup (:func:`setups_of`), or ``--devices`` virtual DNPUs of seeds
+    ``seed``, ``seed + 1``, ...
 
     Parameters
     ----------
@@ -108,10 +110,13 @@ def profiles_of(
 
 
 def _surrogate_ranges(path: str) -> list[list[float]]:
-    """The electrode ranges a brains-py surrogate file was trained on, one per electrode."""
+    """Return the electrode ranges a brains-py surrogate file was trained on, one each."""
     from ..sim import load_brainspy_surrogate
 
-    model = load_brainspy_surrogate(path)
+    try:
+        model = load_brainspy_surrogate(path)
+    except OSError as exc:  # a file that cannot be read to its end (e.g. [Errno 22])
+        raise UsageError(f"--model {path}: cannot read it ({exc.strerror or exc})") from None
     if model.n_electrodes != 7:
         raise UsageError(
             f"--model {path}: the surrogate has {model.n_electrodes} electrodes; "
@@ -129,8 +134,11 @@ def _surrogate_ranges(path: str) -> list[list[float]]:
 
 
 def _check_no_shared_channels(paths: Sequence[str], profiles: Sequence[Any]) -> None:
-    """Refuse setups side by side that name the same DAQ channel: one channel cannot drive
-    (or read) two devices, and DAQmx would only say so once the run is open."""
+    """Refuse setups side by side that name the same DAQ channel.
+
+    One channel cannot drive (or read) two devices, and DAQmx would only say so once the run
+    is open.
+    """
     owner: dict[str, int] = {}
     for index, profile in enumerate(profiles):
         if profile.backend != "nidaqmx":
@@ -147,9 +155,10 @@ def _check_no_shared_channels(paths: Sequence[str], profiles: Sequence[Any]) -> 
 
 @contextlib.contextmanager
 def built(profiles: Sequence[Any]) -> Iterator[list[tuple[Any, Any]]]:
-    """``(dnpu, profile)`` for each profile, built before the storage opens so that a missing
-    driver or a wrong channel is reported at once, not after seconds of starting storage;
-    their backends are closed (every electrode parked at 0 V) at the end.
+    """Build a DNPU for each profile; close their backends (every electrode at 0 V) at the end.
+
+    They are built before the storage opens, so that a missing driver or a wrong channel is
+    reported at once, not after seconds of starting storage.
 
     Parameters
     ----------
@@ -176,7 +185,7 @@ def built(profiles: Sequence[Any]) -> Iterator[list[tuple[Any, Any]]]:
 
 
 def virtual_device_seed(profile: Any) -> int | None:
-    """The seed of the built-in virtual DNPU a profile simulates.
+    """Return the seed of the built-in virtual DNPU a profile simulates.
 
     Parameters
     ----------
@@ -194,8 +203,9 @@ def virtual_device_seed(profile: Any) -> int | None:
 
 
 def check_device(dnpu: Any, past: dict[str, Any]) -> None:
-    """Refuse a device whose controls are not where a past run had them; say on stderr when
-    it is another device than the run measured.
+    """Refuse a device whose controls are not where a past run had them.
+
+    When it is another device than the run measured, a note says so on stderr.
 
     See :func:`dnpu_bluesky.continuation.check_same_device`.
 

@@ -6,7 +6,7 @@ import argparse
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..plans.train import GRADIENT_METHODS
 from ..tasks.levels import DEFAULT_MIN_SWING_V, DEFAULT_SCREEN_BUDGET_S
@@ -25,12 +25,26 @@ METHODS = (*GRADIENT_METHODS, "ga")
 
 
 def _default_of(function: Callable[..., Any], name: str) -> Any:
-    """The default of a parameter that its function defines only in its signature."""
+    """Return the default of a parameter that its function defines only in its signature."""
     return inspect.signature(function).parameters[name].default
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A parser that reports a bad argument in one line, pointing to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: MESSAGE (see PROG --help)`` on stderr and exit with status 2.
+
+        Parameters
+        ----------
+        message : str
+            What argparse refused.
+        """
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dnpu-bluesky`` argument parser; each command's ``handler`` runs it.
+    """Return the ``dnpu-bluesky`` argument parser; each command's ``handler`` runs it.
 
     Returns
     -------
@@ -42,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generations = _default_of(train_genetic, "generations")
     loss_offset_na = _default_of(corrsig_loss, "offset_na")
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="dnpu-bluesky",
         description="Train DNPUs by gradient descent measured on the device (HGE), on Bluesky.",
     )

@@ -41,8 +41,9 @@ def load_past_run(storage: Any, uid: str) -> Any:
 
 
 def load_past_training(storage: Any, uid: str, device: str | None) -> dict[str, Any]:
-    """A past training run as :func:`dnpu_bluesky.continuation.past_training` gives it, the
-    device of a side-by-side run chosen with ``--device``.
+    """Return a past training run as :func:`dnpu_bluesky.continuation.past_training` does.
+
+    The device of a side-by-side run is the one chosen with ``--device``.
 
     Parameters
     ----------
@@ -79,8 +80,10 @@ def load_past_training(storage: Any, uid: str, device: str | None) -> dict[str, 
 
 
 def device_seed(args: argparse.Namespace, past: dict[str, Any]) -> int:
-    """The seed of the virtual DNPU to measure: ``--seed`` (or ``DNPU_SEED``) when the command
-    names a device (``--seed``, ``--setup``, ``DNPU_SETUP``), else the one the run measured.
+    """Return the seed of the virtual DNPU to measure.
+
+    It is ``--seed`` (or ``DNPU_SEED``) when the command names a device (``--seed``,
+    ``--setup``, ``DNPU_SETUP``), else the one the run measured.
 
     Parameters
     ----------

@@ -122,8 +122,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from ..continuation import RESULT_PLANS
     from ..results import final_scores, held_out_accuracy
 
-    if args.limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {args.limit}")
     with open_storage(args) as storage:
         runs = _find_runs(storage.client, args)
         more = len(runs) > args.limit
@@ -166,7 +164,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _find_runs(client: Any, args: argparse.Namespace) -> list[Any]:
-    """``runs``' search; ``--task boolean`` (as ``train --task`` names it) is every gate."""
+    """Search for ``runs``; ``--task boolean`` (as ``train --task`` names it) is every gate."""
     from ..storage import find_runs
     from ..tasks import GATES
 
@@ -219,8 +217,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report_folder(runs: Sequence[Any]) -> Path:
-    """``reports/<uid>[-<uid>...]``: one folder per set of runs, so that a report never
-    overwrites the demo's figures or another run's."""
+    """Return ``reports/<uid>[-<uid>...]``, one folder per set of runs.
+
+    So a report never overwrites the demo's figures or another run's.
+    """
     uids = [run.metadata["start"]["uid"][:8] for run in runs]
     more = f"-and-{len(uids) - 3}-more" if len(uids) > 3 else ""
     return Path("reports") / ("-".join(uids[:3]) + more)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._common import (
     Interrupted,
+    RunFailed,
     UsageError,
     gates_of,
     label,
@@ -106,7 +107,7 @@ def train_and_store(
             started = time.perf_counter()
             try:
                 outcome = run_plan(engine, plan)
-            except Interrupted:
+            except (Interrupted, RunFailed):
                 if rows:
                     _report(args, rows)
                 raise
@@ -149,9 +150,11 @@ def train_and_store(
 
 
 def _plan_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What every method trains for (``--margin``, ``--target-accuracy``) and the inputs'
-    freedom: ``--inputs`` (screened by default), levels trained unless ``--input-range``
-    fixes them."""
+    """Return what every method trains for, and the inputs' freedom.
+
+    That is ``--margin`` and ``--target-accuracy``; ``--inputs`` (screened by default), and
+    levels trained unless ``--input-range`` fixes them.
+    """
     options: dict[str, Any] = {}
     if args.margin is not None:
         options.update(target_margin_na=args.margin)
@@ -164,7 +167,7 @@ def _plan_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> None:
-    """The results table, and the ``--json`` file."""
+    """Print the results table, and write the ``--json`` file."""
     print_table(rows)
     if getattr(args, "json", None):
         Path(args.json).write_text(json.dumps({"results": list(rows)}, indent=2))
@@ -175,8 +178,10 @@ def _report(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> None:
 def _draw_figures(
     args: argparse.Namespace, storage: Any, rows: Sequence[dict[str, Any]]
 ) -> list[Path]:
-    """The ``--figures`` of the runs of ``rows``, read back from Tiled (each read waits for
-    the writer); [] without ``--figures``."""
+    """Draw the ``--figures`` of the runs of ``rows``; [] without ``--figures``.
+
+    The runs are read back from Tiled (each read waits for the writer).
+    """
     from ..storage import load_run
 
     if not args.figures:
@@ -323,7 +328,9 @@ def _check_continuation(args: argparse.Namespace) -> None:
 
 
 def _continued_margin(args: argparse.Namespace, past: dict[str, Any]) -> float | None:
-    """The margin ``train --from`` trains for and counts in its exit status: the past run's.
+    """Return the margin ``train --from`` trains for and counts in its exit status.
+
+    It is the past run's.
 
     None when the past run trained for the default margin without asking for one (its loss
     not centred on a margin): then, as for ``train`` without ``--margin``, the exit status
@@ -349,7 +356,7 @@ def _train_tasks(
     seed: int,
     model_input_range: tuple[float, float] | None,
 ) -> list[Any]:
-    """The tasks ``train`` was asked for (without ``--from``), arguments checked."""
+    """Return the tasks ``train`` was asked for (without ``--from``), arguments checked."""
     from ..tasks import SphereClassification
 
     if args.device is not None:
@@ -373,8 +380,11 @@ def _train_tasks(
 def _input_range(
     text: str | None, model_input_range: tuple[float, float] | None = None
 ) -> tuple[float, float] | None:
-    """``--input-range LOW,HIGH`` as volts; without it the range every input electrode of a
-    ``--model`` surrogate covers, else None for the tasks' defaults."""
+    """Return ``--input-range LOW,HIGH`` as volts.
+
+    Without it, the range every input electrode of a ``--model`` surrogate covers, else None
+    for the tasks' defaults.
+    """
     if text is None:
         return model_input_range
     try:
@@ -383,6 +393,8 @@ def _input_range(
         raise UsageError(
             f"--input-range takes LOW,HIGH in volts, e.g. --input-range=-0.5,0.3; got {text!r}"
         ) from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"--input-range takes finite volts, got {text!r}")
     if not low < high:
         raise UsageError(f"--input-range: LOW must be below HIGH, got {text!r}")
     return low, high
@@ -411,8 +423,10 @@ def _check_margin(margin: float | None, kind: str) -> None:
 
 
 def _solved(row: dict[str, Any], margin: float | None) -> bool:
-    """Every case classified right within the AI range, and separated by ``margin`` if one
-    was asked for."""
+    """Tell whether every case was classified right within the AI range.
+
+    And separated by ``margin``, if one was asked for.
+    """
     in_range = not row["clipped_samples"]
     return row["accuracy"] == 1.0 and in_range and (margin is None or row["margin_nA"] >= margin)
 

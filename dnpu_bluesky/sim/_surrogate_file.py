@@ -6,8 +6,10 @@ helpers read. torch is imported only to read a file.
 
 from __future__ import annotations
 
+import pickletools
 import re
 import zipfile
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,13 +39,29 @@ def unreadable(path: str, head: bytes, exc: BaseException) -> str:
     else:
         reason = lines[0]
     what = f"{type(exc).__name__}: {reason[:120]}" if reason else type(exc).__name__
-    if head.startswith(b"PK\x03\x04"):  # torch's zip format, or another zip
+    if b"PK\x03\x04".startswith(head[:4]):  # torch's zip format, another zip, or their start
         if not zipfile.is_zipfile(path):
             return "cut short or damaged: the zip archive has no directory"
         return what
     if LEGACY_MAGIC in head:
         return f"cut short or damaged: {what}"
     return "not a pickle"
+
+
+def is_plain_pickle(path: str, head: bytes) -> bool:
+    """Tell whether the file is one whole pickle (any protocol) that torch did not write.
+
+    The opcodes are only parsed (:func:`pickletools.genops`), never executed. torch's legacy
+    format starts with a pickled magic number and its zip format with ``PK``: neither is one.
+    """
+    if head.startswith(b"PK") or LEGACY_MAGIC in head:
+        return False
+    with open(path, "rb") as file:  # read opcode by opcode: a huge file is not read whole
+        try:
+            deque(pickletools.genops(file), maxlen=0)
+        except Exception:  # not a pickle, or one cut short
+            return False
+        return file.read(1) == b""  # the STOP opcode ended the file
 
 
 def refused_global(message: str) -> str | None:

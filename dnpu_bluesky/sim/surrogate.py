@@ -31,6 +31,7 @@ import hashlib
 import os
 import pickle
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -39,10 +40,10 @@ from threadpoolctl import ThreadpoolController
 
 from dnpu_bluesky.sim._surrogate_file import (
     HEAD_BYTES,
-    LEGACY_MAGIC,
     check_layers,
     holds_global,
     import_torch,
+    is_plain_pickle,
     layers_from_state_dict,
     not_a_torch_file,
     numpy_safe_globals,
@@ -186,8 +187,9 @@ class SurrogateModel(DeviceModel):
     Raises
     ------
     ValueError
-        An unknown activation or precision, layers that do not chain to one output, or
-        ranges that are not ``(n_electrodes, 2)`` with min < max.
+        An unknown activation or precision, layers that do not chain to one output, ranges
+        that are not ``(n_electrodes, 2)`` with min < max, or a weight, bias, range or
+        amplification that is NaN or infinite.
     """
 
     def __init__(
@@ -212,12 +214,21 @@ class SurrogateModel(DeviceModel):
         check_layers(self._weights, self._biases)
         self.n_electrodes = self._weights[0].shape[1]
         ranges = np.array(voltage_ranges, dtype=float)
-        if ranges.shape != (self.n_electrodes, 2) or np.any(ranges[:, 0] >= ranges[:, 1]):
+        if (
+            ranges.shape != (self.n_electrodes, 2)
+            or not np.isfinite(ranges).all()
+            or np.any(ranges[:, 0] >= ranges[:, 1])
+        ):
             raise ValueError(
-                f"voltage_ranges must be ({self.n_electrodes}, 2) with min < max, got "
+                f"voltage_ranges must be ({self.n_electrodes}, 2) with finite min < max, got "
                 f"{ranges.tolist()}"
             )
         self.voltage_ranges = ranges
+        if not np.isfinite(amplification):
+            raise ValueError(f"the amplification is {amplification}, not a finite number")
+        for i, (w, b) in enumerate(zip(self._weights, self._biases, strict=True)):
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise ValueError(f"layer {i} holds NaN or infinite weights or biases")
         self.voltage_ranges.flags.writeable = False
         self.amplification = float(amplification)
         self.activation = activation
@@ -451,11 +462,12 @@ def load_brainspy_surrogate(
         head = file.read(HEAD_BYTES)
     if not head:
         raise ValueError(not_a_torch_file(path, "empty file"))
-    if head[:1] == b"\x80" and LEGACY_MAGIC not in head:
-        # torch would warn about the pickle protocol before failing: say it in one line.
+    if is_plain_pickle(path, head):  # parsed, not run: torch would only warn, then fail
         raise ValueError(not_a_torch_file(path, "a plain pickle, not written by torch.save"))
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
+        # torch warns about what it reads in damaged files; the error says what matters.
+        with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_safe_globals()):
+            warnings.simplefilter("ignore")
             saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = refused_global(str(exc))
@@ -470,7 +482,9 @@ def load_brainspy_surrogate(
                 f"({refused}); load it with trusted=True only if you trust its source"
             ) from exc
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                saved = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as full_exc:
             why = unreadable(path, head, full_exc)
             raise ValueError(not_a_torch_file(path, why)) from full_exc
@@ -480,11 +494,8 @@ def load_brainspy_surrogate(
         state_dict, info = split_saved(saved)
         weights, biases = layers_from_state_dict(state_dict)
         ranges, amplification, activation = read_info(info)
+        return SurrogateModel(
+            weights, biases, ranges, amplification, activation, source=path, precision=precision
+        )
     except ValueError as exc:
         raise ValueError(f"{path}: not a brains-py surrogate: {exc}") from exc
-    return SurrogateModel(
-        weights, biases, ranges, amplification, activation, source=path, precision=precision
-    )
-
-
-#: The legacy (non-zip) format starts with this number, pickled; a zip starts with "PK".

@@ -203,8 +203,14 @@ def split_api_key(uri: str, api_key: str | None) -> tuple[str, str | None]:
 _API_KEY_PARAMETER = re.compile(r"([?&])api_key=[^&#\s'\"]*(&?)")
 
 
+# The password of a URI's user information: http://user:PASSWORD@host
+_USERINFO_PASSWORD = re.compile(r"(\w[\w+.-]*://[^/?#@\s:'\"]*):[^/?#\s'\"]*@")
+
+
 def redact(text: str, api_key: str | None = None) -> str:
-    """Remove ``api_key`` query parameters of URIs, and the key itself, from ``text``.
+    """Remove from ``text`` URIs' ``api_key`` parameters and passwords, and the key itself.
+
+    A URI's password becomes ``***`` (``http://user:***@host``).
 
     Parameters
     ----------
@@ -219,6 +225,7 @@ def redact(text: str, api_key: str | None = None) -> str:
         The message, safe to show.
     """
     text = _API_KEY_PARAMETER.sub(lambda m: m.group(1) if m.group(2) else "", text)
+    text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
     if api_key and len(api_key) >= 4:
         text = text.replace(api_key, "***")
     return text
