@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .._errors import StorageError
+
 #: Largest seed: seeds are stored in the runs' documents, which hold 64-bit integers, and a
 #: seed names a device or a training run, for which 32 bits are plenty.
 MAX_SEED = 2**32 - 1
@@ -76,6 +78,8 @@ def run_plan(engine: Any, plan: Any) -> Any:
             f"interrupted; run {uids} aborted and stored (unstaging the devices parked "
             "every electrode at 0 V; a failure to do so is reported above)"
         ) from None
+    except StorageError:  # the spool disk is full: the caller reports it after its table
+        raise
     except Exception as exc:
         if not started:  # refused before any run opened: the plan's own error
             raise

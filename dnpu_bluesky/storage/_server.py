@@ -227,13 +227,20 @@ class ServerProcess:
     ) -> None:
         check_writable(directory)
         code = "from dnpu_bluesky.storage._server import _server_process; _server_process()"
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", code, str(directory), str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        # What the server prints (a request's traceback) goes to its error log, not to the
+        # terminal of the session that happened to start it.
+        errors = os.open(directory / "error.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", code, str(directory), str(port)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                start_new_session=True,
+            )
+        finally:
+            os.close(errors)
         self._process.stdin.write(api_key + "\n")
         self._process.stdin.flush()
         # The session reads and writes through these as soon as the server answers; importing
