@@ -663,6 +663,16 @@ def test_second_interrupt_while_stopping_never_assumes_zero(
     assert not fake.rig.open_tasks
 
 
+@pytest.fixture
+def ctrl_c_handled() -> Iterator[None]:
+    """Python's own Ctrl-C handler for the test: a shell that starts pytest in the background
+    passes SIGINT on as ignored, and these tests send the signal itself."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_handled")
 def test_ctrl_c_while_stopping_a_failed_stream_parks_from_where_it_stopped(
     backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
 ) -> None:
@@ -690,6 +700,7 @@ def test_interrupted_close_stays_open_and_the_next_close_parks(
     _assert_parked_within_slew(fake, profile)
 
 
+@pytest.mark.usefixtures("ctrl_c_handled")
 def test_ctrl_c_during_the_park_ramp_waits_for_its_end(
     backend: NIDAQmxBackend, fake: FakeNidaqmx, profile: SetupProfile
 ) -> None:
