@@ -203,7 +203,9 @@ def test_run_engine_metadata_persists_in_the_data_directory(tmp_path, monkeypatc
     engine(count([det]))
     engine(count([det]))
     assert (tmp_path / "tiled" / "md").is_dir()
-    del engine  # the session ends (one process at a time keeps a folder)
+    # The session ends: its exit writes the metadata (one process at a time keeps a folder).
+    engine.md._finalizer()
+    del engine
     gc.collect()
     # A new session (another RunEngine on the same folder) continues the count.
     again = make_run_engine(None, interactive=False, md=persistent_metadata_from_env(config))
@@ -211,6 +213,7 @@ def test_run_engine_metadata_persists_in_the_data_directory(tmp_path, monkeypatc
     again(count([det]), lambda name, doc: starts.append(doc) if name == "start" else None)
     assert [doc["scan_id"] for doc in starts] == [3]
     assert starts[0]["sample"] == "chip B7"
+    again.md._finalizer()
     # DNPU_METADATA_DIR puts it elsewhere: a fresh count there.
     monkeypatch.setenv("DNPU_METADATA_DIR", str(tmp_path / "elsewhere"))
     elsewhere = persistent_metadata_from_env(config)
