@@ -574,3 +574,43 @@ def test_a_writer_worker_that_dies_is_reported_at_once_and_its_runs_written_late
         replayed = load_run(again.client, late)
         assert replayed["primary"]["det"].read().shape == (2,)
         assert replayed.metadata["stop"]["exit_status"] == "success"
+
+
+def test_a_slow_runs_events_reach_tiled_within_seconds_before_a_batch_fills(
+    tiled_server, storage, RE, hw
+):
+    from dnpu_bluesky.storage._patches import HOLD_S
+
+    _, det, wf = hw
+    assert storage.config.batch_size > 3  # three events never fill a batch
+    RE.subscribe(storage.writer)
+    root = from_uri(tiled_server.uri)
+    seen: dict[str, float] = {}
+
+    @bpp.run_decorator(md={"plan_name": "slow"})
+    def plan():
+        for _ in range(3):
+            yield from bps.trigger_and_read([det, wf])
+        # The run stays open (a long step on the device): its events appear in Tiled anyway.
+        held = time.monotonic()
+        while time.monotonic() - held < HOLD_S + 10:
+            try:
+                run = root[storage.config.container][storage_run_uid[0]]
+                if len(run["primary"]["det"].read()) == 3:
+                    seen["after_s"] = time.monotonic() - held
+                    break
+            except KeyError:  # not yet created
+                pass
+            yield from bps.sleep(0.1)
+        yield from bps.trigger_and_read([det, wf])
+
+    storage_run_uid: list[str] = []
+    RE.subscribe(lambda name, doc: storage_run_uid.append(doc["uid"]), "start")
+    try:
+        (uid,) = RE(plan()).run_start_uids
+    finally:
+        root.context.close()
+    assert "after_s" in seen, f"the open run's events were not in Tiled {HOLD_S + 10} s after"
+    assert seen["after_s"] < HOLD_S + 5, seen
+    run = load_run(storage.client, uid)
+    assert len(run["primary"]["det"].read()) == 4  # the last one with the stop document

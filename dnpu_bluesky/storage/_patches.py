@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+# Seconds an event is held by the Tiled writer at most before it is written (see tiled_writer).
+HOLD_S = 2.0
 
 
 def register_before_thread_join(hook: Callable[[], None]) -> bool:
@@ -191,10 +195,12 @@ def register_json_seq_export() -> None:
     default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
 
 
-def tiled_writer(client: Any, batch_size: int, max_array_size: int = 0) -> Any:
+def tiled_writer(
+    client: Any, batch_size: int, max_array_size: int = 0, hold_s: float = HOLD_S
+) -> Any:
     """bluesky-tiled-plugins' ``TiledWriter``, with named dimensions and fewer requests.
 
-    Two changes to how it writes a run, both in its per-run ``_RunWriter``:
+    Three changes to how it writes a run, all in its per-run ``_RunWriter``:
 
     * **Named dimensions.** An array field whose data key has ``dims`` (event-model's
       ``DataKey.dims``, one name per axis of a reading) gets them, after the leading ``time``
@@ -206,9 +212,19 @@ def tiled_writer(client: Any, batch_size: int, max_array_size: int = 0) -> Any:
       its requests. Only the run and its streams are closed here; live subscribers learn
       that the arrays and tables are complete from their stream's and run's close (and from
       the stop document in the run's metadata, written before any close).
+    * **Events held by age as well as by count.** TiledWriter writes a stream's held events
+      when ``batch_size`` of them are held, and the rest at the stop document; each write
+      costs one request per array field and one per table. Here events are also written
+      once the oldest of them has been held ``hold_s`` seconds, so ``batch_size`` can be
+      large (few requests for a run of many fast steps) while a slow run still shows its
+      steps in Tiled within seconds. The writer's ``write_due()`` writes what has been held
+      too long when no event comes to trigger it (the background writer calls it while it
+      waits), and ``next_write_due()`` tells when that will be.
 
     Matches bluesky-tiled-plugins 2.0.12: ``TiledWriter._factory`` builds one
-    ``writing.tiled_writer._RunWriter`` per run behind a ``RunNormalizer``;
+    ``writing.tiled_writer._RunWriter`` per run behind a ``RunNormalizer``; ``_RunWriter.event``
+    appends each event to ``_internal_data_cache[stream name]`` and writes that list through
+    ``_write_internal_data(cache, desc_node=...)`` when it holds ``_batch_size`` events;
     ``_RunWriter.descriptor`` keeps each stream's container client in ``_desc_nodes`` (by
     descriptor uid and by stream name), ``_write_internal_data`` creates array nodes with
     ``desc_node.write_array(array, key=..., metadata=<data key>, dims=..., access_tags=...)``,
@@ -223,6 +239,9 @@ def tiled_writer(client: Any, batch_size: int, max_array_size: int = 0) -> Any:
         Events per table append or array extension (TiledWriter's ``batch_size``).
     max_array_size : int
         TiledWriter's ``max_array_size`` (0: every array field is an array node).
+    hold_s : float
+        Seconds an event is held at most before it is written (the stop document writes
+        every held event at once).
 
     Returns
     -------
@@ -248,6 +267,32 @@ def tiled_writer(client: Any, batch_size: int, max_array_size: int = 0) -> Any:
             return self._node.write_array(array, key=key, metadata=metadata, dims=dims, **kw)
 
     class _RunWriter(plugin._RunWriter):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.held_since: dict[str, float] = {}  # stream name -> when its oldest was held
+            self.stopped = False
+
+        def event(self, doc: dict) -> None:
+            stream = self._desc_nodes[doc["descriptor"]].item["id"]
+            self.held_since.setdefault(stream, time.monotonic())
+            super().event(doc)  # writes the held events when there are batch_size of them
+            if not self._internal_data_cache[stream]:
+                del self.held_since[stream]
+            elif time.monotonic() - self.held_since[stream] >= hold_s:
+                self.write_held(stream)
+
+        def write_held(self, stream: str) -> None:
+            held = self._internal_data_cache[stream]
+            if held:
+                self._write_internal_data(held, desc_node=self._desc_nodes[stream])
+                held.clear()
+            self.held_since.pop(stream, None)
+
+        def stop(self, doc: dict) -> None:
+            self.held_since.clear()  # the stop writes them all
+            self.stopped = True
+            super().stop(doc)
+
         def descriptor(self, doc: dict) -> None:
             super().descriptor(doc)
             node = self._desc_nodes[doc["uid"]]
@@ -263,14 +308,32 @@ def tiled_writer(client: Any, batch_size: int, max_array_size: int = 0) -> Any:
                 node.close_stream()
 
     class _Writer(TiledWriter):
+        run_writers: list[_RunWriter]
+
+        def next_write_due(self) -> float | None:
+            """When (``time.monotonic()``) held events are next due, or None if none are."""
+            held = [t for w in self.run_writers for t in w.held_since.values()]
+            return min(held) + hold_s if held else None
+
+        def write_due(self) -> None:
+            """Write every stream's held events whose oldest has been held ``hold_s``."""
+            now = time.monotonic()
+            for run_writer in self.run_writers:
+                for stream, since in list(run_writer.held_since.items()):
+                    if now - since >= hold_s:
+                        run_writer.write_held(stream)
+
         def _factory(self, name: str, doc: dict) -> tuple[list, list]:
             run_writer = _RunWriter(
                 self.client, batch_size=self._batch_size, max_array_size=self._max_array_size
             )
+            self.run_writers = [w for w in self.run_writers if not w.stopped] + [run_writer]
             normalizer = self._normalizer(
                 patches=self.patches, spec_to_mimetype=self.spec_to_mimetype
             )
             normalizer.subscribe(run_writer)
             return [normalizer], []
 
-    return _Writer(client, batch_size=batch_size, max_array_size=max_array_size)
+    writer = _Writer(client, batch_size=batch_size, max_array_size=max_array_size)
+    writer.run_writers = []
+    return writer

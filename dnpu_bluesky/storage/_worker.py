@@ -64,6 +64,10 @@ class _WorkerRun:
         self.tiled_writer: TiledWriter | None = None
         self.reader: Any = None
 
+    def write_due(self) -> float | None:
+        """When the Tiled writer's held events are due (``time.monotonic()``), if any."""
+        return None if self.tiled_writer is None else self.tiled_writer.next_write_due()
+
 
 def start_worker_process() -> subprocess.Popen:
     """Start the worker as ``python -c``, with its end of the pipe as ``.conn``.
@@ -199,7 +203,15 @@ class _SpoolWorker:
                         break
                     if self._quit:
                         return
-                    self._cond.wait()
+                    # Events the Tiled writer holds are written once held long enough.
+                    due, run = min(
+                        ((r.write_due(), r) for r in self._runs.values() if r.write_due()),
+                        default=(None, None),
+                        key=lambda pair: pair[0],
+                    )
+                    if run is not None and due <= time.monotonic():
+                        break
+                    self._cond.wait(None if due is None else due - time.monotonic())
             try:
                 self._write_pending(run)
             except CorruptSpool as err:
@@ -250,6 +262,7 @@ class _SpoolWorker:
             if name == "stop":
                 self._done(run, "done")
                 return
+        run.tiled_writer.write_due()
         self._send(("progress", run.uid, run.sent))
         if run.leftover and run.sent >= end:  # the crashed session never sent its stop
             reason = (
