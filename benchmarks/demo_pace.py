@@ -81,6 +81,7 @@ class _StopClock:
 def _instrumented_demo(directory: str, figures: str, report: str) -> None:
     """``dnpu-bluesky demo`` with its storage's writer timed (runs in the child process)."""
     import dnpu_bluesky.cli
+    import dnpu_bluesky.cli._train
     import dnpu_bluesky.session
 
     make_run_engine = dnpu_bluesky.session.make_run_engine
@@ -92,7 +93,7 @@ def _instrumented_demo(directory: str, figures: str, report: str) -> None:
         engine.subscribe(clocks[-1])
         return engine
 
-    run_plan = dnpu_bluesky.cli._run
+    run_plan = dnpu_bluesky.cli._train.run_plan
     trained: list[float] = []
 
     def timed_run(engine: Any, plan: Any) -> Any:
@@ -103,7 +104,7 @@ def _instrumented_demo(directory: str, figures: str, report: str) -> None:
             trained.append(time.perf_counter() - started)
 
     dnpu_bluesky.session.make_run_engine = timed_run_engine
-    dnpu_bluesky.cli._run = timed_run
+    dnpu_bluesky.cli._train.run_plan = timed_run
     status = dnpu_bluesky.cli.main(
         ["demo", "--quiet", "--data-dir", directory, "--figures", figures]
     )

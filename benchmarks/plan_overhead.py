@@ -339,7 +339,12 @@ def other_writers() -> list[str]:
 
 def open_second_storage(storage: Storage, writer: str, directory: Path) -> Storage:
     """A client of the same embedded server with another writer, in its own container."""
-    options: dict[str, Any] = {"uri": storage.uri, "container": f"runs_{writer}", "writer": writer}
+    options: dict[str, Any] = {
+        "uri": storage.uri,
+        "api_key": storage.api_key,
+        "container": f"runs_{writer}",
+        "writer": writer,
+    }
     if "spool_directory" in {f.name for f in dataclasses.fields(StorageConfig)}:
         options["spool_directory"] = directory / f"spool_{writer}"
     return open_storage(StorageConfig(**options))

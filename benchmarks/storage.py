@@ -16,7 +16,8 @@ Cases:
 * ``background``: the defaults, ``open_storage(StorageConfig(directory=...))``: the embedded
   Tiled server (its own process) and the background writer (spool + worker process).
 * ``direct``: ``StorageConfig(writer="direct")``: bluesky-tiled-plugins' TiledWriter called
-  inside the RunEngine's callback (``batch_size=20`` for both), on a second embedded server.
+  inside the RunEngine's callback (the default ``batch_size`` for both), on a second embedded
+  server.
 * ``outage``: the background writer through a TCP proxy that is switched off for a quarter of
   the run (connections cut, port refused) and on again; the tiled client's own retries are
   limited to one attempt so that the outage reaches the writer.
@@ -131,7 +132,9 @@ def _plan(dev: dict[str, Any], n_steps: int, step_times: list[float], on_step=No
     return plan()
 
 
-def _open_case(name: str, n_steps: int, shared_uri: str, workdir: Path) -> dict[str, Any]:
+def _open_case(
+    name: str, n_steps: int, shared_uri: str, api_key: str, workdir: Path
+) -> dict[str, Any]:
     """The storage (and proxy, outage schedule) of a case, opened before any case runs."""
     from dnpu_bluesky.storage import StorageConfig, open_storage
 
@@ -144,7 +147,7 @@ def _open_case(name: str, n_steps: int, shared_uri: str, workdir: Path) -> dict[
         )
     elif name == "direct":
         case["storage"] = open_storage(
-            StorageConfig(uri=shared_uri, container=container, writer="direct")
+            StorageConfig(uri=shared_uri, api_key=api_key, container=container, writer="direct")
         )
     elif name == "outage":
         import tiled.client.utils
@@ -158,7 +161,11 @@ def _open_case(name: str, n_steps: int, shared_uri: str, workdir: Path) -> dict[
         uri = target._replace(netloc=f"{target.hostname}:{proxy.port}").geturl()
         case["storage"] = open_storage(
             StorageConfig(
-                uri=uri, container=container, spool_directory=spool, retry_max_interval_s=2.0
+                uri=uri,
+                api_key=api_key,
+                container=container,
+                spool_directory=spool,
+                retry_max_interval_s=2.0,
             )
         )
         down, up = n_steps // 4, n_steps // 2
@@ -318,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             print(f"  server up: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
             for name in ("none", "background", "direct", "outage"):
-                cases[name] = _open_case(name, n_steps, shared.uri, workdir)
+                cases[name] = _open_case(name, n_steps, shared.uri, shared.api_key, workdir)
             print(f"  storages open: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             # none and background alternate, ABBA, in rounds of n_steps / rounds steps each.
             runs: dict[str, list[dict[str, Any]]] = {"none": [], "background": []}
