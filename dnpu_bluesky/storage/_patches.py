@@ -278,15 +278,16 @@ def tiled_writer(
             super().event(doc)  # writes the held events when there are batch_size of them
             if not self._internal_data_cache[stream]:
                 del self.held_since[stream]
-            elif time.monotonic() - self.held_since[stream] >= hold_s:
-                self.write_held(stream)
+            self.write_due()
 
-        def write_held(self, stream: str) -> None:
-            held = self._internal_data_cache[stream]
-            if held:
-                self._write_internal_data(held, desc_node=self._desc_nodes[stream])
-                held.clear()
-            self.held_since.pop(stream, None)
+        def write_due(self) -> None:
+            now = time.monotonic()
+            for stream, since in list(self.held_since.items()):
+                if now - since >= hold_s:
+                    held = self._internal_data_cache[stream]
+                    self._write_internal_data(held, desc_node=self._desc_nodes[stream])
+                    held.clear()
+                    del self.held_since[stream]
 
         def stop(self, doc: dict) -> None:
             self.held_since.clear()  # the stop writes them all
@@ -308,7 +309,9 @@ def tiled_writer(
                 node.close_stream()
 
     class _Writer(TiledWriter):
-        run_writers: list[_RunWriter]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.run_writers: list[_RunWriter] = []
 
         def next_write_due(self) -> float | None:
             """When (``time.monotonic()``) held events are next due, or None if none are."""
@@ -317,11 +320,8 @@ def tiled_writer(
 
         def write_due(self) -> None:
             """Write every stream's held events whose oldest has been held ``hold_s``."""
-            now = time.monotonic()
             for run_writer in self.run_writers:
-                for stream, since in list(run_writer.held_since.items()):
-                    if now - since >= hold_s:
-                        run_writer.write_held(stream)
+                run_writer.write_due()
 
         def _factory(self, name: str, doc: dict) -> tuple[list, list]:
             run_writer = _RunWriter(
@@ -334,6 +334,4 @@ def tiled_writer(
             normalizer.subscribe(run_writer)
             return [normalizer], []
 
-    writer = _Writer(client, batch_size=batch_size, max_array_size=max_array_size)
-    writer.run_writers = []
-    return writer
+    return _Writer(client, batch_size=batch_size, max_array_size=max_array_size)

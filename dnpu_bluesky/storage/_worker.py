@@ -205,7 +205,11 @@ class _SpoolWorker:
                         return
                     # Events the Tiled writer holds are written once held long enough.
                     due, run = min(
-                        ((r.write_due(), r) for r in self._runs.values() if r.write_due()),
+                        (
+                            (due, r)
+                            for r in self._runs.values()
+                            if (due := r.write_due()) is not None
+                        ),
                         default=(None, None),
                         key=lambda pair: pair[0],
                     )
