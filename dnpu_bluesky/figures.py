@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .results import devices_of as _devices
-from .results import has_stream, last_evaluation
+from .results import has_stream, last_evaluation, read_fields
 from .results import stream_of as _stream
 
 
@@ -44,24 +44,30 @@ def evaluation_trace(run: Any, device: str | None = None) -> dict[str, np.ndarra
     -------
     dict of str to numpy.ndarray
         ``time_s`` and ``current_na`` of the concatenated analysis windows, ``case`` index
-        per sample, the ``targets`` and the ``threshold_na`` of that evaluation.
+        per sample, the ``targets``, ``threshold_na``, ``accuracy`` and ``margin_na`` of that
+        evaluation.
     """
     name = device or _devices(run)[0]
     raw = _stream(run, "eval_raw", name)
     config = raw.metadata["configuration"][name]["data"]
     rate = float(config[f"{name}_sample_rate"])
     length = round(float(config[f"{name}_window_s"]) * rate)
-    output = raw[f"{name}_output"].read()[-1]
-    starts = raw[f"{name}_window_start"].read()[-1].astype(int)
-    cases = raw[f"{name}_segment_case"].read()[-1].astype(int)
+    last = read_fields(
+        raw, [f"{name}_output", f"{name}_window_start", f"{name}_segment_case"], last=True
+    )
+    output = last[f"{name}_output"]
+    starts = last[f"{name}_window_start"].astype(int)
+    cases = last[f"{name}_segment_case"].astype(int)
     current = np.concatenate([output[s : s + length] for s in starts])
-    evaluation = last_evaluation(run, name, ("targets", "threshold_na"))
+    evaluation = last_evaluation(run, name, ("targets", "threshold_na", "accuracy", "margin_na"))
     return {
         "time_s": np.arange(current.size) / rate,
         "current_na": current,
         "case": np.repeat(cases, length),
         "targets": evaluation["targets"],
         "threshold_na": float(evaluation["threshold_na"]),
+        "accuracy": float(evaluation["accuracy"]),
+        "margin_na": float(evaluation["margin_na"]),
     }
 
 
@@ -74,20 +80,21 @@ def loss_curve(run: Any, device: str | None = None) -> dict[str, np.ndarray]:
     """
     name = device or _devices(run)[0]
     if run.metadata["start"]["plan_name"] != "train_genetic":
-        stream = _stream(run, "primary", name)
+        keys = ("iteration", "loss", "device_seconds", "attempt")
+        columns = read_fields(_stream(run, "primary", name), [f"train_{key}" for key in keys])
         return {
-            "iteration": stream["train_iteration"].read(),
-            "loss": stream["train_loss"].read(),
-            "device_s": stream["train_device_seconds"].read(),
-            "attempt": stream["train_attempt"].read(),
+            "iteration": columns["train_iteration"],
+            "loss": columns["train_loss"],
+            "device_s": columns["train_device_seconds"],
+            "attempt": columns["train_attempt"],
         }
-    stream = _stream(run, "primary", name)
-    generations = stream["generation_generation"].read()
+    keys = ("generation", "best_loss", "device_seconds")
+    columns = read_fields(_stream(run, "primary", name), [f"generation_{key}" for key in keys])
     return {
-        "iteration": generations,
-        "loss": stream["generation_best_loss"].read(),
-        "device_s": stream["generation_device_seconds"].read(),
-        "attempt": np.zeros_like(generations),
+        "iteration": columns["generation_generation"],
+        "loss": columns["generation_best_loss"],
+        "device_s": columns["generation_device_seconds"],
+        "attempt": np.zeros_like(columns["generation_generation"]),
     }
 
 
@@ -97,7 +104,7 @@ def input_levels_text(run: Any, device: str) -> str:
     The text reads like ``inputs (0/1, V): e4 -0.39/+0.28, e5 +0.41/-0.22``, or is "" for a
     run that does not record them.
     """
-    if "evaluation_inputs" not in _stream(run, "evaluation", device):
+    if "evaluation_inputs" not in _stream(run, "evaluation", device).metadata["data_keys"]:
         return ""
     last = last_evaluation(run, device, ("inputs", "input_zero_v", "input_one_v"))
     names = str(last["inputs"]).split(",")
@@ -118,8 +125,7 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
             lw=0.8,
         )
     axes.axhline(trace["threshold_na"], color="0.4", ls="--", lw=0.8)
-    scores = last_evaluation(run, device, ("accuracy", "margin_na"))
-    accuracy, margin = float(scores["accuracy"]), float(scores["margin_na"])
+    accuracy, margin = trace["accuracy"], trace["margin_na"]
     title = f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA"
     levels = input_levels_text(run, device)
     axes.set_title(f"{title}\n{levels}" if levels else title, fontsize=8)
@@ -209,8 +215,9 @@ def _task_points(
     through the evaluation's input levels onto the task's input range, so that the sphere is
     a sphere whatever levels were trained.
     """
-    dc = raw[f"{device}_segment_dc"].read()[-1]
-    cases = raw[f"{device}_segment_case"].read()[-1].astype(int)
+    last = read_fields(raw, [f"{device}_segment_dc", f"{device}_segment_case"], last=True)
+    dc = last[f"{device}_segment_dc"]
+    cases = last[f"{device}_segment_case"].astype(int)
     columns = [int(name.removeprefix("e")) for name in inputs]
     volts = np.array([dc[cases == case][0, columns] for case in np.unique(cases)])
     zero = np.asarray(evaluation["input_zero_v"], dtype=float)

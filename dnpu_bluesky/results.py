@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -122,7 +122,7 @@ def trained_setting(run: Any, device: str | None = None) -> dict[str, Any]:
         )
     keys = ("controls", "threshold_na", "accuracy", "margin_na", "solved")
     stream = stream_of(run, "evaluation", name)
-    has_inputs = "evaluation_inputs" in stream
+    has_inputs = "evaluation_inputs" in stream.metadata["data_keys"]
     if has_inputs:
         keys += ("inputs", "input_zero_v", "input_one_v")
     last = last_evaluation(run, name, keys)
@@ -222,7 +222,7 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
 def last_evaluation(
     run: Any, device: str, keys: tuple[str, ...], stream: str = "evaluation"
 ) -> dict[str, Any]:
-    """Read the last unperturbed evaluation of a device in one request.
+    """Read the last unperturbed evaluation of a device (see :func:`read_fields`).
 
     Parameters
     ----------
@@ -241,9 +241,45 @@ def last_evaluation(
         Each key's value in the stream's last event.
     """
     fields = [f"evaluation_{key}" for key in keys]
-    with _no_progress_bar(run):
-        table = stream_of(run, stream, device).read(variables=fields)
-    return {key: table[field].values[-1] for key, field in zip(keys, fields, strict=True)}
+    values = read_fields(stream_of(run, stream, device), fields, last=True)
+    return {key: values[field] for key, field in zip(keys, fields, strict=True)}
+
+
+def read_fields(stream: Any, fields: Sequence[str], *, last: bool = False) -> dict[str, Any]:
+    """Read fields of a stream: its scalar fields in one table read, then each array field.
+
+    Parameters
+    ----------
+    stream : BlueskyEventStream
+        A stream of a run as stored in Tiled.
+    fields : list of str
+        The fields (data keys) to read.
+    last : bool
+        Read only each field's value in the stream's last event.
+
+    Returns
+    -------
+    dict of str to Any
+        Each field's values, one per event (a numpy array), or with ``last`` its value in the
+        last event.
+    """
+    data_keys = stream.metadata["data_keys"]
+    scalars = [field for field in fields if not data_keys[field]["shape"]]
+    pick = (lambda values: values[-1]) if last else (lambda values: values)
+    with _no_progress_bar(stream):
+        try:
+            values = {}
+            if scalars:  # TiledWriter keeps a stream's scalar fields in its "internal" table
+                table = stream.base["internal"].read(scalars)
+                values = {field: pick(table[field].to_numpy()) for field in scalars}
+            for field in fields:
+                if field not in values:
+                    array = stream.base[field]
+                    values[field] = array[-1] if last else array.read()
+        except KeyError:  # stored in another layout: the stream finds its fields itself
+            dataset = stream.read(variables=list(fields))
+            values = {field: pick(dataset[field].values) for field in fields}
+    return values
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import pytest
 from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.figures import gates_figure, loss_curve, loss_figure
 from dnpu_bluesky.plans import iv_sweep, train
-from dnpu_bluesky.results import trained_setting
+from dnpu_bluesky.results import read_fields, trained_setting
 from dnpu_bluesky.storage import find_runs, load_run
 from dnpu_bluesky.tasks import BooleanGate
 
@@ -77,6 +77,35 @@ def test_an_interrupted_genetic_run_is_drawn_as_its_loss_curve(stored_RE, storag
     assert "eval_raw" in run and "evaluation" not in run  # genomes measured, none final
     paths = save_figures([run], tmp_path)
     assert [path.name for path in paths] == ["gates_loss.png"]
+
+
+def test_read_fields_reads_what_the_stream_reads_in_either_layout(
+    stored_RE, storage, dnpu, documents, tiled_server
+):
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+
+    (uid,) = stored_RE(
+        train(dnpu, BooleanGate("AND"), max_iterations=2, max_attempts=1, inputs="e3,e4")
+    ).run_start_uids
+    # The same documents, written by a plain TiledWriter that keeps small arrays in the table.
+    other = from_uri(tiled_server.uri).create_container(f"other_{uid[:8]}")
+    writer = TiledWriter(other, max_array_size=16)
+    for name, doc in documents:
+        writer(name, doc)
+    fields = ["evaluation_accuracy", "evaluation_targets", "evaluation_controls"]
+    ours = load_run(storage.client, uid)
+    for run in (ours, other[uid]):
+        stream = run["evaluation"]
+        expected = stream.read(variables=fields)
+        every = read_fields(stream, fields)
+        last = read_fields(stream, fields, last=True)
+        for field in fields:
+            np.testing.assert_array_equal(every[field], expected[field].values)
+            np.testing.assert_array_equal(last[field], expected[field].values[-1])
+    # Ours keeps arrays as arrays (the plain writer's table gives them back as text).
+    targets = read_fields(ours["evaluation"], ["evaluation_targets"], last=True)
+    assert targets["evaluation_targets"].shape == (4,)
 
 
 def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summary(run_profile):
