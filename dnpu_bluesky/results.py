@@ -263,22 +263,37 @@ def read_fields(stream: Any, fields: Sequence[str], *, last: bool = False) -> di
         Each field's values, one per event (a numpy array), or with ``last`` its value in the
         last event.
     """
-    data_keys = stream.metadata["data_keys"]
-    scalars = [field for field in fields if not data_keys[field]["shape"]]
     pick = (lambda values: values[-1]) if last else (lambda values: values)
     with _no_progress_bar(stream):
-        try:
-            values = {}
-            if scalars:  # TiledWriter keeps a stream's scalar fields in its "internal" table
-                table = stream.base["internal"].read(scalars)
-                values = {field: pick(table[field].to_numpy()) for field in scalars}
-            for field in fields:
-                if field not in values:
-                    array = stream.base[field]
-                    values[field] = array[-1] if last else array.read()
-        except KeyError:  # stored in another layout: the stream finds its fields itself
+        values = _read_parts(stream, fields, last=last)
+        if values is None:  # stored in another layout: the stream finds its fields itself
             dataset = stream.read(variables=list(fields))
             values = {field: pick(dataset[field].values) for field in fields}
+    return values
+
+
+def _read_parts(stream: Any, fields: Sequence[str], *, last: bool) -> dict[str, Any] | None:
+    """Read fields from the parts TiledWriter stores a stream in; None if it has none such.
+
+    Scalar fields are columns of the stream's ``internal`` table, other fields array nodes.
+    """
+    if not hasattr(type(stream), "base"):  # not a composite node (a databroker v2 view)
+        return None
+    data_keys = stream.metadata["data_keys"]
+    scalars = [field for field in fields if not data_keys[field]["shape"]]
+    values: dict[str, Any] = {}
+    try:
+        if scalars:
+            table = stream.base["internal"].read(scalars)
+            values = {field: table[field].to_numpy() for field in scalars}
+            if last:
+                values = {field: column[-1] for field, column in values.items()}
+        for field in fields:
+            if field not in values:
+                array = stream.base[field]
+                values[field] = array[-1] if last else array.read()
+    except KeyError:  # small arrays kept in the table, as other writers may do
+        return None
     return values
 
 
