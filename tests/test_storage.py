@@ -587,6 +587,20 @@ def test_the_storage_package_imports_nothing_of_the_domain():
     assert imported == {".._errors"}  # StorageError, shared with the command line
 
 
+def test_the_embedded_server_asks_uvicorn_for_asyncio_and_gets_uvloop():
+    # In a fresh interpreter: the patch changes uvicorn's table for the whole process.
+    code = (
+        "import uvicorn\n"
+        "from dnpu_bluesky.storage._patches import uvloop_for_the_server\n"
+        "assert uvloop_for_the_server()\n"
+        "factory = uvicorn.Config(app=None, loop='asyncio').get_loop_factory()\n"
+        "print(type(factory()).__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("uvloop")
+
+
 def test_the_embedded_stores_logs_and_spool_are_this_accounts_only(tmp_path, RE, hw):
     # The server's request log may hold its API key (issue 17): no other account may read it.
     det = hw[1]

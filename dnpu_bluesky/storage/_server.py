@@ -21,6 +21,7 @@ from ._patches import (
     cache_fastapi_dependants,
     no_catalog_init_if_current,
     register_json_seq_export,
+    uvloop_for_the_server,
 )
 
 try:
@@ -338,6 +339,7 @@ def _server_process() -> None:
         relocate_catalog(directory)
         register_json_seq_export()  # run.documents(), export_documents: the server's export
         cache_fastapi_dependants()
+        uvloop_for_the_server()
         with no_catalog_init_if_current(directory):
             server = SimpleTiledServer(directory, api_key=api_key, port=port)
         _write_ahead_log(directory / "catalog.db")
