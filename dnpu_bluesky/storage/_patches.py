@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,12 +216,21 @@ def register_json_seq_export() -> None:
     Uses tiled's process-wide ``default_serialization_registry``, which ``build_app`` (and so
     ``SimpleTiledServer``) serves when given no registry of its own; the exporter is
     bluesky-tiled-plugins' ``bluesky_tiled_plugins.exporters:json_seq_exporter``, registered
-    for the ``BlueskyRun`` spec (tiled 0.2.20, bluesky-tiled-plugins 2.0).
+    for the ``BlueskyRun`` spec (tiled 0.2.20, bluesky-tiled-plugins 2.0). It is imported at
+    the first export: importing it loads the package's clients (xarray, dask), which took
+    about half of the server's start-up.
     """
-    from bluesky_tiled_plugins.exporters import json_seq_exporter
     from tiled.media_type_registration import default_serialization_registry
 
-    default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    default_serialization_registry.register("BlueskyRun", "application/json-seq", _json_seq_export)
+
+
+async def _json_seq_export(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    """bluesky-tiled-plugins' ``json_seq_exporter`` (an async generator), imported when used."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+
+    async for chunk in json_seq_exporter(*args, **kwargs):
+        yield chunk
 
 
 def tiled_writer(
