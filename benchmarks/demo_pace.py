@@ -16,8 +16,14 @@ event of the run. Figures:
 * ``demo_wall_over_train_wall``: the demo process's wall time (start to exit, figures
   included) over its training wall time: the sum over its runs of the time ``RE(plan)``
   took, the table's ``wall s`` column (target <= 1.5).
+* ``requests_after_stop``: per run, the requests the embedded server answered (lines of its
+  ``access.log``) between the stop document and the report: what Tiled still had to take in.
 * Afterwards every run is read back from Tiled: ``runs_complete`` counts those with their
   stop document and as many ``primary`` events as were emitted.
+
+``measure(..., device_pace=True)`` runs the same demo with the virtual DNPU taking as long as
+a device would (``SimulatedBackend(realtime=True)``: each acquisition lasts its device
+seconds), the pace of a measured device; ``python -m benchmarks.demo_pace`` reports both.
 """
 
 from __future__ import annotations
@@ -45,10 +51,13 @@ class _StopClock:
     ----------
     writer : BackgroundWriter
         The storage's writer.
+    access_log : pathlib.Path
+        The embedded server's access log (one line per request).
     """
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, access_log: Path) -> None:
         self._writer = writer
+        self._access_log = access_log
         self.runs: dict[str, dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
         self._primary: dict[str, str] = {}  # descriptor uid -> run uid
@@ -64,13 +73,20 @@ class _StopClock:
             stopped = time.perf_counter()
             run = self.runs[doc["run_start"]]
             run["stop"] = doc["time"]
+            run["requests_at_stop"] = self._requests()
             thread = threading.Thread(target=self._wait, args=(doc["run_start"], stopped))
             thread.start()
             self._threads.append(thread)
 
     def _wait(self, uid: str, stopped: float) -> None:
         self._writer.flush(timeout=600, run=uid)
-        self.runs[uid]["visible_after_stop_s"] = time.perf_counter() - stopped
+        run = self.runs[uid]
+        run["visible_after_stop_s"] = time.perf_counter() - stopped
+        run["requests_after_stop"] = self._requests() - run.pop("requests_at_stop")
+
+    def _requests(self) -> int:
+        with self._access_log.open("rb") as log:
+            return sum(1 for _ in log)
 
     def join(self) -> None:
         """Wait for every run's report."""
@@ -78,18 +94,27 @@ class _StopClock:
             thread.join()
 
 
-def _instrumented_demo(directory: str, figures: str, report: str) -> None:
+def _instrumented_demo(directory: str, figures: str, report: str, device_pace: str) -> None:
     """``dnpu-bluesky demo`` with its storage's writer timed (runs in the child process)."""
     import dnpu_bluesky.cli
     import dnpu_bluesky.cli._train
     import dnpu_bluesky.session
+    from dnpu_bluesky.sim.daq import SimulatedBackend
+
+    if device_pace == "1":
+        made = SimulatedBackend.__init__
+
+        def at_device_pace(self: Any, *args: Any, **kwargs: Any) -> None:
+            made(self, *args, **{**kwargs, "realtime": True})
+
+        SimulatedBackend.__init__ = at_device_pace  # type: ignore[method-assign]
 
     make_run_engine = dnpu_bluesky.session.make_run_engine
     clocks: list[_StopClock] = []
 
     def timed_run_engine(storage: Any, **kwargs: Any) -> Any:
         engine = make_run_engine(storage, **kwargs)  # the writer is subscribed first
-        clocks.append(_StopClock(storage.writer))
+        clocks.append(_StopClock(storage.writer, Path(directory) / "access.log"))
         engine.subscribe(clocks[-1])
         return engine
 
@@ -117,29 +142,37 @@ def _instrumented_demo(directory: str, figures: str, report: str) -> None:
 _CHILD = "import sys, benchmarks.demo_pace as d; d._instrumented_demo(*sys.argv[1:])"
 
 
-def measure(workdir: Path) -> dict[str, Any]:
+def measure(workdir: Path, device_pace: bool = False) -> dict[str, Any]:
     """Run the timed demo once in a fresh interpreter; its figures.
 
     Parameters
     ----------
     workdir : pathlib.Path
         A scratch directory (the demo's data directory and figures go there).
+    device_pace : bool
+        Let the virtual DNPU take as long as a device would.
 
     Returns
     -------
     dict
         ``visible_after_stop_s`` (per run), its ``_p95`` and ``_max``, ``demo_wall_s``,
-        ``train_wall_s``, ``demo_wall_over_train_wall`` and ``runs_complete``.
+        ``train_wall_s``, ``demo_wall_over_train_wall``, ``requests_after_stop`` (per run)
+        and ``runs_complete``.
     """
     from dnpu_bluesky.storage import StorageConfig, load_run, open_storage
 
+    workdir = workdir / ("device_pace" if device_pace else "demo_pace")
+    workdir.mkdir(parents=True, exist_ok=True)
     directory = workdir / "demo_data"
     with open_storage(StorageConfig(directory=directory)):
         pass  # the catalog exists, as after installing
     report = workdir / "demo_pace.json"
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", _CHILD, str(directory), str(workdir / "figures"), str(report)],
+        [
+            sys.executable, "-c", _CHILD, str(directory), str(workdir / "figures"), str(report),
+            "1" if device_pace else "0",
+        ],
         check=True, stdout=subprocess.DEVNULL, timeout=1800,
     )  # fmt: skip
     demo_wall = time.perf_counter() - started
@@ -160,6 +193,7 @@ def measure(workdir: Path) -> dict[str, Any]:
         "demo_wall_s": round(demo_wall, 1),
         "train_wall_s": round(train_wall, 1),
         "demo_wall_over_train_wall": round(demo_wall / train_wall, 2),
+        "requests_after_stop": [run["requests_after_stop"] for run in runs.values()],
         "runs": len(runs),
         "runs_complete": complete,
     }
@@ -168,4 +202,5 @@ def measure(workdir: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="dnpu_demo_pace_") as tmp:
         result = measure(Path(tmp))
-    print("RESULT " + json.dumps({**result, "targets": TARGETS}))
+        device = measure(Path(tmp), device_pace=True)
+    print("RESULT " + json.dumps({**result, "device_pace": device, "targets": TARGETS}))
