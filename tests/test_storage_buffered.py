@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,7 +108,15 @@ def test_background_writer_is_the_default_and_reads_back_identically(
 
 
 def _writer_processes() -> int:
-    """This process's children that are background writers' workers (Linux /proc)."""
+    """Background writers' workers of this process (Linux /proc).
+
+    Those forked by its worker template (the template's children), and any started on their
+    own (its children running ``_worker_process``).
+    """
+    from dnpu_bluesky.storage import _spawn
+
+    template = _spawn._template
+    forking = template.process.pid if template is not None and template.alive else None
     count = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -115,7 +124,8 @@ def _writer_processes() -> int:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        count += ppid == os.getpid() and b"_worker_process" in cmdline
+        own = ppid == os.getpid() and b"_worker_process" in cmdline
+        count += own or (forking is not None and ppid == forking)
     return count
 
 
@@ -128,10 +138,57 @@ def test_a_storage_that_only_reads_starts_no_writer_process(tiled_server, RE, hw
         assert _writer_processes() == 0
         RE.subscribe(reader.writer)
         RE(bp.count([det]))  # the first document starts the worker
+        reader.flush(timeout=60)  # (a forked worker may start a moment later)
         assert _writer_processes() == 1
-        reader.flush(timeout=60)
         assert len(find_runs(reader.client)) == 1
     assert _writer_processes() == 0
+
+
+def _worker_of_a_new_storage(tiled_server, RE, det) -> tuple[int, int, list[bytes], str]:
+    """Write one run through a new storage; its worker's pid, parent pid, environment, cwd."""
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        token = RE.subscribe(storage.writer)
+        RE(bp.count([det]))
+        RE.unsubscribe(token)
+        storage.flush(timeout=60)
+        pid = storage.writer._worker.pid
+        proc = Path(f"/proc/{pid}")
+        parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        return pid, parent, (proc / "environ").read_bytes().split(b"\0"), os.readlink(proc / "cwd")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_workers_are_forked_from_one_template_while_the_environment_stays(
+    tiled_server, RE, hw, monkeypatch, tmp_path
+):
+    _, det, _ = hw
+    seen = []
+    for mark in ("one", "one", "two"):
+        monkeypatch.setenv("DNPU_TEST_MARK", mark)
+        (tmp_path / mark).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / mark)  # a worker starts where this process is now
+        pid, parent, environ, cwd = _worker_of_a_new_storage(tiled_server, RE, det)
+        assert f"DNPU_TEST_MARK={mark}".encode() in environ
+        assert cwd == str(tmp_path / mark)
+        seen.append((pid, parent))
+    (first, first_parent), (second, second_parent), (_, third_parent) = seen
+    assert first != second and first_parent == second_parent != os.getpid()
+    assert third_parent != first_parent  # a changed environment: a new template
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_killed_worker_template_is_replaced(tiled_server, RE, hw):
+    from dnpu_bluesky.storage import _spawn
+
+    _, det, _ = hw
+    _, template, _, _ = _worker_of_a_new_storage(tiled_server, RE, det)
+    os.kill(template, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _spawn._template.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, replacement, _, _ = _worker_of_a_new_storage(tiled_server, RE, det)
+    assert replacement != template
 
 
 def test_reading_through_client_waits_for_pending_writes(stored_RE, storage, hw):

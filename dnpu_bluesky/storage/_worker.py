@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._patches import tiled_writer as patched_tiled_writer
 from ._server import become_background_process
+from ._spawn import ForkedWorker, fork_worker
 from ._spool import CorruptSpool, abort_stop, close_quietly, decode, read_record
 
 if TYPE_CHECKING:
@@ -69,15 +70,20 @@ class _WorkerRun:
         return None if self.tiled_writer is None else self.tiled_writer.next_write_due()
 
 
-def start_worker_process() -> subprocess.Popen:
-    """Start the worker as ``python -c``, with its end of the pipe as ``.conn``.
+def start_worker_process() -> subprocess.Popen | ForkedWorker:
+    """Start the worker in a process of its own, with its end of the pipe as ``.conn``.
 
-    Unlike multiprocessing's spawn, it does not re-import the user's ``__main__`` script; in
-    its own session, so a Ctrl-C meant for the RunEngine does not kill it; at nice +10. It
-    talks over a socket pair (multiprocessing Connection framing).
+    It is forked from this process's worker template (:mod:`._spawn`), which has imported
+    what the worker uses, or where that is not possible started as ``python -c``. Unlike
+    multiprocessing's spawn, neither re-imports the user's ``__main__`` script; the worker
+    runs in its own session, so a Ctrl-C meant for the RunEngine does not kill it, at nice
+    +10. It talks over a socket pair (multiprocessing Connection framing).
     """
     from multiprocessing.connection import Connection
 
+    forked = fork_worker()
+    if forked is not None:
+        return forked
     ours, theirs = socket.socketpair()
     code = "from dnpu_bluesky.storage._worker import _worker_process; _worker_process()"
     try:

@@ -379,11 +379,13 @@ class BackgroundWriter:
     def _worker_death(self) -> str:
         """Say what to tell the user when the worker ended without being told to quit."""
         status = ""
-        if isinstance(self._worker, subprocess.Popen):
+        if not isinstance(self._worker, threading.Thread):
             try:
-                status = f" (exit status {self._worker.wait(timeout=1.0)})"
+                code = self._worker.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 pass
+            else:
+                status = "" if code is None else f" (exit status {code})"
         return (
             f"the writer's worker stopped unexpectedly{status}: documents are still spooled in "
             f"{self.spool_directory}, and written to Tiled the next time a storage is opened "
