@@ -191,6 +191,17 @@ def test_a_killed_worker_template_is_replaced(tiled_server, RE, hw):
     assert replacement != template
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_where_workers_cannot_be_forked_each_is_started_on_its_own(
+    tiled_server, RE, hw, monkeypatch
+):
+    from dnpu_bluesky.storage import _worker
+
+    monkeypatch.setattr(_worker, "fork_worker", lambda: None)  # as on Windows
+    _, parent, _, _ = _worker_of_a_new_storage(tiled_server, RE, hw[1])
+    assert parent == os.getpid()
+
+
 def test_reading_through_client_waits_for_pending_writes(stored_RE, storage, hw):
     _, det, wf = hw
     uids = [stored_RE(bp.count([det, wf], num=3)).run_start_uids[0] for _ in range(3)]

@@ -93,18 +93,7 @@ class _Template:
     """The template process and the parent's side of its control socket."""
 
     def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
-        code = "from dnpu_bluesky.storage._spawn import _template_main; _template_main()"
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            theirs.close()
-        self._sock = ours
+        self.process, self._sock = start_python("_spawn", "_template_main")
         # What the template imported with: a worker forked from it is one started now only
         # while this process's environment is unchanged (some settings are read on import).
         self.environment = dict(os.environ)
@@ -225,6 +214,37 @@ class _Template:
             self.process.wait()
 
 
+def start_python(module: str, function: str) -> tuple[subprocess.Popen, socket.socket]:
+    """Run ``dnpu_bluesky.storage.<module>.<function>()`` in a new ``python -c`` process.
+
+    The process gets its end of a socket pair as its first argument (a file descriptor), runs
+    in its own session (a Ctrl-C meant for the RunEngine does not reach it), and does not
+    re-import the caller's ``__main__``.
+
+    Returns
+    -------
+    process : subprocess.Popen
+        The process.
+    sock : socket.socket
+        This process's end of the socket pair.
+    """
+    ours, theirs = socket.socketpair()
+    code = f"from dnpu_bluesky.storage.{module} import {function}; {function}()"
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, ours
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -270,12 +290,9 @@ atexit.register(_close_template)  # on import: after the storages' own exit hook
 
 def _template_main() -> None:
     """Entry point of the template process: import, then fork a worker per request."""
-    from multiprocessing.connection import Connection
-
     import bluesky_tiled_plugins  # noqa: F401  (the worker's imports, done once here)
 
-    from ._server import become_background_process
-    from ._worker import worker_main
+    from ._worker import serve_worker
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     control = socket.socket(fileno=int(sys.argv[1]))
@@ -305,13 +322,7 @@ def _template_main() -> None:
                     status = 0
                     try:
                         os.chdir(os.fsdecode(message))
-                        become_background_process()
-                        conn = Connection(fds[0])
-                        try:
-                            connect, batch_size, retry = conn.recv()
-                        except EOFError:
-                            os._exit(0)
-                        worker_main(conn, connect, batch_size, retry, exit_when_orphaned=True)
+                        serve_worker(fds[0])
                     except BaseException:
                         traceback.print_exc()
                         status = 1

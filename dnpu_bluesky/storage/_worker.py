@@ -28,7 +28,6 @@ Examples
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._patches import tiled_writer as patched_tiled_writer
 from ._server import become_background_process
-from ._spawn import ForkedWorker, fork_worker
+from ._spawn import ForkedWorker, fork_worker, start_python
 from ._spool import CorruptSpool, abort_stop, close_quietly, decode, read_record
 
 if TYPE_CHECKING:
@@ -84,27 +83,29 @@ def start_worker_process() -> subprocess.Popen | ForkedWorker:
     forked = fork_worker()
     if forked is not None:
         return forked
-    ours, theirs = socket.socketpair()
-    code = "from dnpu_bluesky.storage._worker import _worker_process; _worker_process()"
-    try:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", code, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    finally:
-        theirs.close()
+    worker, ours = start_python("_worker", "_worker_process")
     worker.conn = Connection(ours.detach())  # type: ignore[attr-defined]
     return worker
 
 
 def _worker_process() -> None:
-    """Entry point of the worker process (see ``start_worker_process``)."""
+    """Entry point of a worker process started on its own (see ``start_worker_process``)."""
+    serve_worker(int(sys.argv[1]))
+
+
+def serve_worker(fd: int) -> None:
+    """Be the writer's worker on the pipe ``fd``, in this process, until told to quit.
+
+    Parameters
+    ----------
+    fd : int
+        This process's end of the pipe to the writer; the writer first sends the arguments of
+        :func:`worker_main`.
+    """
     from multiprocessing.connection import Connection
 
     become_background_process()
-    conn = Connection(int(sys.argv[1]))
+    conn = Connection(fd)
     try:
         connect, batch_size, retry = conn.recv()
     except EOFError:
