@@ -310,6 +310,8 @@ def _template_main() -> None:
                 message, fds, _, _ = socket.recv_fds(control, 65536, 1)
                 if not message:
                     os._exit(0)  # the parent has ended
+                if not fds:
+                    continue
                 pid = os.fork()
                 if pid == 0:
                     selector.close()
@@ -331,7 +333,7 @@ def _template_main() -> None:
                         sys.stderr.flush()
                         os._exit(status)
                 os.close(fds[0])
-                control.sendall(f"pid {pid}\n".encode())
+                _tell(control, f"pid {pid}")
             else:
                 while True:
                     try:
@@ -351,4 +353,12 @@ def _report_exits(control: socket.socket) -> None:
             return
         if pid == 0:
             return
-        control.sendall(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+        _tell(control, f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+
+
+def _tell(control: socket.socket, line: str) -> None:
+    """Send the parent one line; end the template if the parent has ended."""
+    try:
+        control.sendall(f"{line}\n".encode())
+    except OSError:
+        os._exit(0)
