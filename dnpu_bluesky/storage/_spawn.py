@@ -107,19 +107,12 @@ class _Template:
         threading.Thread(target=self._read, name="dnpu-worker-template", daemon=True).start()
 
     def _read(self) -> None:
-        with self._sock.makefile("r", encoding="ascii") as lines:
-            for line in lines:
-                kind, pid, *status = line.split()
-                with self._cond:
-                    if kind == "pid":
-                        self._waiting.pop(0)._pid = int(pid)
-                        self._live.add(int(pid))
-                    else:
-                        self._exits[int(pid)] = int(status[0])
-                        self._live.discard(int(pid))
-                    self._cond.notify_all()
-                    if self._retired and not self._live and not self._waiting:
-                        self._sock.shutdown(socket.SHUT_WR)  # the template ends
+        try:
+            with self._sock.makefile("r", encoding="ascii") as lines:
+                for line in lines:
+                    self._heard(*line.split())
+        except OSError:  # the template was killed, or this side closed
+            pass
         with self._cond:
             self.alive = False
             self._cond.notify_all()
@@ -127,6 +120,26 @@ class _Template:
             self.process.wait(timeout=5.0)  # it ends when its control socket closes
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+    def _heard(self, kind: str, pid: str, *status: str) -> None:
+        """Take in one line of the template: a worker forked (``pid``) or ended (``exit``)."""
+        with self._cond:
+            if kind == "pid":
+                self._waiting.pop(0)._pid = int(pid)
+                self._live.add(int(pid))
+            else:
+                self._exits[int(pid)] = int(status[0])
+                self._live.discard(int(pid))
+            self._cond.notify_all()
+            if self._retired and not self._live and not self._waiting:
+                self._end()
+
+    def _end(self) -> None:
+        """Let the template end (it reads the end of its control socket)."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def fork(self) -> ForkedWorker:
         """Ask for a worker connected to a new pipe; does not wait for it to be forked.
@@ -198,7 +211,7 @@ class _Template:
         with self._cond:
             self._retired = True
             if not self._live and not self._waiting and self.alive:
-                self._sock.shutdown(socket.SHUT_WR)
+                self._end()
 
     def close(self) -> None:
         """End the template (the workers it forked go on until their writers close)."""
