@@ -85,7 +85,7 @@ class ForkedWorker:
         if not self._ended:
             try:
                 os.kill(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, OSError):
+            except OSError:  # gone already, or never forked (the template ended)
                 pass
 
 
