@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .results import devices_of as _devices
-from .results import has_stream, last_evaluation, read_fields
+from .results import has_stream, last_evaluation, last_evaluation_values, read_fields
 from .results import stream_of as _stream
 
 
@@ -48,18 +48,25 @@ def evaluation_trace(run: Any, device: str | None = None) -> dict[str, np.ndarra
         evaluation.
     """
     name = device or _devices(run)[0]
-    raw = _stream(run, "eval_raw", name)
-    config = raw.metadata["configuration"][name]["data"]
-    rate = float(config[f"{name}_sample_rate"])
-    length = round(float(config[f"{name}_window_s"]) * rate)
-    last = read_fields(
-        raw, [f"{name}_output", f"{name}_window_start", f"{name}_segment_case"], last=True
-    )
-    output = last[f"{name}_output"]
-    starts = last[f"{name}_window_start"].astype(int)
-    cases = last[f"{name}_segment_case"].astype(int)
+    return _trace(run, name, last_evaluation(run, name, _TRACE_KEYS))
+
+
+_TRACE_KEYS = ("targets", "threshold_na", "accuracy", "margin_na")
+_LEVEL_KEYS = ("inputs", "input_zero_v", "input_one_v")
+
+
+def _trace(run: Any, device: str, evaluation: dict[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`evaluation_trace` from the last evaluation's ``_TRACE_KEYS`` values."""
+    raw = _stream(run, "eval_raw", device)
+    config = raw.metadata["configuration"][device]["data"]
+    rate = float(config[f"{device}_sample_rate"])
+    length = round(float(config[f"{device}_window_s"]) * rate)
+    fields = [f"{device}_output", f"{device}_window_start", f"{device}_segment_case"]
+    last = read_fields(raw, fields, last=True)
+    output = last[f"{device}_output"]
+    starts = last[f"{device}_window_start"].astype(int)
+    cases = last[f"{device}_segment_case"].astype(int)
     current = np.concatenate([output[s : s + length] for s in starts])
-    evaluation = last_evaluation(run, name, ("targets", "threshold_na", "accuracy", "margin_na"))
     return {
         "time_s": np.arange(current.size) / rate,
         "current_na": current,
@@ -104,17 +111,32 @@ def input_levels_text(run: Any, device: str) -> str:
     The text reads like ``inputs (0/1, V): e4 -0.39/+0.28, e5 +0.41/-0.22``, or is "" for a
     run that does not record them.
     """
-    if "evaluation_inputs" not in _stream(run, "evaluation", device).metadata["data_keys"]:
+    evaluation = _stream(run, "evaluation", device)
+    if not _records_levels(evaluation):
         return ""
-    last = last_evaluation(run, device, ("inputs", "input_zero_v", "input_one_v"))
-    names = str(last["inputs"]).split(",")
-    levels = zip(names, last["input_zero_v"], last["input_one_v"], strict=True)
+    return _levels_text(last_evaluation_values(evaluation, _LEVEL_KEYS))
+
+
+def _records_levels(evaluation: Any) -> bool:
+    return "evaluation_inputs" in evaluation.metadata["data_keys"]
+
+
+def _levels_text(evaluation: dict[str, Any]) -> str:
+    names = str(evaluation["inputs"]).split(",")
+    levels = zip(names, evaluation["input_zero_v"], evaluation["input_one_v"], strict=True)
     pairs = [f"{name} {zero:+.2f}/{one:+.2f}" for name, zero, one in levels]
     return "inputs (0/1, V): " + ", ".join(pairs)
 
 
 def _draw_trace(axes: Axes, run: Any, device: str) -> None:
-    trace = evaluation_trace(run, device)
+    # One lookup of the evaluation stream and one read of its last event serve the trace
+    # and the title.
+    stream = _stream(run, "evaluation", device)
+    levels_recorded = _records_levels(stream)
+    evaluation = last_evaluation_values(
+        stream, _TRACE_KEYS + (_LEVEL_KEYS if levels_recorded else ())
+    )
+    trace = _trace(run, device, evaluation)
     targets = trace["targets"]
     for case, target in enumerate(targets):
         mask = trace["case"] == case
@@ -127,7 +149,7 @@ def _draw_trace(axes: Axes, run: Any, device: str) -> None:
     axes.axhline(trace["threshold_na"], color="0.4", ls="--", lw=0.8)
     accuracy, margin = trace["accuracy"], trace["margin_na"]
     title = f"{_label(run, device)}  acc {accuracy:.0%}  margin {margin:.1f} nA"
-    levels = input_levels_text(run, device)
+    levels = _levels_text(evaluation) if levels_recorded else ""
     axes.set_title(f"{title}\n{levels}" if levels else title, fontsize=8)
     axes.set_xlabel("time (s, ramps removed)")
     axes.set_ylabel("I (nA)")

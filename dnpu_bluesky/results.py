@@ -240,8 +240,26 @@ def last_evaluation(
     dict
         Each key's value in the stream's last event.
     """
+    return last_evaluation_values(stream_of(run, stream, device), keys)
+
+
+def last_evaluation_values(stream: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Read values of the last event of an evaluation stream already looked up.
+
+    Parameters
+    ----------
+    stream : BlueskyEventStream
+        An ``evaluation`` (or ``evaluation_test``) stream of a run as stored in Tiled.
+    keys : tuple of str
+        Which values: ``key`` reads the field ``evaluation_<key>``.
+
+    Returns
+    -------
+    dict
+        Each key's value in the stream's last event.
+    """
     fields = [f"evaluation_{key}" for key in keys]
-    values = read_fields(stream_of(run, stream, device), fields, last=True)
+    values = read_fields(stream, fields, last=True)
     return {key: values[field] for key, field in zip(keys, fields, strict=True)}
 
 
@@ -276,21 +294,23 @@ def _read_parts(stream: Any, fields: Sequence[str], *, last: bool) -> dict[str, 
     """Read fields from the parts TiledWriter stores a stream in; None if it has none such.
 
     Scalar fields are columns of the stream's ``internal`` table, other fields array nodes.
+    The parts are listed in one request, not looked up one by one.
     """
     if not hasattr(type(stream), "base"):  # not a composite node (a databroker v2 view)
         return None
     data_keys = stream.metadata["data_keys"]
     scalars = [field for field in fields if not data_keys[field]["shape"]]
+    parts = dict(stream.base.items())
     values: dict[str, Any] = {}
     try:
         if scalars:
-            table = stream.base["internal"].read(scalars)
+            table = parts["internal"].read(scalars)
             values = {field: table[field].to_numpy() for field in scalars}
             if last:
                 values = {field: column[-1] for field, column in values.items()}
         for field in fields:
             if field not in values:
-                array = stream.base[field]
+                array = parts[field]
                 values[field] = array[-1] if last else array.read()
     except KeyError:  # small arrays kept in the table, as other writers may do
         return None

@@ -108,6 +108,18 @@ def test_read_fields_reads_what_the_stream_reads_in_either_layout(
     targets = read_fields(ours["evaluation"], ["evaluation_targets"], last=True)
     assert targets["evaluation_targets"].shape == (4,)
 
+    # A gate panel looks up each stream once and lists its parts in one request.
+    requested = []
+    hooks = storage.client.context.http_client.event_hooks["request"]
+    hooks.append(lambda request: requested.append(request.url.path))
+    try:
+        gates_figure([load_run(storage.client, uid)])
+    finally:
+        hooks.pop()
+    lookups = [path.partition(uid)[2] for path in requested if "/metadata/" in path]
+    assert sorted(lookups) == ["", "/eval_raw", "/evaluation"], requested
+    assert sum("/search/" in path for path in requested) == 2  # the two streams' parts
+
 
 def test_profile_prints_one_traceback_for_a_refused_plan_and_a_validation_summary(run_profile):
     session = (
