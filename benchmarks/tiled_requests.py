@@ -1,0 +1,156 @@
+"""What one request and one training run cost the embedded Tiled server.
+
+``python -m benchmarks.tiled_requests`` (about 30 s) prints a table and one line
+``RESULT {json}``; ``docs/benchmarks.md`` explains the figures.
+
+The default storage (``open_storage(StorageConfig(directory=<temporary directory>))``:
+embedded server in its own process) is given plain tiled-client requests in a container of
+its own, the three kinds a ``train`` run is made of, ``--count`` of each:
+
+* ``array_create``: ``write_array`` of a (1, 7) float array, a new node (two requests: create
+  the node, write its data), as ``TiledWriter`` writes each array field of a stream;
+* ``array_append``: ``patch(..., extend=True)`` of one more row, as each further batch does;
+* ``container_create``: a new container, as for a run and each of its streams;
+* ``lookup``: ``container[key]`` of an existing array node (one metadata request).
+
+Figures, each the server process's CPU (``/proc``) over that phase divided by its requests
+(its ``access.log`` lines): ``cpu_ms_per_request`` per kind, with the client's wall time per
+request beside it. Then one ``train`` run (AND, HGE, the virtual DNPU's defaults, seed 0)
+through the storage's writer: ``train_run_requests`` and ``train_run_server_cpu_s``, counted
+from the run's start until the writer reports it in Tiled. Their product is the floor of a
+run's time from its stop to Tiled when nothing was written before the stop, as for a run
+shorter than the writer's hold time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _server_pid(directory: Path) -> int:
+    """The pid of the embedded server process that serves ``directory``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"_server_process" in part for part in command) and str(directory).encode() in (
+            command
+        ):
+            return int(entry.name)
+    raise RuntimeError(f"no embedded server process found for {directory}")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Meter:
+    """Server CPU and requests (access-log lines) between two readings."""
+
+    def __init__(self, directory: Path) -> None:
+        self._pid = _server_pid(directory)
+        self._log = directory / "access.log"
+
+    def reading(self) -> tuple[float, int]:
+        time.sleep(0.2)  # the access log is written after the response
+        with self._log.open("rb") as log:
+            lines = sum(1 for _ in log)
+        return _cpu_s(self._pid), lines
+
+
+def measure(directory: Path, count: int) -> dict[str, Any]:
+    """Measure the request kinds and one training run on a fresh embedded server.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        An empty scratch directory for the storage.
+    count : int
+        Requests of each kind.
+
+    Returns
+    -------
+    dict
+        ``cpu_ms_per_request`` and ``wall_ms_per_request`` (by kind), ``train_run_requests``
+        and ``train_run_server_cpu_s``.
+    """
+    from dnpu_bluesky.devices import build_dnpu
+    from dnpu_bluesky.plans import train
+    from dnpu_bluesky.session import make_run_engine
+    from dnpu_bluesky.storage import StorageConfig, open_storage
+    from dnpu_bluesky.tasks import BooleanGate
+
+    cpu_ms: dict[str, float] = {}
+    wall_ms: dict[str, float] = {}
+    with open_storage(StorageConfig(directory=directory)) as storage:
+        meter = _Meter(directory)
+        from tiled.client import from_context
+
+        root = from_context(storage.client.context)
+        bench = root.create_container(key="bench_requests")
+        row = np.arange(7.0)[None, :]
+        arrays: list[Any] = []
+        phases = {
+            "array_create": lambda i: arrays.append(bench.write_array(row, key=f"a{i}")),
+            "array_append": lambda i: arrays[i].patch(row, offset=(1,), extend=True),
+            "container_create": lambda i: bench.create_container(key=f"c{i}"),
+            "lookup": lambda i: bench[f"a{i}"],
+        }
+        for kind, request in phases.items():
+            cpu0, lines0 = meter.reading()
+            started = time.perf_counter()
+            for i in range(count):
+                request(i)
+            wall = time.perf_counter() - started
+            cpu1, lines1 = meter.reading()
+            requests = lines1 - lines0
+            cpu_ms[kind] = round(1000 * (cpu1 - cpu0) / requests, 1)
+            wall_ms[kind] = round(1000 * wall / requests, 1)
+
+        dnpu = build_dnpu()
+        engine = make_run_engine(storage, interactive=False)
+        cpu0, lines0 = meter.reading()
+        try:
+            engine(train(dnpu, BooleanGate("AND"), seed=0))
+        finally:
+            dnpu.backend.close()
+        storage.flush(timeout=600)
+        cpu1, lines1 = meter.reading()
+    return {
+        "cpu_ms_per_request": cpu_ms,
+        "wall_ms_per_request": wall_ms,
+        "train_run_requests": lines1 - lines0,
+        "train_run_server_cpu_s": round(cpu1 - cpu0, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100, help="requests of each kind")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dnpu_tiled_requests_") as tmp:
+        result = measure(Path(tmp), args.count)
+    print(f"{'request kind':<18} {'server CPU ms':>14} {'client wall ms':>15}")
+    for kind, cpu in result["cpu_ms_per_request"].items():
+        print(f"{kind:<18} {cpu:>14} {result['wall_ms_per_request'][kind]:>15}")
+    print(
+        f"one train run (AND): {result['train_run_requests']} requests, "
+        f"{result['train_run_server_cpu_s']} s of server CPU"
+    )
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
