@@ -24,7 +24,7 @@ from bluesky.utils import DefaultDuringTask, PersistentDict, ProgressBarBase, de
 
 from ._console_log import set_up_console_log
 from .config import SetupProfile, default_sim_profile, load_profile
-from .storage import Storage, StorageConfig, default_directory
+from .storage import BackgroundWriter, Storage, StorageConfig, default_directory
 
 if TYPE_CHECKING:
     from bluesky.callbacks.best_effort import BestEffortCallback
@@ -113,7 +113,8 @@ def make_run_engine(
     Parameters
     ----------
     storage : Storage or None
-        Where documents go; None for no storage (tests, dry runs).
+        Where documents go; None for no storage (tests, dry runs). Its background writer's
+        worker is started at once, so that the first run does not wait for it.
     interactive : bool
         Add a best-effort table, progress bars for long moves and for training runs, a live
         loss plot when matplotlib has an interactive backend, and a printout of each gradient
@@ -142,6 +143,10 @@ def make_run_engine(
     )
     if storage is not None:
         engine.subscribe(storage.writer)
+        if isinstance(storage.writer, BackgroundWriter):
+            # Its worker takes a second or two to start. Started now (not waited for), it
+            # is ready by the first run, which then reaches Tiled as soon as later ones do.
+            storage.writer.wait_ready(timeout=0)
     if interactive:
         from bluesky.utils import ProgressBarManager
 

@@ -144,6 +144,22 @@ def test_a_storage_that_only_reads_starts_no_writer_process(tiled_server, RE, hw
     assert _writer_processes() == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_run_engine_made_for_a_storage_starts_its_writer_before_the_first_run(tiled_server):
+    from dnpu_bluesky.session import make_run_engine
+
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        assert _writer_processes() == 0
+        make_run_engine(storage, interactive=False)
+        deadline = time.monotonic() + 60  # a new worker template imports for a second or two
+        while _writer_processes() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _writer_processes() == 1  # with no document written
+        assert len(find_runs(storage.client)) == 0
+    assert _writer_processes() == 0
+
+
 def _worker_of_a_new_storage(tiled_server, RE, det) -> tuple[int, int, list[bytes], str]:
     """Write one run through a new storage; its worker's pid, parent pid, environment, cwd."""
     config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
