@@ -660,6 +660,40 @@ def test_a_writer_worker_that_dies_is_reported_at_once_and_its_runs_written_late
         assert replayed.metadata["stop"]["exit_status"] == "success"
 
 
+def test_a_streams_first_events_are_written_once_the_writer_has_caught_up(tiled_server, RE, hw):
+    from dnpu_bluesky.storage._patches import tiled_writer
+
+    _, det, _ = hw
+    documents: list[tuple[str, dict]] = []
+    (uid,) = RE(bp.count([det], 3), lambda name, doc: documents.append((name, doc))).run_start_uids
+    events = [i for i, (name, _) in enumerate(documents) if name == "event"]
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        runs = storage.client
+        writer = tiled_writer(runs, batch_size=100, hold_s=60.0)
+
+        def rows() -> int:
+            try:
+                return len(load_run(runs, uid)["primary"]["det"].read())
+            except KeyError:
+                return 0
+
+        for name, doc in documents[: events[0] + 1]:
+            writer(name, doc)
+        writer.write_due()  # held for less than hold_s: kept
+        assert rows() == 0
+        writer.write_due(new_streams=True)  # the stream's first events: written now
+        assert rows() == 1
+        for name, doc in documents[events[0] + 1 : events[1] + 1]:
+            writer(name, doc)
+        writer.write_due(new_streams=True)  # the stream is in Tiled: held as usual
+        assert rows() == 1
+        for name, doc in documents[events[1] + 1 :]:
+            writer(name, doc)
+        assert rows() == 3
+        assert load_run(runs, uid).metadata["stop"]["exit_status"] == "success"
+
+
 def test_a_slow_runs_events_reach_tiled_within_seconds_before_a_batch_fills(
     tiled_server, storage, RE, hw
 ):

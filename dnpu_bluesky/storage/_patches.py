@@ -257,7 +257,10 @@ def tiled_writer(
       large (few requests for a run of many fast steps) while a slow run still shows its
       steps in Tiled within seconds. The writer's ``write_due()`` writes what has been held
       too long when no event comes to trigger it (the background writer calls it while it
-      waits), and ``next_write_due()`` tells when that will be.
+      waits), and ``next_write_due()`` tells when that will be. ``write_due(new_streams=True)``
+      also writes the held events of each stream none of whose events are in Tiled yet (the
+      background writer's worker calls it once it has read all that is spooled), so that a
+      stream's nodes are made while its run goes on, not after its stop.
 
     Matches bluesky-tiled-plugins 2.0.12: ``TiledWriter._factory`` builds one
     ``writing.tiled_writer._RunWriter`` per run behind a ``RunNormalizer``; ``_RunWriter.event``
@@ -308,6 +311,7 @@ def tiled_writer(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.held_since: dict[str, float] = {}  # stream name -> when its oldest was held
+            self.written: set[str] = set()  # streams with events in Tiled
             self.stopped = False
 
         def event(self, doc: dict) -> None:
@@ -318,14 +322,18 @@ def tiled_writer(
                 del self.held_since[stream]
             self.write_due()
 
-        def write_due(self) -> None:
+        def write_due(self, new_streams: bool = False) -> None:
             now = time.monotonic()
             for stream, since in list(self.held_since.items()):
-                if now - since >= hold_s:
+                if now - since >= hold_s or (new_streams and stream not in self.written):
                     held = self._internal_data_cache[stream]
                     self._write_internal_data(held, desc_node=self._desc_nodes[stream])
                     held.clear()
                     del self.held_since[stream]
+
+        def _write_internal_data(self, data_cache: list, desc_node: Any) -> None:
+            super()._write_internal_data(data_cache, desc_node=desc_node)
+            self.written.add(desc_node.item["id"])
 
         def stop(self, doc: dict) -> None:
             self.held_since.clear()  # the stop writes them all
@@ -356,10 +364,13 @@ def tiled_writer(
             held = [t for w in self.run_writers for t in w.held_since.values()]
             return min(held) + hold_s if held else None
 
-        def write_due(self) -> None:
-            """Write every stream's held events whose oldest has been held ``hold_s``."""
+        def write_due(self, new_streams: bool = False) -> None:
+            """Write every stream's held events whose oldest has been held ``hold_s``.
+
+            With ``new_streams``, also those of streams none of whose events are in Tiled yet.
+            """
             for run_writer in self.run_writers:
-                run_writer.write_due()
+                run_writer.write_due(new_streams)
 
         def _factory(self, name: str, doc: dict) -> tuple[list, list]:
             run_writer = _RunWriter(

@@ -273,7 +273,7 @@ class _SpoolWorker:
             if name == "stop":
                 self._done(run, "done")
                 return
-        run.tiled_writer.write_due()
+        run.tiled_writer.write_due(new_streams=True)
         self._send(("progress", run.uid, run.sent))
         if run.leftover and run.sent >= end:  # the crashed session never sent its stop
             reason = (
