@@ -210,11 +210,13 @@ def final_scores(run: Any) -> dict[str, tuple[float, float]] | None:
         ``{device: (accuracy, margin_na)}``, or None for a run without an ``evaluation``
         stream (not a training run, or one stopped before its final evaluation).
     """
-    if not has_stream(run, "evaluation"):
-        return None
     scores = {}
     for name in devices_of(run):
-        last = last_evaluation(run, name, ("accuracy", "margin_na"))
+        try:
+            evaluation = stream_of(run, "evaluation", name)
+        except KeyError:
+            return None
+        last = last_evaluation_values(evaluation, ("accuracy", "margin_na"))
         scores[name] = (float(last["accuracy"]), float(last["margin_na"]))
     return scores
 
