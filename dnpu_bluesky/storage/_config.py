@@ -36,11 +36,12 @@ class StorageConfig:
     batch_size : int
         Events (per stream) the writer holds in memory at most before writing them to Tiled.
         Held events are also written once the oldest has been held 2 s (by the ``"direct"``
-        writer: at the next event after that), and the rest at the run's stop document;
-        each write costs one request per array field and one per table, so fewer, larger
-        writes get a run into Tiled sooner. 1 writes each event at once (live view in Tiled)
-        but costs an HTTP round trip per event: measured 40 ms for a scalar event, 110 ms for
-        a 10k-sample waveform event on a 2-core machine.
+        writer: at the next event after that), a stream's first ones as soon as the
+        background writer's worker has read all that is spooled, and the rest at the run's
+        stop document; each write costs one request per array field and one per table, so
+        fewer, larger writes get a run into Tiled sooner. 1 writes each event at once (live
+        view in Tiled) but costs an HTTP round trip per event: measured 40 ms for a scalar
+        event, 110 ms for a 10k-sample waveform event on a 2-core machine.
     writer : {"background", "thread", "direct"}
         ``"background"`` (default): documents are appended to a local spool file on the
         RunEngine's thread and written to Tiled by a worker process, so Tiled's latency and
