@@ -85,13 +85,29 @@ class _StopClock:
         run["requests_after_stop"] = self._requests() - run.pop("requests_at_stop")
 
     def _requests(self) -> int:
-        with self._access_log.open("rb") as log:
-            return sum(1 for _ in log)
+        return served_requests(self._access_log)
 
     def join(self) -> None:
         """Wait for every run's report."""
         for thread in self._threads:
             thread.join()
+
+
+def served_requests(access_log: Path) -> int:
+    """Count the requests an embedded server has answered so far: its access log's lines.
+
+    Parameters
+    ----------
+    access_log : pathlib.Path
+        The server's ``access.log`` (in its directory).
+
+    Returns
+    -------
+    int
+        The number of lines.
+    """
+    with access_log.open("rb") as log:
+        return sum(1 for _ in log)
 
 
 def _instrumented_demo(directory: str, figures: str, report: str, device_pace: str) -> None:

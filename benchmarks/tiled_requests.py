@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.demo_pace import served_requests
+
 
 def _server_pid(directory: Path) -> int:
     """The pid of the embedded server process that serves ``directory``."""
@@ -65,9 +67,7 @@ class _Meter:
 
     def reading(self) -> tuple[float, int]:
         time.sleep(0.2)  # the access log is written after the response
-        with self._log.open("rb") as log:
-            lines = sum(1 for _ in log)
-        return _cpu_s(self._pid), lines
+        return _cpu_s(self._pid), served_requests(self._log)
 
 
 def measure(directory: Path, count: int) -> dict[str, Any]:
@@ -86,6 +86,8 @@ def measure(directory: Path, count: int) -> dict[str, Any]:
         ``cpu_ms_per_request`` and ``wall_ms_per_request`` (by kind), ``train_run_requests``
         and ``train_run_server_cpu_s``.
     """
+    from tiled.client import from_context
+
     from dnpu_bluesky.devices import build_dnpu
     from dnpu_bluesky.plans import train
     from dnpu_bluesky.session import make_run_engine
@@ -96,8 +98,6 @@ def measure(directory: Path, count: int) -> dict[str, Any]:
     wall_ms: dict[str, float] = {}
     with open_storage(StorageConfig(directory=directory)) as storage:
         meter = _Meter(directory)
-        from tiled.client import from_context
-
         root = from_context(storage.client.context)
         bench = root.create_container(key="bench_requests")
         row = np.arange(7.0)[None, :]
