@@ -107,6 +107,11 @@ def test_background_writer_is_the_default_and_reads_back_identically(
     assert run.metadata["stop"]["num_events"] == {"primary": 7}
 
 
+def _parent_pid(proc: Path) -> int:
+    """The parent process id of the process ``proc`` (``/proc/<pid>``)."""
+    return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _writer_processes() -> int:
     """Background writers' workers of this process (Linux /proc).
 
@@ -120,7 +125,7 @@ def _writer_processes() -> int:
     count = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            ppid = _parent_pid(stat.parent)
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
@@ -170,7 +175,7 @@ def _worker_of_a_new_storage(tiled_server, RE, det) -> tuple[int, int, list[byte
         storage.flush(timeout=60)
         pid = storage.writer._worker.pid
         proc = Path(f"/proc/{pid}")
-        parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        parent = _parent_pid(proc)
         return pid, parent, (proc / "environ").read_bytes().split(b"\0"), os.readlink(proc / "cwd")
 
 
