@@ -37,7 +37,7 @@ class StorageConfig:
         Events (per stream) the writer holds in memory at most before writing them to Tiled.
         Held events are also written once the oldest has been held 2 s (by the ``"direct"``
         writer: at the next event after that), a stream's first ones as soon as the
-        background writer's worker has read all that is spooled, and the rest at the run's
+        background writer's worker has read all their run spooled, and the rest at the run's
         stop document; each write costs one request per array field and one per table, so
         fewer, larger writes get a run into Tiled sooner. 1 writes each event at once (live
         view in Tiled) but costs an HTTP round trip per event: measured 40 ms for a scalar

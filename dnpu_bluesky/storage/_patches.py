@@ -259,7 +259,7 @@ def tiled_writer(
       too long when no event comes to trigger it (the background writer calls it while it
       waits), and ``next_write_due()`` tells when that will be. ``write_due(new_streams=True)``
       also writes the held events of each stream none of whose events are in Tiled yet (the
-      background writer's worker calls it once it has read all that is spooled), so that a
+      background writer's worker calls it once it has read all the run spooled), so that a
       stream's nodes are made while its run goes on, not after its stop.
 
     Matches bluesky-tiled-plugins 2.0.12: ``TiledWriter._factory`` builds one
