@@ -13,8 +13,9 @@ from ophyd.utils.errors import LimitError, ReadOnlyError
 
 from dnpu_bluesky.devices import build_dnpu
 from dnpu_bluesky.devices.electrode import InputElectrodeError
-from dnpu_bluesky.plans import iv_sweep
+from dnpu_bluesky.plans import iv_sweep, train
 from dnpu_bluesky.storage import load_run
+from dnpu_bluesky.tasks import BooleanGate
 
 CONTROLS = {"e1": 0.2, "e2": -0.1}
 
@@ -114,6 +115,22 @@ def test_count_of_the_amplifier_records_the_current_in_tiled(stored_RE, storage,
     assert list(primary.data_vars) == ["dnpu_current"]
     np.testing.assert_allclose(primary["dnpu_current"], _expected_current(dnpu, 0.0), atol=0.5)
     assert primary["dnpu_current"].attrs.get("units", "nA") == "nA"
+
+
+def test_after_training_a_scan_plays_the_device_as_before_it(RE, documents, dnpu):
+    before = (dnpu.inputs.get(), dnpu.input_cases.get(), dnpu.mode.get(), dnpu.frequencies())
+    outcome = RE(train(dnpu, BooleanGate("XOR"), seed=0, max_iterations=5))
+    assert outcome.plan_result.inputs != before[0]  # the screening chose other inputs
+    after = (dnpu.inputs.get(), dnpu.input_cases.get(), dnpu.mode.get(), dnpu.frequencies())
+    assert after[:3] == before[:3]
+    np.testing.assert_array_equal(after[3], before[3])
+    documents.clear()
+    RE(bp.scan([dnpu], dnpu.e0, -0.2, 0.2, 3))  # the trained controls stay where they are
+    events = _docs(documents, "event")
+    np.testing.assert_allclose([e["data"]["dnpu_e0_readback"] for e in events], [-0.2, 0, 0.2])
+    for index in dnpu.indices("input"):  # held at their own setpoints: no input cases
+        held = [e["data"][f"{dnpu.electrodes[index].name}_readback"] for e in events]
+        np.testing.assert_allclose(held, dnpu.setpoints()[index], atol=1e-12)
 
 
 def test_hints_show_the_moved_electrode_and_the_current(RE, documents, dnpu):

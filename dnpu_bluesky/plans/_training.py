@@ -408,7 +408,12 @@ def resolve_inputs(inputs: str | Sequence[str] | None, task: Task) -> tuple[bool
 
 
 def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
-    """Make a plan factory that puts back the tones and input electrodes the devices had."""
+    """Make a plan factory that puts back the devices' tones, inputs, input cases and mode.
+
+    The input cases go with the input electrodes: cases trained on other electrodes, left in
+    place, would put their levels on the restored inputs (outside their limits, often), and
+    every later stream would be refused.
+    """
     saved = []
     for device in dnpus:
         for electrode in device.electrodes:
@@ -416,7 +421,11 @@ def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
                 (electrode.frequency, electrode.frequency.get()),
                 (electrode.amplitude, electrode.amplitude.get()),
             ]
-        saved.append((device.inputs, device.inputs.get()))
+        saved += [
+            (device.inputs, device.inputs.get()),
+            (device.input_cases, device.input_cases.get()),
+            (device.mode, device.mode.get()),
+        ]
 
     def restore() -> Plan:
         args: list[Any] = []
@@ -431,7 +440,8 @@ def _device_state(dnpus: list[DNPU]) -> Callable[[], Plan]:
 def on_inputs(dnpus: list[DNPU], pinned: str | None, body: Callable[[], Plan]) -> Plan:
     """Run ``body()`` with the devices' inputs set to ``pinned`` (if given).
 
-    The tones and inputs the devices had come back however it ends, refusals included.
+    The tones, inputs, input cases and mode the devices had come back however it ends,
+    refusals included; the controls keep the values the body left them at.
     """
     restore = _device_state(dnpus)
 
