@@ -231,6 +231,33 @@ def test_reading_through_client_waits_for_pending_writes(stored_RE, storage, hw)
         assert load_run(storage.client, uid)["primary"]["wf"].read().shape == (3, N_SAMPLES)
 
 
+def test_a_reader_of_one_run_has_it_written_before_runs_that_ended_earlier(
+    tiled_server, stored_RE, storage, hw
+):
+    import threading
+
+    _, det, wf = hw
+    server = tiled_server._server._process.pid
+    access_log = Path(tiled_server.config.directory) / "access.log"
+    runs = storage.client  # (its first use waits for every run, as a flush does)
+    storage.flush(timeout=60)  # the worker is up
+    os.kill(server, signal.SIGSTOP)  # Tiled takes nothing in while both runs are spooled
+    try:
+        first, second = (stored_RE(bp.count([det, wf], num=3)).run_start_uids[0] for _ in "12")
+        reader = threading.Thread(target=load_run, args=(runs, second))
+        reader.start()
+        time.sleep(1.0)  # the worker hears that a reader waits for the second run
+    finally:
+        os.kill(server, signal.SIGCONT)
+    reader.join(timeout=60)
+    storage.flush(timeout=60)
+    lines = access_log.read_text().splitlines()
+    last = {uid: max(i for i, line in enumerate(lines) if uid in line) for uid in (first, second)}
+    assert last[second] < last[first]  # the second run was complete before the first
+    for uid in (first, second):
+        assert load_run(storage.client, uid)["primary"]["wf"].read().shape == (3, N_SAMPLES)
+
+
 def test_spool_encoding_is_lossless():
     arrays = {
         "f8": np.array([0.1, np.nan, np.inf, -0.0, 1e-308]),

@@ -153,6 +153,7 @@ class _SpoolWorker:
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._runs: dict[str, _WorkerRun] = {}
+        self._wanted: set[str] = set()  # runs a reader waits for: written before the others
         self._client: Any = None
         self._quit = False  # exit when idle
         self._abandon = False  # exit now (the caller's process is gone)
@@ -181,6 +182,9 @@ class _SpoolWorker:
                 elif kind == "written":
                     if (run := self._runs.get(message[1])) is not None:
                         run.written = message[2]
+                elif kind == "wanted":
+                    if message[1] in self._runs:
+                        self._wanted.add(message[1])
                 elif kind == "quit":
                     self._quit = True
                 else:
@@ -198,14 +202,12 @@ class _SpoolWorker:
                 while True:
                     if self._abandon:
                         return
-                    run = next(
-                        (
-                            r
-                            for r in self._runs.values()
-                            if r.sent < r.written or r.reset or r.leftover
-                        ),
-                        None,
-                    )
+                    due = [
+                        r
+                        for r in self._runs.values()
+                        if r.sent < r.written or r.reset or r.leftover
+                    ]
+                    run = next((r for r in due if r.uid in self._wanted), due[0] if due else None)
                     if run is not None:
                         break
                     if self._quit:
@@ -266,6 +268,9 @@ class _SpoolWorker:
             run.reader = open(run.path, "rb")
         run.reader.seek(run.sent)
         while run.sent < end and not self._abandon:
+            if self._preempted(run):
+                self._send(("progress", run.uid, run.sent))
+                return
             record = read_record(run.reader)
             name, doc = decode(record)
             run.tiled_writer(name, doc)
@@ -282,6 +287,14 @@ class _SpoolWorker:
             )
             run.tiled_writer("stop", abort_stop(run.uid, reason))
             self._done(run, "done")
+
+    def _preempted(self, run: _WorkerRun) -> bool:
+        """Whether another run that a reader waits for has documents to write first."""
+        with self._cond:
+            return run.uid not in self._wanted and any(
+                r.uid in self._wanted and (r.sent < r.written or r.reset)
+                for r in self._runs.values()
+            )
 
     def _rebuild(self, run: _WorkerRun) -> bool:
         """Start the run over in Tiled; True when there is nothing (more) to write."""
@@ -313,6 +326,7 @@ class _SpoolWorker:
         run.reader = None
         with self._cond:
             self._runs.pop(run.uid, None)
+            self._wanted.discard(run.uid)
         self._send((kind, run.uid))
 
 

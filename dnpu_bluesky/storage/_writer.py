@@ -89,13 +89,13 @@ class BackgroundWriter:
     prefix and msgpack of ``[name, doc]``, numpy arrays as raw bytes with dtype and shape, so
     they come back bit for bit), tells the worker how far the file goes (for events at most
     every 0.2 s), and returns: 0.16 ms on average for a 10k-sample event in the storage
-    benchmark, and Tiled's latency never reaches the caller. The worker
-    (a separate process by default, so that its CPU work does not hold this process's GIL;
-    ``process=False`` runs it on a thread) reads the spool files in order and feeds each
-    run to its own ``TiledWriter`` (events batched by ``batch_size``). The spool *is* the
-    queue: memory stays bounded (one batch per stream plus one document) and the caller
-    never waits for Tiled, even during a long outage. The worker starts with the first
-    document or leftover spool file, so a writer that is never given one starts none.
+    benchmark; Tiled's latency never reaches the caller. The worker (a separate process by
+    default, so that its CPU work does not hold this process's GIL; ``process=False`` runs it
+    on a thread) feeds each run to its own ``TiledWriter`` (events batched by ``batch_size``),
+    run after run in the order they started, except that a run :meth:`flush` waits for goes
+    first. The spool *is* the queue: memory stays bounded (one batch per stream plus one
+    document) and the caller never waits for Tiled, even during a long outage. The worker
+    starts with the first document or leftover spool file (a writer given none starts none).
 
     When a write fails (Tiled down, refusing writes, network error) the error is logged at
     ERROR, appended to :attr:`errors`, warned once (:class:`StorageWarning`) on the caller's
@@ -176,11 +176,7 @@ class BackgroundWriter:
             )
 
     def _start_worker(self) -> None:
-        """Start the worker and its receiver on the first message.
-
-        A storage that only reads (listing runs, drawing figures) never pays the worker's
-        start-up.
-        """
+        """Start the worker and its receiver on the first message (a reader never does)."""
         with self._start_lock:
             if self._worker is not None:
                 return
@@ -436,7 +432,8 @@ class BackgroundWriter:
         timeout : float or None
             Seconds to wait; ``None``: as long as it takes.
         run : str or None
-            Wait only for the run whose start uid is (or begins with) this; ``None``: all.
+            Wait only for the run whose start uid is (or begins with) this (written before the
+            others); ``None``: all.
 
         Raises
         ------
@@ -453,6 +450,9 @@ class BackgroundWriter:
                 for uid, spooled in self._runs.items()
                 if run is None or uid.startswith(run)
             }
+        for uid in targets if run else ():
+            self._send(("wanted", uid))
+        with self._cond:
             while True:
                 pending = [
                     spooled
