@@ -726,6 +726,44 @@ def test_a_streams_first_events_are_written_once_the_writer_has_caught_up(tiled_
         assert load_run(runs, uid).metadata["stop"]["exit_status"] == "success"
 
 
+def test_a_stops_held_events_can_be_written_one_stream_at_a_time(tiled_server, RE, hw):
+    from dnpu_bluesky.storage._patches import tiled_writer
+
+    motor, det, wf = hw
+
+    @bpp.run_decorator(md={"plan_name": "two_streams"})
+    def plan():
+        for _ in range(2):
+            yield from bps.trigger_and_read([det, wf])
+            yield from bps.trigger_and_read([motor], name="baseline")
+
+    documents: list[tuple[str, dict]] = []
+    (uid,) = RE(plan(), lambda name, doc: documents.append((name, doc))).run_start_uids
+    assert documents[-1][0] == "stop"
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        runs = storage.client
+        writer = tiled_writer(runs, batch_size=100, hold_s=60.0)
+        for name, doc in documents[:-1]:
+            writer(name, doc)  # every event held
+
+        def rows() -> dict[str, int]:
+            run = load_run(runs, uid)
+            return {s: len(run[s].read()["time"]) if "time" in run[s] else 0 for s in run}
+
+        assert rows() == {"primary": 0, "baseline": 0}
+        assert writer.write_held_stream()
+        assert rows() == {"primary": 2, "baseline": 0}
+        assert writer.write_held_stream()
+        assert rows() == {"primary": 2, "baseline": 2}
+        assert not writer.write_held_stream()
+        writer(*documents[-1])  # the stop: nothing left to write but the stop itself
+        run = load_run(runs, uid)
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run["primary"]["wf"].read().shape == (2, N_SAMPLES)
+        assert len(run["baseline"].read()["motor"]) == 2
+
+
 def test_a_slow_runs_events_reach_tiled_within_seconds_before_a_batch_fills(
     tiled_server, storage, RE, hw
 ):

@@ -261,6 +261,9 @@ def tiled_writer(
       also writes the held events of each stream none of whose events are in Tiled yet (the
       background writer's worker calls it once it has read all the run spooled), so that a
       stream's nodes are made while its run goes on, not after its stop.
+      ``write_next_due()`` writes one stream of those, and ``write_held_stream()`` one
+      stream's held events (what a stop document writes), for a worker that may turn to
+      another run between two streams.
 
     Matches bluesky-tiled-plugins 2.0.12: ``TiledWriter._factory`` builds one
     ``writing.tiled_writer._RunWriter`` per run behind a ``RunNormalizer``; ``_RunWriter.event``
@@ -323,13 +326,25 @@ def tiled_writer(
             self.write_due()
 
         def write_due(self, new_streams: bool = False) -> None:
+            while (stream := self.next_due(new_streams)) is not None:
+                self.write_held(stream)
+
+        def next_due(self, new_streams: bool) -> str | None:
             now = time.monotonic()
-            for stream, since in list(self.held_since.items()):
-                if now - since >= hold_s or (new_streams and stream not in self.written):
-                    held = self._internal_data_cache[stream]
-                    self._write_internal_data(held, desc_node=self._desc_nodes[stream])
-                    held.clear()
-                    del self.held_since[stream]
+            return next(
+                (
+                    stream
+                    for stream, since in self.held_since.items()
+                    if now - since >= hold_s or (new_streams and stream not in self.written)
+                ),
+                None,
+            )
+
+        def write_held(self, stream: str) -> None:
+            held = self._internal_data_cache[stream]
+            self._write_internal_data(held, desc_node=self._desc_nodes[stream])
+            held.clear()
+            self.held_since.pop(stream, None)
 
         def _write_internal_data(self, data_cache: list, desc_node: Any) -> None:
             super()._write_internal_data(data_cache, desc_node=desc_node)
@@ -371,6 +386,23 @@ def tiled_writer(
             """
             for run_writer in self.run_writers:
                 run_writer.write_due(new_streams)
+
+        def write_next_due(self, new_streams: bool = False) -> bool:
+            """Write one stream's held events that ``write_due`` would write; whether it did."""
+            for run_writer in self.run_writers:
+                if (stream := run_writer.next_due(new_streams)) is not None:
+                    run_writer.write_held(stream)
+                    return True
+            return False
+
+        def write_held_stream(self) -> bool:
+            """Write the held events of one stream, if any holds some; whether one did."""
+            for run_writer in self.run_writers:
+                for stream, held in run_writer._internal_data_cache.items():
+                    if held:
+                        run_writer.write_held(stream)
+                        return True
+            return False
 
         def _factory(self, name: str, doc: dict) -> tuple[list, list]:
             run_writer = _RunWriter(

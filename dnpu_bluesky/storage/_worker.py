@@ -273,12 +273,16 @@ class _SpoolWorker:
                 return
             record = read_record(run.reader)
             name, doc = decode(record)
+            if name == "stop" and run.tiled_writer.write_held_stream():
+                run.reader.seek(run.sent)  # the stop again, once the next stream is written
+                continue
             run.tiled_writer(name, doc)
             run.sent += len(record)
             if name == "stop":
                 self._done(run, "done")
                 return
-        run.tiled_writer.write_due(new_streams=True)
+        while not self._preempted(run) and run.tiled_writer.write_next_due(new_streams=True):
+            pass  # one stream at a time: a run that a reader waits for may come first
         self._send(("progress", run.uid, run.sent))
         if run.leftover and run.sent >= end:  # the crashed session never sent its stop
             reason = (
