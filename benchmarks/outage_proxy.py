@@ -15,6 +15,9 @@ class OutageProxy:
 
     ``delay_s`` makes it wait that long before serving each connection it accepted: a server
     that accepts at once but is slow to answer. ``connections`` counts the accepted ones.
+    ``lose_response_to(prefix)`` makes it forward the next request that starts with
+    ``prefix`` and then cut the connection instead of returning the answer: a request the
+    server processed, but whose response was lost.
     """
 
     def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
@@ -25,6 +28,12 @@ class OutageProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._lose: bytes | None = None
+        self.lost = 0  # responses lost on purpose
+
+    def lose_response_to(self, prefix: bytes) -> None:
+        """Lose the response to the next request that starts with ``prefix``."""
+        self._lose = prefix
 
     def start(self) -> None:
         listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
@@ -66,13 +75,29 @@ class OutageProxy:
         client.settimeout(None)
         with self._lock:
             self._sockets += [client, upstream]
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+        losing = threading.Event()
+        threading.Thread(target=self._pipe, args=(client, upstream, losing), daemon=True).start()
+        threading.Thread(target=self._answer, args=(upstream, client, losing), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, losing: threading.Event) -> None:
         try:
             while data := src.recv(65536):
+                if self._lose is not None and data.startswith(self._lose):
+                    self._lose = None
+                    losing.set()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _shut(src)
+            _shut(dst)
+
+    def _answer(self, src: socket.socket, dst: socket.socket, losing: threading.Event) -> None:
+        try:
+            while data := src.recv(65536):
+                if losing.is_set():  # the server has answered: the client never hears it
+                    self.lost += 1
+                    break
                 dst.sendall(data)
         except OSError:
             pass

@@ -350,6 +350,45 @@ def test_outage_mid_run_loses_nothing(
         root.context.close()
 
 
+def test_a_table_append_whose_response_is_lost_is_not_stored_twice(
+    tiled_server, RE, documents, hw, tmp_path, fast_failing_tiled
+):
+    _, det, wf = hw
+    target = urlsplit(tiled_server.uri)
+    proxy = OutageProxy((target.hostname, target.port))
+    proxy.start()
+    config = StorageConfig(
+        uri=_with_port(tiled_server.uri, proxy.port),
+        container=f"lost_{uuid.uuid4().hex}",
+        spool_directory=tmp_path / "spool",
+        retry_interval_s=0.05,
+    )
+    storage = open_storage(config)
+    try:
+        RE.subscribe(storage.writer)
+        # The server takes in the first append of the stream's table; its answer is lost.
+        proxy.lose_response_to(b"PATCH /api/v1/table/partition/")
+        with pytest.warns(StorageWarning, match="Writing to Tiled failed"):
+            (uid,) = RE(bp.count([det, wf], num=3)).run_start_uids
+            storage.flush(timeout=60)
+        assert proxy.lost == 1
+        assert _spooled(config.spool_directory) == []
+    finally:
+        storage.close()
+        proxy.stop()
+    root = from_uri(tiled_server.uri)
+    try:
+        run = load_run(root[config.container], uid)
+        events = _events(documents)
+        np.testing.assert_array_equal(
+            run["primary"]["det"].read(), [ev["data"]["det"] for ev in events]
+        )
+        assert run["primary"]["wf"].read().shape == (3, N_SAMPLES)
+        assert run.metadata["stop"]["exit_status"] == "success"
+    finally:
+        root.context.close()
+
+
 def test_unreachable_tiled_is_reported_then_replayed_when_back(
     tiled_server, tmp_path, caplog, fast_failing_tiled
 ):

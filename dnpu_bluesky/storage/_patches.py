@@ -234,7 +234,11 @@ async def _json_seq_export(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
 
 
 def tiled_writer(
-    client: Any, batch_size: int, max_array_size: int = 0, hold_s: float = HOLD_S
+    client: Any,
+    batch_size: int,
+    max_array_size: int = 0,
+    hold_s: float = HOLD_S,
+    retry_appends: bool = True,
 ) -> Any:
     """bluesky-tiled-plugins' ``TiledWriter``, with named dimensions and fewer requests.
 
@@ -286,6 +290,10 @@ def tiled_writer(
     hold_s : float
         Seconds an event is held at most before it is written (the stop document writes
         every held event at once).
+    retry_appends : bool
+        Retry a table append whose response was lost, as TiledWriter does, at the risk of
+        rows stored twice (the server may have taken it in). False: raise instead, for a
+        caller that rebuilds the run from its documents (the background writer's worker).
 
     Returns
     -------
@@ -345,6 +353,12 @@ def tiled_writer(
             self._write_internal_data(held, desc_node=self._desc_nodes[stream])
             held.clear()
             self.held_since.pop(stream, None)
+
+        def _append_with_retry(self, df_client: Any, table: Any, desc_name: str) -> None:
+            if retry_appends:
+                super()._append_with_retry(df_client, table, desc_name)
+            else:
+                df_client.append_partition(0, table)
 
         def _write_internal_data(self, data_cache: list, desc_node: Any) -> None:
             super()._write_internal_data(data_cache, desc_node=desc_node)

@@ -321,7 +321,7 @@ class _SpoolWorker:
         if run.written == 0 and run.leftover:  # crashed before the start document was spooled
             self._done(run, "done")
             return True
-        run.tiled_writer = tiled_writer(client, self._batch_size)
+        run.tiled_writer = tiled_writer(client, self._batch_size, from_spool=True)
         run.reset = False
         return False
 
@@ -334,7 +334,9 @@ class _SpoolWorker:
         self._send((kind, run.uid))
 
 
-def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
+def tiled_writer(
+    client: CatalogOfBlueskyRuns, batch_size: int, *, from_spool: bool = False
+) -> TiledWriter:
     """Make the ``TiledWriter`` of one run (or of the direct writer) into the runs container.
 
     Parameters
@@ -343,6 +345,10 @@ def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
         The runs container.
     batch_size : int
         Events per table append or array extension.
+    from_spool : bool
+        The documents come from a spool file, and a failed write rebuilds the run from it: a
+        table append whose response was lost raises rather than being sent again (which could
+        store its rows twice).
 
     Returns
     -------
@@ -352,7 +358,7 @@ def tiled_writer(client: CatalogOfBlueskyRuns, batch_size: int) -> TiledWriter:
     """
     # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
     # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
-    return patched_tiled_writer(client, batch_size, max_array_size=0)
+    return patched_tiled_writer(client, batch_size, max_array_size=0, retry_appends=not from_spool)
 
 
 # -- replay: a stored run as Bluesky documents ---------------------------------------------
