@@ -76,26 +76,20 @@ class OutageProxy:
         with self._lock:
             self._sockets += [client, upstream]
         losing = threading.Event()
-        threading.Thread(target=self._pipe, args=(client, upstream, losing), daemon=True).start()
-        threading.Thread(target=self._answer, args=(upstream, client, losing), daemon=True).start()
+        for src, dst, requests in ((client, upstream, True), (upstream, client, False)):
+            threading.Thread(
+                target=self._pipe, args=(src, dst, requests, losing), daemon=True
+            ).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, losing: threading.Event) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, requests: bool, losing: threading.Event
+    ) -> None:
         try:
             while data := src.recv(65536):
-                if self._lose is not None and data.startswith(self._lose):
+                if requests and self._lose is not None and data.startswith(self._lose):
                     self._lose = None
                     losing.set()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shut(src)
-            _shut(dst)
-
-    def _answer(self, src: socket.socket, dst: socket.socket, losing: threading.Event) -> None:
-        try:
-            while data := src.recv(65536):
-                if losing.is_set():  # the server has answered: the client never hears it
+                elif not requests and losing.is_set():  # the answer: the client never hears it
                     self.lost += 1
                     break
                 dst.sendall(data)

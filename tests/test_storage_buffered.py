@@ -280,18 +280,29 @@ def test_spool_encoding_is_lossless():
     assert back["scalar"] == 0.1 and back["n"] == 7 and back["t"] == [1, 2]
 
 
+def _behind_proxy(
+    tiled_server, spool_directory: Path, **settings
+) -> tuple[OutageProxy, StorageConfig]:
+    """A started proxy in front of the session's server, and a storage config through it."""
+    target = urlsplit(tiled_server.uri)
+    proxy = OutageProxy((target.hostname, target.port))
+    proxy.start()
+    config = StorageConfig(
+        uri=_with_port(tiled_server.uri, proxy.port),
+        container=f"proxied_{uuid.uuid4().hex}",
+        spool_directory=spool_directory,
+        **settings,
+    )
+    return proxy, config
+
+
 def test_outage_mid_run_loses_nothing(
     tiled_server, RE, documents, hw, tmp_path, fast_failing_tiled
 ):
     _, det, wf = hw
-    target = urlsplit(tiled_server.uri)
-    proxy = OutageProxy((target.hostname, target.port))
-    proxy.start()
-    container = f"outage_{uuid.uuid4().hex}"
-    config = StorageConfig(
-        uri=_with_port(tiled_server.uri, proxy.port),
-        container=container,
-        spool_directory=tmp_path / "spool",
+    proxy, config = _behind_proxy(
+        tiled_server,
+        tmp_path / "spool",
         batch_size=2,
         retry_interval_s=0.05,
         retry_max_interval_s=0.2,
@@ -335,7 +346,7 @@ def test_outage_mid_run_loses_nothing(
 
     root = from_uri(tiled_server.uri)  # directly, not through the proxy
     try:
-        run = load_run(root[container], uid)
+        run = load_run(root[config.container], uid)
         events = _events(documents)
         assert len(events) == n_events
         np.testing.assert_array_equal(
@@ -354,15 +365,7 @@ def test_a_table_append_whose_response_is_lost_is_not_stored_twice(
     tiled_server, RE, documents, hw, tmp_path, fast_failing_tiled
 ):
     _, det, wf = hw
-    target = urlsplit(tiled_server.uri)
-    proxy = OutageProxy((target.hostname, target.port))
-    proxy.start()
-    config = StorageConfig(
-        uri=_with_port(tiled_server.uri, proxy.port),
-        container=f"lost_{uuid.uuid4().hex}",
-        spool_directory=tmp_path / "spool",
-        retry_interval_s=0.05,
-    )
+    proxy, config = _behind_proxy(tiled_server, tmp_path / "spool", retry_interval_s=0.05)
     storage = open_storage(config)
     try:
         RE.subscribe(storage.writer)
