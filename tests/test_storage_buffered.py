@@ -392,6 +392,52 @@ def test_a_table_append_whose_response_is_lost_is_not_stored_twice(
         root.context.close()
 
 
+def test_the_embedded_server_reads_tables_while_they_are_appended_to(
+    tiled_server, fast_failing_tiled
+):
+    import threading
+
+    import pyarrow as pa
+
+    root = from_uri(tiled_server.uri)
+    container = root.create_container(key=f"tables_{uuid.uuid4().hex}")
+    rows = pa.table({"seq_num": np.arange(2), "x": np.random.default_rng(0).random(2)})
+    tables = [container.create_appendable_table(rows.schema, key=f"t{i}") for i in range(3)]
+    for table in tables:
+        table.append_partition(0, rows)
+    appended = {table.item["id"]: 1 for table in tables}
+    errors: list[str] = []
+    until = time.monotonic() + 8.0
+
+    def append() -> None:
+        while time.monotonic() < until and not errors:
+            for table in tables:
+                try:
+                    table.append_partition(0, rows)
+                    appended[table.item["id"]] += 1
+                except Exception as err:
+                    errors.append(f"append: {err!r}")
+
+    def read() -> None:
+        reader = from_uri(tiled_server.uri)[container.item["id"]]
+        while time.monotonic() < until and not errors:
+            for key in appended:
+                try:
+                    reader[key].read()
+                except Exception as err:
+                    errors.append(f"read: {err!r}")
+
+    threads = [threading.Thread(target=work) for work in (append, read, read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for table in tables:  # every append is there once
+        assert len(table.read()) == 2 * appended[table.item["id"]]
+    root.context.close()
+
+
 def test_unreachable_tiled_is_reported_then_replayed_when_back(
     tiled_server, tmp_path, caplog, fast_failing_tiled
 ):

@@ -208,6 +208,65 @@ def uvloop_for_the_server() -> bool:
     return True
 
 
+def one_thread_at_a_time_on_duckdb() -> bool:
+    """Let one request at a time use the embedded server's DuckDB connection (server process).
+
+    The tables of every stream live in DuckDB (``storage.duckdb``). tiled hands every caller
+    the same DuckDB connection (a ``StaticPool``), and runs table reads and appends on its
+    thread pool: a read of a table while the writer appends to one fails on the server
+    ("Attempting to execute an unsuccessful or closed pending query result", "No active
+    transaction, cannot commit") and soon ends the server process. Here a connection taken
+    for DuckDB holds a lock until it is closed.
+
+    Matches tiled 0.2.20: ``tiled.storage.SQLStorage.connect()`` returns the pool's
+    connection, and every caller (``tiled.adapters.sql`` and the catalog's deletion of table
+    rows) uses it as ``with closing(storage.connect()) as conn``.
+
+    Returns
+    -------
+    bool
+        Whether the patch is in place.
+    """
+    from tiled.storage import SQLStorage
+
+    connect = SQLStorage.connect
+    if getattr(connect, "one_thread_at_a_time", False):
+        return True
+    lock = threading.RLock()
+
+    class _Held:
+        """The connection, with the lock released when it is closed."""
+
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+            self._held = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+        def close(self) -> None:
+            try:
+                self._conn.close()
+            finally:
+                if self._held:
+                    self._held = False
+                    lock.release()
+
+    def locked_connect(self: Any) -> Any:
+        if self.dialect != "duckdb":
+            return connect(self)
+        lock.acquire()
+        try:
+            return _Held(connect(self))
+        except BaseException:
+            lock.release()
+            raise
+
+    locked_connect.one_thread_at_a_time = True  # type: ignore[attr-defined]
+    SQLStorage.connect = locked_connect  # type: ignore[method-assign]
+    return True
+
+
 def register_json_seq_export() -> None:
     """Offer runs as ``application/json-seq`` (their documents) from this process's server.
 

@@ -20,6 +20,7 @@ from ._config import check_writable, redact
 from ._patches import (
     cache_fastapi_dependants,
     no_catalog_init_if_current,
+    one_thread_at_a_time_on_duckdb,
     register_json_seq_export,
     uvloop_for_the_server,
 )
@@ -340,6 +341,7 @@ def _server_process() -> None:
         register_json_seq_export()  # run.documents(), export_documents: the server's export
         cache_fastapi_dependants()
         uvloop_for_the_server()
+        one_thread_at_a_time_on_duckdb()
         with no_catalog_init_if_current(directory):
             server = SimpleTiledServer(directory, api_key=api_key, port=port)
         _write_ahead_log(directory / "catalog.db")
