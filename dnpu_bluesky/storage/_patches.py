@@ -301,7 +301,7 @@ def tiled_writer(
 ) -> Any:
     """bluesky-tiled-plugins' ``TiledWriter``, with named dimensions and fewer requests.
 
-    Three changes to how it writes a run, all in its per-run ``_RunWriter``:
+    Four changes to how it writes a run, all in its per-run ``_RunWriter``:
 
     * **Named dimensions.** An array field whose data key has ``dims`` (event-model's
       ``DataKey.dims``, one name per axis of a reading) gets them, after the leading ``time``
@@ -327,6 +327,10 @@ def tiled_writer(
       ``write_next_due()`` writes one stream of those, and ``write_held_stream()`` one
       stream's held events (what a stop document writes), for a worker that may turn to
       another run between two streams.
+    * **No forced retry of a table append** (``retry_appends=False``). When an append's
+      response is lost, TiledWriter sends it again, and the rows are stored twice if the
+      server had taken them in. Without it the error reaches the caller, which can rebuild
+      the run from its documents.
 
     Matches bluesky-tiled-plugins 2.0.12: ``TiledWriter._factory`` builds one
     ``writing.tiled_writer._RunWriter`` per run behind a ``RunNormalizer``; ``_RunWriter.event``
@@ -335,8 +339,9 @@ def tiled_writer(
     ``_RunWriter.descriptor`` keeps each stream's container client in ``_desc_nodes`` (by
     descriptor uid and by stream name), ``_write_internal_data`` creates array nodes with
     ``desc_node.write_array(array, key=..., metadata=<data key>, dims=..., access_tags=...)``,
-    and ``stop`` ends with ``_close_stream_tree()``. Backup callbacks (``backup_directory``)
-    are not used by dnpu_bluesky and not built here.
+    ``stop`` first writes each non-empty cache and ends with ``_close_stream_tree()``, and a
+    table's rows go through ``_append_with_retry(df_client, table, desc_name)``. Backup
+    callbacks (``backup_directory``) are not used by dnpu_bluesky and not built here.
 
     Parameters
     ----------
