@@ -198,6 +198,27 @@ def test_workers_are_forked_from_one_template_while_the_environment_stays(
     assert third_parent != first_parent  # a changed environment: a new template
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_storage_opened_for_writing_starts_the_worker_template_while_it_opens(
+    tiled_server, monkeypatch
+):
+    from dnpu_bluesky.storage import _spawn
+
+    def template_environment() -> dict[str, str]:
+        template = _spawn._template
+        return template.environment if template is not None and template.alive else {}
+
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    monkeypatch.setenv("DNPU_TEST_MARK", uuid.uuid4().hex)  # a template must be this one's
+    with open_storage(config):  # only to read: no template for it
+        assert template_environment().get("DNPU_TEST_MARK") != os.environ["DNPU_TEST_MARK"]
+    with open_storage(config, writes=True) as storage:
+        assert template_environment().get("DNPU_TEST_MARK") == os.environ["DNPU_TEST_MARK"]
+        assert _parent_pid(Path(f"/proc/{_spawn._template.process.pid}")) == os.getpid()
+        assert _writer_processes() == 0  # a worker is forked with the first document
+        assert storage.writer.wait_ready(timeout=60)
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 def test_a_killed_worker_template_is_replaced(tiled_server, RE, hw):
     from dnpu_bluesky.storage import _spawn

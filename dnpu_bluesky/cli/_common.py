@@ -108,13 +108,15 @@ def _storage_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def open_storage(args: argparse.Namespace) -> Any:
+def open_storage(args: argparse.Namespace, *, writes: bool = False) -> Any:
     """Return the storage of ``args``, announced on stderr: starting it takes seconds.
 
     Parameters
     ----------
     args : argparse.Namespace
         With ``data_dir`` and ``tiled_uri`` (each may be None).
+    writes : bool
+        The command will write runs (see :func:`dnpu_bluesky.storage.open_storage`).
 
     Returns
     -------
@@ -125,7 +127,7 @@ def open_storage(args: argparse.Namespace) -> Any:
 
     config = _storage_config(args)
     print(f"Opening the run store in {where(config)}", file=sys.stderr, flush=True)
-    return open_configured(config)
+    return open_configured(config, writes=writes)
 
 
 def where(config: Any) -> str:

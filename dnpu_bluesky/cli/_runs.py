@@ -49,7 +49,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--seed picks a virtual DNPU, but {where} gives the device ({setup}); give one of them"
         )
-    with open_storage(args) as storage:
+    with open_storage(args, writes=True) as storage:
         then = load_past_training(storage, args.uid, args.device)
         task = then["task"]
         seed = device_seed(args, then)

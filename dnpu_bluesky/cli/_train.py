@@ -254,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     profiles, model_input_range = profiles_of(args, seed, sphere=kind == "sphere")
     tasks = _train_tasks(args, kind, seed, model_input_range)
     seeds = [seed + index for index in range(len(tasks))]
-    with built(profiles) as devices, open_storage(args) as storage:
+    with built(profiles) as devices, open_storage(args, writes=True) as storage:
         rows, figures = train_and_store(
             args,
             tasks,
@@ -275,7 +275,7 @@ def _continue(args: argparse.Namespace) -> int:
     from ..continuation import continuation_options
 
     _check_continuation(args)
-    with open_storage(args) as storage:  # the past run picks the virtual device
+    with open_storage(args, writes=True) as storage:  # the past run picks the virtual device
         past = load_past_training(storage, args.source, args.device)
         seed = device_seed(args, past)
         margin = _continued_margin(args, past)
@@ -477,7 +477,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     profiles, _ = profiles_of(args, seed)  # first: a --model file sets the default levels
     tasks = _gate_tasks(GATES, args)
     seeds = [seed + index for index in range(len(tasks))]
-    with built(profiles) as devices, open_storage(args) as storage:
+    with built(profiles) as devices, open_storage(args, writes=True) as storage:
         rows, figures = train_and_store(
             args, tasks, "hge", storage, devices, seeds=seeds, plan_options=_plan_options(args)
         )

@@ -280,16 +280,33 @@ def fork_worker() -> ForkedWorker | None:
     ForkedWorker or None
         None where workers cannot be forked (no ``fork``, or no file descriptor passing).
     """
-    global _template
-    if not (hasattr(os, "fork") and hasattr(socket, "send_fds")):
+    if not _forkable():
         return None
+    return _current_template().fork()
+
+
+def start_template() -> None:
+    """Start this process's template now (it imports in the background), where it is used.
+
+    A session that will write calls it before its embedded server starts, so that the two
+    processes' imports overlap and the first worker is forked in milliseconds.
+    """
+    if _forkable():
+        _current_template()
+
+
+def _forkable() -> bool:
+    return hasattr(os, "fork") and hasattr(socket, "send_fds")
+
+
+def _current_template() -> _Template:
+    global _template
     with _template_lock:
         if _template is None or not _template.alive or _template.environment != os.environ:
             if _template is not None:
                 _template.retire()
             _template = _Template()
-        template = _template
-    return template.fork()
+        return _template
 
 
 def _close_template() -> None:

@@ -41,6 +41,7 @@ from ._server import (
     stop_using_server,
     use_server,
 )
+from ._spawn import start_template
 from ._worker import tiled_writer
 from ._writer import BackgroundWriter
 
@@ -72,6 +73,8 @@ class Storage:
     ----------
     config : StorageConfig, optional
         Where to store; ``None`` for the defaults of :class:`StorageConfig`.
+    writes : bool
+        The session will write runs (see :func:`open_storage`).
 
     Attributes
     ----------
@@ -103,8 +106,10 @@ class Storage:
     uri: str
     api_key: str | None
 
-    def __init__(self, config: StorageConfig | None = None) -> None:
+    def __init__(self, config: StorageConfig | None = None, *, writes: bool = False) -> None:
         config = config or StorageConfig()
+        if writes and config.writer == "background":
+            start_template()
         self._server: ServerProcess | None = None
         self._server_user: int | None = None
         self._watchdog: threading.Thread | None = None
@@ -225,24 +230,18 @@ class Storage:
 
     @property
     def client(self) -> CatalogOfBlueskyRuns:
-        """The runs container; pending writes of the background writer are waited for first.
-
-        So ``load_run(storage.client, uid)`` right after ``RE(plan)`` finds the whole run
-        (read-your-writes). While Tiled is failing, it does not wait (a warning is logged).
-        """
+        """The runs container, once the writer's pending writes are in (see wait_for_writes)."""
         self.wait_for_writes()
         return self._client
 
     def wait_for_writes(self, run: str | None = None) -> None:
         """Wait for the background writer's pending documents, before a read from Tiled.
 
-        ``run`` (a start uid or its prefix) waits for that run's documents only, as
-        :func:`load_run` does; ``None`` waits for all of them.
-
-        Called by :attr:`client`, :func:`find_runs` and :func:`load_run`, so that a run is
-        found, whole, right after ``RE(plan)`` returned (read-your-writes). Waits up to
-        ``config.flush_timeout_s``; a timeout is logged as a warning, not raised. While Tiled
-        writes are failing, it does not wait (a warning is logged). Does nothing for a closed
+        So a run is found, whole, right after ``RE(plan)`` returned (read-your-writes).
+        ``run`` (a start uid or its prefix): that run's documents only, which the writer then
+        writes first (:func:`load_run`); ``None``: all (:attr:`client`, :func:`find_runs`).
+        Waits up to ``config.flush_timeout_s`` (a timeout is logged as a warning, not
+        raised); not while Tiled writes are failing (a warning is logged), nor for a closed
         storage or the direct writer (which has written everything when it returns).
         """
         writer = self.writer
@@ -353,13 +352,17 @@ class Storage:
         return f"<Storage {state} {where} container={self.config.container!r}>"
 
 
-def open_storage(config: StorageConfig | None = None) -> Storage:
+def open_storage(config: StorageConfig | None = None, *, writes: bool = False) -> Storage:
     """Open the storage described by ``config`` (default: embedded server, user data dir).
 
     Parameters
     ----------
     config : StorageConfig, optional
         Where to store; ``None`` for the defaults of :class:`StorageConfig`.
+    writes : bool
+        The session will write runs: the background writer's worker process starts
+        importing while the storage opens (about a second sooner for the first run), which a
+        storage opened only to read would spend for nothing.
 
     Returns
     -------
@@ -376,7 +379,7 @@ def open_storage(config: StorageConfig | None = None) -> Storage:
     ValueError
         The configured container exists but is not a ``CatalogOfBlueskyRuns``.
     """
-    return Storage(config)
+    return Storage(config, writes=writes)
 
 
 class _Writer:

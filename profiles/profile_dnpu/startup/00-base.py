@@ -30,7 +30,7 @@ from dnpu_bluesky.storage import find_runs, load_run, open_storage  # noqa: F401
 
 print("Opening the run store (Tiled); the embedded server takes a few seconds to start...")
 storage_config = storage_config_from_env()
-storage = open_storage(storage_config)
+storage = open_storage(storage_config, writes=True)  # the worker starts while it opens
 runs = storage.client
 # bec: bluesky's best-effort table, with plots where a GUI backend can show them
 # (bec.disable_plots() / bec.enable_plots()). RE.md persists (scan_id keeps counting).
