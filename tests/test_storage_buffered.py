@@ -873,6 +873,46 @@ def test_a_stops_held_events_can_be_written_one_stream_at_a_time(tiled_server, R
         assert len(run["baseline"].read()["motor"]) == 2
 
 
+def test_an_event_writes_only_its_own_streams_aged_events(tiled_server, RE, hw):
+    from dnpu_bluesky.storage._patches import tiled_writer
+
+    motor, det, _ = hw
+
+    @bpp.run_decorator(md={"plan_name": "two_streams"})
+    def plan():
+        for _ in range(2):
+            yield from bps.trigger_and_read([det])
+            yield from bps.trigger_and_read([motor], name="baseline")
+
+    documents: list[tuple[str, dict]] = []
+    (uid,) = RE(plan(), lambda name, doc: documents.append((name, doc))).run_start_uids
+    events = [i for i, (name, _) in enumerate(documents) if name == "event"]
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        runs = storage.client
+        writer = tiled_writer(runs, batch_size=100, hold_s=0.2)
+
+        def rows() -> dict[str, int]:
+            run = load_run(runs, uid)
+            return {s: len(run[s].read()["time"]) if "time" in run[s] else 0 for s in run}
+
+        for name, doc in documents[: events[0] + 1]:
+            writer(name, doc)  # primary's first event, held
+        time.sleep(0.3)  # now held longer than hold_s
+        for name, doc in documents[events[0] + 1 : events[1] + 1]:
+            writer(name, doc)  # baseline's first event: writes nothing of primary's
+        assert rows() == {"primary": 0, "baseline": 0}
+        for name, doc in documents[events[1] + 1 : events[2] + 1]:
+            writer(name, doc)  # primary's next event: primary's held events are written
+        assert rows() == {"primary": 2, "baseline": 0}
+        time.sleep(0.3)
+        writer.write_due()  # baseline's, with no event of its own to trigger them
+        assert rows() == {"primary": 2, "baseline": 1}
+        for name, doc in documents[events[2] + 1 :]:
+            writer(name, doc)
+        assert rows() == {"primary": 2, "baseline": 2}
+
+
 def test_a_slow_runs_events_reach_tiled_within_seconds_before_a_batch_fills(
     tiled_server, storage, RE, hw
 ):

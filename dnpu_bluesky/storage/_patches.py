@@ -316,11 +316,12 @@ def tiled_writer(
     * **Events held by age as well as by count.** TiledWriter writes a stream's held events
       when ``batch_size`` of them are held, and the rest at the stop document; each write
       costs one request per array field and one per table. Here events are also written
-      once the oldest of them has been held ``hold_s`` seconds, so ``batch_size`` can be
-      large (few requests for a run of many fast steps) while a slow run still shows its
-      steps in Tiled within seconds. The writer's ``write_due()`` writes what has been held
-      too long when no event comes to trigger it (the background writer calls it while it
-      waits), and ``next_write_due()`` tells when that will be. ``write_due(new_streams=True)``
+      once the oldest of them has been held ``hold_s`` seconds (at the stream's next event),
+      so ``batch_size`` can be large (few requests for a run of many fast steps) while a
+      slow run still shows its steps in Tiled within seconds. The writer's ``write_due()``
+      writes what has been held too long when no event of its stream comes to trigger it
+      (the background writer calls it while it waits), and ``next_write_due()`` tells when
+      that will be. ``write_due(new_streams=True)``
       also writes the held events of each stream none of whose events are in Tiled yet (the
       background writer's worker calls it once it has read all the run spooled), so that a
       stream's nodes are made while its run goes on, not after its stop.
@@ -395,7 +396,8 @@ def tiled_writer(
             super().event(doc)  # writes the held events when there are batch_size of them
             if not self._internal_data_cache[stream]:
                 del self.held_since[stream]
-            self.write_due()
+            elif time.monotonic() - self.held_since[stream] >= hold_s:
+                self.write_held(stream)  # the others' at their own events, or by write_due
 
         def write_due(self, new_streams: bool = False) -> None:
             while (stream := self.next_due(new_streams)) is not None:
