@@ -16,6 +16,7 @@ worker is started on its own.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import selectors
 import signal
@@ -289,10 +290,12 @@ def start_template() -> None:
     """Start this process's template now (it imports in the background), where it is used.
 
     A session that will write calls it before its embedded server starts, so that the two
-    processes' imports overlap and the first worker is forked in milliseconds.
+    processes' imports overlap and the first worker is forked in milliseconds. A template
+    that cannot start now is tried again, and the failure reported, at the first worker.
     """
     if _forkable():
-        _current_template()
+        with contextlib.suppress(OSError):
+            _current_template()
 
 
 def _forkable() -> bool:
