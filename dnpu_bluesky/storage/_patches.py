@@ -325,9 +325,9 @@ def tiled_writer(
       also writes the held events of each stream none of whose events are in Tiled yet (the
       background writer's worker calls it once it has read all the run spooled), so that a
       stream's nodes are made while its run goes on, not after its stop.
-      ``write_next_due()`` writes one stream of those, and ``write_held_stream()`` one
-      stream's held events (what a stop document writes), for a worker that may turn to
-      another run between two streams.
+      ``write_one_stream()`` writes one stream of those (``every=True``: of any that holds
+      events, as a stop document writes them all), for a worker that may turn to another run
+      between two streams.
     * **No forced retry of a table append** (``retry_appends=False``). When an append's
       response is lost, TiledWriter sends it again, and the rows are stored twice if the
       server had taken them in. Without it the error reaches the caller, which can rebuild
@@ -400,16 +400,18 @@ def tiled_writer(
                 self.write_held(stream)  # the others' at their own events, or by write_due
 
         def write_due(self, new_streams: bool = False) -> None:
-            while (stream := self.next_due(new_streams)) is not None:
+            while (stream := self.next_held(new_streams)) is not None:
                 self.write_held(stream)
 
-        def next_due(self, new_streams: bool) -> str | None:
+        def next_held(self, new_streams: bool = False, every: bool = False) -> str | None:
             now = time.monotonic()
             return next(
                 (
                     stream
-                    for stream, since in self.held_since.items()
-                    if now - since >= hold_s or (new_streams and stream not in self.written)
+                    for stream, since in self.held_since.items()  # the streams holding events
+                    if every
+                    or now - since >= hold_s
+                    or (new_streams and stream not in self.written)
                 ),
                 None,
             )
@@ -467,21 +469,15 @@ def tiled_writer(
             for run_writer in self.run_writers:
                 run_writer.write_due(new_streams)
 
-        def write_next_due(self, new_streams: bool = False) -> bool:
-            """Write one stream's held events that ``write_due`` would write; whether it did."""
+        def write_one_stream(self, new_streams: bool = False, every: bool = False) -> bool:
+            """Write one stream's held events that ``write_due`` would write; whether it did.
+
+            With ``every``, those of any stream that holds events (a stop writes them all).
+            """
             for run_writer in self.run_writers:
-                if (stream := run_writer.next_due(new_streams)) is not None:
+                if (stream := run_writer.next_held(new_streams, every)) is not None:
                     run_writer.write_held(stream)
                     return True
-            return False
-
-        def write_held_stream(self) -> bool:
-            """Write the held events of one stream, if any holds some; whether one did."""
-            for run_writer in self.run_writers:
-                for stream, held in run_writer._internal_data_cache.items():
-                    if held:
-                        run_writer.write_held(stream)
-                        return True
             return False
 
         def _factory(self, name: str, doc: dict) -> tuple[list, list]:

@@ -64,6 +64,10 @@ class _WorkerRun:
         self.tiled_writer: TiledWriter | None = None
         self.reader: Any = None
 
+    def has_records(self) -> bool:
+        """Whether records of its spool file are still to be written (or it is to be rebuilt)."""
+        return self.sent < self.written or self.reset
+
     def write_due(self) -> float | None:
         """When the Tiled writer's held events are due (``time.monotonic()``), if any."""
         return None if self.tiled_writer is None else self.tiled_writer.next_write_due()
@@ -202,11 +206,7 @@ class _SpoolWorker:
                 while True:
                     if self._abandon:
                         return
-                    due = [
-                        r
-                        for r in self._runs.values()
-                        if r.sent < r.written or r.reset or r.leftover
-                    ]
+                    due = [r for r in self._runs.values() if r.has_records() or r.leftover]
                     run = next((r for r in due if r.uid in self._wanted), due[0] if due else None)
                     if run is not None:
                         break
@@ -273,7 +273,7 @@ class _SpoolWorker:
                 return
             record = read_record(run.reader)
             name, doc = decode(record)
-            if name == "stop" and run.tiled_writer.write_held_stream():
+            if name == "stop" and run.tiled_writer.write_one_stream(every=True):
                 run.reader.seek(run.sent)  # the stop again, once the next stream is written
                 continue
             run.tiled_writer(name, doc)
@@ -281,7 +281,7 @@ class _SpoolWorker:
             if name == "stop":
                 self._done(run, "done")
                 return
-        while not self._preempted(run) and run.tiled_writer.write_next_due(new_streams=True):
+        while not self._preempted(run) and run.tiled_writer.write_one_stream(new_streams=True):
             pass  # one stream at a time: a run that a reader waits for may come first
         self._send(("progress", run.uid, run.sent))
         if run.leftover and run.sent >= end:  # the crashed session never sent its stop
@@ -296,8 +296,7 @@ class _SpoolWorker:
         """Whether another run that a reader waits for has documents to write first."""
         with self._cond:
             return run.uid not in self._wanted and any(
-                r.uid in self._wanted and (r.sent < r.written or r.reset)
-                for r in self._runs.values()
+                r.uid in self._wanted and r.has_records() for r in self._runs.values()
             )
 
     def _rebuild(self, run: _WorkerRun) -> bool:
