@@ -78,6 +78,31 @@ def tutorial_steps(path: Path = TUTORIAL) -> list[Step]:
     return steps
 
 
+def profile_session(workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of an IPython session with the repository's profile.
+
+    The startup files are copied into ``workdir`` (so that IPython's history and logs are
+    written there, not into the repository), and the embedded storage is ``workdir/"tiled"``.
+
+    Parameters
+    ----------
+    workdir : pathlib.Path
+        An empty scratch directory.
+
+    Returns
+    -------
+    command : list of str
+        ``ipython`` with the profile, to which the session's own arguments are appended.
+    env : dict
+        This process's environment with the data and IPython directories set.
+    """
+    profile = workdir / "profile_dnpu"
+    shutil.copytree(REPOSITORY / "profiles" / "profile_dnpu" / "startup", profile / "startup")
+    ipython = Path(sys.executable).with_name("ipython")
+    env = {**os.environ, "DNPU_DATA_DIR": str(workdir / "tiled"), "IPYTHONDIR": str(workdir)}
+    return [str(ipython), f"--profile-dir={profile}", "--no-banner"], env
+
+
 _DRIVER = """
 import json, time
 from pathlib import Path
@@ -114,22 +139,15 @@ def run_tutorial(workdir: Path, timeout_s: float = 900) -> list[dict[str, Any]]:
         ``ok``.
     """
     steps = tutorial_steps()
-    profile = workdir / "profile_dnpu"
-    shutil.copytree(REPOSITORY / "profiles" / "profile_dnpu" / "startup", profile / "startup")
+    command, env = profile_session(workdir)
     (workdir / "steps.json").write_text(json.dumps([asdict(step) for step in steps]))
     report = workdir / "report.json"
     driver = _DRIVER.format(steps=str(workdir / "steps.json"), report=str(report))
-    env = {
-        **os.environ,
-        "DNPU_DATA_DIR": str(workdir / "data"),
-        "IPYTHONDIR": str(workdir),
-        "MPLBACKEND": "agg",
-    }
+    env["MPLBACKEND"] = "agg"
     for name in ("DNPU_SETUP", "DNPU_TILED_URI", "DNPU_TILED_API_KEY", "DNPU_METADATA_DIR"):
         env.pop(name, None)
-    ipython = Path(sys.executable).with_name("ipython")
     finished = subprocess.run(
-        [str(ipython), f"--profile-dir={profile}", "--no-banner", "-c", driver],
+        [*command, "-c", driver],
         capture_output=True, text=True, timeout=timeout_s, env=env, cwd=workdir,
     )  # fmt: skip
     if not report.exists():

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -193,21 +191,18 @@ def stored_RE(storage: Storage, RE: RunEngine) -> RunEngine:
 def run_profile(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     """Run IPython with the repository's profile: ``run(*args, input=None, extra_env=None)``.
 
-    The startup files are copied into ``tmp_path`` so that IPython's history and logs are
-    written there and not into the repository; the embedded storage is ``tmp_path / "tiled"``.
+    Its files are in ``tmp_path`` (see ``benchmarks.tutorial.profile_session``); the embedded
+    storage is ``tmp_path / "tiled"``.
     """
-    profile = tmp_path / "profile_dnpu"
-    startup = Path(__file__).resolve().parents[1] / "profiles" / "profile_dnpu" / "startup"
-    shutil.copytree(startup, profile / "startup")
-    ipython = Path(sys.executable).with_name("ipython")
-    env = {**os.environ, "DNPU_DATA_DIR": str(tmp_path / "tiled"), "IPYTHONDIR": str(tmp_path)}
+    from benchmarks.tutorial import profile_session
+
+    ipython, env = profile_session(tmp_path)
 
     def run(
         *args: str, input: str | None = None, extra_env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess:
-        command = [str(ipython), f"--profile-dir={profile}", "--no-banner", *args]
         return subprocess.run(
-            command,
+            [*ipython, *args],
             input=input,
             capture_output=True,
             text=True,

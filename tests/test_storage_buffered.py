@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -255,8 +256,6 @@ def test_reading_through_client_waits_for_pending_writes(stored_RE, storage, hw)
 def test_a_reader_of_one_run_has_it_written_before_runs_that_ended_earlier(
     tiled_server, stored_RE, storage, hw
 ):
-    import threading
-
     _, det, wf = hw
     server = tiled_server._server._process.pid
     access_log = Path(tiled_server.config.directory) / "access.log"
@@ -416,8 +415,6 @@ def test_a_table_append_whose_response_is_lost_is_not_stored_twice(
 def test_the_embedded_server_reads_tables_while_they_are_appended_to(
     tiled_server, fast_failing_tiled
 ):
-    import threading
-
     import pyarrow as pa
 
     root = from_uri(tiled_server.uri)
@@ -835,19 +832,32 @@ def test_a_streams_first_events_are_written_once_the_writer_has_caught_up(tiled_
         assert load_run(runs, uid).metadata["stop"]["exit_status"] == "success"
 
 
-def test_a_stops_held_events_can_be_written_one_stream_at_a_time(tiled_server, RE, hw):
-    from dnpu_bluesky.storage._patches import tiled_writer
-
-    motor, det, wf = hw
+def _two_stream_run(RE, readings: list, motor) -> tuple[str, list[tuple[str, dict]]]:
+    """A run of two ``primary`` events (``readings``) and two ``baseline`` ones (``motor``),
+    alternating; its uid and documents."""
 
     @bpp.run_decorator(md={"plan_name": "two_streams"})
     def plan():
         for _ in range(2):
-            yield from bps.trigger_and_read([det, wf])
+            yield from bps.trigger_and_read(readings)
             yield from bps.trigger_and_read([motor], name="baseline")
 
     documents: list[tuple[str, dict]] = []
     (uid,) = RE(plan(), lambda name, doc: documents.append((name, doc))).run_start_uids
+    return uid, documents
+
+
+def _rows_per_stream(runs, uid: str) -> dict[str, int]:
+    """How many events of each stream of the run are in Tiled."""
+    run = load_run(runs, uid)
+    return {s: len(run[s].read()["time"]) if "time" in run[s] else 0 for s in run}
+
+
+def test_a_stops_held_events_can_be_written_one_stream_at_a_time(tiled_server, RE, hw):
+    from dnpu_bluesky.storage._patches import tiled_writer
+
+    motor, det, wf = hw
+    uid, documents = _two_stream_run(RE, [det, wf], motor)
     assert documents[-1][0] == "stop"
     config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
     with open_storage(config) as storage:
@@ -857,15 +867,14 @@ def test_a_stops_held_events_can_be_written_one_stream_at_a_time(tiled_server, R
             writer(name, doc)  # every event held
 
         def rows() -> dict[str, int]:
-            run = load_run(runs, uid)
-            return {s: len(run[s].read()["time"]) if "time" in run[s] else 0 for s in run}
+            return _rows_per_stream(runs, uid)
 
         assert rows() == {"primary": 0, "baseline": 0}
-        assert writer.write_held_stream()
+        assert writer.write_one_stream(every=True)
         assert rows() == {"primary": 2, "baseline": 0}
-        assert writer.write_held_stream()
+        assert writer.write_one_stream(every=True)
         assert rows() == {"primary": 2, "baseline": 2}
-        assert not writer.write_held_stream()
+        assert not writer.write_one_stream(every=True)
         writer(*documents[-1])  # the stop: nothing left to write but the stop itself
         run = load_run(runs, uid)
         assert run.metadata["stop"]["exit_status"] == "success"
@@ -877,15 +886,7 @@ def test_an_event_writes_only_its_own_streams_aged_events(tiled_server, RE, hw):
     from dnpu_bluesky.storage._patches import tiled_writer
 
     motor, det, _ = hw
-
-    @bpp.run_decorator(md={"plan_name": "two_streams"})
-    def plan():
-        for _ in range(2):
-            yield from bps.trigger_and_read([det])
-            yield from bps.trigger_and_read([motor], name="baseline")
-
-    documents: list[tuple[str, dict]] = []
-    (uid,) = RE(plan(), lambda name, doc: documents.append((name, doc))).run_start_uids
+    uid, documents = _two_stream_run(RE, [det], motor)
     events = [i for i, (name, _) in enumerate(documents) if name == "event"]
     config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
     with open_storage(config) as storage:
@@ -893,8 +894,7 @@ def test_an_event_writes_only_its_own_streams_aged_events(tiled_server, RE, hw):
         writer = tiled_writer(runs, batch_size=100, hold_s=0.2)
 
         def rows() -> dict[str, int]:
-            run = load_run(runs, uid)
-            return {s: len(run[s].read()["time"]) if "time" in run[s] else 0 for s in run}
+            return _rows_per_stream(runs, uid)
 
         for name, doc in documents[: events[0] + 1]:
             writer(name, doc)  # primary's first event, held
