@@ -953,3 +953,58 @@ def test_a_slow_runs_events_reach_tiled_within_seconds_before_a_batch_fills(
     assert seen["after_s"] < HOLD_S + 5, seen
     run = load_run(storage.client, uid)
     assert len(run["primary"]["det"].read()) == 4  # the last one with the stop document
+
+
+def _closes(access_log: Path, uid: str) -> list[str]:
+    """The paths (from the run's uid on) whose live stream the server was asked to close."""
+    marker = "/api/v1/stream/close/"
+    paths = (
+        line.split(marker)[1].split()[0]
+        for line in access_log.read_text().splitlines()
+        if marker in line
+    )
+    return [path[path.index(uid) :] for path in paths if uid in path]
+
+
+def test_a_writer_can_leave_a_stopped_runs_stream_closes_until_asked(tiled_server, RE, hw):
+    from dnpu_bluesky.storage._patches import tiled_writer
+
+    motor, det, _ = hw
+    uid, documents = _two_stream_run(RE, [det], motor)
+    access_log = Path(tiled_server.config.directory) / "access.log"
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        writer = tiled_writer(storage.client, batch_size=100, defer_closes=True)
+        for name, doc in documents:
+            writer(name, doc)
+        run = load_run(storage.client, uid)  # complete, with its stop, before any close
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert len(run["primary"].read()["det"]) == 2
+        time.sleep(0.2)  # the access log is written after each response
+        assert _closes(access_log, uid) == []
+        writer.close_streams()
+        time.sleep(0.2)
+        assert sorted(_closes(access_log, uid)) == [uid, f"{uid}/baseline", f"{uid}/primary"]
+        writer.close_streams()  # each node is closed once
+        time.sleep(0.2)
+        assert len(_closes(access_log, uid)) == 3
+
+
+def test_the_background_writer_closes_each_stream_of_a_run_once_after_its_stop(
+    tiled_server, RE, hw
+):
+    motor, det, _ = hw
+    access_log = Path(tiled_server.config.directory) / "access.log"
+    config = StorageConfig(uri=tiled_server.uri, container=f"runs_{uuid.uuid4().hex}")
+    with open_storage(config) as storage:
+        RE.subscribe(storage.writer)
+        uid, _ = _two_stream_run(RE, [det], motor)
+        storage.flush(timeout=60)
+    time.sleep(0.2)
+    lines = access_log.read_text().splitlines()
+    stop = max(
+        i for i, line in enumerate(lines) if "PATCH /api/v1/metadata/" in line and uid in line
+    )
+    closes = [i for i, line in enumerate(lines) if "/stream/close/" in line and uid in line]
+    assert sorted(_closes(access_log, uid)) == [uid, f"{uid}/baseline", f"{uid}/primary"]
+    assert min(closes) > stop  # after the stop document is in the run's metadata

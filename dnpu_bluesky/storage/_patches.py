@@ -298,6 +298,7 @@ def tiled_writer(
     max_array_size: int = 0,
     hold_s: float = HOLD_S,
     retry_appends: bool = True,
+    defer_closes: bool = False,
 ) -> Any:
     """bluesky-tiled-plugins' ``TiledWriter``, with named dimensions and fewer requests.
 
@@ -312,7 +313,10 @@ def tiled_writer(
       each stream, each table and each array, 46 requests for a training run, a third of all
       its requests. Only the run and its streams are closed here; live subscribers learn
       that the arrays and tables are complete from their stream's and run's close (and from
-      the stop document in the run's metadata, written before any close).
+      the stop document in the run's metadata, written before any close). With
+      ``defer_closes`` the stop document does not close them: the writer's ``close_streams()``
+      does, for a caller that reports the run complete first (its data and stop document are
+      readable before the closes, which only tell live subscribers).
     * **Events held by age as well as by count.** TiledWriter writes a stream's held events
       when ``batch_size`` of them are held, and the rest at the stop document; each write
       costs one request per array field and one per table. Here events are also written
@@ -359,6 +363,8 @@ def tiled_writer(
         Retry a table append whose response was lost, as TiledWriter does, at the risk of
         rows stored twice (the server may have taken it in). False: raise instead, for a
         caller that rebuilds the run from its documents (the background writer's worker).
+    defer_closes : bool
+        Leave the live-stream closes of a stopped run to ``close_streams()``.
 
     Returns
     -------
@@ -389,6 +395,7 @@ def tiled_writer(
             self.held_since: dict[str, float] = {}  # stream name -> when its oldest was held
             self.written: set[str] = set()  # streams with events in Tiled
             self.stopped = False
+            self.closes_due: list[Any] = []  # nodes whose live stream is still to be closed
 
         def event(self, doc: dict) -> None:
             stream = self._desc_nodes[doc["descriptor"]].item["id"]
@@ -448,8 +455,13 @@ def tiled_writer(
             if self.root_node is None:
                 return
             streams = {node.uri: node for node in self._desc_nodes.values()}
-            for node in (*streams.values(), self.root_node):
-                node.close_stream()
+            self.closes_due = [*streams.values(), self.root_node]
+            if not defer_closes:
+                self.close_streams()
+
+        def close_streams(self) -> None:
+            while self.closes_due:
+                self.closes_due.pop(0).close_stream()
 
     class _Writer(TiledWriter):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -469,6 +481,11 @@ def tiled_writer(
             for run_writer in self.run_writers:
                 run_writer.write_due(new_streams)
 
+        def close_streams(self) -> None:
+            """Close the live streams of the stopped runs (``defer_closes``)."""
+            for run_writer in self.run_writers:
+                run_writer.close_streams()
+
         def write_one_stream(self, new_streams: bool = False, every: bool = False) -> bool:
             """Write one stream's held events that ``write_due`` would write; whether it did.
 
@@ -484,7 +501,8 @@ def tiled_writer(
             run_writer = _RunWriter(
                 self.client, batch_size=self._batch_size, max_array_size=self._max_array_size
             )
-            self.run_writers = [w for w in self.run_writers if not w.stopped] + [run_writer]
+            self.run_writers = [w for w in self.run_writers if not w.stopped or w.closes_due]
+            self.run_writers.append(run_writer)
             normalizer = self._normalizer(
                 patches=self.patches, spec_to_mimetype=self.spec_to_mimetype
             )

@@ -158,6 +158,7 @@ class _SpoolWorker:
         self._send_lock = threading.Lock()
         self._runs: dict[str, _WorkerRun] = {}
         self._wanted: set[str] = set()  # runs a reader waits for: written before the others
+        self._closes: list[TiledWriter] = []  # writers of runs in Tiled, streams still open
         self._client: Any = None
         self._quit = False  # exit when idle
         self._abandon = False  # exit now (the caller's process is gone)
@@ -208,7 +209,7 @@ class _SpoolWorker:
                         return
                     due = [r for r in self._runs.values() if r.has_records() or r.leftover]
                     run = next((r for r in due if r.uid in self._wanted), due[0] if due else None)
-                    if run is not None:
+                    if run is not None or self._closes:
                         break
                     if self._quit:
                         return
@@ -225,6 +226,9 @@ class _SpoolWorker:
                     if run is not None and due <= time.monotonic():
                         break
                     self._cond.wait(None if due is None else due - time.monotonic())
+            if run is None:
+                self._close_streams()
+                continue
             try:
                 self._write_pending(run)
             except CorruptSpool as err:
@@ -280,6 +284,7 @@ class _SpoolWorker:
             run.sent += len(record)
             if name == "stop":
                 self._done(run, "done")
+                self._closes.append(run.tiled_writer)
                 return
         while not self._preempted(run) and run.tiled_writer.write_one_stream(new_streams=True):
             pass  # one stream at a time: a run that a reader waits for may come first
@@ -291,6 +296,15 @@ class _SpoolWorker:
             )
             run.tiled_writer("stop", abort_stop(run.uid, reason))
             self._done(run, "done")
+            self._closes.append(run.tiled_writer)
+
+    def _close_streams(self) -> None:
+        """Close the live streams of one run reported in Tiled, when nothing is to be written."""
+        writer = self._closes.pop(0)
+        try:
+            writer.close_streams()
+        except Exception:
+            pass  # a close only tells live subscribers; the run and its stop are in Tiled
 
     def _preempted(self, run: _WorkerRun) -> bool:
         """Whether another run that a reader waits for has documents to write first."""
@@ -347,7 +361,8 @@ def tiled_writer(
     from_spool : bool
         The documents come from a spool file, and a failed write rebuilds the run from it: a
         table append whose response was lost raises rather than being sent again (which could
-        store its rows twice).
+        store its rows twice), and the live streams of a stopped run are closed by the
+        writer's ``close_streams()`` (the worker's, once it has reported the run in Tiled).
 
     Returns
     -------
@@ -357,7 +372,13 @@ def tiled_writer(
     """
     # max_array_size=0: every array field goes to Zarr. Small arrays (<= 16 values) would
     # otherwise go into the SQL table, where the stream's xarray view returns them as strings.
-    return patched_tiled_writer(client, batch_size, max_array_size=0, retry_appends=not from_spool)
+    return patched_tiled_writer(
+        client,
+        batch_size,
+        max_array_size=0,
+        retry_appends=not from_spool,
+        defer_closes=from_spool,
+    )
 
 
 # -- replay: a stored run as Bluesky documents ---------------------------------------------
