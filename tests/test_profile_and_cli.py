@@ -671,7 +671,8 @@ def test_cli_a_missing_run_names_the_data_directory(tmp_path):
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
     assert completed.stderr.strip().splitlines() == [
-        f"Opening the run store in the data directory {data}",
+        f"Opening the run store in the data directory {data} (first use: creating its "
+        "catalog takes longer)",
         f"dnpu-bluesky report: no run with uid 'd3216930' in the data directory {data} "
         "(container 'runs')",
     ]
