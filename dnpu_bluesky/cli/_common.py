@@ -123,13 +123,11 @@ def open_storage(args: argparse.Namespace, *, writes: bool = False) -> Any:
     Storage
         Not yet entered.
     """
-    from ..storage import default_directory
+    from ..storage import creates_catalog
     from ..storage import open_storage as open_configured
 
     config = _storage_config(args)
-    directory = Path(config.directory or default_directory()).expanduser()
-    first_use = config.uri is None and not (directory / "catalog.db").exists()
-    note = " (first use: creating its catalog takes longer)" if first_use else ""
+    note = " (first use: creating its catalog takes longer)" if creates_catalog(config) else ""
     print(f"Opening the run store in {where(config)}{note}", file=sys.stderr, flush=True)
     return open_configured(config, writes=writes)
 

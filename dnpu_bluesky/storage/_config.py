@@ -146,6 +146,46 @@ def default_directory() -> Path:
     return platformdirs.user_data_path("dnpu-bluesky") / "tiled"
 
 
+CATALOG_FILE = "catalog.db"  # the embedded server's SQLite catalog, in its directory
+
+
+def embedded_directory(config: StorageConfig) -> Path | None:
+    """Give the embedded server's directory of ``config``; None for a remote server.
+
+    Parameters
+    ----------
+    config : StorageConfig
+        The storage's configuration.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``config.directory`` (else :func:`default_directory`) with ``~`` expanded; None when
+        ``config.uri`` is set.
+    """
+    if config.uri is not None:
+        return None
+    return Path(config.directory or default_directory()).expanduser()
+
+
+def creates_catalog(config: StorageConfig) -> bool:
+    """Tell whether opening ``config`` creates its embedded server's catalog (a first use).
+
+    Parameters
+    ----------
+    config : StorageConfig
+        The storage's configuration.
+
+    Returns
+    -------
+    bool
+        True for an embedded server whose directory holds no catalog yet: opening it takes
+        longer.
+    """
+    directory = embedded_directory(config)
+    return directory is not None and not (directory / CATALOG_FILE).exists()
+
+
 def check_writable(directory: Path, what: str = "Tiled storage") -> None:
     """Create ``directory`` if missing and write a file in it, or raise a StorageError.
 

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ._config import CATALOG_FILE
+
 # Seconds an event is held by the Tiled writer at most before it is written (see tiled_writer).
 HOLD_S = 2.0
 
@@ -71,7 +73,7 @@ def no_catalog_init_if_current(directory: Path) -> Iterator[None]:
     from tiled.catalog.core import REQUIRED_REVISION
 
     try:
-        catalog = sqlite3.connect(f"{(directory / 'catalog.db').as_uri()}?mode=ro", uri=True)
+        catalog = sqlite3.connect(f"{(directory / CATALOG_FILE).as_uri()}?mode=ro", uri=True)
         try:
             stamps = catalog.execute("SELECT version_num FROM alembic_version").fetchall()
         finally:

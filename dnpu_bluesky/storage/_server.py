@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import StorageError
-from ._config import check_writable, redact
+from ._config import CATALOG_FILE, check_writable, redact
 from ._patches import (
     cache_fastapi_dependants,
     no_catalog_init_if_current,
@@ -344,7 +344,7 @@ def _server_process() -> None:
         one_thread_at_a_time_on_duckdb()
         with no_catalog_init_if_current(directory):
             server = SimpleTiledServer(directory, api_key=api_key, port=port)
-        _write_ahead_log(directory / "catalog.db")
+        _write_ahead_log(directory / CATALOG_FILE)
     except Exception as err:
         # One line for the parent's StorageError, no traceback on the session's terminal.
         print("error:", " ".join(f"{type(err).__name__}: {err}".split()), flush=True)
@@ -440,7 +440,7 @@ def relocate_catalog(directory: Path) -> int:
 
     from tiled.utils import ensure_uri
 
-    catalog = directory / "catalog.db"
+    catalog = directory / CATALOG_FILE
     if not catalog.is_file():
         return 0
     with contextlib.closing(sqlite3.connect(catalog)) as db:

@@ -26,8 +26,8 @@ from .._errors import StorageError
 from ._config import (
     StorageConfig,
     check_writable,
-    default_directory,
     default_spool,
+    embedded_directory,
     redact,
     split_api_key,
 )
@@ -115,8 +115,7 @@ class Storage:
         self._watchdog: threading.Thread | None = None
         self._closed = False
         self._closing = threading.Event()
-        if config.uri is None:
-            directory = Path(config.directory or default_directory()).expanduser()
+        if (directory := embedded_directory(config)) is not None:
             config = replace(config, directory=directory)
             check_writable(directory)
             self._server_user = use_server(directory)
