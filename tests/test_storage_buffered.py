@@ -46,6 +46,7 @@ from dnpu_bluesky.storage._store import _connect_runs, _runs_container, _Writer
 from dnpu_bluesky.storage._writer import _wait_note
 
 N_SAMPLES = 10_000
+CLOSE_REQUEST = "/api/v1/stream/close/"  # a live stream's close, in the server's access log
 
 
 def _with_port(uri: str, port: int) -> str:
@@ -272,7 +273,7 @@ def test_a_reader_of_one_run_has_it_written_before_runs_that_ended_earlier(
     reader.join(timeout=60)
     storage.flush(timeout=60)
     # The live-stream closes, sent once the worker has nothing else to write, do not count.
-    lines = [line for line in access_log.read_text().splitlines() if "/stream/close/" not in line]
+    lines = [line for line in access_log.read_text().splitlines() if CLOSE_REQUEST not in line]
     last = {uid: max(i for i, line in enumerate(lines) if uid in line) for uid in (first, second)}
     assert last[second] < last[first]  # the second run was complete before the first
     for uid in (first, second):
@@ -959,11 +960,10 @@ def test_a_slow_runs_events_reach_tiled_within_seconds_before_a_batch_fills(
 
 def _closes(access_log: Path, uid: str) -> list[str]:
     """The paths (from the run's uid on) whose live stream the server was asked to close."""
-    marker = "/api/v1/stream/close/"
     paths = (
-        line.split(marker)[1].split()[0]
+        line.split(CLOSE_REQUEST)[1].split()[0]
         for line in access_log.read_text().splitlines()
-        if marker in line
+        if CLOSE_REQUEST in line
     )
     return [path[path.index(uid) :] for path in paths if uid in path]
 
@@ -1007,6 +1007,6 @@ def test_the_background_writer_closes_each_stream_of_a_run_once_after_its_stop(
     stop = max(
         i for i, line in enumerate(lines) if "PATCH /api/v1/metadata/" in line and uid in line
     )
-    closes = [i for i, line in enumerate(lines) if "/stream/close/" in line and uid in line]
+    closes = [i for i, line in enumerate(lines) if CLOSE_REQUEST in line and uid in line]
     assert sorted(_closes(access_log, uid)) == [uid, f"{uid}/baseline", f"{uid}/primary"]
     assert min(closes) > stop  # after the stop document is in the run's metadata

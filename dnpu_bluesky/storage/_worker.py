@@ -284,7 +284,6 @@ class _SpoolWorker:
             run.sent += len(record)
             if name == "stop":
                 self._done(run, "done")
-                self._closes.append(run.tiled_writer)
                 return
         while not self._preempted(run) and run.tiled_writer.write_one_stream(new_streams=True):
             pass  # one stream at a time: a run that a reader waits for may come first
@@ -296,7 +295,6 @@ class _SpoolWorker:
             )
             run.tiled_writer("stop", abort_stop(run.uid, reason))
             self._done(run, "done")
-            self._closes.append(run.tiled_writer)
 
     def _close_streams(self) -> None:
         """Close the live streams of one run reported in Tiled, when nothing is to be written."""
@@ -341,6 +339,8 @@ class _SpoolWorker:
     def _done(self, run: _WorkerRun, kind: str) -> None:
         close_quietly(run.reader)
         run.reader = None
+        if kind == "done" and run.tiled_writer is not None:
+            self._closes.append(run.tiled_writer)  # its live streams: closed once idle
         with self._cond:
             self._runs.pop(run.uid, None)
             self._wanted.discard(run.uid)
