@@ -1,6 +1,6 @@
 """What one request and one training run cost the embedded Tiled server.
 
-``python -m benchmarks.tiled_requests`` (about 30 s) prints a table and one line
+``python -m benchmarks.tiled_requests`` (about a minute) prints a table and one line
 ``RESULT {json}``; ``docs/benchmarks.md`` explains the figures.
 
 The default storage (``open_storage(StorageConfig(directory=<temporary directory>))``:
