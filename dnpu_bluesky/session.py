@@ -24,7 +24,7 @@ from bluesky.utils import DefaultDuringTask, PersistentDict, ProgressBarBase, de
 
 from ._console_log import set_up_console_log
 from .config import SetupProfile, default_sim_profile, load_profile
-from .storage import BackgroundWriter, Storage, StorageConfig, default_directory
+from .storage import BackgroundWriter, Storage, StorageConfig, embedded_directory
 
 if TYPE_CHECKING:
     from bluesky.callbacks.best_effort import BestEffortCallback
@@ -70,8 +70,8 @@ def persistent_metadata_from_env(config: StorageConfig) -> PersistentDict:
     directory = os.environ.get("DNPU_METADATA_DIR")
     if directory:
         folder = Path(directory).expanduser()
-    elif config.uri is None:
-        folder = Path(config.directory or default_directory()) / "md"
+    elif (storage_directory := embedded_directory(config)) is not None:
+        folder = storage_directory / "md"
     else:
         import platformdirs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -260,3 +262,17 @@ def test_run_engine_metadata_persists_in_the_data_directory(tmp_path, monkeypatc
     monkeypatch.setenv("DNPU_METADATA_DIR", str(tmp_path / "elsewhere"))
     elsewhere = persistent_metadata_from_env(config)
     assert "scan_id" not in elsewhere and (tmp_path / "elsewhere").is_dir()
+
+
+def test_run_engine_metadata_goes_to_the_data_directory_a_tilde_names(tmp_path, monkeypatch):
+    from dnpu_bluesky.session import persistent_metadata_from_env
+    from dnpu_bluesky.storage import StorageConfig
+
+    monkeypatch.delenv("DNPU_METADATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+    persistent_metadata_from_env(StorageConfig(directory=Path("~/dnpu-data/tiled")))
+
+    assert (tmp_path / "home" / "dnpu-data" / "tiled" / "md").is_dir()
+    assert not (tmp_path / "~").exists()

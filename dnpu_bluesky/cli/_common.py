@@ -147,10 +147,10 @@ def where(config: Any) -> str:
     """
     from urllib.parse import urlsplit
 
-    from ..storage import default_directory
+    from ..storage import embedded_directory
 
-    if config.uri is None:
-        return f"the data directory {config.directory or default_directory()}"
+    if (directory := embedded_directory(config)) is not None:
+        return f"the data directory {directory}"
     parts = urlsplit(config.uri)
     host = parts.netloc.rpartition("@")[2]  # no user:password either
     return "Tiled at " + parts._replace(netloc=host, query="", fragment="").geturl()

@@ -30,7 +30,7 @@ Examples
 """
 
 from .._errors import StorageError
-from ._config import StorageConfig, creates_catalog, default_directory
+from ._config import StorageConfig, creates_catalog, default_directory, embedded_directory
 from ._queries import find_runs, load_run
 from ._store import Storage, open_storage, replay_spool
 from ._worker import copy_run, export_documents
@@ -45,6 +45,7 @@ __all__ = [
     "copy_run",
     "creates_catalog",
     "default_directory",
+    "embedded_directory",
     "export_documents",
     "find_runs",
     "load_run",
