@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.demo_pace import served_requests
+from dnpu_bluesky.storage._config import CATALOG_FILE
 
 
 def _server_pid(directory: Path) -> int:
@@ -78,7 +79,7 @@ def _array_nodes(directory: Path) -> int:
     """Array nodes in the embedded server's catalog (read-only, beside the server)."""
     import sqlite3
 
-    connection = sqlite3.connect(f"{(directory / 'catalog.db').as_uri()}?mode=ro", uri=True)
+    connection = sqlite3.connect(f"{(directory / CATALOG_FILE).as_uri()}?mode=ro", uri=True)
     try:
         query = "SELECT COUNT(*) FROM nodes WHERE structure_family = 'array'"
         return connection.execute(query).fetchone()[0]
@@ -176,13 +177,13 @@ async def _catalog_costs(directory: Path, count: int) -> dict[str, float]:
     from dnpu_bluesky.storage._server import _write_ahead_log
 
     (directory / "data").mkdir(parents=True)
-    uri = f"sqlite:///{directory / 'catalog.db'}"
-    storage = [str(directory / "data")]
-    catalog = from_uri(uri, writable_storage=storage, init_if_not_exists=True)
-    await catalog.startup()
-    await catalog.shutdown()
-    _write_ahead_log(directory / "catalog.db")
-    catalog = from_uri(uri, writable_storage=storage)
+    catalog_file = directory / CATALOG_FILE
+    catalog = from_uri(
+        f"sqlite:///{catalog_file}",
+        writable_storage=[str(directory / "data")],
+        init_if_not_exists=True,  # tiled's init command, in a process of its own
+    )
+    _write_ahead_log(catalog_file)  # before this process's first connection, as the server
     await catalog.startup()
     try:
         bench = await catalog.create_node(
